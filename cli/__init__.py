@@ -1,0 +1,1 @@
+"""The `fusekit` command line (typer): parses, validates and calls the library."""

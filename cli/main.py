@@ -1,0 +1,111 @@
+"""`fusekit` commands. No logic lives here: each command builds a config and calls fusekit."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fusekit.errors import FusekitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multi-task adaptation of pretrained transformers by adapter fusion.")
+
+
+def one_line_errors(command):
+    """Turn a FusekitError into `error: <message>` on stderr and exit code 1 (never a traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FusekitError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: nothing was written", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+Opt = typer.Option
+
+
+@app.command()
+@one_line_errors
+def train(
+    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe; flags override its keys")] = None,
+    task: Annotated[Optional[str], Opt(help="GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli")] = None,
+    adapter: Annotated[Optional[str], Opt(help="lora or l-lora")] = None,
+    model: Annotated[Optional[str], Opt(help="model folder or hub id (default: all-MiniLM-L6-v2)")] = None,
+    data: Annotated[Optional[str], Opt(help="GLUE-layout folder or hub dataset id")] = None,
+    out: Annotated[Optional[str], Opt(help="run folder (default runs/<task>-<adapter>)")] = None,
+    rank: Annotated[Optional[int], Opt(help="LoRA rank r")] = None,
+    alpha: Annotated[Optional[float], Opt(help="LoRA alpha (scale s = alpha / r)")] = None,
+    dropout: Annotated[Optional[float], Opt(help="LoRA dropout")] = None,
+    target_modules: Annotated[Optional[str], Opt(help="comma-separated module names to adapt")] = None,
+    init_seed: Annotated[Optional[int], Opt(help="seed of φ0, shared by tasks to be merged")] = None,
+    lr: Annotated[Optional[float], Opt(help="peak learning rate (AdamW, linear decay)")] = None,
+    weight_decay: Annotated[Optional[float], Opt()] = None,
+    warmup_ratio: Annotated[Optional[float], Opt()] = None,
+    epochs: Annotated[Optional[int], Opt()] = None,
+    batch_size: Annotated[Optional[int], Opt()] = None,
+    eval_batch_size: Annotated[Optional[int], Opt()] = None,
+    max_length: Annotated[Optional[int], Opt(help="tokens per example (truncation)")] = None,
+    max_train: Annotated[Optional[int], Opt(help="cap on training examples (seeded subset)")] = None,
+    max_eval: Annotated[Optional[int], Opt(help="cap on validation examples")] = None,
+    seed: Annotated[Optional[int], Opt()] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, cuda:N")] = None,
+    overwrite: Annotated[bool, Opt(help="replace an existing run folder")] = False,
+) -> None:
+    """Finetune one adapter on one GLUE task.
+
+    Example: fusekit train --task sst2 --adapter lora --data ../shared/glue --max-train 10000 --out runs/sst2-lora
+    """
+    from fusekit.config import TrainConfig, load_recipe, with_overrides
+    from fusekit.train import train as run_training
+
+    base = load_recipe(recipe, TrainConfig) if recipe else TrainConfig()
+    targets = [t.strip() for t in target_modules.split(",")] if target_modules else None
+    overrides = dict(task=task, adapter=adapter, model=model, data=data, out=out, rank=rank, alpha=alpha,
+                     dropout=dropout, target_modules=targets, init_seed=init_seed, lr=lr, weight_decay=weight_decay,
+                     warmup_ratio=warmup_ratio, epochs=epochs, batch_size=batch_size,
+                     eval_batch_size=eval_batch_size, max_length=max_length, max_train=max_train,
+                     max_eval=max_eval, seed=seed, device=device)
+    run_training(with_overrides(base, overrides), overwrite=overwrite)
+
+
+@app.command("eval")
+@one_line_errors
+def evaluate(
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="run folders to score")] = None,
+    adapter: Annotated[Optional[list[Path]], Opt(help="run folder (repeatable; same as the arguments)")] = None,
+    task: Annotated[Optional[str], Opt(help="comma-separated tasks (default: each run's own task)")] = None,
+    data: Annotated[Optional[str], Opt(help="GLUE-layout folder or hub dataset id (default: the run's)")] = None,
+    max_eval: Annotated[Optional[int], Opt(help="cap on validation examples (default: the full split)")] = None,
+    batch_size: Annotated[int, Opt()] = 128,
+    device: Annotated[str, Opt()] = "auto",
+    out: Annotated[Optional[Path], Opt(help="also write all results to this JSON file")] = None,
+) -> None:
+    """Score adapters on GLUE validation splits with each task's official metric.
+
+    Example: fusekit eval --task sst2 --adapter runs/sst2-lora --data ../shared/glue
+    """
+    from fusekit.scoring import score_runs
+
+    folders = [*(runs or []), *(adapter or [])]
+    if not folders:
+        raise FusekitError("no run folder given: expected fusekit eval RUN_DIR... or --adapter RUN_DIR")
+    score_runs(folders, task, data, max_eval, batch_size, device, out)
+
+
+def main() -> None:
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""GLUE data: read a task split from a local GLUE-layout folder or the hub, cap it, tokenize it, batch it."""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fusekit.errors import FusekitError
+from fusekit.tasks import HUB_SPLITS, TaskSpec
+
+DEFAULT_HUB_DATASET = "nyu-mll/glue"
+csv.field_size_limit(10**8)
+
+
+@dataclass
+class Split:
+    """One split of one task: text tuples (one or two sentences) and label ids (or floats for regression)."""
+
+    task: TaskSpec
+    texts: list[tuple[str, ...]]
+    labels: list[float] | list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: list[int]) -> Split:
+        return Split(self.task, [self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+    def capped(self, limit: int | None, seed: int) -> Split:
+        """A seeded random subset of `limit` examples (in file order), or self when no cap applies."""
+        if limit is None or limit >= len(self):
+            return self
+        return self.subset(sorted(random.Random(seed).sample(range(len(self)), limit)))
+
+
+def looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).exists() or "\\" in source
+
+
+def load_split(task: TaskSpec, split: str, source: str = DEFAULT_HUB_DATASET) -> Split:
+    """Load `split` ("train" or "validation") of `task` from a GLUE-layout folder or a hub dataset name."""
+    if looks_like_path(source):
+        return _read_tsv(task, Path(source).expanduser() / task.folder / task.file_for(split))
+    return _read_hub(task, split, source)
+
+
+def _label(task: TaskSpec, raw: str, where: str) -> float | int:
+    if task.labels is None:
+        try:
+            return float(raw)
+        except ValueError:
+            raise FusekitError(f"{where}: label {raw!r} is not a number (expected a similarity score)") from None
+    if raw not in task.labels:
+        raise FusekitError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
+    return task.labels.index(raw)
+
+
+def _read_tsv(task: TaskSpec, path: Path) -> Split:
+    if not path.parent.parent.is_dir():
+        raise FusekitError(f"data folder {path.parent.parent} does not exist (expected a GLUE-layout folder)")
+    if not path.is_file():
+        raise FusekitError(f"{path} not found (expected {task.folder}/{path.name} in the GLUE folder)")
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    start = 1 if task.has_header else 0
+    header = rows[0] if task.has_header and rows else []
+
+    def column(key: str | int) -> int:
+        if isinstance(key, int):
+            return key
+        if key not in header:
+            raise FusekitError(f"{path}: header has no column {key!r} (found {header})")
+        return header.index(key)
+
+    text_cols = [column(c) for c in task.text_columns]
+    label_col = column(task.label_column)
+    width = max([*text_cols, label_col]) + 1
+    texts, labels = [], []
+    for number, row in enumerate(rows[start:], start=start + 1):
+        where = f"{path}:{number}"
+        if not row:
+            continue
+        if len(row) < width:
+            raise FusekitError(f"{where}: malformed row with {len(row)} tab-separated fields (expected ≥ {width})")
+        texts.append(tuple(row[c] for c in text_cols))
+        labels.append(_label(task, row[label_col].strip(), where))
+    if not labels:
+        raise FusekitError(f"{path}: no examples (expected a tab-separated file with labelled rows)")
+    return Split(task, texts, labels)
+
+
+def _read_hub(task: TaskSpec, split: str, name: str) -> Split:
+    import datasets
+
+    hub_split = HUB_SPLITS.get((task.name, split), split)
+    try:
+        data = datasets.load_dataset(name, task.hub_config, split=hub_split)
+    except Exception as error:  # network, missing dataset, missing config: all surface the same way
+        raise FusekitError(
+            f"could not load {name!r} ({task.hub_config}/{hub_split}) from the hub: {error.__class__.__name__}; "
+            "pass --data with a local GLUE folder when offline"
+        ) from None
+    texts = list(zip(*(data[field] for field in task.hub_text_fields)))
+    labels = [float(x) for x in data["label"]] if task.is_regression else [int(x) for x in data["label"]]
+    return Split(task, texts, labels)
+
+
+class EncodedSplit(Dataset):
+    """Token ids of a split, padded per batch by `collate` (dynamic padding keeps CPU batches short)."""
+
+    def __init__(self, split: Split, tokenizer, max_length: int):
+        columns = [list(column) for column in zip(*split.texts)]
+        encoded = tokenizer(*columns[:2], truncation=True, max_length=max_length)
+        self.features = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(split))]
+        self.labels = split.labels
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.regression = split.task.is_regression
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, list[int]], float | int]:
+        return self.features[index], self.labels[index]
+
+    def collate(self, items: list[tuple[dict[str, list[int]], float | int]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f, _ in items)
+        batch: dict[str, torch.Tensor] = {}
+        for key in items[0][0]:
+            pad = self.pad_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([f[key] + [pad] * (longest - len(f[key])) for f, _ in items])
+        dtype = torch.float32 if self.regression else torch.long
+        batch["labels"] = torch.tensor([label for _, label in items], dtype=dtype)
+        return batch
+
+
+def make_loader(data: EncodedSplit, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=data.collate, generator=generator)

@@ -1,0 +1,46 @@
+"""Scoring an adapted model on a task split with the task's official metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fusekit.data import EncodedSplit, make_loader
+from fusekit.metrics import compute_metrics, predictions
+from fusekit.tasks import TaskSpec
+
+
+def task_loss(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared error for regression (STS-B), cross-entropy otherwise."""
+    if task.is_regression:
+        return F.mse_loss(logits[:, 0].float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs that support it, plain fp32 elsewhere (CPU bf16 is slower than fp32 here)."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
+             batch_size: int = 128) -> dict[str, float]:
+    """Official metrics, `score`, mean loss and example count on `data` (model left in eval mode)."""
+    model.eval()
+    logits, labels, loss_sum = [], [], 0.0
+    with torch.no_grad():
+        for batch in make_loader(data, batch_size, shuffle=False):
+            batch = to_device(batch, device)
+            with autocast(device):
+                out = model(batch).float()
+            loss_sum += float(task_loss(task, out, batch["labels"])) * len(out)
+            logits.append(out.cpu().numpy())
+            labels.append(batch["labels"].cpu().numpy())
+    y, all_logits = np.concatenate(labels), np.concatenate(logits)
+    metrics = compute_metrics(task, y, predictions(task, all_logits))
+    return {**metrics, "loss": loss_sum / len(y), "examples": int(len(y))}

@@ -1,0 +1,105 @@
+"""Writes that never leave a half-written file or run folder behind: write beside, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fusekit.errors import FusekitError
+
+RUN_MARKER = "config.yaml"  # a folder holding this file holds a finished run
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path, mode: int = 0o666) -> None:
+    """Give a temp file the permissions a plain open() would have, then rename it into place."""
+    os.chmod(tmp, mode & ~_umask())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: object) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors file written atomically (contiguous CPU copies, as safetensors requires)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file (never a pickle), with a one-line error on a bad file."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FusekitError(f"{path} not found")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as error:
+        raise FusekitError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse to write over a finished run unless asked to; refuse a path that is a file."""
+    if path.is_file():
+        raise FusekitError(f"output {path} is a file (expected a folder for the run)")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FusekitError(f"output folder {path} is not empty (it holds a run); pass --overwrite to replace it")
+
+
+@contextmanager
+def staged_dir(final: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success swap it in for `final`, on failure delete it."""
+    check_output_dir(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.tmp-"))
+    os.chmod(stage, 0o777 & ~_umask())
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    trash = None
+    if final.exists():
+        trash = final.with_name(f"{final.name}.tmp-old-{os.getpid()}")
+        os.replace(final, trash)
+    os.replace(stage, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,33 @@
+"""GLUE's official metrics, and the single score per task that GLUE's leaderboard averages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from fusekit.tasks import TaskSpec
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda y, p: float(accuracy_score(y, p)),
+    "f1": lambda y, p: float(f1_score(y, p)),
+    "matthews_correlation": lambda y, p: float(matthews_corrcoef(y, p)),
+    "pearson": lambda y, p: float(pearsonr(y, p)[0]),
+    "spearman": lambda y, p: float(spearmanr(y, p)[0]),
+}
+
+
+def predictions(task: TaskSpec, logits: np.ndarray) -> np.ndarray:
+    """Class ids for classification, the single output for regression."""
+    return logits[:, 0] if task.is_regression else logits.argmax(axis=-1)
+
+
+def compute_metrics(task: TaskSpec, labels: Sequence[float], preds: Sequence[float]) -> dict[str, float]:
+    """The task's official metrics plus `score`, their mean (GLUE's per-task number)."""
+    y, p = np.asarray(labels), np.asarray(preds)
+    values = {name: METRICS[name](y, p) for name in task.metrics}
+    values = {k: (0.0 if np.isnan(v) else v) for k, v in values.items()}  # constant predictions → no correlation
+    values["score"] = float(np.mean([values[name] for name in task.metrics]))
+    return values

@@ -1,0 +1,97 @@
+"""A run folder: what `fusekit train` writes, and how `fusekit eval` rebuilds the model from it.
+
+    config.yaml                  resolved config (a recipe that reproduces the run)
+    adapter_config.json          PEFT folder: plain `PeftModel.from_pretrained(base, run_dir)` loads it
+    adapter_model.safetensors
+    task_vector.safetensors      τ = φ − φ0 and φ0, with metadata (see fusekit.task_vector)
+    head.safetensors             the task's classification head
+    metrics.jsonl                loss per step, eval per epoch
+    eval.json                    latest scores per task (updated by `fusekit eval`)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fusekit import __version__
+from fusekit.adapters import AdaptedModel, AdapterSpec, add_lora
+from fusekit.config import TrainConfig, load_recipe, to_yaml
+from fusekit.errors import FusekitError
+from fusekit.io import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from fusekit.modeling import BaseModel, load_base_model
+from fusekit.task_vector import TaskVector
+from fusekit.tasks import TaskSpec, get_task
+
+TASK_VECTOR = "task_vector.safetensors"
+HEAD = "head.safetensors"
+EVAL = "eval.json"
+
+
+def adapter_spec(cfg: TrainConfig) -> AdapterSpec:
+    targets = tuple(cfg.target_modules) if cfg.target_modules else None
+    return AdapterSpec(cfg.adapter, cfg.rank, cfg.alpha, cfg.dropout, targets, cfg.init_seed)
+
+
+def build_adapted_model(base: BaseModel, spec: AdapterSpec) -> AdaptedModel:
+    return add_lora(base, spec)
+
+
+def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedModel,
+             init: dict[str, torch.Tensor], task: TaskSpec) -> TaskVector:
+    meta = {
+        **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [task.name],
+        "base_model": base.name, "base_fingerprint": base.fingerprint, "fusekit_version": __version__,
+    }
+    vector = TaskVector.from_weights(model.adapter_state(), init, meta)
+    vector.save(folder / TASK_VECTOR)
+    save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family})
+    model.save_peft_folder(folder)
+    atomic_write_text(folder / RUN_MARKER, to_yaml(cfg))
+    return vector
+
+
+@dataclass
+class Run:
+    folder: Path
+    config: TrainConfig
+    vector: TaskVector
+    head: dict[str, torch.Tensor]
+    head_task: str
+
+
+def load_run(folder: Path) -> Run:
+    folder = Path(folder)
+    if not (folder / RUN_MARKER).is_file():
+        raise FusekitError(f"{folder} is not a fusekit run (expected {RUN_MARKER} written by fusekit train)")
+    cfg = load_recipe(folder / RUN_MARKER, TrainConfig)
+    head, head_meta = load_tensors(folder / HEAD)
+    return Run(folder, cfg, TaskVector.load(folder / TASK_VECTOR), head, head_meta.get("task", cfg.task))
+
+
+def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None) -> tuple[BaseModel, AdaptedModel]:
+    """Base model + adapter at φ = φ0 + τ (`vector`, default the run's own) with the run's head for `task`."""
+    vector = vector or run.vector
+    if get_task(run.head_task).family != task.family:
+        raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
+    base = load_base_model(run.config.model, task)
+    if base.fingerprint != vector.meta.get("base_fingerprint"):
+        raise FusekitError(
+            f"{run.folder}: task vector was made on a base model with fingerprint {vector.meta.get('base_fingerprint')}"
+            f", but {base.name} has {base.fingerprint} (expected the same pretrained weights)"
+        )
+    model = build_adapted_model(base, AdapterSpec.from_meta(vector.meta, str(run.folder / TASK_VECTOR)))
+    model.load_adapter_state(vector.weights())
+    model.load_head_state(run.head)
+    return base, model
+
+
+def record_eval(folder: Path, task: str, metrics: dict) -> None:
+    """Update eval.json in the run folder with this task's latest scores."""
+    path = folder / EVAL
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[task] = metrics
+    atomic_write_json(path, results)

@@ -1,0 +1,93 @@
+"""`fusekit train`: finetune one adapter and its task head on one task, then write a run folder."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from fusekit.config import TrainConfig
+from fusekit.data import EncodedSplit, load_split, make_loader
+from fusekit.evaluate import autocast, evaluate, task_loss, to_device
+from fusekit.io import check_output_dir, staged_dir
+from fusekit.modeling import load_base_model, resolve_device
+from fusekit.progress import JsonlLog, console, progress_bar
+from fusekit.runs import adapter_spec, build_adapted_model, record_eval, save_run
+from fusekit.tasks import get_task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]  # validation metrics after the last epoch
+    seconds: float  # training time, evaluation excluded
+    examples_per_second: float
+    steps: int
+
+
+def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
+    task = get_task(cfg.task)
+    out = cfg.output_dir()
+    check_output_dir(out, overwrite)  # fail before any work, not after it
+    device = resolve_device(cfg.device)
+    train_split = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
+    eval_split = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
+
+    seed_everything(cfg.seed)
+    base = load_base_model(cfg.model, task)
+    model = build_adapted_model(base, adapter_spec(cfg)).to(device)
+    init = model.adapter_state()
+    seed_everything(cfg.seed)
+
+    train_data = EncodedSplit(train_split, base.tokenizer, cfg.max_length)
+    eval_data = EncodedSplit(eval_split, base.tokenizer, cfg.max_length)
+    loader = make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    params = [*model.adapter_params.values(), *model.head_params.values()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
+    console.print(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {len(train_split)} examples · "
+                  f"{total} steps on {device}")
+
+    seconds, step, metrics = 0.0, 0, {}
+    with staged_dir(out, overwrite) as stage, progress_bar() as bar:
+        log = JsonlLog(stage / "metrics.jsonl")
+        job = bar.add_task(f"{task.name}", total=total, status="")
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            start = time.perf_counter()
+            for batch in loader:
+                batch = to_device(batch, device)
+                with autocast(device):
+                    loss = task_loss(task, model(batch), batch["labels"])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                value = loss.item()
+                log.write({"step": step, "epoch": epoch, "loss": value, "lr": scheduler.get_last_lr()[0]})
+                bar.update(job, advance=1, status=f"loss {value:.4f}")
+            seconds += time.perf_counter() - start
+            metrics = evaluate(model, eval_data, task, device, cfg.eval_batch_size)
+            log.write({"step": step, "epoch": epoch, "eval": metrics})
+            bar.update(job, status=f"{task.name} score {metrics['score']:.4f}")
+        throughput = cfg.epochs * len(train_data) / max(seconds, 1e-9)
+        log.write({"step": step, "train_seconds": seconds, "examples_per_second": throughput})
+        log.close()
+        save_run(stage, cfg, base, model, init, task)
+        record_eval(stage, task.name, metrics)
+    console.print(f"wrote {out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                          if k in (*task.metrics, "score")))
+    return TrainResult(metrics, seconds, throughput, step)

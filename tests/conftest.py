@@ -1,0 +1,115 @@
+"""Fixtures: a tiny random BERT built from a config (no download) and a tiny GLUE-layout folder."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+POSITIVE = ["good", "great", "fun", "lovely", "superb", "moving"]
+NEGATIVE = ["bad", "dull", "boring", "awful", "weak", "tedious"]
+FILLER = ["the", "movie", "was", "a", "film", "plot", "and", "very", "quite", "story", "man", "is", "not"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, "entailment", "\""]
+
+
+def sentence(rng: random.Random, label: int) -> str:
+    words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_tsv(path: Path, header: list[str] | None, rows: list[list[object]], bom: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (["\t".join(header)] if header else []) + ["\t".join(str(c) for c in row) for row in rows]
+    path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_glue(root: Path, n_train: int = 96, n_dev: int = 32) -> Path:
+    """Every GLUE task in its original TSV layout, with a learnable word-sentiment signal."""
+    rng = random.Random(0)
+
+    def pairs(n: int) -> list[tuple[str, str, int]]:
+        out = []
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            out.append((sentence(rng, label), sentence(rng, label), label))
+        return out
+
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        data = pairs(n)
+        write_tsv(root / "SST-2" / f"{split}.tsv", ["sentence", "label"], [[a, y] for a, _, y in data])
+        write_tsv(root / "CoLA" / f"{split}.tsv", None, [["gj04", y, "", a] for a, _, y in data])
+        write_tsv(root / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+                  [[y, i, i + 1, a, b] for i, (a, b, y) in enumerate(data)], bom=True)
+        write_tsv(root / "QQP" / f"{split}.tsv", ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+                  [[i, i, i, a, b, y] for i, (a, b, y) in enumerate(data)])
+        write_tsv(root / "STS-B" / f"{split}.tsv",
+                  ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
+                   "sentence2", "score"],
+                  [[i, "g", "f", "y", i, "s", "s", a, b, f"{4.0 * y + rng.random():.3f}"]
+                   for i, (a, b, y) in enumerate(data)])
+        nli = [[i, a, b, "entailment" if y else "not_entailment"] for i, (a, b, y) in enumerate(data)]
+        for folder in ("RTE", "QNLI"):
+            header = ["index", "sentence1", "sentence2", "label"] if folder == "RTE" else \
+                ["index", "question", "sentence", "label"]
+            write_tsv(root / folder / f"{split}.tsv", header, nli)
+        write_tsv(root / "WNLI" / f"{split}.tsv", ["index", "sentence1", "sentence2", "label"],
+                  [[i, a, b, y] for i, (a, b, y) in enumerate(data)])
+    mnli_header = ["index", "promptID", "pairID", "genre", "s1bp", "s2bp", "s1p", "s2p", "sentence1", "sentence2",
+                   "label1", "gold_label"]
+    gold = ["entailment", "neutral", "contradiction"]
+    for name in ("train", "dev_matched", "dev_mismatched"):
+        rows = [[i, i, i, "g", "", "", "", "", a, b, gold[(y + i) % 3], gold[(y + i) % 3]]
+                for i, (a, b, y) in enumerate(pairs(24))]
+        write_tsv(root / "MNLI" / f"{name}.tsv", mnli_header, rows)
+    return root
+
+
+def make_tiny_model(folder: Path) -> Path:
+    """A 2-layer BERT of hidden size 32 with random weights and a word-level vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    import inspect
+
+    vocab_arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    BertTokenizerFast(**{vocab_arg: str(folder / "vocab.txt")}).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory) -> Path:
+    return make_glue(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_model, glue_dir):
+    """A TrainConfig for a quick run on the tiny model (callers set task and out)."""
+    from fusekit.config import TrainConfig
+
+    return TrainConfig(model=str(tiny_model), data=str(glue_dir), rank=4, alpha=8.0, lr=2e-2, epochs=8,
+                       batch_size=8, max_length=32, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sst2_run(tiny_config, tmp_path_factory):
+    """One trained SST-2 LoRA run shared by the tests that only read it."""
+    from dataclasses import replace
+
+    from fusekit.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "sst2-lora"
+    result = train(replace(tiny_config, task="sst2", out=str(out)))
+    return out, result

@@ -1,0 +1,107 @@
+import pytest
+
+from fusekit.data import EncodedSplit, load_split
+from fusekit.errors import FusekitError
+from fusekit.tasks import TASKS, get_task, parse_tasks
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_loads_train_and_validation(glue_dir, name):
+    task = get_task(name)
+    for split in ("train", "validation"):
+        data = load_split(task, split, str(glue_dir))
+        assert len(data) > 0
+        assert all(len(t) == len(task.hub_text_fields) for t in data.texts)
+        if task.is_regression:
+            assert all(isinstance(y, float) for y in data.labels)
+        else:
+            assert set(data.labels) <= set(range(task.num_labels))
+
+
+def test_layout_details(glue_dir):
+    mrpc = load_split(get_task("mrpc"), "train", str(glue_dir))  # header behind a byte-order mark
+    cola = load_split(get_task("cola"), "train", str(glue_dir))  # no header: label col 1, sentence col 3
+    sst2 = load_split(get_task("sst2"), "train", str(glue_dir))
+    assert mrpc.labels == sst2.labels and cola.labels == sst2.labels
+    assert cola.texts[0] == sst2.texts[0]
+    mm = load_split(get_task("mnli-mm"), "validation", str(glue_dir))
+    assert set(mm.labels) == {0, 1, 2} and get_task("mnli-mm").family == "mnli"
+
+
+def test_quotes_are_kept_verbatim(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text('sentence\tlabel\na "quoted\tword\n" b\t1\n')
+    with pytest.raises(FusekitError, match=r"train.tsv:2: label 'word'"):
+        load_split(get_task("sst2"), "train", str(tmp_path))
+    (tmp_path / "SST-2" / "train.tsv").write_text('sentence\tlabel\nsays "hi\t1\n')
+    assert load_split(get_task("sst2"), "train", str(tmp_path)).texts == [('says "hi',)]
+
+
+def test_cap_is_a_seeded_subset(glue_dir):
+    full = load_split(get_task("sst2"), "train", str(glue_dir))
+    a, b, c = full.capped(10, seed=1), full.capped(10, seed=1), full.capped(10, seed=2)
+    assert len(a) == 10 and a.texts == b.texts and a.texts != c.texts
+    assert set(a.texts) <= set(full.texts)
+    assert full.capped(None, 0) is full and full.capped(10**6, 0) is full
+
+
+def test_hub_loading_maps_fields(monkeypatch):
+    import datasets
+
+    calls = {}
+
+    def fake_load(name, config, split):
+        calls.update(name=name, config=config, split=split)
+        return {"premise": ["p1", "p2"], "hypothesis": ["h1", "h2"], "label": [2, 0]}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    data = load_split(get_task("mnli-mm"), "validation", "nyu-mll/glue")
+    assert calls == {"name": "nyu-mll/glue", "config": "mnli", "split": "validation_mismatched"}
+    assert data.texts == [("p1", "h1"), ("p2", "h2")] and data.labels == [2, 0]
+
+
+def test_hub_failure_is_one_line(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FusekitError, match="pass --data with a local GLUE folder"):
+        load_split(get_task("rte"), "train", "nyu-mll/glue")
+
+
+def test_encoding_pads_per_batch(glue_dir, tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    split = load_split(get_task("rte"), "validation", str(glue_dir))
+    encoded = EncodedSplit(split, tokenizer, max_length=8)
+    batch = encoded.collate([encoded[0], encoded[1]])
+    assert batch["input_ids"].shape == (2, 8)  # two sentences of 6 words, truncated
+    assert batch["labels"].tolist() == split.labels[:2]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "nowhere", "data folder .*nowhere does not exist"),
+        (lambda d: (d / "RTE").mkdir() or d, "RTE/train.tsv not found"),
+    ],
+)
+def test_missing_data(tmp_path, make, message):
+    with pytest.raises(FusekitError, match=message):
+        load_split(get_task("rte"), "train", str(make(tmp_path)))
+
+
+def test_malformed_row_names_file_and_line(tmp_path):
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tonly\n")
+    with pytest.raises(FusekitError, match=r"RTE/train.tsv:3: malformed row with 2 tab-separated fields"):
+        load_split(get_task("rte"), "train", str(tmp_path))
+
+
+def test_unknown_task():
+    with pytest.raises(FusekitError, match="unknown task 'sst3': expected one of cola, sst2"):
+        get_task("sst3")
+    assert [t.name for t in parse_tasks("SST-2, rte,STS-B,rte")] == ["sst2", "rte", "stsb"]
