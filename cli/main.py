@@ -49,6 +49,8 @@ def train(
     dropout: Annotated[Optional[float], Opt(help="LoRA dropout")] = None,
     target_modules: Annotated[Optional[str], Opt(help="comma-separated module names to adapt")] = None,
     init_seed: Annotated[Optional[int], Opt(help="seed of φ0, shared by tasks to be merged")] = None,
+    lora_init: Annotated[Optional[str], Opt(help="default (B0 = 0) or nonzero (random B0, W0 compensated)")] = None,
+    linearize: Annotated[Optional[str], Opt(help="L-LoRA scope: module or network")] = None,
     lr: Annotated[Optional[float], Opt(help="peak learning rate (AdamW, linear decay)")] = None,
     weight_decay: Annotated[Optional[float], Opt()] = None,
     warmup_ratio: Annotated[Optional[float], Opt()] = None,
@@ -65,6 +67,8 @@ def train(
     """Finetune one adapter on one GLUE task.
 
     Example: fusekit train --task sst2 --adapter lora --data ../shared/glue --max-train 10000 --out runs/sst2-lora
+
+    L-LoRA: fusekit train --task rte --adapter l-lora --linearize module --lora-init nonzero --data ../shared/glue
     """
     from fusekit.config import TrainConfig, load_recipe, with_overrides
     from fusekit.train import train as run_training
@@ -72,7 +76,8 @@ def train(
     base = load_recipe(recipe, TrainConfig) if recipe else TrainConfig()
     targets = [t.strip() for t in target_modules.split(",")] if target_modules else None
     overrides = dict(task=task, adapter=adapter, model=model, data=data, out=out, rank=rank, alpha=alpha,
-                     dropout=dropout, target_modules=targets, init_seed=init_seed, lr=lr, weight_decay=weight_decay,
+                     dropout=dropout, target_modules=targets, init_seed=init_seed, lora_init=lora_init,
+                     linearize=linearize, lr=lr, weight_decay=weight_decay,
                      warmup_ratio=warmup_ratio, epochs=epochs, batch_size=batch_size,
                      eval_batch_size=eval_batch_size, max_length=max_length, max_train=max_train,
                      max_eval=max_eval, seed=seed, device=device)
@@ -89,6 +94,8 @@ def evaluate(
     max_eval: Annotated[Optional[int], Opt(help="cap on validation examples (default: the full split)")] = None,
     batch_size: Annotated[int, Opt()] = 128,
     device: Annotated[str, Opt()] = "auto",
+    nonlinear: Annotated[bool, Opt(help="score L-LoRA runs with the plain LoRA forward at φ (their PEFT export)")]
+    = False,
     out: Annotated[Optional[Path], Opt(help="also write all results to this JSON file")] = None,
 ) -> None:
     """Score adapters on GLUE validation splits with each task's official metric.
@@ -100,7 +107,7 @@ def evaluate(
     folders = [*(runs or []), *(adapter or [])]
     if not folders:
         raise FusekitError("no run folder given: expected fusekit eval RUN_DIR... or --adapter RUN_DIR")
-    score_runs(folders, task, data, max_eval, batch_size, device, out)
+    score_runs(folders, task, data, max_eval, batch_size, device, out, nonlinear)
 
 
 def main() -> None:

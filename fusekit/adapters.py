@@ -9,14 +9,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import copy
+
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from fusekit.errors import FusekitError
+from fusekit.io import save_tensors
 from fusekit.modeling import BaseModel
 
 ADAPTER_KINDS = ("lora", "l-lora")
+LINEARIZE_SCOPES = ("module", "network")
+LORA_INITS = ("default", "nonzero")
 
 
 @dataclass(frozen=True)
@@ -29,10 +35,18 @@ class AdapterSpec:
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None  # None: peft's default for the architecture
     init_seed: int = 0  # seed of φ0, shared by every task so that their vectors live in one space
+    lora_init: str = "default"  # default: B0 = 0 (peft); nonzero: random B0, W0 compensated by −s·B0·A0
+    linearize: str | None = None  # L-LoRA only: module or network
 
     def __post_init__(self) -> None:
         if self.kind not in ADAPTER_KINDS:
             raise FusekitError(f"unknown adapter {self.kind!r}: expected one of {', '.join(ADAPTER_KINDS)}")
+        if self.lora_init not in LORA_INITS:
+            raise FusekitError(f"unknown lora_init {self.lora_init!r}: expected one of {', '.join(LORA_INITS)}")
+        scopes = LINEARIZE_SCOPES if self.kind == "l-lora" else (None,)
+        if self.linearize not in scopes:
+            raise FusekitError(f"linearize {self.linearize!r} does not fit adapter {self.kind} (expected one of "
+                               f"{', '.join(map(str, scopes))})")
         if self.rank < 1:
             raise FusekitError(f"rank {self.rank} is not positive (expected an integer ≥ 1)")
 
@@ -55,18 +69,41 @@ def state_name(param_name: str, adapter: str = "default") -> str:
 
 
 class AdaptedModel(nn.Module):
-    """A peft LoRA model with one task head: the plain (nonlinear) forward used by `--adapter lora`."""
+    """A peft LoRA model with one task head: the plain (nonlinear) forward used by `--adapter lora`.
+
+    It keeps φ0 as buffers: the task vector is τ = φ − φ0, linearized forwards expand around φ0, and the PEFT
+    export folds the nonzero-init compensation back in.
+    """
 
     def __init__(self, peft_model: PeftModel, spec: AdapterSpec, head_modules: list[str]):
         super().__init__()
         self.peft_model = peft_model
         self.spec = spec
-        trainable = {state_name(n): p for n, p in peft_model.named_parameters() if p.requires_grad}
-        self.adapter_params = {k: p for k, p in trainable.items() if ".lora_" in k}
-        self.head_params = {k: p for k, p in trainable.items() if ".lora_" not in k}
+        self.head_modules = head_modules
+        params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+        self.param_names = {state_name(n): n for n in params if ".lora_" in n}  # PEFT key → parameter name
+        self.adapter_params = {k: params[n] for k, n in self.param_names.items()}
+        self.head_params = {state_name(n): p for n, p in params.items() if ".lora_" not in n}
         if not self.adapter_params:
             raise FusekitError(f"LoRA found no layer to adapt (target_modules={spec.target_modules})")
-        self.head_modules = head_modules
+        self.init_keys = list(self.adapter_params)
+        for i, key in enumerate(self.init_keys):
+            self.register_buffer(f"phi0_{i}", self.adapter_params[key].detach().clone())
+
+    def init_tensor(self, key: str) -> torch.Tensor:
+        return getattr(self, f"phi0_{self.init_keys.index(key)}")
+
+    def init_state(self) -> dict[str, torch.Tensor]:
+        """φ0, on CPU."""
+        return {k: self.init_tensor(k).cpu().clone() for k in self.init_keys}
+
+    def frozen_keys(self) -> tuple[str, ...]:
+        """Adapter weights that cannot move in training (left out of the optimizer and of τ)."""
+        return ()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        frozen = set(self.frozen_keys())
+        return [p for k, p in self.adapter_params.items() if k not in frozen] + list(self.head_params.values())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.peft_model(**{k: v for k, v in batch.items() if k != "labels"}).logits
@@ -90,9 +127,25 @@ class AdaptedModel(nn.Module):
         return sorted(self.peft_model.peft_config["default"].target_modules)
 
     def save_peft_folder(self, folder: Path) -> None:
-        """adapter_config.json + adapter_model.safetensors that `PeftModel.from_pretrained` loads as is."""
-        self.peft_model.save_pretrained(str(folder))
-        (folder / "README.md").unlink(missing_ok=True)  # peft's empty model card
+        """adapter_config.json + adapter_model.safetensors of the nonlinear model at φ, for plain peft.
+
+        With a nonzero init the base weight was shifted by −s·B0·A0; plain peft loads the pretrained base, so
+        the shift is folded into the adapter as rank r more: B' = [B, −B0], A' = [A; A0], alpha doubled so the
+        scale s = alpha / r is unchanged.
+        """
+        config = copy.deepcopy(self.peft_model.peft_config["default"])
+        config.inference_mode = True
+        weights = self.adapter_state()
+        if self.spec.lora_init == "nonzero":
+            init = self.init_state()
+            for key in weights:
+                if ".lora_A." in key:
+                    weights[key] = torch.cat([weights[key], init[key]], dim=0)
+                else:
+                    weights[key] = torch.cat([weights[key], -init[key]], dim=1)
+            config.r, config.lora_alpha = 2 * config.r, 2 * config.lora_alpha
+        config.save_pretrained(str(folder))
+        save_tensors(folder / "adapter_model.safetensors", {**weights, **self.head_state()}, {"format": "pt"})
 
 
 def _copy_into(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], what: str) -> None:
@@ -105,8 +158,38 @@ def _copy_into(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], 
         param.copy_(state[key].to(param.device, param.dtype))
 
 
-def add_lora(base: BaseModel, spec: AdapterSpec) -> AdaptedModel:
-    """Wrap `base` with LoRA layers whose φ0 is drawn from `spec.init_seed`."""
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    """peft's LoRA layers by module name (found by peft's own type: since peft 0.7 they are not nn.Linear)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+
+
+@torch.no_grad()
+def draw_nonzero_b(model: nn.Module) -> None:
+    """B0 drawn like A0 (uniform ±1/√fan_in) instead of peft's zeros.
+
+    With B0 = 0 the tangent of a LoRA layer, s·(dB·A0 + B0·dA)·x, does not depend on dA: a linearized adapter
+    would never move A. A nonzero B0 lets both factors train.
+    """
+    for layer in lora_layers(model).values():
+        for adapter, lora_b in layer.lora_B.items():
+            bound = 1.0 / layer.lora_A[adapter].weight.shape[1] ** 0.5
+            lora_b.weight.uniform_(-bound, bound)
+
+
+@torch.no_grad()
+def compensate_base(model: nn.Module) -> None:
+    """W0 ← W0 − s·B0·A0 in every LoRA layer, so that f(x; φ0) is the pretrained function whatever B0 is."""
+    for layer in lora_layers(model).values():
+        for adapter in layer.lora_B:
+            layer.get_base_layer().weight -= layer.get_delta_weight(adapter)
+
+
+def add_lora(base: BaseModel, spec: AdapterSpec, model_class: type[AdaptedModel] = AdaptedModel,
+             init: dict[str, torch.Tensor] | None = None) -> AdaptedModel:
+    """Wrap `base` with LoRA layers at φ0, as a `model_class`.
+
+    φ0 is `init` when given (a stored task vector's), else drawn from `spec.init_seed`.
+    """
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
         target_modules=list(spec.target_modules) if spec.target_modules else None,
@@ -117,4 +200,12 @@ def add_lora(base: BaseModel, spec: AdapterSpec) -> AdaptedModel:
         peft_model = get_peft_model(base.model, config)
     except ValueError as error:
         raise FusekitError(f"cannot add LoRA to {base.name}: {str(error).splitlines()[0]}") from None
-    return AdaptedModel(peft_model, spec, base.head_modules)
+    if init is not None:
+        lora = {state_name(n): p for n, p in peft_model.named_parameters() if ".lora_" in n}
+        with torch.no_grad():
+            _copy_into(lora, init, "φ0")
+    elif spec.lora_init == "nonzero":
+        draw_nonzero_b(peft_model)
+    if spec.lora_init == "nonzero":
+        compensate_base(peft_model)
+    return model_class(peft_model, spec, base.head_modules)

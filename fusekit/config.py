@@ -31,6 +31,8 @@ class TrainConfig:
     dropout: float = 0.0
     target_modules: list[str] | None = None
     init_seed: int = 0
+    lora_init: str = "default"  # default (B0 = 0) | nonzero (random B0, base weight compensated)
+    linearize: str | None = None  # L-LoRA scope: module (default for l-lora) | network
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06

@@ -21,6 +21,7 @@ from fusekit import __version__
 from fusekit.adapters import AdaptedModel, AdapterSpec, add_lora
 from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.errors import FusekitError
+from fusekit.linearize import LinearizedModel
 from fusekit.io import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from fusekit.modeling import BaseModel, load_base_model
 from fusekit.task_vector import TaskVector
@@ -33,20 +34,27 @@ EVAL = "eval.json"
 
 def adapter_spec(cfg: TrainConfig) -> AdapterSpec:
     targets = tuple(cfg.target_modules) if cfg.target_modules else None
-    return AdapterSpec(cfg.adapter, cfg.rank, cfg.alpha, cfg.dropout, targets, cfg.init_seed)
+    linearize = cfg.linearize or "module" if cfg.adapter == "l-lora" else cfg.linearize
+    return AdapterSpec(cfg.adapter, cfg.rank, cfg.alpha, cfg.dropout, targets, cfg.init_seed, cfg.lora_init,
+                       linearize)
 
 
-def build_adapted_model(base: BaseModel, spec: AdapterSpec) -> AdaptedModel:
-    return add_lora(base, spec)
+# The one place an adapter kind is registered: its model class (forward, trainable weights, export).
+ADAPTERS: dict[str, type[AdaptedModel]] = {"lora": AdaptedModel, "l-lora": LinearizedModel}
 
 
-def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedModel,
-             init: dict[str, torch.Tensor], task: TaskSpec) -> TaskVector:
+def build_adapted_model(base: BaseModel, spec: AdapterSpec, init: dict[str, torch.Tensor] | None = None,
+                        nonlinear: bool = False) -> AdaptedModel:
+    """The model class of `spec.kind` (or the plain nonlinear LoRA forward when `nonlinear`) at φ0."""
+    return add_lora(base, spec, AdaptedModel if nonlinear else ADAPTERS[spec.kind], init)
+
+
+def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedModel, task: TaskSpec) -> TaskVector:
     meta = {
         **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [task.name],
         "base_model": base.name, "base_fingerprint": base.fingerprint, "fusekit_version": __version__,
     }
-    vector = TaskVector.from_weights(model.adapter_state(), init, meta)
+    vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), meta, frozen=model.frozen_keys())
     vector.save(folder / TASK_VECTOR)
     save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family})
     model.save_peft_folder(folder)
@@ -72,8 +80,12 @@ def load_run(folder: Path) -> Run:
     return Run(folder, cfg, TaskVector.load(folder / TASK_VECTOR), head, head_meta.get("task", cfg.task))
 
 
-def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None) -> tuple[BaseModel, AdaptedModel]:
-    """Base model + adapter at φ = φ0 + τ (`vector`, default the run's own) with the run's head for `task`."""
+def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,
+                  nonlinear: bool = False) -> tuple[BaseModel, AdaptedModel]:
+    """Base model + adapter at φ = φ0 + τ (`vector`, default the run's own) with the run's head for `task`.
+
+    `nonlinear` evaluates an L-LoRA vector with the plain LoRA forward at φ (what its PEFT folder holds).
+    """
     vector = vector or run.vector
     if get_task(run.head_task).family != task.family:
         raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
@@ -83,7 +95,8 @@ def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None) ->
             f"{run.folder}: task vector was made on a base model with fingerprint {vector.meta.get('base_fingerprint')}"
             f", but {base.name} has {base.fingerprint} (expected the same pretrained weights)"
         )
-    model = build_adapted_model(base, AdapterSpec.from_meta(vector.meta, str(run.folder / TASK_VECTOR)))
+    spec = AdapterSpec.from_meta(vector.meta, str(run.folder / TASK_VECTOR))
+    model = build_adapted_model(base, spec, vector.init, nonlinear)
     model.load_adapter_state(vector.weights())
     model.load_head_state(run.head)
     return base, model

@@ -37,6 +37,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     task = get_task(cfg.task)
+    spec = adapter_spec(cfg)
     out = cfg.output_dir()
     check_output_dir(out, overwrite)  # fail before any work, not after it
     device = resolve_device(cfg.device)
@@ -45,19 +46,21 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
 
     seed_everything(cfg.seed)
     base = load_base_model(cfg.model, task)
-    model = build_adapted_model(base, adapter_spec(cfg)).to(device)
-    init = model.adapter_state()
+    model = build_adapted_model(base, spec).to(device)
     seed_everything(cfg.seed)
 
     train_data = EncodedSplit(train_split, base.tokenizer, cfg.max_length)
     eval_data = EncodedSplit(eval_split, base.tokenizer, cfg.max_length)
     loader = make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    params = [*model.adapter_params.values(), *model.head_params.values()]
+    params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
     console.print(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {len(train_split)} examples · "
                   f"{total} steps on {device}")
+    if model.frozen_keys():
+        console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
+                      " the linearized model gives them exactly zero gradient; --lora-init nonzero trains both")
 
     seconds, step, metrics = 0.0, 0, {}
     with staged_dir(out, overwrite) as stage, progress_bar() as bar:
@@ -86,7 +89,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         throughput = cfg.epochs * len(train_data) / max(seconds, 1e-9)
         log.write({"step": step, "train_seconds": seconds, "examples_per_second": throughput})
         log.close()
-        save_run(stage, cfg, base, model, init, task)
+        save_run(stage, cfg, base, model, task)
         record_eval(stage, task.name, metrics)
     console.print(f"wrote {out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                           if k in (*task.metrics, "score")))

@@ -77,7 +77,7 @@ def test_malformed_tsv(tiny_model, glue_dir, tmp_path):
 
 def test_model_path_that_is_not_a_model(glue_dir, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = invoke("train", "--task", "rte", "--model", tmp_path / "empty", "--data", glue_dir)
+    result = invoke("train", "--task", "rte", "--model", tmp_path / "empty", "--data", glue_dir, "--out", tmp_path / "x")
     assert_one_line_error(result, r"empty is not a model folder \(expected config.json")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{}")
@@ -129,3 +129,21 @@ def test_eval_bad_folders(sst2_run, tmp_path):
     shutil.copytree(out, copy)
     (copy / "task_vector.safetensors").write_bytes(b"\x00" * 10)
     assert_one_line_error(invoke("eval", copy), "task_vector.safetensors is not a readable safetensors file")
+
+
+def test_l_lora_from_the_cli_and_its_nonlinear_score(tiny_model, glue_dir, tmp_path):
+    out = tmp_path / "ll"
+    result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--adapter", "l-lora", "--linearize",
+                    "network", "--lora-init", "nonzero", "--epochs", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "linearize: network" in (out / "config.yaml").read_text()
+    result = invoke("eval", out, "--nonlinear", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "nonlinear" in result.stderr and '"rte:nonlinear"' in (out / "eval.json").read_text()
+
+
+@pytest.mark.parametrize("args, pattern", [(["--adapter", "lora", "--linearize", "network"], "does not fit adapter"),
+                                           (["--lora-init", "zeros"], "unknown lora_init 'zeros'")])
+def test_bad_linearization_options(tiny_model, glue_dir, tmp_path, args, pattern):
+    result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--out", tmp_path / "x", *args)
+    assert_one_line_error(result, pattern)
