@@ -1,0 +1,108 @@
+"""Time and peak memory of one training step: L-LoRA (module and network scope) against LoRA, in one run.
+
+Each variant runs in its own subprocess (so peak memory is its own), on the same model, batch and sequence
+length; the table gives ms/step, the step's peak memory over the loaded model (CPU: peak RSS growth; CUDA:
+peak allocated growth) and ratios against LoRA.
+
+    python benchmarks/llora_step.py --batch-size 32 --length 128 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = {"lora": ("lora", None), "l-lora module": ("l-lora", "module"), "l-lora network": ("l-lora", "network")}
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def measure(kind: str, scope: str | None, args) -> dict:
+    import torch
+
+    from fusekit.adapters import AdapterSpec
+    from fusekit.evaluate import autocast, task_loss
+    from fusekit.modeling import load_base_model, resolve_device
+    from fusekit.runs import build_adapted_model
+    from fusekit.tasks import get_task
+
+    device = resolve_device(args.device)
+    task = get_task("sst2")
+    torch.manual_seed(0)
+    base = load_base_model(args.model, task)
+    spec = AdapterSpec(kind=kind, rank=args.rank, alpha=2.0 * args.rank, linearize=scope, lora_init=args.lora_init)
+    model = build_adapted_model(base, spec).to(device).train()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
+    vocab = base.tokenizer.vocab_size
+    batch = {"input_ids": torch.randint(min(1000, vocab // 2), vocab, (args.batch_size, args.length), device=device),
+             "attention_mask": torch.ones(args.batch_size, args.length, dtype=torch.long, device=device),
+             "labels": torch.randint(0, 2, (args.batch_size,), device=device)}
+
+    def step() -> None:
+        with autocast(device):
+            loss = task_loss(task, model(batch), batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = current_rss()
+    step()  # warm-up (allocator, lazy init), counted in the peak: the first step is a step too
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - before
+    else:  # high-water mark of the process, less what the loaded model already held
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    times.sort()
+    return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak / 2**20, "device": str(device),
+            "params": sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--lora-init", default="nonzero")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(measure(*VARIANTS[args.variant], args)))
+        return
+
+    results = {}
+    for name in VARIANTS:
+        run = subprocess.run([sys.executable, __file__, "--variant", name, *sys.argv[1:]],
+                             capture_output=True, text=True, check=True)
+        results[name] = json.loads(run.stdout.splitlines()[-1])
+    ref = results["lora"]
+    print(f"\none training step, batch {args.batch_size} x {args.length} tokens, r={args.rank}, "
+          f"lora_init={args.lora_init}, {ref['device']}, median of {args.steps}")
+    print("| variant | ms/step | time vs LoRA | peak MB | memory vs LoRA | parameters + buffers |\n|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['ms']:.0f} | {r['ms'] / ref['ms']:.2f}x | {r['peak_mb']:.0f} | "
+              f"{r['peak_mb'] / ref['peak_mb']:.2f}x | {r['params']:,} |")
+
+
+if __name__ == "__main__":
+    main()
