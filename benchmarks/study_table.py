@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-COLUMNS = {"lora": "LoRA", "l-lora-module": "L-LoRA module", "l-lora-network": "L-LoRA network"}
+COLUMNS = {"lora": "LoRA", "l-lora-module": "L-LoRA module", "l-lora-network": "L-LoRA network",
+           "l-lora-module-b0": "L-LoRA module, B0 = 0"}
 
 
 def main(folder: Path) -> None:
