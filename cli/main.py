@@ -102,12 +102,55 @@ def evaluate(
 
     Example: fusekit eval --task sst2 --adapter runs/sst2-lora --data ../shared/glue
     """
-    from fusekit.scoring import score_runs
+    from fusekit.scoring import score_folders
 
     folders = [*(runs or []), *(adapter or [])]
     if not folders:
         raise FusekitError("no run folder given: expected fusekit eval RUN_DIR... or --adapter RUN_DIR")
-    score_runs(folders, task, data, max_eval, batch_size, device, out, nonlinear)
+    score_folders(folders, task, data, max_eval, batch_size, device, out, nonlinear)
+
+
+def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FusekitError(f"{option} {text!r}: expected comma-separated numbers such as 0.1,0.3,0.5") from None
+
+
+@app.command()
+@one_line_errors
+def merge(
+    runs: Annotated[list[Path], typer.Argument(help="run folders (one per task) whose task vectors to fuse")],
+    out: Annotated[Path, Opt(help="merged folder to write")],
+    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties")]
+    = "task-arithmetic",
+    lam: Annotated[str, Opt("--lambda", help="scale λ, or 'auto' to choose it on held-out training data")] = "0.3",
+    lambdas: Annotated[Optional[str], Opt(help="λ grid for the search, e.g. 0.1,0.3,0.5 (implies a search)")] = None,
+    density: Annotated[Optional[float], Opt(help="TIES: fraction of entries kept per tensor (default 0.2)")] = None,
+    densities: Annotated[Optional[str], Opt(help="TIES density grid for the search")] = None,
+    drop_rate: Annotated[Optional[float], Opt(help="DARE: drop probability p (default 0.5)")] = None,
+    drop_rates: Annotated[Optional[str], Opt(help="DARE drop-rate grid for the search")] = None,
+    weights: Annotated[Optional[str], Opt(help="per-run weights, comma-separated (default uniform)")] = None,
+    space: Annotated[str, Opt(help="LoRA: delta-w (exact B·A products) or factors (A and B apart)")] = "delta-w",
+    rank: Annotated[Optional[int], Opt(help="delta-w: truncate the merged ΔW to this rank by SVD")] = None,
+    val_examples: Annotated[int, Opt(help="held-out training examples per task for the search")] = 200,
+    seed: Annotated[int, Opt(help="DARE drops and held-out sampling")] = 0,
+    device: Annotated[str, Opt()] = "auto",
+    overwrite: Annotated[bool, Opt(help="replace an existing merged folder")] = False,
+) -> None:
+    """Fuse task vectors into one multi-task adapter.
+
+    Example: fusekit merge runs/sst2-lora runs/rte-lora runs/mrpc-lora --method ties --lambda auto --out merged/ties
+    """
+    from fusekit.fuse import fuse
+
+    grid = {"lam": _floats(lambdas, "--lambdas"), "density": _floats(densities, "--densities"),
+            "rate": _floats(drop_rates, "--drop-rates")}
+    fixed = {"lam": None if lam == "auto" else _floats(lam, "--lambda")[0], "density": density, "rate": drop_rate}
+    fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed, device,
+         overwrite)
 
 
 def main() -> None:

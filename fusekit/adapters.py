@@ -120,6 +120,11 @@ class AdaptedModel(nn.Module):
         _copy_into(self.adapter_params, state, "adapter")
 
     @torch.no_grad()
+    def load_init_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Move φ0 (the expansion point of a linearized forward); the base weights are not touched."""
+        _copy_into({k: self.init_tensor(k) for k in self.init_keys}, state, "φ0")
+
+    @torch.no_grad()
     def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
         _copy_into(self.head_params, state, "head")
 

@@ -37,6 +37,13 @@ class Split:
             return self
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), limit)))
 
+    def held_out(self, used: int | None, seed: int) -> Split:
+        """The examples that `capped(used, seed)` left out: training data a run never saw (may be empty)."""
+        if used is None or used >= len(self):
+            return self.subset([])
+        taken = set(random.Random(seed).sample(range(len(self)), used))
+        return self.subset([i for i in range(len(self)) if i not in taken])
+
 
 def looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).exists() or "\\" in source

@@ -86,19 +86,24 @@ def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,
 
     `nonlinear` evaluates an L-LoRA vector with the plain LoRA forward at φ (what its PEFT folder holds).
     """
-    vector = vector or run.vector
     if get_task(run.head_task).family != task.family:
         raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
-    base = load_base_model(run.config.model, task)
+    return model_for_vector(run.config.model, vector or run.vector, run.head, task, str(run.folder), nonlinear)
+
+
+def model_for_vector(model_name: str | None, vector: TaskVector, head: dict[str, torch.Tensor], task: TaskSpec,
+                     source: str, nonlinear: bool = False) -> tuple[BaseModel, AdaptedModel]:
+    """Load the base model, check it is the one `vector` was made on, and set adapter and head weights."""
+    base = load_base_model(model_name, task)
     if base.fingerprint != vector.meta.get("base_fingerprint"):
         raise FusekitError(
-            f"{run.folder}: task vector was made on a base model with fingerprint {vector.meta.get('base_fingerprint')}"
+            f"{source}: task vector was made on a base model with fingerprint {vector.meta.get('base_fingerprint')}"
             f", but {base.name} has {base.fingerprint} (expected the same pretrained weights)"
         )
-    spec = AdapterSpec.from_meta(vector.meta, str(run.folder / TASK_VECTOR))
+    spec = AdapterSpec.from_meta(vector.meta, f"{source}/{TASK_VECTOR}")
     model = build_adapted_model(base, spec, vector.init, nonlinear)
     model.load_adapter_state(vector.weights())
-    model.load_head_state(run.head)
+    model.load_head_state(head)
     return base, model
 
 

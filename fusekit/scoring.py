@@ -1,4 +1,4 @@
-"""`fusekit eval`: score run folders on validation splits, print a table, record the results."""
+"""`fusekit eval`: score run folders and merged folders on validation splits, print a table, record results."""
 
 from __future__ import annotations
 
@@ -6,42 +6,85 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fusekit.data import EncodedSplit, load_split
-from fusekit.evaluate import evaluate
+from fusekit.data import load_split
+from fusekit.errors import FusekitError
 from fusekit.io import atomic_write_json
+from fusekit.merged import individual_score, is_merged, load_merged
 from fusekit.modeling import resolve_device
 from fusekit.progress import console
-from fusekit.runs import load_run, model_for_run, record_eval
-from fusekit.tasks import parse_tasks
+from fusekit.runs import load_run, record_eval
+from fusekit.scorer import TaskScorer
+from fusekit.tasks import get_task, parse_tasks
 
 
-def score_runs(folders: list[Path], tasks: str | None, data: str | None, max_eval: int | None,
-               batch_size: int, device: str, out: Path | None, nonlinear: bool = False) -> list[dict]:
-    """Evaluate each run on its own task (or on `tasks`), record eval.json in the run, return result rows.
-
-    `nonlinear` scores the plain LoRA forward at φ (for L-LoRA runs: what their PEFT folder holds); its results
-    are recorded under `<task>:nonlinear`.
-    """
+def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_eval: int | None,
+                  batch_size: int, device: str, out: Path | None, nonlinear: bool = False) -> list[dict]:
+    """Score each folder (a run on its own task or on `tasks`; a merged folder on every task it holds)."""
     target = resolve_device(device)
-    loaded = [load_run(folder) for folder in folders]  # every bad folder is reported before any work
+    for folder in folders:  # every bad folder is reported before any work
+        load_merged(Path(folder)) if is_merged(folder) else load_run(Path(folder))
     rows = []
-    for run in loaded:
-        for task in parse_tasks(tasks) if tasks else parse_tasks(run.config.task):
-            split = load_split(task, "validation", data or run.config.data).capped(max_eval, 0)
-            base, model = model_for_run(run, task, nonlinear=nonlinear)
-            encoded = EncodedSplit(split, base.tokenizer, run.config.max_length)
-            metrics = evaluate(model.to(target), encoded, task, target, batch_size)
-            forward = "nonlinear" if nonlinear else model.spec.kind
-            record_eval(run.folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
-            rows.append({"run": str(run.folder), "task": task.name, "forward": forward, **metrics})
-    table = Table(title="GLUE validation")
-    for column in ("run", "task", "forward", "metrics", "score", "examples"):
-        table.add_column(column)
-    for row in rows:
-        official = parse_tasks(row["task"])[0].metrics
-        table.add_row(row["run"], row["task"], row["forward"], " ".join(f"{m}={row[m]:.4f}" for m in official),
-                      f"{row['score']:.4f}", str(row["examples"]))
-    console.print(table)
+    for folder in map(Path, folders):
+        score = _score_merged if is_merged(folder) else _score_run
+        rows += score(folder, tasks, data, max_eval, batch_size, target, nonlinear)
+    _print_table(rows)
     if out:
         atomic_write_json(out, rows)
     return rows
+
+
+def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> list[dict]:
+    """`nonlinear` scores an L-LoRA run with the plain LoRA forward at φ (what its PEFT folder holds)."""
+    run = load_run(folder)
+    rows = []
+    for task in parse_tasks(tasks) if tasks else parse_tasks(run.config.task):
+        if get_task(run.head_task).family != task.family:
+            raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
+        split = load_split(task, "validation", data or run.config.data).capped(max_eval, 0)
+        scorer = TaskScorer(run.config.model, run.config.max_length, split, run.head, device, batch_size, str(folder))
+        metrics = scorer.score(run.vector, nonlinear)
+        forward = "nonlinear" if nonlinear else run.vector.meta["kind"]
+        record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
+        rows.append({"folder": str(folder), "task": task.name, "forward": forward, **metrics})
+    return rows
+
+
+def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> list[dict]:
+    """Every task of the merge with its own head, and its normalized score: merged / its own adapter's."""
+    manifest, vector, heads = load_merged(folder)
+    wanted = {t.name for t in parse_tasks(tasks)} if tasks else None
+    rows = []
+    for item in manifest["inputs"]:
+        if wanted is not None and item["task"] not in wanted:
+            continue
+        task = get_task(item["task"])
+        split = load_split(task, "validation", data or manifest["data"]).capped(max_eval, 0)
+
+        def scorer_for(head):
+            return TaskScorer(manifest["model"], manifest["max_length"], split, head, device, batch_size, str(folder))
+
+        metrics = scorer_for(heads[task.name]).score(vector, nonlinear)
+        own = individual_score(Path(item["run"]), task.name, len(split),
+                               lambda run: scorer_for(run.head).score(run.vector, nonlinear))
+        metrics["normalized"] = metrics["score"] / own if own else 0.0
+        record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
+        forward = "nonlinear" if nonlinear else vector.meta["kind"]
+        rows.append({"folder": str(folder), "task": task.name, "forward": forward, **metrics})
+    if rows:
+        average = sum(r["normalized"] for r in rows) / len(rows)
+        record_eval(folder, "average_normalized", {"normalized": average, "tasks": len(rows)})
+        rows.append({"folder": str(folder), "task": "average", "forward": rows[0]["forward"], "normalized": average,
+                     "score": sum(r["score"] for r in rows) / len(rows)})
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    table = Table(title="GLUE validation")
+    for column in ("folder", "task", "forward", "metrics", "score", "normalized", "examples"):
+        table.add_column(column)
+    for row in rows:
+        official = get_task(row["task"]).metrics if row["task"] != "average" else ()
+        normalized = f"{row['normalized']:.4f}" if "normalized" in row else ""
+        table.add_row(row["folder"], row["task"], row["forward"], " ".join(f"{m}={row[m]:.4f}" for m in official),
+                      f"{row['score']:.4f}", normalized, str(row.get("examples", "")))
+    console.print(table)

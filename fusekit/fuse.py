@@ -1,0 +1,58 @@
+"""`fusekit merge`: load runs, choose hyperparameters if asked, merge, write the merged folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from fusekit.io import check_output_dir
+from fusekit.lambda_search import DEFAULT_GRID, DEFAULTS, SEARCHED, search
+from fusekit.merge import merge
+from fusekit.merge_methods import make_method
+from fusekit.merged import write_merged
+from fusekit.modeling import resolve_device
+from fusekit.progress import console
+from fusekit.runs import load_run
+
+
+def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, weights: list[float] | None,
+         space: str, rank: int | None, val_examples: int, seed: int, device: str, overwrite: bool) -> None:
+    """`fixed` holds λ (None: 'auto'), density and rate (None: not given); `grid` the values to search.
+
+    A hyperparameter is searched when it has a grid, or when λ is 'auto' and it was not given (default grid).
+    """
+    make_method(method)  # an unknown method fails before any loading
+    check_output_dir(out, overwrite)
+    runs = [load_run(folder) for folder in folders]
+    auto = fixed["lam"] is None
+    values = {}
+    for name in SEARCHED[method]:
+        if grid.get(name):
+            values[name] = grid[name]
+        elif fixed.get(name) is not None:
+            values[name] = [fixed[name]]
+        elif auto:
+            values[name] = DEFAULT_GRID[name]
+        else:
+            values[name] = [DEFAULTS[name]]
+    rows, params = None, {name: v[0] for name, v in values.items()}
+    if any(len(v) > 1 for v in values.values()):
+        result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed)
+        rows, params = result.rows, {**params, **result.best}
+        _print_search(rows, [run.head_task for run in runs], SEARCHED[method])
+        console.print("chose " + ", ".join(f"{k}={v}" for k, v in result.best.items()) + " on held-out training data")
+    chosen = make_method(method, seed=seed, **{k: params[k] for k in ("lam", "density", "rate") if k in params})
+    vector, report = merge(runs, chosen, weights, space, rank)
+    write_merged(out, runs, vector, report, chosen, space, weights, rows, overwrite)
+    note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
+    console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
+
+
+def _print_search(rows: list[dict], tasks: list[str], names: tuple[str, ...]) -> None:
+    table = Table(title="hyperparameter search on held-out training data")
+    for column in (*names, *tasks, "avg normalized"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{row[n]:g}" for n in names), *(f"{row[t]:.4f}" for t in tasks), f"{row['normalized']:.4f}")
+    console.print(table)

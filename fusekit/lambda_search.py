@@ -1,0 +1,68 @@
+"""Choosing merge hyperparameters (λ, TIES density, DARE drop rate) on held-out training data.
+
+The held-out examples are training examples the runs never saw (the complement of their `max_train`
+subset), never the validation split that results are reported on. Each grid point is scored by the average
+normalized score: merged metric / the task's own adapter's metric on the same examples.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from fusekit.data import load_split
+from fusekit.merge import merge
+from fusekit.merge_methods import make_method
+from fusekit.progress import console
+from fusekit.runs import Run
+from fusekit.scorer import TaskScorer
+from fusekit.tasks import get_task
+
+# Which hyperparameters each method has (the others are left at their defaults).
+SEARCHED = {"task-arithmetic": ("lam",), "average": (), "ties": ("lam", "density"), "dare": ("lam", "rate"),
+            "dare-ties": ("lam", "density", "rate")}
+DEFAULTS = {"lam": 0.3, "density": 0.2, "rate": 0.5}
+DEFAULT_GRID = {"lam": [0.1, 0.3, 0.5, 0.7, 1.0], "density": [0.2, 0.5], "rate": [0.5, 0.9]}
+
+
+@dataclass
+class SearchResult:
+    best: dict[str, float]
+    rows: list[dict]  # one per grid point: hyperparameters, per-task scores, average normalized score
+
+
+def grid_points(method: str, grid: dict[str, list[float]]) -> list[dict[str, float]]:
+    names = SEARCHED[method]
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed: int) -> list[TaskScorer]:
+    scorers = []
+    for run in runs:
+        task = get_task(run.head_task)
+        train = load_split(task, "train", run.config.data)
+        unseen = train.held_out(run.config.max_train, run.config.seed)
+        if len(unseen) == 0:
+            console.print(f"warning: {run.folder} trained on all of {task.name}'s training data; selecting on a "
+                          "sample of it (biased towards the finetuned adapters, still not the reported split)")
+            unseen = train
+        scorers.append(TaskScorer(run.config.model, run.config.max_length, unseen.capped(examples, seed), run.head,
+                                  device, source=str(run.folder)))
+    return scorers
+
+
+def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: str, rank: int | None,
+           weights: list[float] | None, examples: int, device: torch.device, seed: int = 0) -> SearchResult:
+    scorers = held_out_scorers(runs, examples, device, seed)
+    own = [scorer.score(run.vector)["score"] for scorer, run in zip(scorers, runs)]
+    rows = []
+    for point in grid_points(method, grid):
+        vector, _ = merge(runs, make_method(method, seed=seed, **point), weights, space, rank)
+        scores = [scorer.score(vector)["score"] for scorer in scorers]
+        normalized = [s / o if o else 0.0 for s, o in zip(scores, own)]
+        rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
+                     "normalized": sum(normalized) / len(normalized)})
+    best = max(rows, key=lambda row: row["normalized"])
+    return SearchResult({k: best[k] for k in SEARCHED[method]}, rows)

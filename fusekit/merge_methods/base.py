@@ -1,0 +1,30 @@
+"""The merge-method interface: combine the same tensor of N task vectors into one merged delta."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class MergeMethod(ABC):
+    """One way to fuse task vectors, applied tensor by tensor so that merging can stream layer by layer.
+
+    `merge` gets τ_1..τ_N of one weight (same shape) and one weight per task, and returns the merged delta
+    that is added to φ0 (or to W0 in ΔW space). Hyperparameters are constructor arguments.
+    """
+
+    name: str = ""
+    linear: bool = False  # the result is Σ c_i τ_i: exact in LoRA-factor form (rank Σ r_i) in ΔW space
+
+    @abstractmethod
+    def merge(self, deltas: list[torch.Tensor], weights: list[float], key: str = "") -> torch.Tensor:
+        """The merged delta of one tensor; `key` names the tensor (seeds per-tensor randomness)."""
+
+    def coefficients(self, weights: list[float]) -> list[float]:
+        """For linear methods: c_i in Σ c_i τ_i."""
+        raise NotImplementedError(f"{self.name} is not a linear combination")
+
+    def params(self) -> dict[str, float]:
+        """Hyperparameters, for manifests and tables."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str))}

@@ -1,0 +1,79 @@
+"""A merged folder: what `fusekit merge` writes, and how `fusekit eval` scores it against its inputs.
+
+    manifest.json              inputs (run, task, sha256 of its task vector), method and hyperparameters,
+                               space, rank, truncation error, base model and fingerprint, λ search table
+    task_vector.safetensors    the merged vector (φ0 and τ)
+    heads/<task>.safetensors   each task's own head (heads are never merged)
+    peft/<task>/               plain-peft folder per task: the merged LoRA (nonlinear) with that task's head
+    eval.json                  per-task scores and normalized scores (written by `fusekit eval`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from fusekit.errors import FusekitError
+from fusekit.io import atomic_write_json, load_tensors, save_tensors, staged_dir
+from fusekit.merge import MergeReport
+from fusekit.merge_methods import MergeMethod
+from fusekit.runs import TASK_VECTOR, Run, load_run, model_for_vector
+from fusekit.task_vector import TaskVector
+from fusekit.tasks import get_task
+
+MANIFEST = "manifest.json"
+FORMAT = "fusekit.merged/1"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_merged(out: Path, runs: list[Run], vector: TaskVector, report: MergeReport, method: MergeMethod,
+                 space: str, weights: list[float] | None, search_rows: list[dict] | None, overwrite: bool) -> None:
+    first = runs[0]
+    with staged_dir(out, overwrite) as stage:
+        vector.save(stage / TASK_VECTOR)
+        for run in runs:
+            task = get_task(run.head_task)
+            save_tensors(stage / "heads" / f"{task.name}.safetensors", run.head, {"task": task.name})
+            _, model = model_for_vector(first.config.model, vector, run.head, task, str(run.folder), nonlinear=True)
+            model.save_peft_folder(stage / "peft" / task.name)
+        atomic_write_json(stage / MANIFEST, {
+            "format": FORMAT, "method": method.name, "params": method.params(), "space": space,
+            "weights": weights or [1.0] * len(runs), "rank": report.rank,
+            "truncation_error": report.truncation_error, "worst_layer_truncation_error": report.worst_layer_error,
+            "inputs": [{"run": str(run.folder), "task": run.head_task, "sha256": sha256(run.folder / TASK_VECTOR)}
+                       for run in runs],
+            "kind": vector.meta["kind"], "base_model": vector.meta["base_model"],
+            "base_fingerprint": vector.meta["base_fingerprint"], "model": first.config.model,
+            "data": first.config.data, "max_length": first.config.max_length, "search": search_rows,
+        })
+
+
+def is_merged(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, torch.Tensor]]]:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except json.JSONDecodeError as error:
+        raise FusekitError(f"{folder / MANIFEST} is not JSON ({error})") from None
+    if manifest.get("format") != FORMAT:
+        raise FusekitError(f"{folder / MANIFEST}: not a fusekit merged folder (expected format {FORMAT})")
+    heads = {item["task"]: load_tensors(folder / "heads" / f"{item['task']}.safetensors")[0]
+             for item in manifest["inputs"]}
+    return manifest, TaskVector.load(folder / TASK_VECTOR), heads
+
+
+def individual_score(run_folder: Path, task: str, examples: int, evaluate_run) -> float:
+    """The task's own adapter's score on the same split: from its eval.json, or evaluated now."""
+    path = Path(run_folder) / "eval.json"
+    recorded = json.loads(path.read_text()).get(task) if path.is_file() else None
+    if recorded and recorded.get("examples") == examples:
+        return float(recorded["score"])
+    return float(evaluate_run(load_run(Path(run_folder)))["score"])
