@@ -1,0 +1,181 @@
+"""Merge methods against hand-computed tensors; LoRA merges against the exact sum of ΔW; merged folders."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fusekit.errors import FusekitError
+from fusekit.merge import merge
+from fusekit.merge_methods import make_method
+from fusekit.merge_methods.average import Average
+from fusekit.merge_methods.dare import Dare, drop_and_rescale
+from fusekit.merge_methods.task_arithmetic import TaskArithmetic
+from fusekit.merge_methods.ties import Ties, trim
+from fusekit.runs import load_run, model_for_run
+from fusekit.tasks import get_task
+from fusekit.train import train
+
+T1, T2, T3 = torch.tensor([3.0, -2.0, 0.5, 1.0]), torch.tensor([-1.0, -4.0, 2.0, 0.2]), \
+    torch.tensor([2.0, 1.0, -3.0, 0.1])
+
+
+def test_task_arithmetic_and_average_by_hand():
+    assert torch.allclose(TaskArithmetic(0.5).merge([T1, T2], [1.0, 1.0]), torch.tensor([1.0, -3.0, 1.25, 0.6]))
+    assert torch.allclose(TaskArithmetic(0.5).merge([T1, T2], [2.0, 1.0]), torch.tensor([2.5, -4.0, 1.5, 1.1]))
+    # weighted average: (1·τ1 + 3·τ2) / 4
+    assert torch.allclose(Average().merge([T1, T2], [1.0, 3.0]), torch.tensor([0.0, -3.5, 1.625, 0.4]))
+
+
+def test_ties_trim_elect_disjoint_mean_by_hand():
+    # density 0.5 keeps the two largest magnitudes of each vector
+    assert torch.equal(trim(T1, 0.5), torch.tensor([3.0, -2.0, 0.0, 0.0]))
+    assert torch.equal(trim(T2, 0.5), torch.tensor([0.0, -4.0, 2.0, 0.0]))
+    assert torch.equal(trim(T3, 0.5), torch.tensor([2.0, 0.0, -3.0, 0.0]))
+    # elected signs of the sums (5, −6, −1, 0): +, −, −, none
+    # disjoint means: (3 + 2)/2, (−2 − 4)/2, −3 (τ2's +2 disagrees), nothing kept → 0
+    merged = Ties(lam=1.0, density=0.5).merge([T1, T2, T3], [1.0, 1.0, 1.0])
+    assert torch.allclose(merged, torch.tensor([2.5, -3.0, -3.0, 0.0]))
+    assert torch.allclose(Ties(lam=0.4, density=0.5).merge([T1, T2, T3], [1.0] * 3), 0.4 * merged)
+    assert torch.equal(trim(T1, 1.0), T1) and torch.equal(trim(T1, 0.0), torch.zeros(4))
+
+
+def test_dare_rescaling_keeps_the_expectation():
+    delta = torch.full((200_000,), 2.0)
+    dropped = drop_and_rescale(delta, 0.9, torch.Generator().manual_seed(0))
+    kept = dropped != 0
+    assert torch.all(dropped[kept] == 20.0)  # survivors scaled by 1 / (1 − p)
+    assert abs(kept.float().mean().item() - 0.1) < 0.005
+    assert abs(dropped.mean().item() - 2.0) < 0.05  # E[τ̃] = τ
+
+
+def test_dare_is_seeded_per_tensor():
+    method = Dare(TaskArithmetic(1.0), rate=0.5, seed=7)
+    a = method.merge([T1, T2], [1.0, 1.0], key="layer.0")
+    assert torch.equal(a, method.merge([T1, T2], [1.0, 1.0], key="layer.0"))
+    assert not torch.equal(a, Dare(TaskArithmetic(1.0), rate=0.5, seed=8).merge([T1, T2], [1.0, 1.0], key="layer.0"))
+    assert torch.equal(Dare(TaskArithmetic(1.0), rate=0.0).merge([T1, T2], [1.0, 1.0]), T1 + T2)
+
+
+def test_unknown_method():
+    with pytest.raises(FusekitError, match="unknown merge method 'magic'"):
+        make_method("magic")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_config, tmp_path_factory):
+    """Three tiny LoRA runs (one per task) sharing φ0; max_train leaves held-out examples for the search."""
+    folder = tmp_path_factory.mktemp("merge-runs")
+    out = {}
+    for task in ("sst2", "rte", "mrpc"):
+        train(replace(tiny_config, task=task, epochs=2, max_train=64, out=str(folder / task)))
+        out[task] = load_run(folder / task)
+    return out
+
+
+def delta_w(vector, layer: str) -> torch.Tensor:
+    """s·(B·A − B0·A0) of one layer, computed from the vector's weights."""
+    s = vector.meta["alpha"] / vector.meta["rank"]
+    phi, phi0 = vector.weights(), vector.init
+    a, b = phi[f"{layer}.lora_A.weight"], phi[f"{layer}.lora_B.weight"]
+    a0, b0 = phi0[f"{layer}.lora_A.weight"], phi0[f"{layer}.lora_B.weight"]
+    return s * (b @ a - b0 @ a0)
+
+
+def test_delta_w_merge_equals_the_sum_of_products(runs):
+    inputs = [runs["sst2"], runs["rte"]]
+    merged, report = merge(inputs, TaskArithmetic(0.7), space="delta-w")
+    layers = sorted({k.rsplit(".lora_", 1)[0] for k in merged.init})
+    assert report.rank == 8 and report.truncation_error == 0.0  # factors concatenated: rank 4 + 4, exact
+    for layer in layers:
+        expected = 0.7 * (delta_w(inputs[0].vector, layer) + delta_w(inputs[1].vector, layer))
+        assert torch.allclose(delta_w(merged, layer), expected, atol=1e-6)
+    factors, _ = merge(inputs, TaskArithmetic(0.7), space="factors")  # (ΣB)(ΣA) has cross terms
+    assert not torch.allclose(delta_w(factors, layers[0]),
+                              0.7 * sum(delta_w(r.vector, layers[0]) for r in inputs), atol=1e-6)
+
+
+def test_svd_truncation_reports_its_error(runs):
+    inputs = [runs["sst2"], runs["rte"], runs["mrpc"]]
+    full, exact = merge(inputs, Ties(1.0, 0.5), space="delta-w", rank=32)  # hidden size 32: no truncation
+    _, default = merge(inputs, Ties(1.0, 0.5), space="delta-w")  # TIES output is full rank: cut to Σ r_i = 12
+    _, truncated = merge(inputs, Ties(1.0, 0.5), space="delta-w", rank=2)
+    assert exact.truncation_error < 1e-6 and default.rank == 12 and truncated.rank == 2
+    assert 0 < default.truncation_error < truncated.truncation_error < 1
+    assert truncated.worst_layer_error >= truncated.truncation_error * 0.5
+    layer = sorted({k.rsplit(".lora_", 1)[0] for k in full.init})[0]
+    target = Ties(1.0, 0.5).merge([delta_w(r.vector, layer) for r in inputs], [1.0] * 3)
+    assert torch.allclose(delta_w(full, layer), target, atol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["delta-w", "factors"])
+def test_single_vector_with_lambda_one_reproduces_the_adapter(runs, glue_dir, space):
+    from fusekit.data import EncodedSplit, load_split, make_loader
+
+    run, task = runs["rte"], get_task("rte")
+    merged, _ = merge([run], TaskArithmetic(1.0), space=space)
+    base, own = model_for_run(run, task)
+    _, fused = model_for_run(run, task, vector=merged)
+    batch = next(iter(make_loader(EncodedSplit(load_split(task, "validation", str(glue_dir)), base.tokenizer, 32),
+                                  8, shuffle=False)))
+    with torch.no_grad():
+        assert torch.allclose(fused.eval()(batch), own.eval()(batch), atol=1e-5)
+
+
+def test_incompatible_runs_are_refused(runs, tiny_config, tmp_path):
+    other = tmp_path / "rank8"
+    train(replace(tiny_config, task="cola", rank=8, epochs=1, max_train=16, out=str(other)))
+    with pytest.raises(FusekitError, match="differ in rank"):
+        merge([runs["sst2"], load_run(other)], TaskArithmetic())
+    with pytest.raises(FusekitError, match="two runs for task sst2"):
+        merge([runs["sst2"], runs["sst2"]], TaskArithmetic())
+    with pytest.raises(FusekitError, match="--weights has 1 values for 2 runs"):
+        merge([runs["sst2"], runs["rte"]], TaskArithmetic(), weights=[1.0])
+
+
+def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_path):
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from fusekit.merged import load_merged
+    from fusekit.runs import model_for_vector
+    from tests.test_cli import invoke
+
+    out = tmp_path / "merged"
+    folders = [runs[t].folder for t in ("sst2", "rte", "mrpc")]
+    result = invoke("merge", *folders, "--method", "task-arithmetic", "--lambdas", "0.5,1.0", "--out", out,
+                    "--device", "cpu", "--val-examples", "16")
+    assert result.exit_code == 0, result.output
+    assert "held-out" in result.stderr
+    manifest, vector, heads = load_merged(out)
+    assert [row["lam"] for row in manifest["search"]] == [0.5, 1.0] and manifest["rank"] == 12
+    assert manifest["params"]["lam"] in (0.5, 1.0) and len(manifest["inputs"][0]["sha256"]) == 64
+    task = get_task("mrpc")
+    base, fused = model_for_vector(str(tiny_model), vector, heads["mrpc"], task, str(out))
+    plain = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2),
+                                      str(out / "peft" / "mrpc")).eval()
+    inputs = base.tokenizer(["the movie was good fun", "bad and boring"], ["a", "b"], return_tensors="pt",
+                            padding=True)
+    with torch.no_grad():
+        assert torch.allclose(plain(**inputs).logits, fused.eval()(dict(inputs)), atol=1e-5)
+    result = invoke("eval", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "eval.json").read_text())
+    assert set(scores) == {"sst2", "rte", "mrpc", "average_normalized"}
+    own = json.loads((runs["rte"].folder / "eval.json").read_text())["rte"]["score"]
+    assert scores["rte"]["normalized"] == pytest.approx(scores["rte"]["score"] / own)
+
+
+def test_l_lora_vectors_merge_in_factor_space(tiny_config, tmp_path):
+    for task in ("sst2", "rte"):
+        train(replace(tiny_config, task=task, adapter="l-lora", lora_init="nonzero", epochs=1, max_train=16,
+                      out=str(tmp_path / task)))
+    inputs = [load_run(tmp_path / t) for t in ("sst2", "rte")]
+    with pytest.raises(FusekitError, match="use --space factors"):
+        merge(inputs, TaskArithmetic(), space="delta-w")
+    merged, _ = merge(inputs, TaskArithmetic(0.5), space="factors")
+    assert merged.meta["kind"] == "l-lora" and merged.tasks == ["sst2", "rte"]
+    _, model = model_for_run(inputs[1], get_task("rte"), vector=merged)
+    assert type(model).__name__ == "LinearizedModel"
