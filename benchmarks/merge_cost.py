@@ -1,0 +1,122 @@
+"""Time and memory to merge N = 2, 4, 8 LoRA adapters: fusekit's streamed merge against peft's
+`add_weighted_adapter`, on the same adapters, in one run.
+
+The adapters are N random LoRA adapters (r = 8, query/value) of the real model, written both as fusekit run
+folders and as PEFT folders. Two merges are compared: the exact concatenation (fusekit task arithmetic in ΔW space
+vs peft `combination_type="cat"`) and a rank-8 SVD of the summed ΔW (fusekit `--rank 8` vs peft `"svd"`). Each
+measurement runs in its own process; time and peak-RSS growth cover loading the N adapters and merging them (the
+base model peft needs is loaded before the clock starts, so peft is not charged for it).
+
+    python benchmarks/merge_cost.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def make_adapters(folder: Path, n: int, model: str | None) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from fusekit.adapters import AdapterSpec
+    from fusekit.config import TrainConfig
+    from fusekit.modeling import load_base_model
+    from fusekit.runs import build_adapted_model, save_run
+    from fusekit.tasks import get_task
+
+    task = get_task("sst2")
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        base = load_base_model(model, task)
+        adapted = build_adapted_model(base, AdapterSpec(rank=8, alpha=16.0))
+        adapted.load_adapter_state({k: v + 0.02 * torch.randn_like(v) for k, v in adapted.init_state().items()})
+        (folder / f"a{i}").mkdir(parents=True)
+        save_run(folder / f"a{i}", TrainConfig(model=model), base, adapted, task)
+        # peft's add_weighted_adapter refuses adapters with modules_to_save: give it the LoRA weights alone
+        config = json.loads((folder / f"a{i}" / "adapter_config.json").read_text())
+        config["modules_to_save"], config["task_type"] = None, None  # SEQ_CLS would add the head back
+        (folder / f"peft{i}").mkdir()
+        (folder / f"peft{i}" / "adapter_config.json").write_text(json.dumps(config))
+        weights = load_file(str(folder / f"a{i}" / "adapter_model.safetensors"))
+        save_file({k: v for k, v in weights.items() if ".lora_" in k},
+                  str(folder / f"peft{i}" / "adapter_model.safetensors"))
+
+
+def measure(tool: str, combination: str, folder: Path, n: int, model: str | None) -> dict:
+    import torch
+
+    folders = [folder / f"a{i}" for i in range(n)]
+    if tool == "peft":
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
+
+        from fusekit.modeling import resolve_model
+
+        base = AutoModelForSequenceClassification.from_pretrained(resolve_model(model), num_labels=2)
+        folders = [folder / f"peft{i}" for i in range(n)]
+        before, start = current_rss(), time.perf_counter()
+        peft_model = PeftModel.from_pretrained(base, str(folders[0]), adapter_name="a0")
+        for i, path in enumerate(folders[1:], start=1):
+            peft_model.load_adapter(str(path), adapter_name=f"a{i}")
+        names = [f"a{i}" for i in range(n)]
+        extra = {"svd_rank": 8} if combination == "svd" else {}
+        peft_model.add_weighted_adapter(names, [1.0] * n, "merged", combination_type=combination, **extra)
+    else:
+        from fusekit.merge import merge
+        from fusekit.merge_methods.task_arithmetic import TaskArithmetic
+        from fusekit.runs import Run, load_run
+
+        before, start = current_rss(), time.perf_counter()
+        runs = [load_run(path) for path in folders]
+        runs = [Run(r.folder, r.config, r.vector, r.head, f"task{i}") for i, r in enumerate(runs)]
+        merge(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    del torch
+    return {"seconds": seconds, "peak_mb": max(peak, 0) / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--sizes", default="2,4,8")
+    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)  # tool combination folder n
+    args = parser.parse_args()
+    if args.measure:
+        tool, combination, folder, n = args.measure
+        print(json.dumps(measure(tool, combination, Path(folder), int(n), args.model)))
+        return
+    sizes = [int(n) for n in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        make_adapters(Path(tmp), max(sizes), args.model)
+        print("| merge | N | fusekit s | peft s | time ratio peft/fusekit | fusekit MB | peft MB |")
+        print("|---|---|---|---|---|---|---|")
+        for combination in ("cat", "svd"):
+            for n in sizes:
+                result = {}
+                for tool in ("fusekit", "peft"):
+                    extra = ["--model", args.model] if args.model else []
+                    done = subprocess.run([sys.executable, __file__, "--measure", tool, combination, tmp, str(n),
+                                           *extra], capture_output=True, text=True, check=True)
+                    result[tool] = json.loads(done.stdout.splitlines()[-1])
+                f, p = result["fusekit"], result["peft"]
+                label = "exact concat (cat)" if combination == "cat" else "rank-8 SVD (svd)"
+                print(f"| {label} | {n} | {f['seconds']:.2f} | {p['seconds']:.2f} | "
+                      f"{p['seconds'] / f['seconds']:.1f}x | {f['peak_mb']:.0f} | {p['peak_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
