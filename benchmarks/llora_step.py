@@ -98,7 +98,8 @@ def main() -> None:
     ref = results["lora"]
     print(f"\none training step, batch {args.batch_size} x {args.length} tokens, r={args.rank}, "
           f"lora_init={args.lora_init}, {ref['device']}, median of {args.steps}")
-    print("| variant | ms/step | time vs LoRA | peak MB | memory vs LoRA | parameters + buffers |\n|---|---|---|---|---|---|")
+    print("| variant | ms/step | time vs LoRA | peak MB | memory vs LoRA | parameters + buffers |")
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['ms']:.0f} | {r['ms'] / ref['ms']:.2f}x | {r['peak_mb']:.0f} | "
               f"{r['peak_mb'] / ref['peak_mb']:.2f}x | {r['params']:,} |")

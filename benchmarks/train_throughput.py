@@ -35,8 +35,13 @@ def _clock_class():
 
 def trainer_throughput(args, train_split) -> float:
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from fusekit.modeling import resolve_model
 
@@ -99,7 +104,7 @@ def main() -> None:
     best = {k: max(v) for k, v in results.items()}
     print(f"\n{args.task}, {len(split)} examples, batch {args.batch_size}, max length {args.max_length}, "
           f"LoRA r={args.rank}, {torch.get_num_threads()} threads, best of {args.repeats}")
-    print(f"| loop | examples/s | runs | ratio vs Trainer |\n|---|---|---|---|")
+    print("| loop | examples/s | runs | ratio vs Trainer |\n|---|---|---|---|")
     for name, value in best.items():
         runs = ", ".join(f"{v:.1f}" for v in results[name])
         print(f"| {name} | {value:.1f} | {runs} | {value / best['peft + Trainer']:.2f}x |")

@@ -6,10 +6,9 @@ PEFT folder uses, so task vectors, heads and PEFT folders all speak the same key
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import copy
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -159,7 +158,9 @@ def _copy_into(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], 
         raise FusekitError(f"{what} weights do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
     for key, param in params.items():
         if state[key].shape != param.shape:
-            raise FusekitError(f"{what} weight {key} has shape {tuple(state[key].shape)}, expected {tuple(param.shape)}")
+            raise FusekitError(
+                f"{what} weight {key} has shape {tuple(state[key].shape)}, expected {tuple(param.shape)}"
+            )
         param.copy_(state[key].to(param.device, param.dtype))
 
 

@@ -21,8 +21,8 @@ from fusekit import __version__
 from fusekit.adapters import AdaptedModel, AdapterSpec, add_lora
 from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.errors import FusekitError
-from fusekit.linearize import LinearizedModel
 from fusekit.io import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from fusekit.linearize import LinearizedModel
 from fusekit.modeling import BaseModel, load_base_model
 from fusekit.task_vector import TaskVector
 from fusekit.tasks import TaskSpec, get_task

@@ -77,7 +77,8 @@ def test_malformed_tsv(tiny_model, glue_dir, tmp_path):
 
 def test_model_path_that_is_not_a_model(glue_dir, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = invoke("train", "--task", "rte", "--model", tmp_path / "empty", "--data", glue_dir, "--out", tmp_path / "x")
+    result = invoke("train", "--task", "rte", "--model", tmp_path / "empty", "--data", glue_dir,
+                    "--out", tmp_path / "x")
     assert_one_line_error(result, r"empty is not a model folder \(expected config.json")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{}")

@@ -16,7 +16,8 @@ def vector(task: str, scale: float, **meta) -> TaskVector:
 
 def test_delta_and_weights():
     tv = vector("sst2", 0.5)
-    assert torch.equal(tv.delta["a"], torch.full((2, 3), 0.5)) and torch.equal(tv.weights()["a"], torch.full((2, 3), 1.5))
+    assert torch.equal(tv.delta["a"], torch.full((2, 3), 0.5))
+    assert torch.equal(tv.weights()["a"], torch.full((2, 3), 1.5))
 
 
 def test_arithmetic():
