@@ -81,7 +81,7 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
 
         before, start = current_rss(), time.perf_counter()
         runs = [load_run(path) for path in folders]
-        runs = [Run(r.folder, r.config, r.vector, r.head, f"task{i}") for i, r in enumerate(runs)]
+        runs = [Run(r.folder, r.config, r.head, f"task{i}") for i, r in enumerate(runs)]
         merge(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before

@@ -23,7 +23,7 @@ from fusekit.errors import FusekitError
 from fusekit.merge_methods import MergeMethod
 from fusekit.modeling import fingerprint
 from fusekit.runs import TASK_VECTOR, Run
-from fusekit.task_vector import TaskVector
+from fusekit.task_vector import TaskVector, check_compatible
 
 SPACES = ("delta-w", "factors")
 
@@ -46,8 +46,9 @@ def check_mergeable(runs: list[Run]) -> None:
     duplicates = sorted({t for t in tasks if tasks.count(t) > 1})
     if duplicates:
         raise FusekitError(f"two runs for task {duplicates[0]}: expected one run per task (heads stay per task)")
+    first = runs[0].header()
     for run in runs[1:]:
-        runs[0].vector.check_compatible(run.vector)
+        check_compatible(first, run.header())
         if run.config.model != runs[0].config.model:
             raise FusekitError(f"{run.folder} uses model {run.config.model!r}, {runs[0].folder} uses "
                                f"{runs[0].config.model!r} (expected one base model)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from fusekit.errors import FusekitError
 from fusekit.io import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from fusekit.linearize import LinearizedModel
 from fusekit.modeling import BaseModel, load_base_model
-from fusekit.task_vector import TaskVector
+from fusekit.task_vector import TaskVector, VectorHeader
 from fusekit.tasks import TaskSpec, get_task
 
 TASK_VECTOR = "task_vector.safetensors"
@@ -64,11 +65,19 @@ def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedMode
 
 @dataclass
 class Run:
+    """A finished run; its task vector is read when first used (merging streams instead)."""
+
     folder: Path
     config: TrainConfig
-    vector: TaskVector
     head: dict[str, torch.Tensor]
     head_task: str
+
+    @cached_property
+    def vector(self) -> TaskVector:
+        return TaskVector.load(self.folder / TASK_VECTOR)
+
+    def header(self) -> VectorHeader:
+        return VectorHeader.read(self.folder / TASK_VECTOR)
 
 
 def load_run(folder: Path) -> Run:
@@ -77,7 +86,9 @@ def load_run(folder: Path) -> Run:
         raise FusekitError(f"{folder} is not a fusekit run (expected {RUN_MARKER} written by fusekit train)")
     cfg = load_recipe(folder / RUN_MARKER, TrainConfig)
     head, head_meta = load_tensors(folder / HEAD)
-    return Run(folder, cfg, TaskVector.load(folder / TASK_VECTOR), head, head_meta.get("task", cfg.task))
+    run = Run(folder, cfg, head, head_meta.get("task", cfg.task))
+    run.header()  # a missing or corrupt task vector is reported now, not halfway through a job
+    return run
 
 
 def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,

@@ -24,6 +24,60 @@ COMPATIBILITY_KEYS = ("base_fingerprint", "kind", "rank", "alpha", "target_modul
 
 
 @dataclass
+class VectorHeader:
+    """What compatibility needs of a vector, read without loading its tensors."""
+
+    name: str
+    meta: dict
+    shapes: dict[str, tuple[int, ...]]  # of the deltas
+
+    @classmethod
+    def read(cls, path: Path) -> VectorHeader:
+        meta, shapes = read_header(path)
+        return cls("+".join(meta.get("tasks", [])) or str(path), meta, shapes)
+
+
+def check_compatible(a: VectorHeader, b: VectorHeader) -> None:
+    for key in COMPATIBILITY_KEYS:
+        mine, theirs = a.meta.get(key), b.meta.get(key)
+        if mine != theirs:
+            raise FusekitError(
+                f"task vectors {a.name} and {b.name} differ in {key}: {mine!r} vs {theirs!r} "
+                "(expected vectors of one base model and one adapter setup)"
+            )
+    if set(a.shapes) != set(b.shapes):
+        raise FusekitError(f"task vectors {a.name} and {b.name} adapt different weights")
+    for key, shape in a.shapes.items():
+        if shape != b.shapes[key]:
+            raise FusekitError(f"task vectors {a.name} and {b.name}: {key} has shape {shape} vs {b.shapes[key]}")
+
+
+def read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """Metadata and delta shapes of a task-vector file, without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FusekitError(f"{path} not found")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {k[len("delta/"):]: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()
+                      if k.startswith("delta/")}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise FusekitError(f"{path} is not a readable safetensors file ({error})") from None
+    return _parse_meta(metadata, path), shapes
+
+
+def _parse_meta(metadata: dict[str, str], path: Path) -> dict:
+    if metadata.get("format") != FORMAT:
+        raise FusekitError(f"{path} is not a fusekit task vector (expected metadata format={FORMAT})")
+    try:
+        return json.loads(metadata["fusekit"])
+    except (KeyError, json.JSONDecodeError):
+        raise FusekitError(f"{path}: task-vector metadata is missing or not JSON") from None
+
+
+@dataclass
 class TaskVector:
     delta: dict[str, torch.Tensor]  # τ; keys absent from delta are frozen (τ = 0)
     init: dict[str, torch.Tensor]  # φ0
@@ -43,21 +97,10 @@ class TaskVector:
 
     # ---- arithmetic -------------------------------------------------------------------------------
     def check_compatible(self, other: TaskVector) -> None:
-        for key in COMPATIBILITY_KEYS:
-            mine, theirs = self.meta.get(key), other.meta.get(key)
-            if mine != theirs:
-                raise FusekitError(
-                    f"task vectors {self.name} and {other.name} differ in {key}: {mine!r} vs {theirs!r} "
-                    "(expected vectors of one base model and one adapter setup)"
-                )
-        if set(self.delta) != set(other.delta):
-            raise FusekitError(f"task vectors {self.name} and {other.name} adapt different weights")
-        for key, tensor in self.delta.items():
-            if tensor.shape != other.delta[key].shape:
-                raise FusekitError(
-                    f"task vectors {self.name} and {other.name}: {key} has shape {tuple(tensor.shape)} vs "
-                    f"{tuple(other.delta[key].shape)}"
-                )
+        check_compatible(self.header(), other.header())
+
+    def header(self) -> VectorHeader:
+        return VectorHeader(self.name, self.meta, {k: tuple(v.shape) for k, v in self.delta.items()})
 
     def _with(self, delta: dict[str, torch.Tensor], **meta) -> TaskVector:
         return TaskVector(delta, self.init, {**self.meta, **meta})
@@ -97,12 +140,7 @@ class TaskVector:
     @classmethod
     def load(cls, path: Path) -> TaskVector:
         tensors, metadata = load_tensors(path)
-        if metadata.get("format") != FORMAT:
-            raise FusekitError(f"{path} is not a fusekit task vector (expected metadata format={FORMAT})")
-        try:
-            meta = json.loads(metadata["fusekit"])
-        except (KeyError, json.JSONDecodeError):
-            raise FusekitError(f"{path}: task-vector metadata is missing or not JSON") from None
+        meta = _parse_meta(metadata, path)
         delta = {k[len("delta/"):]: v for k, v in tensors.items() if k.startswith("delta/")}
         init = {k[len("init/"):]: v for k, v in tensors.items() if k.startswith("init/")}
         if not init or not set(delta) <= set(init):
