@@ -153,6 +153,56 @@ def merge(
          overwrite)
 
 
+@app.command()
+@one_line_errors
+def joint(
+    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe (JointConfig keys); flags override")] = None,
+    tasks: Annotated[Optional[str], Opt(help="comma-separated GLUE tasks")] = None,
+    adapter: Annotated[Optional[str], Opt(help="lora or l-lora")] = None,
+    balancer: Annotated[Optional[str], Opt(help="uniform coba init-norm prior-norm realtime power-mean "
+                                                "uncertainty gradnorm grad-normalize pcgrad")] = None,
+    sampling: Annotated[Optional[str], Opt(help="temperature, proportional or uniform")] = None,
+    temperature: Annotated[Optional[float], Opt("--T", help="sampling temperature T (p_i ∝ n_i^T)")] = None,
+    gamma: Annotated[Optional[float], Opt(help="power-mean exponent γ")] = None,
+    coba_interval: Annotated[Optional[int], Opt(help="CoBa: optimizer steps between validation batches")] = None,
+    coba_warmup: Annotated[Optional[int], Opt(help="CoBa: steps of uniform weights")] = None,
+    coba_window: Annotated[Optional[int], Opt(help="CoBa: points in the slope fit")] = None,
+    references: Annotated[Optional[str], Opt(help="individual run folders, one per task, for normalized scores")]
+    = None,
+    model: Annotated[Optional[str], Opt(help="model folder or hub id")] = None,
+    data: Annotated[Optional[str], Opt(help="GLUE-layout folder or hub dataset id")] = None,
+    out: Annotated[Optional[str], Opt(help="output folder (default runs/joint-<balancer>)")] = None,
+    linearize: Annotated[Optional[str], Opt(help="L-LoRA scope: module or network")] = None,
+    lora_init: Annotated[Optional[str], Opt(help="default or nonzero")] = None,
+    rank: Annotated[Optional[int], Opt(help="LoRA rank r")] = None,
+    alpha: Annotated[Optional[float], Opt(help="LoRA alpha")] = None,
+    lr: Annotated[Optional[float], Opt()] = None,
+    epochs: Annotated[Optional[int], Opt()] = None,
+    batch_size: Annotated[Optional[int], Opt(help="examples per task per step (before sampling shares)")] = None,
+    max_length: Annotated[Optional[int], Opt()] = None,
+    max_train: Annotated[Optional[int], Opt(help="cap on training examples per task")] = None,
+    max_eval: Annotated[Optional[int], Opt()] = None,
+    seed: Annotated[Optional[int], Opt()] = None,
+    device: Annotated[Optional[str], Opt()] = None,
+    overwrite: Annotated[bool, Opt(help="replace an existing output folder")] = False,
+) -> None:
+    """Train one adapter on several tasks with a loss balancer.
+
+    Example: fusekit joint --tasks sst2,rte,mrpc,cola,stsb --balancer coba --data ../shared/glue
+    """
+    from fusekit.config import JointConfig, load_recipe, with_overrides
+    from fusekit.joint import train_joint
+
+    base = load_recipe(recipe, JointConfig) if recipe else JointConfig()
+    refs = [r.strip() for r in references.split(",")] if references else None
+    overrides = dict(tasks=tasks, adapter=adapter, balancer=balancer, sampling=sampling, temperature=temperature,
+                     gamma=gamma, coba_interval=coba_interval, coba_warmup=coba_warmup, coba_window=coba_window,
+                     references=refs, model=model, data=data, out=out, linearize=linearize, lora_init=lora_init,
+                     rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size, max_length=max_length,
+                     max_train=max_train, max_eval=max_eval, seed=seed, device=device)
+    train_joint(with_overrides(base, overrides), overwrite=overwrite)
+
+
 def main() -> None:
     app(sys.argv[1:])
 

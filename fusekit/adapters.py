@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
+from torch.func import functional_call
 
 from fusekit.errors import FusekitError
 from fusekit.io import save_tensors
@@ -83,6 +84,7 @@ class AdaptedModel(nn.Module):
         self.param_names = {state_name(n): n for n in params if ".lora_" in n}  # PEFT key → parameter name
         self.adapter_params = {k: params[n] for k, n in self.param_names.items()}
         self.head_params = {state_name(n): p for n, p in params.items() if ".lora_" not in n}
+        self.head_names = {state_name(n): f"peft_model.{n}" for n in params if ".lora_" not in n}
         if not self.adapter_params:
             raise FusekitError(f"LoRA found no layer to adapt (target_modules={spec.target_modules})")
         self.init_keys = list(self.adapter_params)
@@ -106,6 +108,10 @@ class AdaptedModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.peft_model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+    def forward_with_head(self, batch: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The forward with another task's head weights in place of the model's own (joint training)."""
+        return functional_call(self, {self.head_names[k]: v for k, v in head.items()}, (batch,))
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """φ: the current adapter weights, detached, on CPU."""

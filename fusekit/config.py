@@ -49,6 +49,30 @@ class TrainConfig:
         return Path(self.out or f"runs/{self.task}-{self.adapter}")
 
 
+@dataclass
+class JointConfig(TrainConfig):
+    """One adapter trained on several tasks at once, one head per task (`fusekit joint`).
+
+    `task` is unused; each step draws one batch per task, of `batch_size` · K · p_i examples for task i, with
+    p_i ∝ n_i^T (temperature), ∝ n_i (proportional) or uniform.
+    """
+
+    tasks: str = "sst2,rte,mrpc,cola,stsb"
+    balancer: str = "uniform"
+    sampling: str = "temperature"  # temperature | proportional | uniform
+    temperature: float = 0.5
+    gamma: float = 0.5  # power-mean
+    gradnorm_alpha: float = 1.5
+    coba_interval: int = 1
+    coba_warmup: int = 100
+    coba_window: int = 200
+    validation_examples: int = 200  # CoBa's held-out set, carved from training examples the run does not use
+    references: list[str] | None = None  # run folders of the individually finetuned adapters, for normalized scores
+
+    def output_dir(self) -> Path:
+        return Path(self.out or f"runs/joint-{self.balancer}")
+
+
 def _type_ok(value: object, hint: object) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

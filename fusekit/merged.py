@@ -32,24 +32,31 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, dict[str, torch.Tensor]],
+                    model_name: str | None, manifest: dict) -> None:
+    """One adapter for several tasks (merged or jointly trained): vector, heads, a PEFT folder per task, manifest."""
+    vector.save(stage / TASK_VECTOR)
+    for name, head in heads.items():
+        save_tensors(stage / "heads" / f"{name}.safetensors", head, {"task": name})
+        _, model = model_for_vector(model_name, vector, head, get_task(name), str(stage), nonlinear=True)
+        model.save_peft_folder(stage / "peft" / name)
+    atomic_write_json(stage / MANIFEST, {
+        "format": FORMAT, "kind": vector.meta["kind"], "rank": vector.meta["rank"],
+        "base_model": vector.meta["base_model"], "base_fingerprint": vector.meta["base_fingerprint"],
+        "model": model_name, **manifest,
+    })
+
+
 def write_merged(out: Path, runs: list[Run], vector: TaskVector, report: MergeReport, method: MergeMethod,
                  space: str, weights: list[float] | None, search_rows: list[dict] | None, overwrite: bool) -> None:
     first = runs[0]
     with staged_dir(out, overwrite) as stage:
-        vector.save(stage / TASK_VECTOR)
-        for run in runs:
-            task = get_task(run.head_task)
-            save_tensors(stage / "heads" / f"{task.name}.safetensors", run.head, {"task": task.name})
-            _, model = model_for_vector(first.config.model, vector, run.head, task, str(run.folder), nonlinear=True)
-            model.save_peft_folder(stage / "peft" / task.name)
-        atomic_write_json(stage / MANIFEST, {
-            "format": FORMAT, "method": method.name, "params": method.params(), "space": space,
+        write_multitask(stage, vector, {run.head_task: run.head for run in runs}, first.config.model, {
+            "method": method.name, "params": method.params(), "space": space,
             "weights": weights or [1.0] * len(runs), "rank": report.rank,
             "truncation_error": report.truncation_error, "worst_layer_truncation_error": report.worst_layer_error,
             "inputs": [{"run": str(run.folder), "task": run.head_task, "sha256": sha256(run.folder / TASK_VECTOR)}
                        for run in runs],
-            "kind": vector.meta["kind"], "base_model": vector.meta["base_model"],
-            "base_fingerprint": vector.meta["base_fingerprint"], "model": first.config.model,
             "data": first.config.data, "max_length": first.config.max_length, "search": search_rows,
         })
 

@@ -64,13 +64,14 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
             return TaskScorer(manifest["model"], manifest["max_length"], split, head, device, batch_size, str(folder))
 
         metrics = scorer_for(heads[task.name]).score(vector, nonlinear)
-        own = individual_score(Path(item["run"]), task.name, len(split),
-                               lambda run: scorer_for(run.head).score(run.vector, nonlinear))
-        metrics["normalized"] = metrics["score"] / own if own else 0.0
+        if item.get("run"):  # the individually finetuned adapter of this task, when known
+            own = individual_score(Path(item["run"]), task.name, len(split),
+                                   lambda run: scorer_for(run.head).score(run.vector, nonlinear))
+            metrics["normalized"] = metrics["score"] / own if own else 0.0
         record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
         forward = "nonlinear" if nonlinear else vector.meta["kind"]
         rows.append({"folder": str(folder), "task": task.name, "forward": forward, **metrics})
-    if rows:
+    if rows and all("normalized" in r for r in rows):
         average = sum(r["normalized"] for r in rows) / len(rows)
         record_eval(folder, "average_normalized", {"normalized": average, "tasks": len(rows)})
         rows.append({"folder": str(folder), "task": "average", "forward": rows[0]["forward"], "normalized": average,

@@ -1,0 +1,186 @@
+"""`fusekit joint`: one shared adapter trained on several tasks at once, the task losses balanced.
+
+Each step draws one batch per task (so every balancer sees every task's loss every step); the sampling strategy
+sets each task's share of the step's K·B examples: b_i = max(1, round(K·B·p_i)), p_i ∝ n_i^T (temperature),
+∝ n_i (proportional) or 1/K (uniform). Heads are per task; the adapter, φ0 and the outputs are those of
+`fusekit train` and `fusekit merge`, so `fusekit eval` scores a joint folder like a merged one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from fusekit.balancers import make_balancer
+from fusekit.config import JointConfig, to_yaml
+from fusekit.data import EncodedSplit, Split, load_split, make_loader
+from fusekit.errors import FusekitError
+from fusekit.evaluate import autocast, evaluate, task_loss, to_device
+from fusekit.io import check_output_dir, staged_dir
+from fusekit.merged import write_multitask
+from fusekit.modeling import load_base_model, resolve_device
+from fusekit.plots import plot_joint
+from fusekit.progress import JsonlLog, console, progress_bar
+from fusekit.runs import adapter_spec, build_adapted_model, load_run, record_eval
+from fusekit.task_vector import TaskVector
+from fusekit.tasks import TaskSpec, get_task, parse_tasks
+from fusekit.train import seed_everything
+
+SAMPLING = ("temperature", "proportional", "uniform")
+
+
+def task_shares(sizes: list[int], sampling: str, temperature: float) -> list[float]:
+    if sampling not in SAMPLING:
+        raise FusekitError(f"unknown sampling {sampling!r}: expected one of {', '.join(SAMPLING)}")
+    power = {"temperature": temperature, "proportional": 1.0, "uniform": 0.0}[sampling]
+    mass = [n ** power for n in sizes]
+    return [m / sum(mass) for m in mass]
+
+
+def prior_loss(split: Split) -> float:
+    """Loss of predicting the label prior: its entropy (classification) or the label variance (regression)."""
+    labels = torch.tensor(split.labels, dtype=torch.float32)
+    if split.task.is_regression:
+        return float(labels.var(unbiased=False))
+    p = torch.bincount(labels.long(), minlength=split.task.num_labels).float() / len(labels)
+    return float(-(p[p > 0] * p[p > 0].log()).sum())
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str, float]]:
+    tasks = parse_tasks(cfg.tasks)
+    spec = adapter_spec(cfg)
+    out = cfg.output_dir()
+    check_output_dir(out, overwrite)
+    if cfg.references:
+        if len(cfg.references) != len(tasks):
+            raise FusekitError(f"references: {len(cfg.references)} run folders for {len(tasks)} tasks "
+                               "(expected one per task, in task order)")
+        for task, folder in zip(tasks, cfg.references):
+            if get_task(load_run(Path(folder)).head_task).family != task.family:
+                raise FusekitError(f"references: {folder} is not a run of {task.name} (expected task order)")
+    device = resolve_device(cfg.device)
+    splits = {t.name: load_split(t, "train", cfg.data) for t in tasks}
+    train = {n: s.capped(cfg.max_train, cfg.seed) for n, s in splits.items()}
+    held = {n: s.held_out(cfg.max_train, cfg.seed).capped(cfg.validation_examples, cfg.seed)
+            for n, s in splits.items()}
+    held = {n: (h if len(h) else train[n].capped(cfg.validation_examples, cfg.seed)) for n, h in held.items()}
+    dev = {t.name: load_split(t, "validation", cfg.data).capped(cfg.max_eval, cfg.seed) for t in tasks}
+
+    seed_everything(cfg.seed)
+    base = load_base_model(cfg.model, tasks[0])
+    model = build_adapted_model(base, spec).to(device)
+    heads = {tasks[0].name: {k: torch.nn.Parameter(v.to(device)) for k, v in model.head_state().items()}}
+    for task in tasks[1:]:  # each head initialised as the model class initialises it for that task
+        other = build_adapted_model(load_base_model(cfg.model, task), spec)
+        heads[task.name] = {k: torch.nn.Parameter(v.to(device)) for k, v in other.head_state().items()}
+    options = {"priors": [prior_loss(train[t.name]) for t in tasks], "gamma": cfg.gamma, "alpha": cfg.gradnorm_alpha,
+               "seed": cfg.seed, "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup,
+               "coba_window": cfg.coba_window}
+    balancer = make_balancer(cfg.balancer, len(tasks), options)
+    seed_everything(cfg.seed)
+
+    shares = task_shares([len(train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
+    sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
+    encoded = {t.name: EncodedSplit(train[t.name], base.tokenizer, cfg.max_length) for t in tasks}
+    batches = {t.name: _forever(make_loader(encoded[t.name], b, True, cfg.seed + i))
+               for i, (t, b) in enumerate(zip(tasks, sizes))}
+    validation = {t.name: EncodedSplit(held[t.name], base.tokenizer, cfg.max_length) for t in tasks}
+    val_batches = {t.name: _forever(make_loader(validation[t.name], cfg.batch_size, False)) for t in tasks}
+    shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
+    head_params = [p for head in heads.values() for p in head.values()]
+    params = shared + head_params + balancer.parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
+    console.print(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
+                  f"batch per task {sizes} · {total} steps on {device}")
+
+    def losses_on(batch_of: dict, tasks: list[TaskSpec]) -> torch.Tensor:
+        values = []
+        for task in tasks:
+            batch = to_device(next(batch_of[task.name]), device)
+            with autocast(device):
+                values.append(task_loss(task, model.forward_with_head(batch, heads[task.name]), batch["labels"]))
+        return torch.stack(values)
+
+    with staged_dir(out, overwrite) as stage, progress_bar() as bar:
+        log = JsonlLog(stage / "metrics.jsonl")
+        if balancer.validation_interval:
+            with torch.no_grad():
+                model.eval()
+                start = torch.tensor([_full_loss(model, heads[t.name], validation[t.name], t, device) for t in tasks])
+            balancer.start(start)
+            log.write({"step": 0, "validation_losses": start.tolist()})
+        job = bar.add_task("joint", total=total, status="")
+        for step in range(1, total + 1):
+            model.train()
+            losses = losses_on(batches, tasks)
+            weights = balancer.backward(losses, shared)
+            torch.nn.utils.clip_grad_norm_(shared + head_params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"step": step, "losses": losses.detach().tolist(), "weights": weights.tolist()}
+            if balancer.validation_interval and step % balancer.validation_interval == 0:
+                model.eval()
+                with torch.no_grad():
+                    val = losses_on(val_batches, tasks)
+                balancer.observe(step, val.cpu())
+                record["validation_losses"] = val.tolist()
+            log.write(record)
+            bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
+        model.eval()
+        results = {}
+        for task in tasks:
+            results[task.name] = evaluate(WithHead(model, heads[task.name]),
+                                          EncodedSplit(dev[task.name], base.tokenizer, cfg.max_length), task,
+                                          device, cfg.eval_batch_size)
+            log.write({"step": total, "task": task.name, "eval": results[task.name]})
+        log.close()
+        vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), {
+            **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [t.name for t in tasks],
+            "base_model": base.name, "base_fingerprint": base.fingerprint}, frozen=model.frozen_keys())
+        head_states = {n: {k: v.detach().cpu() for k, v in h.items()} for n, h in heads.items()}
+        references = cfg.references or [None] * len(tasks)
+        write_multitask(stage, vector, head_states, cfg.model, {
+            "method": "joint", "params": {"balancer": cfg.balancer, "sampling": cfg.sampling,
+                                          "temperature": cfg.temperature},
+            "inputs": [{"task": t.name, "run": ref} for t, ref in zip(tasks, references)],
+            "data": cfg.data, "max_length": cfg.max_length, "config": asdict(cfg),
+        })
+        (stage / "config.yaml").write_text(to_yaml(cfg))
+        for name, metrics in results.items():
+            record_eval(stage, name, metrics)
+        plot_joint(stage / "metrics.jsonl", [t.name for t in tasks], stage / "weights.png")
+    console.print(f"wrote {out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
+    return results
+
+
+class WithHead(torch.nn.Module):
+    """The shared model seen through one task's head, as `evaluate` expects a model."""
+
+    def __init__(self, model, head: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.forward_with_head(batch, self.head)
+
+
+def _full_loss(model, head, data: EncodedSplit, task: TaskSpec, device) -> float:
+    total = 0.0
+    for batch in make_loader(data, 128, shuffle=False):
+        batch = to_device(batch, device)
+        total += float(task_loss(task, model.forward_with_head(batch, head), batch["labels"])) * len(batch["labels"])
+    return total / len(data)
+
+

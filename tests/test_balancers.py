@@ -1,0 +1,114 @@
+"""Each balancer against values computed by hand from its formula, on fixed losses, histories and gradients."""
+
+import math
+
+import pytest
+import torch
+
+from fusekit.balancers import make_balancer
+from fusekit.balancers.coba import CoBa, coba_weights, slope
+from fusekit.balancers.gradients import GradNormalize, PCGrad, pcgrad
+from fusekit.balancers.weighting import PowerMean, Uncertainty
+
+
+def softmax(values):
+    exps = [math.exp(v) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def test_slope_is_the_least_squares_fit():
+    x, y = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([[2.0, 4.0, 5.0, 9.0]])
+    assert slope(x, y).item() == pytest.approx(11 / 5)  # Σ(x−x̄)(y−ȳ) / Σ(x−x̄)²
+
+
+def test_coba_weights_by_hand():
+    alpha = torch.tensor([-0.02, -0.01, 0.03])
+    history = torch.tensor([[-0.01, -0.01, 0.01], [-0.02, -0.01, 0.03]])  # M = 2
+    max_history = torch.tensor([0.01, 0.03])
+    weights, parts = coba_weights(alpha, history, max_history, tau=5.0)
+    rcs = softmax([3 * a / 0.06 for a in (-0.02, -0.01, 0.03)])
+    acs = softmax([-2 * a / s for a, s in zip((-0.02, -0.01, 0.03), (0.03, 0.02, 0.04))])
+    df = min(2 * softmax([-5 * 2 * 0.01 / 0.04, -5 * 2 * 0.03 / 0.04])[-1], 1.0)
+    expected = softmax([3 * (df * r + (1 - df) * a) for r, a in zip(rcs, acs)])
+    if min(expected) < 1 / 30:
+        expected = [0.9 * w + 0.1 / 3 for w in expected]
+    assert parts["rcs"].tolist() == pytest.approx(rcs, abs=1e-6)
+    assert parts["acs"].tolist() == pytest.approx(acs, abs=1e-6)
+    assert parts["df"].item() == pytest.approx(df, abs=1e-6)
+    assert weights.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_coba_lowers_the_weight_of_a_diverging_task():
+    coba = CoBa(3, warmup=5, window=10)
+    coba.start(torch.tensor([2.0, 1.0, 1.0]))
+    for step in range(1, 31):
+        diverging = 1.0 if step <= 10 else 1.0 + 0.02 * (step - 10)
+        coba.observe(step, torch.tensor([2.0 * (1 - 0.01 * step), 1 - 0.005 * step, diverging]))
+    assert coba.weights.sum().item() == pytest.approx(3.0)
+    assert coba.weights[2] < 1.0 and coba.weights[2] < coba.weights[0] and coba.weights[2] < coba.weights[1]
+    assert coba.weights.min() >= 3 * 0.9 / 30  # the floor keeps every task in play
+
+
+def test_coba_is_uniform_during_warmup():
+    coba = CoBa(2, warmup=100)
+    coba.observe(1, torch.tensor([1.0, 1.0]))
+    coba.observe(2, torch.tensor([0.5, 2.0]))
+    assert coba.weights.tolist() == [1.0, 1.0]
+
+
+def test_power_mean_limits():
+    losses = torch.tensor([0.5, 2.0, 4.0])
+    geometric = math.exp(sum(math.log(v) for v in (0.5, 2.0, 4.0)) / 3)
+    assert PowerMean(3, 0.0).combine(losses).item() == pytest.approx(geometric)
+    assert PowerMean(3, 1e-4).combine(losses).item() == pytest.approx(geometric, rel=1e-3)
+    assert PowerMean(3, 1.0).combine(losses).item() == pytest.approx(6.5 / 3)
+    assert PowerMean(3, 200.0).combine(losses).item() == pytest.approx(4.0, rel=0.01)
+
+
+def test_pcgrad_on_the_seed_example():
+    grads = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]])
+    # g1 is orthogonal to both; g2 and g3 conflict (g2·g3 = −2): each is projected to (0, 0)
+    for orders in ([[0, 1, 2]] * 3, [[2, 1, 0]] * 3, [[1, 2, 0], [0, 2, 1], [2, 0, 1]]):
+        assert pcgrad(grads, orders).tolist() == [1.0, 1.0]
+    conflicting = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])  # g1·g2 = −1, ‖g2‖² = 2, ‖g1‖² = 1
+    # g1 − (−1/2)g2 = (0.5, 0.5); g2 − (−1/1)g1 = (0, 1)
+    assert pcgrad(conflicting, [[0, 1], [0, 1]]).tolist() == pytest.approx([0.5, 1.5])
+    assert PCGrad(2).combine_gradients(conflicting, torch.ones(2))[0].tolist() == pytest.approx([0.5, 1.5])
+
+
+def test_gradient_normalization_gives_unit_gradients():
+    combined, weights = GradNormalize(2).combine_gradients(torch.tensor([[3.0, 4.0], [0.0, 2.0]]), torch.ones(2))
+    assert combined.tolist() == pytest.approx([0.6, 1.8]) and weights.tolist() == pytest.approx([0.2, 0.5])
+
+
+def test_uncertainty_weighting_reaches_sigma_squared_equal_to_the_loss():
+    balancer = Uncertainty(2)
+    losses = torch.tensor([0.5, 2.0])
+    optimizer = torch.optim.SGD(balancer.parameters(), lr=0.1)
+    for _ in range(500):
+        optimizer.zero_grad()
+        balancer.combine(losses).backward()
+        optimizer.step()
+    assert torch.exp(balancer.log_vars).tolist() == pytest.approx([0.5, 2.0], rel=1e-3)  # σ_i² = L_i
+
+
+def test_realtime_weights_are_inverse_losses_and_backward_reports_them():
+    theta = torch.tensor([1.0, 2.0], requires_grad=True)
+    losses = theta ** 2  # 1, 4
+    weights = make_balancer("realtime", 2, {}).backward(losses, [theta])
+    assert weights.tolist() == pytest.approx([1.0, 0.25])
+    assert theta.grad.tolist() == pytest.approx([2.0, 1.0])  # ∂/∂θ Σ log θ² = 2/θ
+
+
+def test_gradient_balancer_replaces_the_shared_gradient():
+    shared = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    losses = torch.stack([3 * shared[0] + 4 * shared[1], 2 * shared[1]])  # gradients (3, 4) and (0, 2)
+    make_balancer("grad-normalize", 2, {}).backward(losses, [shared])
+    assert shared.grad.tolist() == pytest.approx([0.6, 1.8])
+
+
+def test_unknown_balancer():
+    from fusekit.errors import FusekitError
+
+    with pytest.raises(FusekitError, match="unknown balancer 'magic'"):
+        make_balancer("magic", 2, {})

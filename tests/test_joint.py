@@ -1,0 +1,74 @@
+"""Joint multi-task training: sampling shares and priors by hand, short runs on the tiny model, outputs."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fusekit.config import JointConfig
+from fusekit.data import Split
+from fusekit.errors import FusekitError
+from fusekit.joint import prior_loss, task_shares, train_joint
+from fusekit.tasks import get_task
+
+
+def test_sampling_shares():
+    assert task_shares([100, 25], "temperature", 0.5) == pytest.approx([10 / 15, 5 / 15])  # p ∝ √n
+    assert task_shares([100, 25], "proportional", 0.5) == pytest.approx([0.8, 0.2])
+    assert task_shares([100, 25], "uniform", 0.5) == pytest.approx([0.5, 0.5])
+    with pytest.raises(FusekitError, match="unknown sampling 'random'"):
+        task_shares([1], "random", 0.5)
+
+
+def test_prior_losses():
+    assert prior_loss(Split(get_task("sst2"), [("a",)] * 4, [0, 0, 1, 1])) == pytest.approx(np.log(2))
+    assert prior_loss(Split(get_task("stsb"), [("a", "b")] * 3, [1.0, 2.0, 3.0])) == pytest.approx(2 / 3)
+
+
+@pytest.fixture(scope="module")
+def joint_config(tiny_model, glue_dir):
+    return JointConfig(tasks="sst2,cola,stsb", model=str(tiny_model), data=str(glue_dir), rank=4, alpha=8.0,
+                       lr=2e-2, epochs=8, batch_size=8, max_length=32, device="cpu",
+                       validation_examples=16)
+
+
+@pytest.mark.parametrize("balancer", ["realtime", "pcgrad"])
+def test_a_short_joint_run_lowers_every_task_loss(joint_config, tmp_path, balancer):
+    out = tmp_path / balancer
+    results = train_joint(replace(joint_config, balancer=balancer, out=str(out)))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = np.array([r["losses"] for r in records if "losses" in r])
+    assert np.all(losses[-10:].mean(axis=0) < 0.9 * losses[:10].mean(axis=0))
+    assert all(len(r["weights"]) == 3 for r in records if "losses" in r)
+    assert set(results) == {"sst2", "cola", "stsb"}
+    assert {p.name for p in (out / "peft").iterdir()} == {"sst2", "cola", "stsb"}
+    assert (out / "weights.png").stat().st_size > 0 and (out / "manifest.json").is_file()
+
+
+def test_coba_joint_run_is_scored_by_fusekit_eval(joint_config, sst2_run, tmp_path, tiny_config):
+    from fusekit.scoring import score_folders
+    from fusekit.train import train
+
+    refs = [str(sst2_run[0])]
+    for task in ("cola", "stsb"):
+        train(replace(tiny_config, task=task, epochs=1, out=str(tmp_path / task)))
+        refs.append(str(tmp_path / task))
+    out = tmp_path / "coba"
+    train_joint(replace(joint_config, balancer="coba", coba_warmup=4, coba_window=8, epochs=2, references=refs,
+                        out=str(out)))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and len(records[0]["validation_losses"]) == 3  # ℓ_i(0) before training
+    assert all("validation_losses" in r for r in records if "losses" in r)  # interval 1
+    moved = [r["weights"] for r in records if "losses" in r and r["step"] > 5]
+    assert any(abs(w - 1.0) > 1e-3 for weights in moved for w in weights)  # CoBa left uniform after warm-up
+    rows = score_folders([out], None, None, None, 64, "cpu", None)
+    assert rows[-1]["task"] == "average" and "normalized" in rows[0]
+
+
+def test_joint_bad_input(joint_config, tmp_path, sst2_run):
+    with pytest.raises(FusekitError, match="unknown balancer 'magic'"):
+        train_joint(replace(joint_config, balancer="magic", out=str(tmp_path / "x")))
+    with pytest.raises(FusekitError, match="is not a run of cola"):
+        train_joint(replace(joint_config, references=[str(sst2_run[0])] * 3, out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
