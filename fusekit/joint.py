@@ -9,6 +9,7 @@ sets each task's share of the step's K·B examples: b_i = max(1, round(K·B·p_i
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             log.write({"step": 0, "validation_losses": start.tolist()})
         job = bar.add_task("joint", total=total, status="")
         for step in range(1, total + 1):
+            began = time.perf_counter()
             model.train()
             losses = losses_on(batches, tasks)
             weights = balancer.backward(losses, shared)
@@ -136,7 +138,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                     val = losses_on(val_batches, tasks)
                 balancer.observe(step, val.cpu())
                 record["validation_losses"] = val.tolist()
-            log.write(record)
+            log.write({**record, "seconds": time.perf_counter() - began})
             bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
         model.eval()
         results = {}

@@ -1,0 +1,56 @@
+"""Per-step overhead of each loss balancer over `uniform` in joint training, in one run.
+
+Same model, tasks, batches and adapter for every balancer; the joint trainer's per-step time (median over the
+timed steps, the first steps skipped) is compared with uniform's. CoBa is timed at validation interval 1 and 10;
+the gradient methods need one backward per task, and the table shows what that costs.
+
+    python benchmarks/balancer_overhead.py --data ../shared/glue --tasks sst2,rte,mrpc --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+VARIANTS = [("uniform", {}), ("coba", {"coba_interval": 1, "coba_warmup": 2}),
+            ("coba", {"coba_interval": 10, "coba_warmup": 2}), ("init-norm", {}), ("realtime", {}),
+            ("uncertainty", {}), ("power-mean", {}), ("grad-normalize", {}), ("pcgrad", {}), ("gradnorm", {})]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/glue")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--tasks", default="sst2,rte,mrpc")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    args = parser.parse_args()
+
+    from dataclasses import replace
+
+    from fusekit.config import JointConfig
+    from fusekit.joint import train_joint
+
+    k = len(args.tasks.split(","))
+    base = JointConfig(tasks=args.tasks, model=args.model, data=args.data, batch_size=args.batch_size,
+                       max_length=args.max_length, max_train=args.steps * args.batch_size, max_eval=8, epochs=1,
+                       sampling="uniform", validation_examples=args.batch_size * 4)
+    timings: dict[str, float] = {}
+    for name, options in VARIANTS:
+        with tempfile.TemporaryDirectory() as out:
+            train_joint(replace(base, balancer=name, out=str(Path(out) / "run"), **options))
+            records = [json.loads(line) for line in (Path(out) / "run" / "metrics.jsonl").read_text().splitlines()]
+        steps = sorted([r["seconds"] for r in records if "seconds" in r][2:])  # the first steps warm up
+        label = name + (f" (interval {options['coba_interval']})" if name == "coba" else "")
+        timings[label] = steps[len(steps) // 2]
+    print(f"\njoint step, {k} tasks × batch {args.batch_size}, max length {args.max_length}, median step time")
+    print("| balancer | s/step | vs uniform |\n|---|---|---|")
+    for label, seconds in timings.items():
+        print(f"| {label} | {seconds:.3f} | {seconds / timings['uniform']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
