@@ -31,12 +31,13 @@ def main(folder: Path) -> None:
         scores.setdefault(task, {})[kind] = cell
         log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         seconds[kind] = seconds.get(kind, 0.0) + sum(r.get("train_seconds", 0.0) for r in log)
-    print("| task (metric) | " + " | ".join(COLUMNS.values()) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
+    columns = {k: v for k, v in COLUMNS.items() if k in seconds}  # the variants this study ran
+    print("| task (metric) | " + " | ".join(columns.values()) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for task, row in scores.items():
         names = "/".join(_official(task))
-        print(f"| {task} ({names}) | " + " | ".join(row.get(k, "–") for k in COLUMNS) + " |")
-    print("| train time, all tasks | " + " | ".join(f"{seconds.get(k, 0) / 60:.1f} min" for k in COLUMNS) + " |")
+        print(f"| {task} ({names}) | " + " | ".join(row.get(k, "–") for k in columns) + " |")
+    print("| train time, these runs | " + " | ".join(f"{seconds[k] / 60:.1f} min" for k in columns) + " |")
 
 
 def _official(task: str) -> tuple[str, ...]:
