@@ -4,8 +4,9 @@
 The adapters are N random LoRA adapters (r = 8, query/value) of the real model, written both as fusekit run
 folders and as PEFT folders. Two merges are compared: the exact concatenation (fusekit task arithmetic in ΔW space
 vs peft `combination_type="cat"`) and a rank-8 SVD of the summed ΔW (fusekit `--rank 8` vs peft `"svd"`). Each
-measurement runs in its own process; time and peak-RSS growth cover loading the N adapters and merging them (the
-base model peft needs is loaded before the clock starts, so peft is not charged for it).
+measurement runs in its own process; the time covers loading the N adapters and merging them (the base model
+peft needs is loaded before the clock starts, so peft is not charged for it). Memory is not measured yet: the
+process's peak RSS is set by its imports, not by the merge.
 
     python benchmarks/merge_cost.py
 """
@@ -14,17 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
 
 
 def make_adapters(folder: Path, n: int, model: str | None) -> None:
@@ -67,7 +62,7 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
 
         base = AutoModelForSequenceClassification.from_pretrained(resolve_model(model), num_labels=2)
         folders = [folder / f"peft{i}" for i in range(n)]
-        before, start = current_rss(), time.perf_counter()
+        start = time.perf_counter()
         peft_model = PeftModel.from_pretrained(base, str(folders[0]), adapter_name="a0")
         for i, path in enumerate(folders[1:], start=1):
             peft_model.load_adapter(str(path), adapter_name=f"a{i}")
@@ -79,14 +74,12 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
         from fusekit.merge_methods.task_arithmetic import TaskArithmetic
         from fusekit.runs import Run, load_run
 
-        before, start = current_rss(), time.perf_counter()
+        start = time.perf_counter()
         runs = [load_run(path) for path in folders]
         runs = [Run(r.folder, r.config, r.head, f"task{i}") for i, r in enumerate(runs)]
         merge(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     del torch
-    return {"seconds": seconds, "peak_mb": max(peak, 0) / 2**20}
+    return {"seconds": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -102,8 +95,8 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         make_adapters(Path(tmp), max(sizes), args.model)
-        print("| merge | N | fusekit s | peft s | time ratio peft/fusekit | fusekit MB | peft MB |")
-        print("|---|---|---|---|---|---|---|")
+        print("| merge | N | fusekit s | peft s | time ratio peft/fusekit |")
+        print("|---|---|---|---|---|")
         for combination in ("cat", "svd"):
             for n in sizes:
                 result = {}
@@ -115,7 +108,7 @@ def main() -> None:
                 f, p = result["fusekit"], result["peft"]
                 label = "exact concat (cat)" if combination == "cat" else "rank-8 SVD (svd)"
                 print(f"| {label} | {n} | {f['seconds']:.2f} | {p['seconds']:.2f} | "
-                      f"{p['seconds'] / f['seconds']:.1f}x | {f['peak_mb']:.0f} | {p['peak_mb']:.0f} |", flush=True)
+                      f"{p['seconds'] / f['seconds']:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":
