@@ -42,7 +42,7 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
         rows, params = result.rows, {**params, **result.best}
         _print_search(rows, [run.head_task for run in runs], SEARCHED[method])
         console.print("chose " + ", ".join(f"{k}={v}" for k, v in result.best.items()) + " on held-out training data")
-    chosen = make_method(method, seed=seed, **{k: params[k] for k in ("lam", "density", "rate") if k in params})
+    chosen = make_method(method, seed=seed, **params)
     vector, report = merge(runs, chosen, weights, space, rank)
     write_merged(out, runs, vector, report, chosen, space, weights, rows, overwrite)
     note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""

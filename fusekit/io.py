@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from fusekit.errors import FusekitError
 
@@ -70,8 +70,7 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise FusekitError(f"{path} not found")
     try:
         with safe_open(str(path), "pt") as handle:
-            metadata = handle.metadata() or {}
-        return load_file(str(path)), metadata
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise FusekitError(f"{path} is not a readable safetensors file ({error})") from None
 

@@ -116,9 +116,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     with staged_dir(out, overwrite) as stage, progress_bar() as bar:
         log = JsonlLog(stage / "metrics.jsonl")
         if balancer.validation_interval:
-            with torch.no_grad():
-                model.eval()
-                start = torch.tensor([_full_loss(model, heads[t.name], validation[t.name], t, device) for t in tasks])
+            start = torch.tensor([evaluate(WithHead(model, heads[t.name]), validation[t.name], t, device)["loss"]
+                                  for t in tasks])  # ℓ_i(0), the full held-out loss before training
             balancer.start(start)
             log.write({"step": 0, "validation_losses": start.tolist()})
         job = bar.add_task("joint", total=total, status="")
@@ -176,13 +175,3 @@ class WithHead(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.forward_with_head(batch, self.head)
-
-
-def _full_loss(model, head, data: EncodedSplit, task: TaskSpec, device) -> float:
-    total = 0.0
-    for batch in make_loader(data, 128, shuffle=False):
-        batch = to_device(batch, device)
-        total += float(task_loss(task, model.forward_with_head(batch, head), batch["labels"])) * len(batch["labels"])
-    return total / len(data)
-
-

@@ -35,7 +35,7 @@ EVAL = "eval.json"
 
 def adapter_spec(cfg: TrainConfig) -> AdapterSpec:
     targets = tuple(cfg.target_modules) if cfg.target_modules else None
-    linearize = cfg.linearize or "module" if cfg.adapter == "l-lora" else cfg.linearize
+    linearize = (cfg.linearize or "module") if cfg.adapter == "l-lora" else cfg.linearize
     return AdapterSpec(cfg.adapter, cfg.rank, cfg.alpha, cfg.dropout, targets, cfg.init_seed, cfg.lora_init,
                        linearize)
 
