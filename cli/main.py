@@ -203,6 +203,40 @@ def joint(
     train_joint(with_overrides(base, overrides), overwrite=overwrite)
 
 
+@app.command("run")
+@one_line_errors
+def run_recipe(
+    recipe: Annotated[Path, typer.Argument(help="study recipe (YAML): tasks, adapters, merges, joint baselines")],
+    only: Annotated[Optional[str], Opt(help="run only the stages whose name starts with this, e.g. train/")]
+    = None,
+    dry_run: Annotated[bool, Opt(help="validate the recipe and print the plan, run nothing")] = False,
+) -> None:
+    """Run a whole study; rerunning skips finished stages and resumes an interrupted training.
+
+    Example: fusekit run recipes/quickstart.yaml && fusekit report runs/quickstart
+    """
+    from fusekit.study import describe, load_study, plan, run_study
+
+    if dry_run:
+        typer.echo(describe(plan(load_study(recipe), str(recipe))))
+        return
+    run_study(recipe, only)
+
+
+@app.command()
+@one_line_errors
+def report(
+    study: Annotated[Path, typer.Argument(help="study folder written by fusekit run")],
+) -> None:
+    """Write STUDY/report.md: per-task, merged and joint tables, λ sweeps, balancer weights, stage costs.
+
+    Example: fusekit report runs/glue-fusion
+    """
+    from fusekit.report import write_report
+
+    typer.echo(f"wrote {write_report(study)}")
+
+
 def main() -> None:
     app(sys.argv[1:])
 

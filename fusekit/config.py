@@ -44,6 +44,7 @@ class TrainConfig:
     max_eval: int | None = None
     seed: int = 0
     device: str = "auto"
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints (0: none)
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.task}-{self.adapter}")

@@ -1,0 +1,145 @@
+"""`fusekit report`: turn a study folder (`fusekit run`) into report.md with tables and PNG plots.
+
+Everything is read from what the stages wrote (eval.json, manifest.json, metrics.jsonl, stages.jsonl), so a
+report can be rendered at any time, even of an unfinished study.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from fusekit.errors import FusekitError
+from fusekit.io import RUN_MARKER, atomic_write_text
+from fusekit.plots import plot_joint, plot_sweeps
+from fusekit.study import STAGES
+from fusekit.tasks import get_task
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _runs(study: Path) -> dict[tuple[str, str], dict]:
+    """(task, variant) → the run's eval.json entry for its task, from train/<task>-<variant>."""
+    found = {}
+    for folder in sorted((study / "train").glob("*")):
+        if not (folder / RUN_MARKER).is_file():
+            continue
+        config = yaml.safe_load((folder / RUN_MARKER).read_text())
+        task = config["task"]
+        scores = _json(folder / "eval.json")
+        if task in scores:
+            found[(task, folder.name[len(task) + 1:])] = scores[task]
+    return found
+
+
+def individual_table(study: Path) -> tuple[str, list[str]]:
+    runs = _runs(study)
+    tasks = list(dict.fromkeys(t for t, _ in runs))
+    variants = list(dict.fromkeys(v for _, v in runs))
+    rows = []
+    for variant in variants:
+        cells = []
+        for task in tasks:
+            scores = runs.get((task, variant))
+            official = get_task(task).metrics
+            cells.append("/".join(f"{scores[m]:.3f}" for m in official) if scores else "–")
+        rows.append([variant, *cells])
+    header = ["adapter", *(f"{t} ({'/'.join(get_task(t).metrics)})" for t in tasks)]
+    return _table(header, rows), tasks
+
+
+def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
+    """(name, manifest, eval.json) of each scored merged (kind=merge) or joint (kind=joint) folder."""
+    rows = []
+    for folder in sorted((study / kind).glob("*")):
+        manifest, scores = _json(folder / "manifest.json"), _json(folder / "eval.json")
+        if manifest and "average_normalized" not in scores:
+            scores = normalize(manifest, scores)
+        if "average_normalized" in scores:
+            rows.append((folder.name, manifest, scores))
+    return rows
+
+
+def normalize(manifest: dict, scores: dict) -> dict:
+    """Add normalized scores from the recorded scores of each task's own adapter (same examples), if all known."""
+    scores = {task: dict(value) for task, value in scores.items()}
+    for item in manifest["inputs"]:
+        own = _json(Path(item["run"]) / "eval.json").get(item["task"]) if item.get("run") else None
+        mine = scores.get(item["task"])
+        if not own or not mine or own.get("examples") != mine.get("examples") or not own["score"]:
+            return scores
+        mine["normalized"] = mine["score"] / own["score"]
+    values = [scores[item["task"]]["normalized"] for item in manifest["inputs"]]
+    scores["average_normalized"] = {"normalized": sum(values) / len(values), "tasks": len(values)}
+    return scores
+
+
+def _params(manifest: dict) -> str:
+    params = manifest.get("params", {})
+    shown = {"lam": "λ", "density": "density", "rate": "p", "balancer": "", "sampling": "", "temperature": "T"}
+    return ", ".join(f"{shown[k]}={v}" if shown[k] else str(v) for k, v in params.items() if k in shown) or "–"
+
+
+def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normalized: bool) -> str:
+    """Per-task normalized scores (or raw scores) and their average, one row per merged/joint folder."""
+    body = []
+    for name, manifest, scores in rows:
+        key = "normalized" if normalized else "score"
+        cells = [f"{scores[t][key]:.3f}" if t in scores else "–" for t in tasks]
+        average = scores["average_normalized"]["normalized"] if normalized else \
+            sum(scores[t]["score"] for t in tasks if t in scores) / max(1, sum(t in scores for t in tasks))
+        body.append([name, _params(manifest), *cells, f"**{average:.3f}**"])
+    return _table(["adapter", "chosen", *tasks, "**average**"], body)
+
+
+def stage_table(study: Path) -> str:
+    latest = {}
+    path = study / STAGES
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        latest[record["stage"]] = record
+    rows = [[name, f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mb']:.0f}",
+             f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "–"] for name, r in latest.items()]
+    total = sum(r["seconds"] for r in latest.values())
+    rows.append(["**total**", f"**{total / 60:.1f}**", "", ""])
+    return _table(["stage", "wall (min)", "peak RSS (MiB)", "peak GPU (MiB)"], rows)
+
+
+def write_report(study: Path) -> Path:
+    """Write <study>/report.md and its PNGs under <study>/report/; return the markdown path."""
+    if not (study / "recipe.yaml").is_file():
+        raise FusekitError(f"{study} is not a study folder (expected recipe.yaml written by fusekit run)")
+    figures = study / "report"
+    figures.mkdir(exist_ok=True)
+    individual, tasks = individual_table(study)
+    merged, joint = multitask_rows(study, "merge"), multitask_rows(study, "joint")
+    parts = [f"# fusekit report: {study.name}", "", "## Individually finetuned adapters (GLUE validation)", "",
+             individual, ""]
+    if merged or joint:
+        parts += ["## Merged adapters and joint baselines: normalized score (score / own adapter's score)", "",
+                  "λ, TIES density and DARE rate chosen on held-out training examples, never on the reported split.",
+                  "", multitask_table(merged + joint, tasks, normalized=True), "",
+                  "### The same, raw scores", "", multitask_table(merged + joint, tasks, normalized=False), ""]
+    sweeps = {(name.removesuffix(f"-{manifest['method']}"), manifest["method"]): manifest["search"]
+              for name, manifest, _ in merged if manifest.get("search")}
+    if sweeps:
+        plot_sweeps(sweeps, figures / "lambda-sweep.png")
+        parts += ["## Hyperparameter sweeps on held-out training data", "", "![λ sweep](report/lambda-sweep.png)", ""]
+    for name, manifest, _ in joint:
+        metrics = study / "joint" / name / "metrics.jsonl"
+        png = figures / f"weights-{name}.png"
+        plot_joint(metrics, [item["task"] for item in manifest["inputs"]], png)
+        parts += [f"### Balancer weights and validation losses: {name}", "", f"![{name}](report/{png.name})", ""]
+    parts += ["## Stages: wall time and peak memory", "", stage_table(study), ""]
+    path = study / "report.md"
+    atomic_write_text(path, "\n".join(parts))
+    return path

@@ -1,0 +1,49 @@
+"""Wall time and peak memory of one piece of work, for the per-stage table of `fusekit report`."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _reset_peak_rss() -> bool:
+    """Linux lets a process reset its RSS high-water mark (VmHWM); elsewhere the peak is the process's."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    if _STATUS.is_file():
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+@contextmanager
+def measure() -> Iterator[dict]:
+    """Fill a dict with `seconds`, `peak_rss_mb` (and `peak_cuda_mb` on a GPU) when the block ends."""
+    usage: dict = {}
+    per_stage = _reset_peak_rss()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    yield usage
+    usage["seconds"] = round(time.perf_counter() - start, 2)
+    usage["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    usage["rss_scope"] = "stage" if per_stage else "process"
+    if torch.cuda.is_available():
+        usage["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

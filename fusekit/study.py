@@ -1,0 +1,247 @@
+"""`fusekit run`: a whole study from one recipe — per-task adapters, merges, joint baselines — resumable.
+
+The recipe is validated and expanded into a plan of stages before any work starts. Each stage writes its own
+folder under the study directory (atomically, so a folder that exists is finished); running the same command
+again skips finished stages, and a training stage killed midway resumes from its last checkpoint.
+
+    <out>/recipe.yaml                      the recipe as last run
+    <out>/train/<task>-<variant>/          one run folder per task and adapter variant (`fusekit train`)
+    <out>/merge/<variant>-<space>-<method>/  merged folders, scored on every task (`fusekit merge` + `eval`)
+    <out>/joint/<variant>-<balancer>/      joint baselines (`fusekit joint`)
+    <out>/stages.jsonl                     wall time and peak memory of each stage, one line per stage run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fusekit.config import JointConfig, TrainConfig, from_mapping, to_yaml
+from fusekit.errors import FusekitError
+from fusekit.io import RUN_MARKER, atomic_write_text
+from fusekit.lambda_search import SEARCHED
+from fusekit.merge_methods import METHODS
+from fusekit.progress import JsonlLog, console
+from fusekit.resources import measure
+from fusekit.tasks import parse_tasks
+
+STAGES = "stages.jsonl"
+SPACES = ("delta-w", "factors")
+
+
+@dataclass
+class MergeSettings:
+    """Which merges to make of each variant's per-task adapters, and the held-out search grid."""
+
+    methods: list[str] = field(default_factory=lambda: ["task-arithmetic", "average", "ties", "dare"])
+    spaces: list[str] = field(default_factory=lambda: ["delta-w", "factors"])  # LoRA; L-LoRA merges its factors
+    lambdas: list[float] = field(default_factory=lambda: [0.3, 0.6, 1.0])
+    densities: list[float] | None = None  # TIES density grid (None: `fusekit merge --lambda auto`'s grid)
+    drop_rates: list[float] | None = None  # DARE drop-rate grid (None: likewise)
+    val_examples: int = 100  # held-out training examples per task for the search
+    variants: list[str] | None = None  # adapter variants to merge (None: all)
+
+
+@dataclass
+class JointSettings:
+    """Joint baselines: one adapter per balancer trained on all the study's tasks."""
+
+    balancers: list[str] = field(default_factory=lambda: ["uniform", "coba"])
+    variants: list[str] = field(default_factory=lambda: ["lora"])
+    settings: dict = field(default_factory=dict)  # JointConfig keys (sampling, temperature, coba_warmup, ...)
+
+
+@dataclass
+class StudyConfig:
+    """A study: `train` keys are shared; `adapters` and `task_settings` override them (task wins; a key such as
+    `stsb:l-lora` overrides one task of one variant)."""
+
+    out: str = "runs/study"
+    tasks: list[str] = field(default_factory=lambda: ["sst2", "rte", "mrpc", "cola", "stsb"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    checkpoint_every: int = 50
+    train: dict = field(default_factory=dict)
+    adapters: dict = field(default_factory=lambda: {"lora": {"adapter": "lora"}})
+    task_settings: dict = field(default_factory=dict)
+    merge: dict | None = None
+    joint: dict | None = None
+
+
+@dataclass
+class Stage:
+    name: str  # folder under the study directory, e.g. train/sst2-lora
+    kind: str  # train | merge | joint
+    config: object  # TrainConfig | JointConfig | MergeJob
+
+
+@dataclass
+class MergeJob:
+    runs: list[str]
+    method: str
+    space: str
+    grid: dict[str, list[float]]
+    val_examples: int
+    seed: int
+
+
+def load_study(path: Path) -> StudyConfig:
+    if not path.is_file():
+        raise FusekitError(f"recipe {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise FusekitError(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return from_mapping(StudyConfig, data, str(path))
+
+
+def plan(study: StudyConfig, source: str) -> list[Stage]:
+    """Every stage of the study, each config fully validated (a bad key fails here, before any work)."""
+    tasks = [t.name for t in parse_tasks(",".join(study.tasks))]
+    for key in study.task_settings:
+        task, _, variant = key.partition(":")
+        if task not in tasks or (variant and variant not in study.adapters):
+            raise FusekitError(f"{source}: task_settings key {key!r} names no task (or task:variant) of the study")
+    stages, multi_seed = [], len(study.seeds) > 1
+    for seed in study.seeds:
+        tag = f"-seed{seed}" if multi_seed else ""
+        runs: dict[str, list[str]] = {}
+        for variant, settings in study.adapters.items():
+            if not isinstance(settings, dict):
+                raise FusekitError(f"{source}: adapters.{variant} must be a mapping of train keys")
+            for task in tasks:
+                name = f"train/{task}-{variant}{tag}"
+                keys = {**study.train, **settings, **study.task_settings.get(task, {}),
+                        **study.task_settings.get(f"{task}:{variant}", {}),
+                        "task": task, "seed": seed, "checkpoint_every": study.checkpoint_every,
+                        "out": str(Path(study.out) / name)}
+                stages.append(Stage(name, "train", from_mapping(TrainConfig, keys, f"{source}: {name}")))
+                runs.setdefault(variant, []).append(keys["out"])
+        if study.merge is not None:
+            stages += _merge_stages(from_mapping(MergeSettings, dict(study.merge), f"{source}: merge"), study, runs,
+                                    tag, seed, source)
+        if study.joint is not None:
+            stages += _joint_stages(from_mapping(JointSettings, dict(study.joint), f"{source}: joint"), study,
+                                    runs, tag, seed, source)
+    return stages
+
+
+def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source) -> list[Stage]:
+    stages = []
+    for method in merge.methods:
+        if method not in METHODS and method != "dare-ties":
+            raise FusekitError(f"{source}: merge.methods: unknown method {method!r} "
+                               f"(expected one of {', '.join([*METHODS, 'dare-ties'])})")
+    for space in merge.spaces:
+        if space not in SPACES:
+            raise FusekitError(f"{source}: merge.spaces: unknown space {space!r} (expected delta-w or factors)")
+    for variant in merge.variants or list(study.adapters):
+        if variant not in runs:
+            raise FusekitError(f"{source}: merge.variants: {variant!r} is not one of the adapters")
+        linearized = study.adapters[variant].get("adapter", study.train.get("adapter", "lora")) != "lora"
+        for space in ["factors"] if linearized else merge.spaces:
+            for method in merge.methods:
+                grid = {"lam": merge.lambdas, "density": merge.densities, "rate": merge.drop_rates}
+                grid = {k: v for k, v in grid.items() if v and k in SEARCHED[method]}
+                job = MergeJob(runs[variant], method, space, grid, merge.val_examples, seed)
+                stages.append(Stage(f"merge/{variant}-{space}-{method}{tag}", "merge", job))
+    return stages
+
+
+def _joint_stages(joint: JointSettings, study, runs, tag, seed, source) -> list[Stage]:
+    stages = []
+    for variant in joint.variants:
+        if variant not in runs:
+            raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
+        for balancer in joint.balancers:
+            name = f"joint/{variant}-{balancer}{tag}"
+            keys = {**study.train, **study.adapters[variant], **joint.settings, "tasks": ",".join(study.tasks),
+                    "balancer": balancer, "seed": seed, "references": runs[variant],
+                    "checkpoint_every": study.checkpoint_every, "out": str(Path(study.out) / name)}
+            keys.pop("task", None)
+            stages.append(Stage(name, "joint", from_mapping(JointConfig, keys, f"{source}: {name}")))
+    return stages
+
+
+def is_done(stage: Stage, out: Path) -> bool:
+    """Finished stages leave their folder (written atomically); a merge is finished once it is scored."""
+    folder = out / stage.name
+    if stage.kind == "merge":
+        path = folder / "eval.json"
+        return path.is_file() and "average_normalized" in json.loads(path.read_text())
+    return (folder / RUN_MARKER).is_file()
+
+
+def check_unchanged(stage: Stage, out: Path) -> None:
+    """A finished training stage is reused only if the recipe still asks for the same run."""
+    if stage.kind == "merge":
+        return
+    recorded = yaml.safe_load((out / stage.name / RUN_MARKER).read_text())
+    wanted = dataclasses.asdict(stage.config)
+    changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
+    if changed:
+        raise FusekitError(f"{out / stage.name} was run with different {', '.join(changed)} than the recipe asks "
+                           "(delete the folder to rerun it, or change `out`)")
+
+
+def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
+    """Run every unfinished stage of the recipe (those whose name starts with `only`, if given)."""
+    study = load_study(recipe)
+    stages = plan(study, str(recipe))
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.yaml", recipe.read_text(encoding="utf-8"))
+    todo = [s for s in stages if only is None or s.name.startswith(only)]
+    for stage in todo:
+        if is_done(stage, out):
+            check_unchanged(stage, out)
+    pending = [s for s in todo if not is_done(s, out)]
+    console.print(f"study {out}: {len(todo)} stages, {len(todo) - len(pending)} finished, {len(pending)} to run")
+    log = JsonlLog(out / STAGES)
+    try:
+        for number, stage in enumerate(pending, 1):
+            console.rule(f"[{number}/{len(pending)}] {stage.name}")
+            with measure() as usage:
+                RUNNERS[stage.kind](stage, out)
+            log.write({"stage": stage.name, "kind": stage.kind, **usage})
+    finally:
+        log.close()
+    return stages
+
+
+def _train(stage: Stage, out: Path) -> None:
+    from fusekit.train import train
+
+    train(stage.config)
+
+
+def _merge(stage: Stage, out: Path) -> None:
+    from fusekit.fuse import fuse
+    from fusekit.scoring import score_folders
+
+    job: MergeJob = stage.config
+    folder = out / stage.name
+    fixed = {"lam": None, "density": None, "rate": None}
+    fuse([Path(r) for r in job.runs], folder, job.method, fixed, job.grid, None, job.space, None, job.val_examples,
+         job.seed, "auto", overwrite=True)
+    score_folders([folder], None, None, None, 128, "auto", None)
+
+
+def _joint(stage: Stage, out: Path) -> None:
+    from fusekit.joint import train_joint
+
+    train_joint(stage.config)
+
+
+RUNNERS: dict[str, Callable[[Stage, Path], None]] = {"train": _train, "merge": _merge, "joint": _joint}
+
+
+def describe(stages: list[Stage]) -> str:
+    """The plan as YAML, for `fusekit run --dry-run`."""
+    return "\n".join(f"{s.name}:\n" + "\n".join("  " + line for line in (
+        to_yaml(s.config) if s.kind != "merge" else yaml.safe_dump(dataclasses.asdict(s.config), sort_keys=False)
+    ).splitlines()) for s in stages)

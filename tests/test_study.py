@@ -1,0 +1,116 @@
+"""`fusekit run` (a whole study from one recipe, resumable) and `fusekit report` on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fusekit import study as study_module
+from fusekit.errors import FusekitError
+from fusekit.report import write_report
+from fusekit.study import load_study, plan, run_study
+
+
+def write_recipe(path: Path, tiny_model, glue_dir, out: Path, **changes) -> Path:
+    recipe = {
+        "out": str(out), "tasks": ["sst2", "mrpc"], "checkpoint_every": 0,
+        "train": {"model": str(tiny_model), "data": str(glue_dir), "rank": 4, "alpha": 8.0, "lr": 2e-2,
+                  "epochs": 2, "batch_size": 16, "max_length": 32, "device": "cpu"},
+        "adapters": {"lora": {"adapter": "lora"}},
+        "task_settings": {"mrpc": {"lr": 1e-2}},
+        "merge": {"methods": ["task-arithmetic", "average"], "spaces": ["delta-w"], "lambdas": [0.5, 1.0],
+                  "val_examples": 8},
+        "joint": {"balancers": ["uniform"], "settings": {"validation_examples": 8}},
+    }
+    recipe.update(changes)
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": 2}, "unknown key 'epochs'"),
+    ({"tasks": "sst2"}, "key 'tasks' is 'sst2', expected list[str]"),
+    ({"train": {"learning_rate": 0.1}}, "train/sst2-lora: unknown key 'learning_rate'"),
+    ({"train": {"lr": "fast"}}, "key 'lr' is 'fast', expected float"),
+    ({"merge": {"methods": ["magic"]}}, "merge.methods: unknown method 'magic'"),
+    ({"merge": {"lambda": [0.3]}}, "merge: unknown key 'lambda'"),
+    ({"joint": {"balancers": ["uniform"], "settings": {"T": 2}}}, "joint/lora-uniform: unknown key 'T'"),
+    ({"task_settings": {"qqp": {"lr": 0.1}}}, "task_settings key 'qqp'"),
+])
+def test_bad_recipe_is_refused_before_any_work(tmp_path, tiny_model, glue_dir, changes, message):
+    out = tmp_path / "study"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, **changes)
+    with pytest.raises(FusekitError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_study(recipe)
+    assert not out.exists()
+
+
+def test_plan_layers_settings(tmp_path, tiny_model, glue_dir):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "s",
+                          adapters={"lora": {"adapter": "lora"}, "l-lora": {"adapter": "l-lora", "lr": 5e-2}},
+                          task_settings={"mrpc": {"lr": 1e-2}, "sst2:l-lora": {"lr": 3e-2}})
+    stages = {s.name: s for s in plan(load_study(recipe), "r.yaml")}
+    assert stages["train/sst2-lora"].config.lr == 2e-2  # shared
+    assert stages["train/mrpc-lora"].config.lr == 1e-2  # task wins over shared
+    assert stages["train/mrpc-l-lora"].config.lr == 1e-2  # task wins over variant
+    assert stages["train/sst2-l-lora"].config.lr == 3e-2  # task:variant wins over all
+    assert "merge/l-lora-factors-task-arithmetic" in stages  # L-LoRA merges its own parameters
+    assert "merge/l-lora-delta-w-task-arithmetic" not in stages
+    assert stages["joint/lora-uniform"].config.references == [str(tmp_path / "s/train/sst2-lora"),
+                                                              str(tmp_path / "s/train/mrpc-lora")]
+
+
+def test_study_runs_resumes_and_reports(tmp_path, tiny_model, glue_dir, monkeypatch):
+    out = tmp_path / "study"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out)
+    run_study(recipe, only="train/sst2")  # an interrupted study: one stage finished
+    assert (out / "train/sst2-lora/config.yaml").is_file() and not (out / "train/mrpc-lora").exists()
+
+    ran = []
+    real = dict(study_module.RUNNERS)
+    monkeypatch.setattr(study_module, "RUNNERS", {k: (lambda s, o, k=k: (ran.append(s.name), real[k](s, o)))
+                                                  for k in real})
+    run_study(recipe)
+    assert "train/sst2-lora" not in ran  # finished stages are skipped
+    assert ran == ["train/mrpc-lora", "merge/lora-delta-w-task-arithmetic", "merge/lora-delta-w-average",
+                   "joint/lora-uniform"]
+    ran.clear()
+    run_study(recipe)
+    assert ran == []
+
+    merged = json.loads((out / "merge/lora-delta-w-task-arithmetic/eval.json").read_text())
+    assert set(merged) >= {"sst2", "mrpc", "average_normalized"}
+    joint = json.loads((out / "joint/lora-uniform/eval.json").read_text())
+    assert set(joint) >= {"sst2", "mrpc"}
+    stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert {s["stage"] for s in stages} == {"train/sst2-lora", "train/mrpc-lora", "merge/lora-delta-w-average",
+                                            "merge/lora-delta-w-task-arithmetic", "joint/lora-uniform"}
+    assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 0 for s in stages)
+
+    report = write_report(out).read_text()
+    assert "| lora |" in report and "lora-delta-w-task-arithmetic" in report and "lora-uniform" in report
+    assert f"{merged['average_normalized']['normalized']:.3f}" in report
+    own = {t: json.loads((out / f"train/{t}-lora/eval.json").read_text())[t]["score"] for t in ("sst2", "mrpc")}
+    joint_average = (joint["sst2"]["score"] / own["sst2"] + joint["mrpc"]["score"] / own["mrpc"]) / 2
+    assert f"**{joint_average:.3f}**" in report  # joint normalized by the same individual adapters
+    assert (out / "report/lambda-sweep.png").stat().st_size > 1000
+    assert (out / "report/weights-lora-uniform.png").stat().st_size > 1000
+
+
+def test_changed_recipe_does_not_reuse_a_stale_stage(tmp_path, tiny_model, glue_dir):
+    out = tmp_path / "study"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, merge=None, joint=None)
+    run_study(recipe, only="train/sst2")
+    changed = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, merge=None, joint=None,
+                           train={"model": str(tiny_model), "data": str(glue_dir), "rank": 4, "alpha": 8.0,
+                                  "lr": 0.5, "epochs": 2, "batch_size": 16, "max_length": 32, "device": "cpu"})
+    with pytest.raises(FusekitError, match="train/sst2-lora was run with different lr"):
+        run_study(changed)
+
+
+def test_report_needs_a_study_folder(tmp_path):
+    with pytest.raises(FusekitError, match="not a study folder"):
+        write_report(tmp_path)
