@@ -62,7 +62,9 @@ def train(
     max_eval: Annotated[Optional[int], Opt(help="cap on validation examples")] = None,
     seed: Annotated[Optional[int], Opt()] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, cuda:N")] = None,
-    overwrite: Annotated[bool, Opt(help="replace an existing run folder")] = False,
+    checkpoint_every: Annotated[Optional[int], Opt(help="steps between checkpoints in <out>.checkpoint (0: none); "
+                                                        "a rerun resumes from the last one")] = None,
+    overwrite: Annotated[bool, Opt(help="replace an existing run folder (and discard its checkpoint)")] = False,
 ) -> None:
     """Finetune one adapter on one GLUE task.
 
@@ -80,7 +82,7 @@ def train(
                      linearize=linearize, lr=lr, weight_decay=weight_decay,
                      warmup_ratio=warmup_ratio, epochs=epochs, batch_size=batch_size,
                      eval_batch_size=eval_batch_size, max_length=max_length, max_train=max_train,
-                     max_eval=max_eval, seed=seed, device=device)
+                     max_eval=max_eval, seed=seed, device=device, checkpoint_every=checkpoint_every)
     run_training(with_overrides(base, overrides), overwrite=overwrite)
 
 
@@ -184,7 +186,9 @@ def joint(
     max_eval: Annotated[Optional[int], Opt()] = None,
     seed: Annotated[Optional[int], Opt()] = None,
     device: Annotated[Optional[str], Opt()] = None,
-    overwrite: Annotated[bool, Opt(help="replace an existing output folder")] = False,
+    checkpoint_every: Annotated[Optional[int], Opt(help="steps between checkpoints in <out>.checkpoint (0: none); "
+                                                        "a rerun resumes from the last one")] = None,
+    overwrite: Annotated[bool, Opt(help="replace an existing output folder (and discard its checkpoint)")] = False,
 ) -> None:
     """Train one adapter on several tasks with a loss balancer.
 
@@ -199,7 +203,8 @@ def joint(
                      gamma=gamma, coba_interval=coba_interval, coba_warmup=coba_warmup, coba_window=coba_window,
                      references=refs, model=model, data=data, out=out, linearize=linearize, lora_init=lora_init,
                      rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size, max_length=max_length,
-                     max_train=max_train, max_eval=max_eval, seed=seed, device=device)
+                     max_train=max_train, max_eval=max_eval, seed=seed, device=device,
+                     checkpoint_every=checkpoint_every)
     train_joint(with_overrides(base, overrides), overwrite=overwrite)
 
 
@@ -207,7 +212,7 @@ def joint(
 @one_line_errors
 def run_recipe(
     recipe: Annotated[Path, typer.Argument(help="study recipe (YAML): tasks, adapters, merges, joint baselines")],
-    only: Annotated[Optional[str], Opt(help="run only the stages whose name starts with this, e.g. train/")]
+    only: Annotated[Optional[str], Opt(help="comma-separated stage-name prefixes or globs: train/,merge/lora-*")]
     = None,
     dry_run: Annotated[bool, Opt(help="validate the recipe and print the plan, run nothing")] = False,
 ) -> None:

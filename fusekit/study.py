@@ -17,6 +17,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
@@ -188,14 +189,19 @@ def check_unchanged(stage: Stage, out: Path) -> None:
                            "(delete the folder to rerun it, or change `out`)")
 
 
+def selected(name: str, only: str | None) -> bool:
+    """`only`: comma-separated prefixes or glob patterns of stage names, e.g. `train/,merge/lora-*`."""
+    return only is None or any(name.startswith(p) or fnmatch(name, p) for p in only.split(","))
+
+
 def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
-    """Run every unfinished stage of the recipe (those whose name starts with `only`, if given)."""
+    """Run every unfinished stage of the recipe that `only` selects."""
     study = load_study(recipe)
     stages = plan(study, str(recipe))
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.yaml", recipe.read_text(encoding="utf-8"))
-    todo = [s for s in stages if only is None or s.name.startswith(only)]
+    todo = [s for s in stages if selected(s.name, only)]
     for stage in todo:
         if is_done(stage, out):
             check_unchanged(stage, out)

@@ -114,3 +114,32 @@ def test_changed_recipe_does_not_reuse_a_stale_stage(tmp_path, tiny_model, glue_
 def test_report_needs_a_study_folder(tmp_path):
     with pytest.raises(FusekitError, match="not a study folder"):
         write_report(tmp_path)
+
+
+def test_cli_run_and_report_errors_are_one_line(tmp_path, tiny_model, glue_dir):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "s", seeds=[0, "one"])
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"error: {recipe}: key 'seeds' is [0, 'one'], expected list[int]"]
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "not a study folder" in result.output
+
+    good = write_recipe(tmp_path / "g.yaml", tiny_model, glue_dir, tmp_path / "s")
+    result = CliRunner().invoke(app, ["run", str(good), "--dry-run"])
+    assert result.exit_code == 0
+    assert "joint/lora-uniform:" in result.output and "merge/lora-delta-w-average:" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_only_selects_by_prefix_or_glob():
+    from fusekit.study import selected
+
+    assert selected("train/sst2-lora", None)
+    assert selected("train/sst2-lora", "train/")
+    assert selected("merge/lora-delta-w-ties", "train/,merge/lora-*")
+    assert not selected("merge/l-lora-factors-ties", "train/,merge/lora-*")
+    assert selected("train/rte-l-lora-network", "train/*-network")
