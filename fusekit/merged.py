@@ -1,7 +1,8 @@
 """A merged folder: what `fusekit merge` writes, and how `fusekit eval` scores it against its inputs.
 
     manifest.json              inputs (run, task, sha256 of its task vector), method and hyperparameters,
-                               space, rank, truncation error, base model and fingerprint, λ search table
+                               space, rank, truncation error, base model and fingerprint, λ search table,
+                               checksums (sha256 of every tensor file below, checked when the file is read)
     task_vector.safetensors    the merged vector (φ0 and τ)
     heads/<task>.safetensors   each task's own head (heads are never merged)
     peft/<task>/               plain-peft folder per task: the merged LoRA (nonlinear) with that task's head
@@ -10,12 +11,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
+from fusekit.checksums import ChecksummedFolder, digests, sha256
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_write_json, load_tensors, save_tensors, staged_dir
 from fusekit.merge import MergeReport
@@ -26,10 +27,6 @@ from fusekit.tasks import get_task
 
 MANIFEST = "manifest.json"
 FORMAT = "fusekit.merged/1"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, dict[str, torch.Tensor]],
@@ -43,7 +40,7 @@ def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, dict[str, 
     atomic_write_json(stage / MANIFEST, {
         "format": FORMAT, "kind": vector.meta["kind"], "rank": vector.meta["rank"],
         "base_model": vector.meta["base_model"], "base_fingerprint": vector.meta["base_fingerprint"],
-        "model": model_name, **manifest,
+        "model": model_name, "checksums": digests(stage), **manifest,
     })
 
 
@@ -72,9 +69,10 @@ def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, tor
         raise FusekitError(f"{folder / MANIFEST} is not JSON ({error})") from None
     if manifest.get("format") != FORMAT:
         raise FusekitError(f"{folder / MANIFEST}: not a fusekit merged folder (expected format {FORMAT})")
-    heads = {item["task"]: load_tensors(folder / "heads" / f"{item['task']}.safetensors")[0]
+    files = ChecksummedFolder(folder, manifest.get("checksums", {}), MANIFEST)
+    heads = {item["task"]: load_tensors(files.path(f"heads/{item['task']}.safetensors"))[0]
              for item in manifest["inputs"]}
-    return manifest, TaskVector.load(folder / TASK_VECTOR), heads
+    return manifest, TaskVector.load(files.path(TASK_VECTOR)), heads
 
 
 def individual_score(run_folder: Path, task: str, examples: int, evaluate_run) -> float:

@@ -5,6 +5,7 @@
     adapter_model.safetensors
     task_vector.safetensors      τ = φ − φ0 and φ0, with metadata (see fusekit.task_vector)
     head.safetensors             the task's classification head
+    checksums.json               sha256 of each tensor file, checked when the file is first read
     metrics.jsonl                loss per step, eval per epoch
     eval.json                    latest scores per task (updated by `fusekit eval`)
 """
@@ -12,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from fusekit import __version__
 from fusekit.adapters import AdaptedModel, AdapterSpec, add_lora
+from fusekit.checksums import CHECKSUMS, ChecksummedFolder, digests, read_checksums
 from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.errors import FusekitError
 from fusekit.io import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
@@ -59,6 +61,7 @@ def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedMode
     vector.save(folder / TASK_VECTOR)
     save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family})
     model.save_peft_folder(folder)
+    atomic_write_json(folder / CHECKSUMS, digests(folder, "*.safetensors"))
     atomic_write_text(folder / RUN_MARKER, to_yaml(cfg))
     return vector
 
@@ -71,13 +74,14 @@ class Run:
     config: TrainConfig
     head: dict[str, torch.Tensor]
     head_task: str
+    files: ChecksummedFolder = field(repr=False)
 
     @cached_property
     def vector(self) -> TaskVector:
-        return TaskVector.load(self.folder / TASK_VECTOR)
+        return TaskVector.load(self.files.path(TASK_VECTOR))
 
     def header(self) -> VectorHeader:
-        return VectorHeader.read(self.folder / TASK_VECTOR)
+        return VectorHeader.read(self.files.path(TASK_VECTOR))
 
 
 def load_run(folder: Path) -> Run:
@@ -85,9 +89,10 @@ def load_run(folder: Path) -> Run:
     if not (folder / RUN_MARKER).is_file():
         raise FusekitError(f"{folder} is not a fusekit run (expected {RUN_MARKER} written by fusekit train)")
     cfg = load_recipe(folder / RUN_MARKER, TrainConfig)
-    head, head_meta = load_tensors(folder / HEAD)
-    run = Run(folder, cfg, head, head_meta.get("task", cfg.task))
-    run.header()  # a missing or corrupt task vector is reported now, not halfway through a job
+    files = ChecksummedFolder(folder, read_checksums(folder), CHECKSUMS)
+    head, head_meta = load_tensors(files.path(HEAD))
+    run = Run(folder, cfg, head, head_meta.get("task", cfg.task), files)
+    run.header()  # a missing or corrupt task vector is reported now (and hashed once), not halfway through a job
     return run
 
 
