@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +149,41 @@ class EncodedSplit(Dataset):
 def make_loader(data: EncodedSplit, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=data.collate, generator=generator)
+
+
+class ResumableLoader:
+    """A DataLoader whose position can be saved mid-pass and restored exactly (resumable training).
+
+    A DataLoader draws from its generator at every iter(), so the position is the generator state at the start
+    of the current pass plus the batches taken from it; restoring replays that pass and skips those batches.
+    """
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+        self.generator: torch.Generator = loader.generator
+        self.pass_start = self.generator.get_state()
+        self.taken = 0
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.pass_start, self.taken = self.generator.get_state(), 0
+        skip, self.skip = self.skip, 0
+        for batch in self.loader:
+            self.taken += 1
+            if self.taken > skip:
+                yield batch
+
+    def forever(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Pass after pass, without end (joint training draws a batch per task per step)."""
+        while True:
+            yield from self
+
+    def state_dict(self) -> dict:
+        return {"pass_start": self.pass_start, "taken": self.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pass_start, self.taken, self.skip = state["pass_start"], state["taken"], state["taken"]
+        self.generator.set_state(state["pass_start"])

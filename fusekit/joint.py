@@ -3,7 +3,8 @@
 Each step draws one batch per task (so every balancer sees every task's loss every step); the sampling strategy
 sets each task's share of the step's K·B examples: b_i = max(1, round(K·B·p_i)), p_i ∝ n_i^T (temperature),
 ∝ n_i (proportional) or 1/K (uniform). Heads are per task; the adapter, φ0 and the outputs are those of
-`fusekit train` and `fusekit merge`, so `fusekit eval` scores a joint folder like a merged one.
+`fusekit train` and `fusekit merge`, so `fusekit eval` scores a joint folder like a merged one. Checkpoints and
+resuming work as in `fusekit train`, the balancer's state included.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from fusekit.balancers import make_balancer
+from fusekit.checkpoint import Checkpoints, TrainingState
 from fusekit.config import JointConfig, to_yaml
-from fusekit.data import EncodedSplit, Split, load_split, make_loader
+from fusekit.data import EncodedSplit, ResumableLoader, Split, load_split, make_loader
 from fusekit.errors import FusekitError
 from fusekit.evaluate import autocast, evaluate, task_loss, to_device
 from fusekit.io import check_output_dir, staged_dir
@@ -51,16 +53,13 @@ def prior_loss(split: Split) -> float:
     return float(-(p[p > 0] * p[p > 0].log()).sum())
 
 
-def _forever(loader):
-    while True:
-        yield from loader
-
-
 def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str, float]]:
     tasks = parse_tasks(cfg.tasks)
     spec = adapter_spec(cfg)
     out = cfg.output_dir()
     check_output_dir(out, overwrite)
+    checkpoints = Checkpoints(out, cfg, overwrite)
+    resumed = checkpoints.load()
     if cfg.references:
         if len(cfg.references) != len(tasks):
             raise FusekitError(f"references: {len(cfg.references)} run folders for {len(tasks)} tasks "
@@ -92,16 +91,23 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     shares = task_shares([len(train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
     sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
     encoded = {t.name: EncodedSplit(train[t.name], base.tokenizer, cfg.max_length) for t in tasks}
-    batches = {t.name: _forever(make_loader(encoded[t.name], b, True, cfg.seed + i))
+    loaders = {t.name: ResumableLoader(make_loader(encoded[t.name], b, True, cfg.seed + i))
                for i, (t, b) in enumerate(zip(tasks, sizes))}
     validation = {t.name: EncodedSplit(held[t.name], base.tokenizer, cfg.max_length) for t in tasks}
-    val_batches = {t.name: _forever(make_loader(validation[t.name], cfg.batch_size, False)) for t in tasks}
+    val_loaders = {t.name: ResumableLoader(make_loader(validation[t.name], cfg.batch_size, False)) for t in tasks}
+    batches = {name: loader.forever() for name, loader in loaders.items()}
+    val_batches = {name: loader.forever() for name, loader in val_loaders.items()}
     shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
     head_params = [p for head in heads.values() for p in head.values()]
     params = shared + head_params + balancer.parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
+    trained = {**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
+               **{f"head/{n}/{k}": p for n, head in heads.items() for k, p in head.items()}}
+    live = TrainingState(trained, optimizer, scheduler,
+                         {**{f"train/{n}": x for n, x in loaders.items()},
+                          **{f"validation/{n}": x for n, x in val_loaders.items()}}, balancer)
     console.print(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
                   f"batch per task {sizes} · {total} steps on {device}")
 
@@ -113,15 +119,23 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                 values.append(task_loss(task, model.forward_with_head(batch, heads[task.name]), batch["labels"]))
         return torch.stack(values)
 
+    done = 0
+    if resumed:
+        live.restore(resumed)
+        done = resumed["step"]
+        console.print(f"resuming from step {done}")
     with staged_dir(out, overwrite) as stage, progress_bar() as bar:
-        log = JsonlLog(stage / "metrics.jsonl")
-        if balancer.validation_interval:
+        log_path = stage / "metrics.jsonl"
+        if resumed:
+            log_path.write_text(resumed["metrics"], encoding="utf-8")
+        log = JsonlLog(log_path)
+        if balancer.validation_interval and not resumed:
             start = torch.tensor([evaluate(WithHead(model, heads[t.name]), validation[t.name], t, device)["loss"]
                                   for t in tasks])  # ℓ_i(0), the full held-out loss before training
             balancer.start(start)
             log.write({"step": 0, "validation_losses": start.tolist()})
-        job = bar.add_task("joint", total=total, status="")
-        for step in range(1, total + 1):
+        job = bar.add_task("joint", total=total, completed=done, status="")
+        for step in range(done + 1, total + 1):
             began = time.perf_counter()
             model.train()
             losses = losses_on(batches, tasks)
@@ -139,6 +153,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                 record["validation_losses"] = val.tolist()
             log.write({**record, "seconds": time.perf_counter() - began})
             bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
+            if checkpoints.due(step):
+                checkpoints.save(live.capture(step, log_path))
         model.eval()
         results = {}
         for task in tasks:
@@ -162,6 +178,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         for name, metrics in results.items():
             record_eval(stage, name, metrics)
         plot_joint(stage / "metrics.jsonl", [t.name for t in tasks], stage / "weights.png")
+    checkpoints.discard()
     console.print(f"wrote {out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
     return results
 

@@ -1,4 +1,8 @@
-"""`fusekit train`: finetune one adapter and its task head on one task, then write a run folder."""
+"""`fusekit train`: finetune one adapter and its task head on one task, then write a run folder.
+
+With `checkpoint_every` a run saves checkpoints beside its output folder; rerun after a crash, it resumes from
+the last one and ends with the weights and metrics an uninterrupted run would have.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from fusekit.checkpoint import Checkpoints, TrainingState
 from fusekit.config import TrainConfig
-from fusekit.data import EncodedSplit, load_split, make_loader
+from fusekit.data import EncodedSplit, ResumableLoader, load_split, make_loader
 from fusekit.evaluate import autocast, evaluate, task_loss, to_device
 from fusekit.io import check_output_dir, staged_dir
 from fusekit.modeling import load_base_model, resolve_device
@@ -40,6 +45,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     spec = adapter_spec(cfg)
     out = cfg.output_dir()
     check_output_dir(out, overwrite)  # fail before any work, not after it
+    checkpoints = Checkpoints(out, cfg, overwrite)
+    resumed = checkpoints.load()  # likewise a corrupt checkpoint, or one of another config
     device = resolve_device(cfg.device)
     train_split = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
     eval_split = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
@@ -51,11 +58,14 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
 
     train_data = EncodedSplit(train_split, base.tokenizer, cfg.max_length)
     eval_data = EncodedSplit(eval_split, base.tokenizer, cfg.max_length)
-    loader = make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    loader = ResumableLoader(make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed))
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
+    trained = {**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
+               **{f"head/{k}": p for k, p in model.head_params.items()}}
+    live = TrainingState(trained, optimizer, scheduler, {"train": loader})
     console.print(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {len(train_split)} examples · "
                   f"{total} steps on {device}")
     if model.frozen_keys():
@@ -63,10 +73,18 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                       " the linearized model gives them exactly zero gradient; --lora-init nonzero trains both")
 
     seconds, step, metrics = 0.0, 0, {}
+    if resumed:
+        live.restore(resumed)
+        seconds, step = resumed["seconds"], resumed["step"]
+        console.print(f"resuming from step {step}")
     with staged_dir(out, overwrite) as stage, progress_bar() as bar:
-        log = JsonlLog(stage / "metrics.jsonl")
-        job = bar.add_task(f"{task.name}", total=total, status="")
-        for epoch in range(1, cfg.epochs + 1):
+        log_path = stage / "metrics.jsonl"
+        if resumed:
+            log_path.write_text(resumed["metrics"], encoding="utf-8")
+        log = JsonlLog(log_path)
+        job = bar.add_task(f"{task.name}", total=total, completed=step, status="")
+        # a checkpoint is taken inside an epoch (its eval still to come); the loader skips the batches it took
+        for epoch in range(max(step - 1, 0) // len(loader) + 1, cfg.epochs + 1):
             model.train()
             start = time.perf_counter()
             for batch in loader:
@@ -82,6 +100,10 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                 value = loss.item()
                 log.write({"step": step, "epoch": epoch, "loss": value, "lr": scheduler.get_last_lr()[0]})
                 bar.update(job, advance=1, status=f"loss {value:.4f}")
+                if checkpoints.due(step):
+                    seconds += time.perf_counter() - start
+                    checkpoints.save(live.capture(step, log_path, seconds))
+                    start = time.perf_counter()
             seconds += time.perf_counter() - start
             metrics = evaluate(model, eval_data, task, device, cfg.eval_batch_size)
             log.write({"step": step, "epoch": epoch, "eval": metrics})
@@ -91,6 +113,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         log.close()
         save_run(stage, cfg, base, model, task)
         record_eval(stage, task.name, metrics)
+    checkpoints.discard()
     console.print(f"wrote {out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                           if k in (*task.metrics, "score")))
     return TrainResult(metrics, seconds, throughput, step)

@@ -4,6 +4,9 @@ Each step the trainer computes one loss per task, L_1..L_K, and calls `backward(
 gradients on the model and returns the task weights ω actually applied (logged per step). Loss-weighting
 balancers only define `combine`; gradient balancers (PCGrad, gradient normalization, GradNorm) override
 `backward` to act on the per-task gradients of the shared adapter weights.
+
+`state_dict` / `load_state_dict` capture whatever a balancer learns while training (histories, weights,
+generators), found by type, so that a resumed run continues exactly without per-balancer code.
 """
 
 from __future__ import annotations
@@ -41,3 +44,30 @@ class Balancer:
 
     def start(self, validation_losses: torch.Tensor) -> None:
         """Full validation losses before training."""
+
+    def state_dict(self) -> dict:
+        """Attributes that training changes: tensors, lists of tensors or ints, None, generators (their state).
+
+        Plain numbers are settings, rebuilt from the config, and are left out.
+        """
+        state: dict = {}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Generator):
+                state[name] = value.get_state()
+            elif isinstance(value, torch.Tensor):
+                state[name] = value.detach().clone()
+            elif value is None or (isinstance(value, list) and all(isinstance(v, (torch.Tensor, int)) for v in value)):
+                state[name] = value
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`; learnable parameters are copied in place (the optimizer holds them)."""
+        for name, value in state.items():
+            current = getattr(self, name)
+            if isinstance(current, torch.Generator):
+                current.set_state(value)
+            elif isinstance(current, nn.Parameter):
+                with torch.no_grad():
+                    current.copy_(value)
+            else:
+                setattr(self, name, value)

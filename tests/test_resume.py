@@ -1,0 +1,266 @@
+"""Resumable training and checksummed artifacts: killed runs resume bit for bit, bad files are named."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from fusekit.balancers import BALANCERS, make_balancer
+from fusekit.checkpoint import Checkpoints, checkpoint_dir
+from fusekit.config import JointConfig
+from fusekit.errors import FusekitError
+from fusekit.fuse import fuse
+from fusekit.io import load_tensors
+from fusekit.joint import train_joint
+from fusekit.merged import load_merged
+from fusekit.runs import load_run
+from fusekit.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMING = ("seconds", "train_seconds", "examples_per_second")
+
+
+class Interrupted(Exception):
+    """Stands for a crash right after a checkpoint was written."""
+
+
+def interrupt_after_checkpoint(monkeypatch, step: int) -> None:
+    save = Checkpoints.save
+
+    def save_then_crash(self, state):
+        save(self, state)
+        if state["step"] == step:
+            raise Interrupted
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_crash)
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(path)[0]
+
+
+def metric_lines(folder: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_outputs(a: Path, b: Path, files: list[str]) -> None:
+    """Equal tensors (exactly), eval results and metric lines (timing aside)."""
+    for name in files:
+        x, y = tensors(a / name), tensors(b / name)
+        assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x), name
+    assert json.loads((a / "eval.json").read_text()) == json.loads((b / "eval.json").read_text())
+    assert metric_lines(a) == metric_lines(b)
+
+
+RUN_FILES = ["task_vector.safetensors", "head.safetensors", "adapter_model.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_config):
+    """4 steps per epoch, 3 epochs: checkpoints every 2 steps fall mid-epoch and at epoch ends."""
+    return replace(tiny_config, task="rte", epochs=3, max_train=32, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def reference(cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(replace(cfg, out=str(out), checkpoint_every=0))
+    return out
+
+
+def test_sigkilled_train_resumes_bit_for_bit(cfg, reference, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--task", "rte", "--model", cfg.model, "--data", cfg.data, "--rank", "4", "--alpha", "8",
+            "--lr", str(cfg.lr), "--epochs", "3", "--batch-size", "8", "--max-length", "32", "--max-train", "32",
+            "--device", "cpu", "--checkpoint-every", "2", "--out", str(out)]
+    hang_after_step_6 = (  # the child stops after its third checkpoint (mid-epoch 2) until it is killed
+        "import sys, time\n"
+        "from fusekit.checkpoint import Checkpoints\n"
+        "save = Checkpoints.save\n"
+        "def save_then_hang(self, state):\n"
+        "    save(self, state)\n"
+        "    if state['step'] == 6:\n"
+        "        time.sleep(600)\n"
+        "Checkpoints.save = save_then_hang\n"
+        "from cli.main import app\n"
+        "app(sys.argv[1:])\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", hang_after_step_6, *args], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = checkpoint_dir(out) / "manifest.json"
+    try:
+        deadline = time.monotonic() + 300
+        while not (manifest.is_file() and json.loads(manifest.read_text())["step"] == 6):
+            assert child.poll() is None and time.monotonic() < deadline, "the child ended before its checkpoint"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL and not out.exists()
+    assert sorted(p.name for p in checkpoint_dir(out).iterdir()) == ["manifest.json", "step-000006.pt"]
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "resuming from step 6" in result.stderr
+    assert_same_outputs(reference, out, RUN_FILES)
+    assert not checkpoint_dir(out).exists()
+
+
+def test_crash_at_an_epoch_end_resumes_with_its_eval(cfg, reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupt_after_checkpoint(monkeypatch, 4)  # the last step of epoch 1, before its evaluation
+    with pytest.raises(Interrupted):
+        train(replace(cfg, out=str(out)))
+    monkeypatch.undo()
+    result = train(replace(cfg, out=str(out), checkpoint_every=5))  # checkpoint_every does not change the run
+    assert result.steps == 12
+    assert_same_outputs(reference, out, RUN_FILES)
+
+
+def test_joint_coba_resumes_bit_for_bit(tiny_model, glue_dir, tmp_path, monkeypatch):
+    cfg = JointConfig(tasks="sst2,stsb", balancer="coba", coba_warmup=1, coba_window=4, model=str(tiny_model),
+                      data=str(glue_dir), rank=4, alpha=8.0, lr=2e-2, epochs=1, batch_size=4, max_length=32,
+                      max_train=24, validation_examples=8, device="cpu", checkpoint_every=2)  # 6 steps
+    files = ["task_vector.safetensors", "heads/sst2.safetensors", "heads/stsb.safetensors"]
+    train_joint(replace(cfg, out=str(tmp_path / "whole")))
+    interrupt_after_checkpoint(monkeypatch, 4)  # past the warm-up: CoBa's histories must come back
+    with pytest.raises(Interrupted):
+        train_joint(replace(cfg, out=str(tmp_path / "resumed")))
+    monkeypatch.undo()
+    train_joint(replace(cfg, out=str(tmp_path / "resumed")))
+    assert_same_outputs(tmp_path / "whole", tmp_path / "resumed", files)
+    weights = [r["weights"] for r in metric_lines(tmp_path / "resumed") if r.get("step", 0) > 4 and "weights" in r]
+    assert any(abs(w - 1.0) > 1e-3 for row in weights for w in row)  # the resumed steps used CoBa's weights
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_every_balancer_state_round_trips(name):
+    """A balancer restored from its state (through a weights-only file) takes the next step exactly alike."""
+    options = {"priors": [0.7, 1.0, 0.4], "gamma": 0.5, "alpha": 1.5, "seed": 0, "coba_interval": 1,
+               "coba_warmup": 1, "coba_window": 4}
+    scales = torch.tensor([[1.0, 2.0], [-3.0, 0.5], [0.2, -1.0]])
+
+    def step(balancer, shared, number):
+        losses = ((scales * shared).sum(dim=1) - number) ** 2
+        weights = balancer.backward(losses, [shared])
+        if balancer.validation_interval:
+            balancer.observe(number, losses.detach())
+        return weights, shared.grad.clone()
+
+    first, shared = make_balancer(name, 3, options), torch.nn.Parameter(torch.tensor([0.5, -0.5]))
+    for number in range(1, 4):
+        step(first, shared, number)
+        shared.grad = None
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second = make_balancer(name, 3, options)
+    second.load_state_dict(torch.load(buffer, weights_only=True))
+    copy = torch.nn.Parameter(shared.detach().clone())
+    (w1, g1), (w2, g2) = step(first, shared, 4), step(second, copy, 4)
+    assert torch.equal(w1, w2) and torch.equal(g1, g2)
+
+
+def test_corrupt_checkpoint_is_named(cfg, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupt_after_checkpoint(monkeypatch, 4)
+    with pytest.raises(Interrupted):
+        train(replace(cfg, out=str(out)))
+    monkeypatch.undo()
+    path = checkpoint_dir(out) / "step-000004.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(FusekitError, match=r"step-000004\.pt is corrupt \(sha256 mismatch\): delete .*run\.checkpoint"):
+        train(replace(cfg, out=str(out)))
+    path.write_bytes(bytes(data[: len(data) // 3]))  # truncated
+    with pytest.raises(FusekitError, match=r"step-000004\.pt is corrupt"):
+        train(replace(cfg, out=str(out)))
+    train(replace(cfg, out=str(out)), overwrite=True)  # --overwrite discards it and starts again
+    assert (out / "config.yaml").is_file() and not checkpoint_dir(out).exists()
+
+
+@pytest.mark.parametrize("target", ["torch.save", "atomic_write_json"])
+def test_failed_save_keeps_the_previous_checkpoint(cfg, reference, tmp_path, monkeypatch, target):
+    import fusekit.checkpoint as module
+
+    out = tmp_path / "run"
+    owner, name = (torch, "save") if target == "torch.save" else (module, "atomic_write_json")
+    real, calls = getattr(owner, name), []
+
+    def disk_full(obj, where, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint (step 4): half written, then the disk is full
+            if target == "torch.save":
+                where.write(b"PK\x03\x04 partial")
+            raise OSError(28, "No space left on device")
+        return real(obj, where, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, disk_full)
+    with pytest.raises(FusekitError, match=r"could not write checkpoint .*step-000004\.pt .*No space left"):
+        train(replace(cfg, out=str(out)))
+    monkeypatch.undo()
+    assert Checkpoints(out, replace(cfg, out=str(out)), overwrite=False).load()["step"] == 2
+    assert not any(p.name.endswith(".tmp") for p in checkpoint_dir(out).iterdir())
+    train(replace(cfg, out=str(out)))
+    assert_same_outputs(reference, out, RUN_FILES)
+
+
+def test_checkpoint_of_another_config_is_refused(cfg, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupt_after_checkpoint(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train(replace(cfg, out=str(out)))
+    monkeypatch.undo()
+    with pytest.raises(FusekitError, match=r"run\.checkpoint was written by a different config \(lr, seed differ\)"):
+        train(replace(cfg, out=str(out), lr=1e-3, seed=1))
+    assert (checkpoint_dir(out) / "manifest.json").is_file()
+
+
+def test_corrupt_run_files_are_named(reference, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(reference, folder)
+    vector = folder / "task_vector.safetensors"
+    intact = vector.read_bytes()
+    assert json.loads((folder / "checksums.json").read_text()).keys() == set(RUN_FILES)
+    vector.write_bytes(intact[: len(intact) - 100])  # truncated
+    with pytest.raises(FusekitError, match=r"task_vector\.safetensors is corrupt \(sha256 mismatch with checksums"):
+        load_run(folder)
+    vector.write_bytes(intact)
+    head = folder / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:-1] + b"!")
+    with pytest.raises(FusekitError, match=r"head\.safetensors is corrupt"):
+        load_run(folder)
+    (folder / "checksums.json").unlink()  # a folder from before checksums loads unchecked
+    assert load_run(folder).vector.meta["tasks"] == ["rte"]
+
+
+def test_corrupt_merged_files_are_named(reference, tmp_path):
+    out = tmp_path / "merged"
+    fuse([reference], out, "task-arithmetic", {"lam": 0.5, "density": None, "rate": None}, {}, None, "delta-w",
+         None, 16, 0, "cpu", False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"task_vector.safetensors", "heads/rte.safetensors", "peft/rte/adapter_model.safetensors"} == \
+        set(manifest["checksums"])
+    head = out / "heads" / "rte.safetensors"
+    head.write_bytes(head.read_bytes()[:-8])
+    with pytest.raises(FusekitError, match=r"heads/rte\.safetensors is corrupt \(sha256 mismatch with manifest"):
+        load_merged(out)
+    del manifest["checksums"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FusekitError, match="not a readable safetensors file"):  # unchecked: the reader's own error
+        load_merged(out)
