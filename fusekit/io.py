@@ -88,6 +88,8 @@ def staged_dir(final: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success swap it in for `final`, on failure delete it."""
     check_output_dir(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a killed process: never a finished run
+        shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.tmp-"))
     os.chmod(stage, 0o777 & ~_umask())
     try:

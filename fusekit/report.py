@@ -27,10 +27,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _finished(study: Path, kind: str) -> list[Path]:
+    """Stage folders of one kind, without checkpoints and half-written temp folders beside them."""
+    return [f for f in sorted((study / kind).glob("*"))
+            if f.is_dir() and ".tmp-" not in f.name and not f.name.endswith(".checkpoint")]
+
+
 def _runs(study: Path) -> dict[tuple[str, str], dict]:
     """(task, variant) → the run's eval.json entry for its task, from train/<task>-<variant>."""
     found = {}
-    for folder in sorted((study / "train").glob("*")):
+    for folder in _finished(study, "train"):
         if not (folder / RUN_MARKER).is_file():
             continue
         config = yaml.safe_load((folder / RUN_MARKER).read_text())
@@ -60,7 +66,7 @@ def individual_table(study: Path) -> tuple[str, list[str]]:
 def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
     """(name, manifest, eval.json) of each scored merged (kind=merge) or joint (kind=joint) folder."""
     rows = []
-    for folder in sorted((study / kind).glob("*")):
+    for folder in _finished(study, kind):
         manifest, scores = _json(folder / "manifest.json"), _json(folder / "eval.json")
         if manifest and "average_normalized" not in scores:
             scores = normalize(manifest, scores)

@@ -264,3 +264,14 @@ def test_corrupt_merged_files_are_named(reference, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(FusekitError, match="not a readable safetensors file"):  # unchecked: the reader's own error
         load_merged(out)
+
+
+def test_a_killed_runs_temp_folder_is_cleared_by_the_next_write(tmp_path):
+    from fusekit.io import staged_dir
+
+    stale = tmp_path / "run.tmp-abc123"
+    stale.mkdir()
+    (stale / "task_vector.safetensors").write_bytes(b"half")
+    with staged_dir(tmp_path / "run", overwrite=False) as stage:
+        (stage / "config.yaml").write_text("task: sst2\n")
+    assert not stale.exists() and (tmp_path / "run" / "config.yaml").is_file()

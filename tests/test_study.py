@@ -143,3 +143,13 @@ def test_only_selects_by_prefix_or_glob():
     assert selected("merge/lora-delta-w-ties", "train/,merge/lora-*")
     assert not selected("merge/l-lora-factors-ties", "train/,merge/lora-*")
     assert selected("train/rte-l-lora-network", "train/*-network")
+
+
+def test_report_skips_checkpoints_and_temp_folders(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("out: x\n")
+    for name in ("lora-coba.checkpoint", "lora-uniform.tmp-x1"):
+        (tmp_path / "joint" / name).mkdir(parents=True)
+        (tmp_path / "joint" / name / "manifest.json").write_text('{"step": 3}')
+    (tmp_path / "train" / "sst2-lora.checkpoint").mkdir(parents=True)
+    (tmp_path / "train" / "sst2-lora.checkpoint" / "config.yaml").write_text("task: sst2\n")
+    assert "## Stages" in write_report(tmp_path).read_text()
