@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -51,9 +50,8 @@ def make_adapters(folder: Path, n: int, model: str | None) -> None:
 
 
 def measure(tool: str, combination: str, folder: Path, n: int, model: str | None) -> dict:
-    import torch
+    from fusekit.resources import measure as usage_of
 
-    folders = [folder / f"a{i}" for i in range(n)]
     if tool == "peft":
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification
@@ -62,24 +60,23 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
 
         base = AutoModelForSequenceClassification.from_pretrained(resolve_model(model), num_labels=2)
         folders = [folder / f"peft{i}" for i in range(n)]
-        start = time.perf_counter()
-        peft_model = PeftModel.from_pretrained(base, str(folders[0]), adapter_name="a0")
-        for i, path in enumerate(folders[1:], start=1):
-            peft_model.load_adapter(str(path), adapter_name=f"a{i}")
-        names = [f"a{i}" for i in range(n)]
-        extra = {"svd_rank": 8} if combination == "svd" else {}
-        peft_model.add_weighted_adapter(names, [1.0] * n, "merged", combination_type=combination, **extra)
+        with usage_of() as usage:
+            peft_model = PeftModel.from_pretrained(base, str(folders[0]), adapter_name="a0")
+            for i, path in enumerate(folders[1:], start=1):
+                peft_model.load_adapter(str(path), adapter_name=f"a{i}")
+            extra = {"svd_rank": 8} if combination == "svd" else {}
+            peft_model.add_weighted_adapter([f"a{i}" for i in range(n)], [1.0] * n, "merged",
+                                            combination_type=combination, **extra)
     else:
         from fusekit.merge import merge
         from fusekit.merge_methods.task_arithmetic import TaskArithmetic
         from fusekit.runs import Run, load_run
 
-        start = time.perf_counter()
-        runs = [load_run(path) for path in folders]
-        runs = [Run(r.folder, r.config, r.head, f"task{i}") for i, r in enumerate(runs)]
-        merge(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
-    del torch
-    return {"seconds": time.perf_counter() - start}
+        with usage_of() as usage:
+            runs = [load_run(folder / f"a{i}") for i in range(n)]
+            runs = [Run(r.folder, r.config, r.head, f"task{i}") for i, r in enumerate(runs)]
+            merge(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
+    return usage
 
 
 def main() -> None:
@@ -95,8 +92,8 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         make_adapters(Path(tmp), max(sizes), args.model)
-        print("| merge | N | fusekit s | peft s | time ratio peft/fusekit |")
-        print("|---|---|---|---|---|")
+        print("| merge | N | fusekit s | peft s | time peft/fusekit | fusekit MB | peft MB | memory peft/fusekit |")
+        print("|---|---|---|---|---|---|---|---|")
         for combination in ("cat", "svd"):
             for n in sizes:
                 result = {}
@@ -107,8 +104,10 @@ def main() -> None:
                     result[tool] = json.loads(done.stdout.splitlines()[-1])
                 f, p = result["fusekit"], result["peft"]
                 label = "exact concat (cat)" if combination == "cat" else "rank-8 SVD (svd)"
+                fm, pm = f["rss_growth_mb"], p["rss_growth_mb"]
                 print(f"| {label} | {n} | {f['seconds']:.2f} | {p['seconds']:.2f} | "
-                      f"{p['seconds'] / f['seconds']:.1f}x |", flush=True)
+                      f"{p['seconds'] / f['seconds']:.1f}x | {fm:.1f} | {pm:.1f} | {pm / max(fm, 0.1):.1f}x |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -24,20 +24,28 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb() -> float:
+def _status_mb(field: str) -> float | None:
     if _STATUS.is_file():
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
+    return None
+
+
+def _peak_rss_mb() -> float:
+    if (peak := _status_mb("VmHWM")) is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 @contextmanager
 def measure() -> Iterator[dict]:
-    """Fill a dict with `seconds`, `peak_rss_mb` (and `peak_cuda_mb` on a GPU) when the block ends."""
+    """Fill a dict with `seconds`, `peak_rss_mb`, `rss_growth_mb` (peak over the RSS at the start; Linux only)
+    and `peak_cuda_mb` on a GPU, when the block ends."""
     usage: dict = {}
     per_stage = _reset_peak_rss()
+    start_rss = _status_mb("VmRSS")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -45,5 +53,7 @@ def measure() -> Iterator[dict]:
     usage["seconds"] = round(time.perf_counter() - start, 2)
     usage["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     usage["rss_scope"] = "stage" if per_stage else "process"
+    if per_stage and start_rss is not None:
+        usage["rss_growth_mb"] = round(usage["peak_rss_mb"] - start_rss, 1)
     if torch.cuda.is_available():
         usage["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
