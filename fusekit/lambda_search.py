@@ -2,7 +2,8 @@
 
 The held-out examples are training examples the runs never saw (the complement of their `max_train`
 subset), never the validation split that results are reported on. Each grid point is scored by the average
-normalized score: merged metric / the task's own adapter's metric on the same examples.
+normalized score (merged metric / the task's own adapter's metric on the same examples) over the tasks where it is
+defined; by the average raw score if it is defined for none.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from fusekit.data import load_split
 from fusekit.merge import merge
 from fusekit.merge_methods import make_method
+from fusekit.metrics import mean_defined, normalized_score
 from fusekit.progress import console
 from fusekit.runs import Run
 from fusekit.scorer import TaskScorer
@@ -61,8 +63,8 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
     for point in grid_points(method, grid):
         vector, _ = merge(runs, make_method(method, seed=seed, **point), weights, space, rank)
         scores = [scorer.score(vector)["score"] for scorer in scorers]
-        normalized = [s / o if o else 0.0 for s, o in zip(scores, own)]
+        average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])
         rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
-                     "normalized": sum(normalized) / len(normalized)})
+                     "normalized": average if average is not None else sum(scores) / len(scores)})
     best = max(rows, key=lambda row: row["normalized"])
     return SearchResult({k: best[k] for k in SEARCHED[method]}, rows)

@@ -31,3 +31,15 @@ def compute_metrics(task: TaskSpec, labels: Sequence[float], preds: Sequence[flo
     values = {k: (0.0 if np.isnan(v) else v) for k, v in values.items()}  # constant predictions → no correlation
     values["score"] = float(np.mean([values[name] for name in task.metrics]))
     return values
+
+
+def normalized_score(score: float, own: float) -> float | None:
+    """Merged score / the task's own adapter's score (the fusion papers' measure); undefined (None) when the own
+    adapter has no skill to normalize by (MCC or correlation ≤ 0), rather than a division that means nothing."""
+    return score / own if own > 0 else None
+
+
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """Mean of the defined normalized scores (None when none is)."""
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else None

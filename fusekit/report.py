@@ -13,6 +13,7 @@ import yaml
 
 from fusekit.errors import FusekitError
 from fusekit.io import RUN_MARKER, atomic_write_text
+from fusekit.metrics import mean_defined, normalized_score
 from fusekit.plots import plot_joint, plot_sweeps
 from fusekit.study import STAGES
 from fusekit.tasks import get_task
@@ -64,29 +65,26 @@ def individual_table(study: Path) -> tuple[str, list[str]]:
 
 
 def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
-    """(name, manifest, eval.json) of each scored merged (kind=merge) or joint (kind=joint) folder."""
+    """(name, manifest, scores) of each scored merged (kind=merge) or joint (kind=joint) folder; scores hold
+    each task's raw score and its normalized score against the task's own adapter (None where undefined)."""
     rows = []
     for folder in _finished(study, kind):
         manifest, scores = _json(folder / "manifest.json"), _json(folder / "eval.json")
-        if manifest and "average_normalized" not in scores:
-            scores = normalize(manifest, scores)
-        if "average_normalized" in scores:
-            rows.append((folder.name, manifest, scores))
+        if manifest.get("inputs") and all(item["task"] in scores for item in manifest["inputs"]):
+            rows.append((folder.name, manifest, normalize(manifest, scores)))
     return rows
 
 
 def normalize(manifest: dict, scores: dict) -> dict:
-    """Add normalized scores from the recorded scores of each task's own adapter (same examples), if all known."""
-    scores = {task: dict(value) for task, value in scores.items()}
+    """Raw and normalized score per task, from the recorded scores of each task's own adapter (same examples)."""
+    result = {}
     for item in manifest["inputs"]:
-        own = _json(Path(item["run"]) / "eval.json").get(item["task"]) if item.get("run") else None
-        mine = scores.get(item["task"])
-        if not own or not mine or own.get("examples") != mine.get("examples") or not own["score"]:
-            return scores
-        mine["normalized"] = mine["score"] / own["score"]
-    values = [scores[item["task"]]["normalized"] for item in manifest["inputs"]]
-    scores["average_normalized"] = {"normalized": sum(values) / len(values), "tasks": len(values)}
-    return scores
+        task, mine = item["task"], scores[item["task"]]
+        own = _json(Path(item["run"]) / "eval.json").get(task) if item.get("run") else None
+        same = own is not None and own.get("examples") == mine.get("examples")
+        result[task] = {"score": mine["score"], "normalized": normalized_score(mine["score"], own["score"])
+                        if same else None}
+    return result
 
 
 def _params(manifest: dict) -> str:
@@ -96,14 +94,15 @@ def _params(manifest: dict) -> str:
 
 
 def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normalized: bool) -> str:
-    """Per-task normalized scores (or raw scores) and their average, one row per merged/joint folder."""
+    """One row per merged/joint folder: per-task normalized (or raw) scores and their average; '–' marks a task
+    whose own adapter has no skill to normalize by, left out of the average."""
+    key = "normalized" if normalized else "score"
     body = []
     for name, manifest, scores in rows:
-        key = "normalized" if normalized else "score"
-        cells = [f"{scores[t][key]:.3f}" if t in scores else "–" for t in tasks]
-        average = scores["average_normalized"]["normalized"] if normalized else \
-            sum(scores[t]["score"] for t in tasks if t in scores) / max(1, sum(t in scores for t in tasks))
-        body.append([name, _params(manifest), *cells, f"**{average:.3f}**"])
+        values = [scores[t][key] if t in scores else None for t in tasks]
+        average = mean_defined(values)
+        cells = ["–" if v is None else f"{v:.3f}" for v in values]
+        body.append([name, _params(manifest), *cells, "–" if average is None else f"**{average:.3f}**"])
     return _table(["adapter", "chosen", *tasks, "**average**"], body)
 
 
@@ -132,7 +131,9 @@ def write_report(study: Path) -> Path:
              individual, ""]
     if merged or joint:
         parts += ["## Merged adapters and joint baselines: normalized score (score / own adapter's score)", "",
-                  "λ, TIES density and DARE rate chosen on held-out training examples, never on the reported split.",
+                  "λ, TIES density and DARE rate chosen on held-out training examples, never on the reported split. "
+                  "– : the task's own adapter scored ≤ 0 (MCC or correlation), so there is nothing to normalize by; "
+                  "the average leaves it out.",
                   "", multitask_table(merged + joint, tasks, normalized=True), "",
                   "### The same, raw scores", "", multitask_table(merged + joint, tasks, normalized=False), ""]
     sweeps = {(name.removesuffix(f"-{manifest['method']}"), manifest["method"]): manifest["search"]

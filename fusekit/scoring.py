@@ -9,6 +9,7 @@ from rich.table import Table
 from fusekit.data import load_split
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_write_json
+from fusekit.metrics import mean_defined, normalized_score
 from fusekit.merged import individual_score, is_merged, load_merged
 from fusekit.modeling import resolve_device
 from fusekit.progress import console
@@ -67,13 +68,14 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
         if item.get("run"):  # the individually finetuned adapter of this task, when known
             own = individual_score(Path(item["run"]), task.name, len(split),
                                    lambda run: scorer_for(run.head).score(run.vector, nonlinear))
-            metrics["normalized"] = metrics["score"] / own if own else 0.0
+            metrics["normalized"] = normalized_score(metrics["score"], own)
         record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
         forward = "nonlinear" if nonlinear else vector.meta["kind"]
         rows.append({"folder": str(folder), "task": task.name, "forward": forward, **metrics})
     if rows and all("normalized" in r for r in rows):
-        average = sum(r["normalized"] for r in rows) / len(rows)
-        record_eval(folder, "average_normalized", {"normalized": average, "tasks": len(rows)})
+        average = mean_defined([r["normalized"] for r in rows])
+        defined = sum(r["normalized"] is not None for r in rows)
+        record_eval(folder, "average_normalized", {"normalized": average, "tasks": defined})
         rows.append({"folder": str(folder), "task": "average", "forward": rows[0]["forward"], "normalized": average,
                      "score": sum(r["score"] for r in rows) / len(rows)})
     return rows
@@ -85,7 +87,7 @@ def _print_table(rows: list[dict]) -> None:
         table.add_column(column)
     for row in rows:
         official = get_task(row["task"]).metrics if row["task"] != "average" else ()
-        normalized = f"{row['normalized']:.4f}" if "normalized" in row else ""
+        normalized = "" if row.get("normalized") is None else f"{row['normalized']:.4f}"
         table.add_row(row["folder"], row["task"], row["forward"], " ".join(f"{m}={row[m]:.4f}" for m in official),
                       f"{row['score']:.4f}", normalized, str(row.get("examples", "")))
     console.print(table)

@@ -46,3 +46,14 @@ def test_pearson_and_spearman():
                                            ("cola", ["matthews_correlation"]), ("rte", ["accuracy"])])
 def test_official_metric_per_task(name, metrics):
     assert list(get_task(name).metrics) == metrics
+
+
+def test_normalized_score_is_undefined_without_own_skill():
+    from fusekit.metrics import mean_defined, normalized_score
+
+    assert normalized_score(0.4, 0.8) == 0.5
+    assert normalized_score(0.9, 0.75) == 1.2
+    assert normalized_score(0.1, 0.0) is None  # MCC 0: the own adapter answers one class
+    assert normalized_score(0.1, -0.05) is None
+    assert mean_defined([0.5, None, 1.0]) == 0.75
+    assert mean_defined([None]) is None
