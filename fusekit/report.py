@@ -50,7 +50,9 @@ def _runs(study: Path) -> dict[tuple[str, str], dict]:
 
 def individual_table(study: Path) -> tuple[str, list[str]]:
     runs = _runs(study)
-    tasks = list(dict.fromkeys(t for t, _ in runs))
+    ordered = (yaml.safe_load((study / "recipe.yaml").read_text()) or {}).get("tasks") or []
+    found = {t for t, _ in runs}
+    tasks = [t for t in ordered if t in found] + sorted(found - set(ordered))  # the recipe's order
     variants = list(dict.fromkeys(v for _, v in runs))
     rows = []
     for variant in variants:
