@@ -2,7 +2,8 @@
 
 Same model, tasks, batches and adapter for every balancer; the joint trainer's per-step time (median over the
 timed steps, the first steps skipped) is compared with uniform's. CoBa is timed at validation interval 1 and 10;
-the gradient methods need one backward per task, and the table shows what that costs.
+the gradient methods need one backward per task, FAMO one extra no-grad forward per task (the post-step losses),
+and the table shows what that costs.
 
     python benchmarks/balancer_overhead.py --data ../shared/glue --tasks sst2,rte,mrpc --steps 12
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 
 VARIANTS = [("uniform", {}), ("coba", {"coba_interval": 1, "coba_warmup": 2}),
             ("coba", {"coba_interval": 10, "coba_warmup": 2}), ("init-norm", {}), ("realtime", {}),
-            ("uncertainty", {}), ("power-mean", {}), ("grad-normalize", {}), ("pcgrad", {}), ("gradnorm", {})]
+            ("uncertainty", {}), ("power-mean", {}), ("grad-normalize", {}), ("pcgrad", {}), ("gradnorm", {}),
+            ("famo", {})]
 
 
 def main() -> None:

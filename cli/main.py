@@ -162,13 +162,15 @@ def joint(
     tasks: Annotated[Optional[str], Opt(help="comma-separated GLUE tasks")] = None,
     adapter: Annotated[Optional[str], Opt(help="lora or l-lora")] = None,
     balancer: Annotated[Optional[str], Opt(help="uniform coba init-norm prior-norm realtime power-mean "
-                                                "uncertainty gradnorm grad-normalize pcgrad")] = None,
+                                                "uncertainty gradnorm grad-normalize pcgrad famo")] = None,
     sampling: Annotated[Optional[str], Opt(help="temperature, proportional or uniform")] = None,
     temperature: Annotated[Optional[float], Opt("--T", help="sampling temperature T (p_i ∝ n_i^T)")] = None,
     gamma: Annotated[Optional[float], Opt(help="power-mean exponent γ")] = None,
     coba_interval: Annotated[Optional[int], Opt(help="CoBa: optimizer steps between validation batches")] = None,
     coba_warmup: Annotated[Optional[int], Opt(help="CoBa: steps of uniform weights")] = None,
     coba_window: Annotated[Optional[int], Opt(help="CoBa: points in the slope fit")] = None,
+    famo_lr: Annotated[Optional[float], Opt(help="FAMO: Adam learning rate of the task logits")] = None,
+    famo_gamma: Annotated[Optional[float], Opt(help="FAMO: weight decay γ of the task logits")] = None,
     references: Annotated[Optional[str], Opt(help="individual run folders, one per task, for normalized scores")]
     = None,
     model: Annotated[Optional[str], Opt(help="model folder or hub id")] = None,
@@ -201,10 +203,10 @@ def joint(
     refs = [r.strip() for r in references.split(",")] if references else None
     overrides = dict(tasks=tasks, adapter=adapter, balancer=balancer, sampling=sampling, temperature=temperature,
                      gamma=gamma, coba_interval=coba_interval, coba_warmup=coba_warmup, coba_window=coba_window,
-                     references=refs, model=model, data=data, out=out, linearize=linearize, lora_init=lora_init,
-                     rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size, max_length=max_length,
-                     max_train=max_train, max_eval=max_eval, seed=seed, device=device,
-                     checkpoint_every=checkpoint_every)
+                     famo_lr=famo_lr, famo_gamma=famo_gamma, references=refs, model=model, data=data, out=out,
+                     linearize=linearize, lora_init=lora_init, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
+                     batch_size=batch_size, max_length=max_length, max_train=max_train, max_eval=max_eval, seed=seed,
+                     device=device, checkpoint_every=checkpoint_every)
     train_joint(with_overrides(base, overrides), overwrite=overwrite)
 
 

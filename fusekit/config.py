@@ -67,6 +67,8 @@ class JointConfig(TrainConfig):
     coba_interval: int = 1
     coba_warmup: int = 100
     coba_window: int = 200
+    famo_lr: float = 0.025  # FAMO: Adam learning rate of the task logits ξ
+    famo_gamma: float = 0.001  # FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward uniform)
     validation_examples: int = 200  # CoBa's held-out set, carved from training examples the run does not use
     references: list[str] | None = None  # run folders of the individually finetuned adapters, for normalized scores
 

@@ -84,7 +84,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         heads[task.name] = {k: torch.nn.Parameter(v.to(device)) for k, v in other.head_state().items()}
     options = {"priors": [prior_loss(train[t.name]) for t in tasks], "gamma": cfg.gamma, "alpha": cfg.gradnorm_alpha,
                "seed": cfg.seed, "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup,
-               "coba_window": cfg.coba_window}
+               "coba_window": cfg.coba_window, "famo_lr": cfg.famo_lr, "famo_gamma": cfg.famo_gamma}
     balancer = make_balancer(cfg.balancer, len(tasks), options)
     seed_everything(cfg.seed)
 
@@ -111,10 +111,12 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     console.print(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
                   f"batch per task {sizes} · {total} steps on {device}")
 
-    def losses_on(batch_of: dict, tasks: list[TaskSpec]) -> torch.Tensor:
+    def draw(batch_of: dict, tasks: list[TaskSpec]) -> list[dict]:
+        return [to_device(next(batch_of[task.name]), device) for task in tasks]
+
+    def losses_of(step_batches: list[dict], tasks: list[TaskSpec]) -> torch.Tensor:
         values = []
-        for task in tasks:
-            batch = to_device(next(batch_of[task.name]), device)
+        for task, batch in zip(tasks, step_batches):
             with autocast(device):
                 values.append(task_loss(task, model.forward_with_head(batch, heads[task.name]), batch["labels"]))
         return torch.stack(values)
@@ -138,17 +140,22 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         for step in range(done + 1, total + 1):
             began = time.perf_counter()
             model.train()
-            losses = losses_on(batches, tasks)
+            step_batches = draw(batches, tasks)
+            losses = losses_of(step_batches, tasks)
             weights = balancer.backward(losses, shared)
             torch.nn.utils.clip_grad_norm_(shared + head_params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if balancer.needs_loss_after_step:  # FAMO: the same batches at the new weights, same mode, no grad
+                with torch.no_grad():
+                    balancer.after_step(losses_of(step_batches, tasks).detach())
+            del step_batches
             record = {"step": step, "losses": losses.detach().tolist(), "weights": weights.tolist()}
             if balancer.validation_interval and step % balancer.validation_interval == 0:
                 model.eval()
                 with torch.no_grad():
-                    val = losses_on(val_batches, tasks)
+                    val = losses_of(draw(val_batches, tasks), tasks)
                 balancer.observe(step, val.cpu())
                 record["validation_losses"] = val.tolist()
             log.write({**record, "seconds": time.perf_counter() - began})

@@ -7,6 +7,7 @@ import torch
 
 from fusekit.balancers import make_balancer
 from fusekit.balancers.coba import CoBa, coba_weights, slope
+from fusekit.balancers.famo import FAMO, logit_gradient
 from fusekit.balancers.gradients import GradNormalize, PCGrad, pcgrad
 from fusekit.balancers.weighting import PowerMean, Uncertainty
 
@@ -105,6 +106,45 @@ def test_gradient_balancer_replaces_the_shared_gradient():
     losses = torch.stack([3 * shared[0] + 4 * shared[1], 2 * shared[1]])  # gradients (3, 4) and (0, 2)
     make_balancer("grad-normalize", 2, {}).backward(losses, [shared])
     assert shared.grad.tolist() == pytest.approx([0.6, 1.8])
+
+
+def test_famo_weights_and_gradient_by_hand():
+    famo = make_balancer("famo", 2, {"famo_lr": 0.025, "famo_gamma": 0.001})
+    with torch.no_grad():
+        famo.logits.copy_(torch.tensor([0.0, math.log(3)]))  # z = (0.25, 0.75)
+    theta = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    losses = torch.stack([theta[0] ** 2 + theta[1], 0.5 * theta[0] * theta[1]])  # L = (2, 0.5)
+    # ∇L_1 = (2θ_0, 1) = (2, 1); ∇L_2 = (0.5θ_1, 0.5θ_0) = (0.5, 0.5)
+    weights = famo.backward(losses, [theta])
+    # c = 0.25/2 + 0.75/0.5 = 1.625; ω = (0.25/(1.625·2), 0.75/(1.625·0.5)) = (1/13, 12/13)
+    assert weights.tolist() == pytest.approx([1 / 13, 12 / 13], abs=1e-6)
+    # ∇θ of Σ z_i log L_i / c = Σ ω_i ∇L_i = (1/13)(2, 1) + (12/13)(0.5, 0.5) = (8/13, 7/13)
+    assert theta.grad.tolist() == pytest.approx([8 / 13, 7 / 13], abs=1e-6)
+    assert famo.logits.tolist() == pytest.approx([0.0, math.log(3)])  # ξ moves only in after_step
+
+
+def test_famo_logit_update_lowers_the_weight_of_the_task_that_improved():
+    famo = FAMO(2, lr=0.025, gamma=0.0)
+    famo.backward(torch.tensor([1.0, 1.0], requires_grad=True), [])  # ξ = 0, z = (0.5, 0.5), L(t) = (1, 1)
+    new = torch.tensor([0.5, 1.0])  # L(t+1): task 1 halved its loss, task 2 did not move
+    # δ = log L(t) − log L(t+1) = (log 2, 0); J_softmax = diag(z) − z zᵀ = [[0.25, −0.25], [−0.25, 0.25]]
+    # ∇ξ = Jᵀ δ = (0.25·log 2, −0.25·log 2) ≈ (0.17329, −0.17329)
+    quarter = 0.25 * math.log(2)
+    assert logit_gradient(torch.zeros(2), torch.tensor([math.log(2), 0.0])).tolist() == \
+        pytest.approx([quarter, -quarter], abs=1e-7)
+    famo.after_step(new)
+    # Adam's first step: m̂ = g, v̂ = g², so ξ ← ξ − lr·g/(|g| + 1e-8) = −lr·sign(g)
+    assert famo.logits.tolist() == pytest.approx([-0.025, 0.025], abs=1e-7)
+    z = torch.softmax(famo.logits.detach(), dim=0)
+    assert z[0] < 0.5 < z[1]  # the task whose loss fell faster now weighs less: improvement rates are balanced
+    weights = famo.backward(torch.tensor([1.0, 1.0], requires_grad=True), [])
+    assert weights[0] < weights[1]
+
+
+def test_famo_needs_the_losses_after_the_step():
+    assert FAMO.needs_loss_after_step and not make_balancer("uniform", 2, {}).needs_loss_after_step
+    with pytest.raises(RuntimeError, match="before the step's losses"):
+        FAMO(2).after_step(torch.ones(2))
 
 
 def test_unknown_balancer():

@@ -33,7 +33,7 @@ def joint_config(tiny_model, glue_dir):
                        validation_examples=16)
 
 
-@pytest.mark.parametrize("balancer", ["realtime", "pcgrad"])
+@pytest.mark.parametrize("balancer", ["realtime", "pcgrad", "famo"])
 def test_a_short_joint_run_lowers_every_task_loss(joint_config, tmp_path, balancer):
     out = tmp_path / balancer
     results = train_joint(replace(joint_config, balancer=balancer, out=str(out)))
@@ -41,6 +41,12 @@ def test_a_short_joint_run_lowers_every_task_loss(joint_config, tmp_path, balanc
     losses = np.array([r["losses"] for r in records if "losses" in r])
     assert np.all(losses[-10:].mean(axis=0) < 0.9 * losses[:10].mean(axis=0))
     assert all(len(r["weights"]) == 3 for r in records if "losses" in r)
+    if balancer == "famo":  # ω_i = (z_i/L_i) / Σ_j z_j/L_j; at z uniform it would be (1/L_i) / Σ_j 1/L_j
+        weights = np.array([r["weights"] for r in records if "losses" in r])
+        assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+        uniform_z = (1 / losses) / (1 / losses).sum(axis=1, keepdims=True)
+        assert np.allclose(weights[0], uniform_z[0], atol=1e-5)  # ξ = 0 at the first step
+        assert np.abs(weights[-1] - uniform_z[-1]).max() > 1e-3  # the post-step losses moved ξ
     assert set(results) == {"sst2", "cola", "stsb"}
     assert {p.name for p in (out / "peft").iterdir()} == {"sst2", "cola", "stsb"}
     assert (out / "weights.png").stat().st_size > 0 and (out / "manifest.json").is_file()

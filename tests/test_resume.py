@@ -145,11 +145,26 @@ def test_joint_coba_resumes_bit_for_bit(tiny_model, glue_dir, tmp_path, monkeypa
     assert any(abs(w - 1.0) > 1e-3 for row in weights for w in row)  # the resumed steps used CoBa's weights
 
 
+def test_joint_famo_resumes_bit_for_bit(tiny_model, glue_dir, tmp_path, monkeypatch):
+    """FAMO's logits and their Adam moments come back, and the post-step forward replays alike."""
+    cfg = JointConfig(tasks="sst2,stsb", balancer="famo", model=str(tiny_model), data=str(glue_dir), rank=4,
+                      alpha=8.0, lr=2e-2, epochs=1, batch_size=4, max_length=32, max_train=24, device="cpu",
+                      checkpoint_every=2)  # 6 steps
+    files = ["task_vector.safetensors", "heads/sst2.safetensors", "heads/stsb.safetensors"]
+    train_joint(replace(cfg, out=str(tmp_path / "whole")))
+    interrupt_after_checkpoint(monkeypatch, 4)
+    with pytest.raises(Interrupted):
+        train_joint(replace(cfg, out=str(tmp_path / "resumed")))
+    monkeypatch.undo()
+    train_joint(replace(cfg, out=str(tmp_path / "resumed")))
+    assert_same_outputs(tmp_path / "whole", tmp_path / "resumed", files)
+
+
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_every_balancer_state_round_trips(name):
     """A balancer restored from its state (through a weights-only file) takes the next step exactly alike."""
     options = {"priors": [0.7, 1.0, 0.4], "gamma": 0.5, "alpha": 1.5, "seed": 0, "coba_interval": 1,
-               "coba_warmup": 1, "coba_window": 4}
+               "coba_warmup": 1, "coba_window": 4, "famo_lr": 0.025, "famo_gamma": 0.001}
     scales = torch.tensor([[1.0, 2.0], [-3.0, 0.5], [0.2, -1.0]])
 
     def step(balancer, shared, number):
@@ -157,6 +172,9 @@ def test_every_balancer_state_round_trips(name):
         weights = balancer.backward(losses, [shared])
         if balancer.validation_interval:
             balancer.observe(number, losses.detach())
+        if balancer.needs_loss_after_step:  # FAMO: the same losses after an SGD step
+            with torch.no_grad():
+                balancer.after_step(((scales * (shared - 0.05 * shared.grad)).sum(dim=1) - number) ** 2)
         return weights, shared.grad.clone()
 
     first, shared = make_balancer(name, 3, options), torch.nn.Parameter(torch.tensor([0.5, -0.5]))
@@ -169,8 +187,10 @@ def test_every_balancer_state_round_trips(name):
     second = make_balancer(name, 3, options)
     second.load_state_dict(torch.load(buffer, weights_only=True))
     copy = torch.nn.Parameter(shared.detach().clone())
-    (w1, g1), (w2, g2) = step(first, shared, 4), step(second, copy, 4)
-    assert torch.equal(w1, w2) and torch.equal(g1, g2)
+    for number in (4, 5):  # step 5 sees what step 4 learned from the restored state (FAMO: ξ's Adam moments)
+        (w1, g1), (w2, g2) = step(first, shared, number), step(second, copy, number)
+        assert torch.equal(w1, w2) and torch.equal(g1, g2)
+        shared.grad = copy.grad = None
 
 
 def test_corrupt_checkpoint_is_named(cfg, tmp_path, monkeypatch):

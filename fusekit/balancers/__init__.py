@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fusekit.balancers.base import Balancer
 from fusekit.balancers.coba import CoBa
+from fusekit.balancers.famo import FAMO
 from fusekit.balancers.gradients import GradNorm, GradNormalize, PCGrad
 from fusekit.balancers.weighting import InitNorm, PowerMean, PriorNorm, RealTime, Uncertainty, Uniform
 from fusekit.errors import FusekitError
 
-# name → builder(num_tasks, options); options carry priors, gamma, alpha, seed and the CoBa settings
+# name → builder(num_tasks, options); options carry priors, gamma, alpha, seed, the CoBa and the FAMO settings
 BALANCERS = {
     "uniform": lambda k, o: Uniform(k),
     "coba": lambda k, o: CoBa(k, o["coba_interval"], o["coba_warmup"], o["coba_window"]),
@@ -20,6 +21,7 @@ BALANCERS = {
     "gradnorm": lambda k, o: GradNorm(k, o["alpha"]),
     "grad-normalize": lambda k, o: GradNormalize(k),
     "pcgrad": lambda k, o: PCGrad(k, o["seed"]),
+    "famo": lambda k, o: FAMO(k, o["famo_lr"], o["famo_gamma"]),
 }
 
 

@@ -5,11 +5,18 @@ gradients on the model and returns the task weights ω actually applied (logged 
 balancers only define `combine`; gradient balancers (PCGrad, gradient normalization, GradNorm) override
 `backward` to act on the per-task gradients of the shared adapter weights.
 
+Balancers that learn from how a step changed the losses (FAMO) set `needs_loss_after_step`; the trainer then
+recomputes the task losses on the step's own batches after `optimizer.step()`, without gradients, and passes them
+to `after_step`.
+
 `state_dict` / `load_state_dict` capture whatever a balancer learns while training (histories, weights,
-generators), found by type, so that a resumed run continues exactly without per-balancer code.
+generators, a balancer's own optimizer), found by type, so that a resumed run continues exactly without
+per-balancer code.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -45,8 +52,15 @@ class Balancer:
     def start(self, validation_losses: torch.Tensor) -> None:
         """Full validation losses before training."""
 
+    # Hook for balancers that need the losses of the same batches after the optimizer step (FAMO).
+    needs_loss_after_step: bool = False
+
+    def after_step(self, new_losses: torch.Tensor) -> None:
+        """The task losses on this step's batches at the updated parameters (no gradients)."""
+
     def state_dict(self) -> dict:
-        """Attributes that training changes: tensors, lists of tensors or ints, None, generators (their state).
+        """Attributes that training changes: tensors, lists of tensors or ints, None, generators and optimizers
+        (their state).
 
         Plain numbers are settings, rebuilt from the config, and are left out.
         """
@@ -54,6 +68,8 @@ class Balancer:
         for name, value in vars(self).items():
             if isinstance(value, torch.Generator):
                 state[name] = value.get_state()
+            elif isinstance(value, torch.optim.Optimizer):
+                state[name] = copy.deepcopy(value.state_dict())
             elif isinstance(value, torch.Tensor):
                 state[name] = value.detach().clone()
             elif value is None or (isinstance(value, list) and all(isinstance(v, (torch.Tensor, int)) for v in value)):
@@ -66,6 +82,8 @@ class Balancer:
             current = getattr(self, name)
             if isinstance(current, torch.Generator):
                 current.set_state(value)
+            elif isinstance(current, torch.optim.Optimizer):
+                current.load_state_dict(value)
             elif isinstance(current, nn.Parameter):
                 with torch.no_grad():
                     current.copy_(value)
