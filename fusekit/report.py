@@ -73,16 +73,22 @@ def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
     for folder in _finished(study, kind):
         manifest, scores = _json(folder / "manifest.json"), _json(folder / "eval.json")
         if manifest.get("inputs") and all(item["task"] in scores for item in manifest["inputs"]):
-            rows.append((folder.name, manifest, normalize(manifest, scores)))
+            rows.append((folder.name, manifest, normalize(study, manifest, scores)))
     return rows
 
 
-def normalize(manifest: dict, scores: dict) -> dict:
-    """Raw and normalized score per task, from the recorded scores of each task's own adapter (same examples)."""
+def normalize(study: Path, manifest: dict, scores: dict) -> dict:
+    """Raw and normalized score per task, from the recorded scores of each task's own adapter (same examples).
+
+    Input runs are recorded as given to `fusekit run` (often relative to where it ran): a run not found there
+    is looked up in the study's own train/ folder.
+    """
     result = {}
     for item in manifest["inputs"]:
-        task, mine = item["task"], scores[item["task"]]
-        own = _json(Path(item["run"]) / "eval.json").get(task) if item.get("run") else None
+        task, mine, own = item["task"], scores[item["task"]], None
+        if item.get("run"):
+            run = Path(item["run"]) if Path(item["run"]).is_dir() else study / "train" / Path(item["run"]).name
+            own = _json(run / "eval.json").get(task)
         same = own is not None and own.get("examples") == mine.get("examples")
         result[task] = {"score": mine["score"], "normalized": normalized_score(mine["score"], own["score"])
                         if same else None}

@@ -153,3 +153,15 @@ def test_report_skips_checkpoints_and_temp_folders(tmp_path):
     (tmp_path / "train" / "sst2-lora.checkpoint").mkdir(parents=True)
     (tmp_path / "train" / "sst2-lora.checkpoint" / "config.yaml").write_text("task: sst2\n")
     assert "## Stages" in write_report(tmp_path).read_text()
+
+
+def test_report_finds_input_runs_recorded_relative_to_another_directory(tmp_path):
+    from fusekit.report import normalize
+
+    (tmp_path / "train" / "sst2-lora").mkdir(parents=True)
+    (tmp_path / "train" / "sst2-lora" / "eval.json").write_text('{"sst2": {"score": 0.8, "examples": 872}}')
+    manifest = {"inputs": [{"task": "sst2", "run": "somewhere/else/train/sst2-lora"}]}
+    scores = normalize(tmp_path, manifest, {"sst2": {"score": 0.6, "examples": 872}})
+    assert scores["sst2"] == {"score": 0.6, "normalized": 0.6 / 0.8}
+    different = normalize(tmp_path, manifest, {"sst2": {"score": 0.6, "examples": 100}})  # other examples
+    assert different["sst2"]["normalized"] is None
