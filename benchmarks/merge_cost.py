@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -70,11 +71,11 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
     else:
         from fusekit.merge import merge
         from fusekit.merge_methods.task_arithmetic import TaskArithmetic
-        from fusekit.runs import Run, load_run
+        from fusekit.runs import load_run
 
         with usage_of() as usage:
             runs = [load_run(folder / f"a{i}") for i in range(n)]
-            runs = [Run(r.folder, r.config, r.head, f"task{i}") for i, r in enumerate(runs)]
+            runs = [replace(r, head_task=f"task{i}") for i, r in enumerate(runs)]
             merge(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
     return usage
 
