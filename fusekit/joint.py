@@ -23,9 +23,10 @@ from fusekit.config import JointConfig, to_yaml
 from fusekit.data import EncodedSplit, ResumableLoader, Split, load_split, make_loader
 from fusekit.errors import FusekitError
 from fusekit.evaluate import autocast, evaluate, task_loss, to_device
-from fusekit.io import check_output_dir, staged_dir
+from fusekit.io import check_output_dir
 from fusekit.merged import write_multitask
 from fusekit.modeling import load_base_model, resolve_device
+from fusekit.parallel import processes
 from fusekit.plots import plot_joint
 from fusekit.progress import JsonlLog, console, progress_bar
 from fusekit.runs import adapter_spec, build_adapted_model, load_run, record_eval
@@ -67,7 +68,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         for task, folder in zip(tasks, cfg.references):
             if get_task(load_run(Path(folder)).head_task).family != task.family:
                 raise FusekitError(f"references: {folder} is not a run of {task.name} (expected task order)")
-    device = resolve_device(cfg.device)
+    procs = processes()
+    device = procs.device(resolve_device(cfg.device))
     splits = {t.name: load_split(t, "train", cfg.data) for t in tasks}
     train = {n: s.capped(cfg.max_train, cfg.seed) for n, s in splits.items()}
     held = {n: s.held_out(cfg.max_train, cfg.seed).capped(cfg.validation_examples, cfg.seed)
@@ -86,6 +88,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                "seed": cfg.seed, "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup,
                "coba_window": cfg.coba_window, "famo_lr": cfg.famo_lr, "famo_gamma": cfg.famo_gamma}
     balancer = make_balancer(cfg.balancer, len(tasks), options)
+    balancer.across_processes = procs.sum
     seed_everything(cfg.seed)
 
     shares = task_shares([len(train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
@@ -109,16 +112,19 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                          {**{f"train/{n}": x for n, x in loaders.items()},
                           **{f"validation/{n}": x for n, x in val_loaders.items()}}, balancer)
     console.print(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
-                  f"batch per task {sizes} · {total} steps on {device}")
+                  f"batch per task {sizes} · {total} steps on {device}"
+                  + (f" × {procs.world} processes" if procs.active else ""))
 
-    def draw(batch_of: dict, tasks: list[TaskSpec]) -> list[dict]:
-        return [to_device(next(batch_of[task.name]), device) for task in tasks]
+    def draw(batch_of: dict, tasks: list[TaskSpec]) -> list[tuple[dict, float]]:
+        """Each task's next batch: this process's rows of it and their weight in the global mean."""
+        return [procs.shard(to_device(next(batch_of[task.name]), device)) for task in tasks]
 
-    def losses_of(step_batches: list[dict], tasks: list[TaskSpec]) -> torch.Tensor:
+    def losses_of(step_batches: list[tuple[dict, float]], tasks: list[TaskSpec]) -> torch.Tensor:
         values = []
-        for task, batch in zip(tasks, step_batches):
+        for task, (batch, weight) in zip(tasks, step_batches):
             with autocast(device):
-                values.append(task_loss(task, model.forward_with_head(batch, heads[task.name]), batch["labels"]))
+                loss = task_loss(task, model.forward_with_head(batch, heads[task.name]), batch["labels"])
+            values.append(procs.global_mean(loss, weight))
         return torch.stack(values)
 
     done = 0
@@ -126,7 +132,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         live.restore(resumed)
         done = resumed["step"]
         console.print(f"resuming from step {done}")
-    with staged_dir(out, overwrite) as stage, progress_bar() as bar:
+    with procs.stage(out, overwrite) as stage, progress_bar() as bar:
         log_path = stage / "metrics.jsonl"
         if resumed:
             log_path.write_text(resumed["metrics"], encoding="utf-8")
@@ -143,6 +149,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             step_batches = draw(batches, tasks)
             losses = losses_of(step_batches, tasks)
             weights = balancer.backward(losses, shared)
+            # gradients that flowed through the losses are per-process shares; balancer weights are not
+            procs.sum_gradients(head_params + ([] if balancer.combines_shared_gradients else shared))
             torch.nn.utils.clip_grad_norm_(shared + head_params, 1.0)
             optimizer.step()
             scheduler.step()
@@ -160,7 +168,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                 record["validation_losses"] = val.tolist()
             log.write({**record, "seconds": time.perf_counter() - began})
             bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
-            if checkpoints.due(step):
+            if checkpoints.due(step) and procs.is_main:
                 checkpoints.save(live.capture(step, log_path))
         model.eval()
         results = {}
@@ -185,7 +193,9 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         for name, metrics in results.items():
             record_eval(stage, name, metrics)
         plot_joint(stage / "metrics.jsonl", [t.name for t in tasks], stage / "weights.png")
-    checkpoints.discard()
+    procs.barrier()
+    if procs.is_main:
+        checkpoints.discard()
     console.print(f"wrote {out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
     return results
 

@@ -27,6 +27,7 @@ from fusekit.errors import FusekitError
 from fusekit.io import RUN_MARKER, atomic_write_text
 from fusekit.lambda_search import SEARCHED
 from fusekit.merge_methods import METHODS
+from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console
 from fusekit.resources import measure
 from fusekit.tasks import parse_tasks
@@ -199,23 +200,30 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
     study = load_study(recipe)
     stages = plan(study, str(recipe))
     out = Path(study.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.yaml", recipe.read_text(encoding="utf-8"))
+    procs = processes()  # training stages run data parallel; merges on the main process alone
+    if procs.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "recipe.yaml", recipe.read_text(encoding="utf-8"))
+    procs.barrier()
     todo = [s for s in stages if selected(s.name, only)]
     for stage in todo:
         if is_done(stage, out):
             check_unchanged(stage, out)
     pending = [s for s in todo if not is_done(s, out)]
     console.print(f"study {out}: {len(todo)} stages, {len(todo) - len(pending)} finished, {len(pending)} to run")
-    log = JsonlLog(out / STAGES)
+    log = JsonlLog(out / STAGES) if procs.is_main else None
     try:
         for number, stage in enumerate(pending, 1):
             console.rule(f"[{number}/{len(pending)}] {stage.name}")
             with measure() as usage:
-                RUNNERS[stage.kind](stage, out)
-            log.write({"stage": stage.name, "kind": stage.kind, **usage})
+                if stage.kind != "merge" or procs.is_main:
+                    RUNNERS[stage.kind](stage, out)
+            procs.barrier()
+            if log:
+                log.write({"stage": stage.name, "kind": stage.kind, **usage})
     finally:
-        log.close()
+        if log:
+            log.close()
     return stages
 
 

@@ -19,8 +19,9 @@ from fusekit.checkpoint import Checkpoints, TrainingState
 from fusekit.config import TrainConfig
 from fusekit.data import EncodedSplit, ResumableLoader, load_split, make_loader
 from fusekit.evaluate import autocast, evaluate, task_loss, to_device
-from fusekit.io import check_output_dir, staged_dir
+from fusekit.io import check_output_dir
 from fusekit.modeling import load_base_model, resolve_device
+from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console, progress_bar
 from fusekit.runs import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.tasks import get_task
@@ -47,7 +48,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     check_output_dir(out, overwrite)  # fail before any work, not after it
     checkpoints = Checkpoints(out, cfg, overwrite)
     resumed = checkpoints.load()  # likewise a corrupt checkpoint, or one of another config
-    device = resolve_device(cfg.device)
+    procs = processes()
+    device = procs.device(resolve_device(cfg.device))
     train_split = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
     eval_split = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
 
@@ -67,7 +69,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                **{f"head/{k}": p for k, p in model.head_params.items()}}
     live = TrainingState(trained, optimizer, scheduler, {"train": loader})
     console.print(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {len(train_split)} examples · "
-                  f"{total} steps on {device}")
+                  f"{total} steps on {device}" + (f" × {procs.world} processes" if procs.active else ""))
     if model.frozen_keys():
         console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
                       " the linearized model gives them exactly zero gradient; --lora-init nonzero trains both")
@@ -77,7 +79,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         live.restore(resumed)
         seconds, step = resumed["seconds"], resumed["step"]
         console.print(f"resuming from step {step}")
-    with staged_dir(out, overwrite) as stage, progress_bar() as bar:
+    with procs.stage(out, overwrite) as stage, progress_bar() as bar:
         log_path = stage / "metrics.jsonl"
         if resumed:
             log_path.write_text(resumed["metrics"], encoding="utf-8")
@@ -88,10 +90,11 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
             model.train()
             start = time.perf_counter()
             for batch in loader:
-                batch = to_device(batch, device)
+                batch, weight = procs.shard(to_device(batch, device))
                 with autocast(device):
-                    loss = task_loss(task, model(batch), batch["labels"])
+                    loss = procs.global_mean(task_loss(task, model(batch), batch["labels"]), weight)
                 loss.backward()
+                procs.sum_gradients(params)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 scheduler.step()
@@ -100,7 +103,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                 value = loss.item()
                 log.write({"step": step, "epoch": epoch, "loss": value, "lr": scheduler.get_last_lr()[0]})
                 bar.update(job, advance=1, status=f"loss {value:.4f}")
-                if checkpoints.due(step):
+                if checkpoints.due(step) and procs.is_main:
                     seconds += time.perf_counter() - start
                     checkpoints.save(live.capture(step, log_path, seconds))
                     start = time.perf_counter()
@@ -113,7 +116,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         log.close()
         save_run(stage, cfg, base, model, task)
         record_eval(stage, task.name, metrics)
-    checkpoints.discard()
+    procs.barrier()  # the run folder is in place before any process goes on
+    if procs.is_main:
+        checkpoints.discard()
     console.print(f"wrote {out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                           if k in (*task.metrics, "score")))
     return TrainResult(metrics, seconds, throughput, step)

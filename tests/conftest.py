@@ -67,7 +67,7 @@ def make_glue(root: Path, n_train: int = 96, n_dev: int = 32) -> Path:
     return root
 
 
-def make_tiny_model(folder: Path) -> Path:
+def make_tiny_model(folder: Path, dropout: float = 0.1) -> Path:
     """A 2-layer BERT of hidden size 32 with random weights and a word-level vocabulary."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -79,7 +79,8 @@ def make_tiny_model(folder: Path) -> Path:
     BertTokenizerFast(**{vocab_arg: str(folder / "vocab.txt")}).save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=64,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(folder)
     return folder
 

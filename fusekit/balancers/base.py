@@ -24,6 +24,13 @@ from torch import nn
 
 class Balancer:
     name = ""
+    # gradient balancers set the shared weights' gradients from per-task gradients summed over processes
+    combines_shared_gradients: bool = False
+
+    @staticmethod
+    def across_processes(tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over data-parallel processes; the trainer installs `Processes.sum` (one process: unchanged)."""
+        return tensor
 
     def __init__(self, num_tasks: int):
         self.num_tasks = num_tasks

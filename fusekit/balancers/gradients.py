@@ -30,12 +30,14 @@ def set_gradients(shared: list[nn.Parameter], flat: torch.Tensor) -> None:
 
 
 class GradientBalancer(Balancer):
+    combines_shared_gradients = True
+
     def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(combined gradient, task weights ω for the heads' objective Σ ω_i L_i and for the log)."""
         raise NotImplementedError
 
     def backward(self, losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
-        grads = task_gradients(losses, shared)
+        grads = self.across_processes(task_gradients(losses, shared))
         combined, weights = self.combine_gradients(grads, losses.detach())
         (weights.to(losses.device) * losses).sum().backward()  # heads (task-specific weights)
         set_gradients(shared, combined)
