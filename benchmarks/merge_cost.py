@@ -5,8 +5,9 @@ The adapters are N random LoRA adapters (r = 8, query/value) of the real model, 
 folders and as PEFT folders. Two merges are compared: the exact concatenation (fusekit task arithmetic in ΔW space
 vs peft `combination_type="cat"`) and a rank-8 SVD of the summed ΔW (fusekit `--rank 8` vs peft `"svd"`). Each
 measurement runs in its own process; the time covers loading the N adapters and merging them (the base model
-peft needs is loaded before the clock starts, so peft is not charged for it). Memory is not measured yet: the
-process's peak RSS is set by its imports, not by the merge.
+peft needs is loaded before the clock starts, so peft is not charged for it). Memory is the growth of the
+process's RSS high-water mark during the measurement (the mark is reset when it starts, so imports and the
+preloaded model do not count).
 
     python benchmarks/merge_cost.py
 """
