@@ -85,6 +85,22 @@ def make_tiny_model(folder: Path, dropout: float = 0.1) -> Path:
     return folder
 
 
+def make_tiny_t5(folder: Path) -> Path:
+    """A 2-layer encoder-decoder T5 of width 32 with random weights (the architecture of the paper's Flan-T5)."""
+    from transformers import BertTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    # a word-level tokenizer that, like T5's, gives no token_type_ids
+    BertTokenizerFast(str(folder / "vocab.txt"), model_input_names=["input_ids", "attention_mask"]) \
+        .save_pretrained(folder)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(VOCAB), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=3)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory) -> Path:
     return make_glue(tmp_path_factory.mktemp("glue"))
