@@ -54,6 +54,7 @@ def train(
     lr: Annotated[Optional[float], Opt(help="peak learning rate (AdamW, linear decay)")] = None,
     weight_decay: Annotated[Optional[float], Opt()] = None,
     warmup_ratio: Annotated[Optional[float], Opt()] = None,
+    max_grad_norm: Annotated[Optional[float], Opt(help="gradient-norm clipping (0: none)")] = None,
     epochs: Annotated[Optional[int], Opt()] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
     eval_batch_size: Annotated[Optional[int], Opt()] = None,
@@ -80,7 +81,7 @@ def train(
     overrides = dict(task=task, adapter=adapter, model=model, data=data, out=out, rank=rank, alpha=alpha,
                      dropout=dropout, target_modules=targets, init_seed=init_seed, lora_init=lora_init,
                      linearize=linearize, lr=lr, weight_decay=weight_decay,
-                     warmup_ratio=warmup_ratio, epochs=epochs, batch_size=batch_size,
+                     warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, epochs=epochs, batch_size=batch_size,
                      eval_batch_size=eval_batch_size, max_length=max_length, max_train=max_train,
                      max_eval=max_eval, seed=seed, device=device, checkpoint_every=checkpoint_every)
     run_training(with_overrides(base, overrides), overwrite=overwrite)
@@ -181,6 +182,7 @@ def joint(
     rank: Annotated[Optional[int], Opt(help="LoRA rank r")] = None,
     alpha: Annotated[Optional[float], Opt(help="LoRA alpha")] = None,
     lr: Annotated[Optional[float], Opt()] = None,
+    max_grad_norm: Annotated[Optional[float], Opt(help="clipping of the combined gradient's norm (0: none)")] = None,
     epochs: Annotated[Optional[int], Opt()] = None,
     batch_size: Annotated[Optional[int], Opt(help="examples per task per step (before sampling shares)")] = None,
     max_length: Annotated[Optional[int], Opt()] = None,
@@ -204,7 +206,8 @@ def joint(
     overrides = dict(tasks=tasks, adapter=adapter, balancer=balancer, sampling=sampling, temperature=temperature,
                      gamma=gamma, coba_interval=coba_interval, coba_warmup=coba_warmup, coba_window=coba_window,
                      famo_lr=famo_lr, famo_gamma=famo_gamma, references=refs, model=model, data=data, out=out,
-                     linearize=linearize, lora_init=lora_init, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
+                     linearize=linearize, lora_init=lora_init, rank=rank, alpha=alpha, lr=lr, max_grad_norm=max_grad_norm,
+                     epochs=epochs,
                      batch_size=batch_size, max_length=max_length, max_train=max_train, max_eval=max_eval, seed=seed,
                      device=device, checkpoint_every=checkpoint_every)
     train_joint(with_overrides(base, overrides), overwrite=overwrite)

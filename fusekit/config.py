@@ -36,6 +36,7 @@ class TrainConfig:
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0  # clip the gradient norm to this (0: no clipping)
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 128

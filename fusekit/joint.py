@@ -151,7 +151,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             weights = balancer.backward(losses, shared)
             # gradients that flowed through the losses are per-process shares; balancer weights are not
             procs.sum_gradients(head_params + ([] if balancer.combines_shared_gradients else shared))
-            torch.nn.utils.clip_grad_norm_(shared + head_params, 1.0)
+            if cfg.max_grad_norm > 0:  # of the combined gradient: tasks share one norm budget
+                torch.nn.utils.clip_grad_norm_(shared + head_params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

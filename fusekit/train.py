@@ -95,7 +95,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                     loss = procs.global_mean(task_loss(task, model(batch), batch["labels"]), weight)
                 loss.backward()
                 procs.sum_gradients(params)
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -107,3 +107,12 @@ def test_failed_run_leaves_nothing(tiny_config, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         train(replace(tiny_config, task="rte", epochs=1, max_train=16, out=str(tmp_path / "r")))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("norm, clipped", [(0.5, True), (0.0, False)])
+def test_max_grad_norm_clips_or_not(tiny_config, tmp_path, monkeypatch, norm, clipped):
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, n: (calls.append(n), real(p, n))[1])
+    train(replace(tiny_config, task="sst2", epochs=1, max_grad_norm=norm, out=str(tmp_path / "run")))
+    assert calls == ([0.5] * 12 if clipped else [])
