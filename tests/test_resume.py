@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +35,8 @@ class Interrupted(Exception):
     """Stands for a crash right after a checkpoint was written."""
 
 
-def interrupt_after_checkpoint(monkeypatch, step: int) -> None:
+def crash_after_checkpoint(monkeypatch, step: int, job: Callable[[], object]) -> None:
+    """Run `job`, killing it right after it saves the checkpoint of `step`."""
     save = Checkpoints.save
 
     def save_then_crash(self, state):
@@ -43,6 +45,9 @@ def interrupt_after_checkpoint(monkeypatch, step: int) -> None:
             raise Interrupted
 
     monkeypatch.setattr(Checkpoints, "save", save_then_crash)
+    with pytest.raises(Interrupted):
+        job()
+    monkeypatch.undo()
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -120,10 +125,8 @@ def test_sigkilled_train_resumes_bit_for_bit(cfg, reference, tmp_path):
 
 def test_crash_at_an_epoch_end_resumes_with_its_eval(cfg, reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    interrupt_after_checkpoint(monkeypatch, 4)  # the last step of epoch 1, before its evaluation
-    with pytest.raises(Interrupted):
-        train(replace(cfg, out=str(out)))
-    monkeypatch.undo()
+    # the last step of epoch 1, before its evaluation
+    crash_after_checkpoint(monkeypatch, 4, lambda: train(replace(cfg, out=str(out))))
     result = train(replace(cfg, out=str(out), checkpoint_every=5))  # checkpoint_every does not change the run
     assert result.steps == 12
     assert_same_outputs(reference, out, RUN_FILES)
@@ -135,10 +138,8 @@ def test_joint_coba_resumes_bit_for_bit(tiny_model, glue_dir, tmp_path, monkeypa
                       max_train=24, validation_examples=8, device="cpu", checkpoint_every=2)  # 6 steps
     files = ["task_vector.safetensors", "heads/sst2.safetensors", "heads/stsb.safetensors"]
     train_joint(replace(cfg, out=str(tmp_path / "whole")))
-    interrupt_after_checkpoint(monkeypatch, 4)  # past the warm-up: CoBa's histories must come back
-    with pytest.raises(Interrupted):
-        train_joint(replace(cfg, out=str(tmp_path / "resumed")))
-    monkeypatch.undo()
+    # past the warm-up: CoBa's histories must come back
+    crash_after_checkpoint(monkeypatch, 4, lambda: train_joint(replace(cfg, out=str(tmp_path / "resumed"))))
     train_joint(replace(cfg, out=str(tmp_path / "resumed")))
     assert_same_outputs(tmp_path / "whole", tmp_path / "resumed", files)
     weights = [r["weights"] for r in metric_lines(tmp_path / "resumed") if r.get("step", 0) > 4 and "weights" in r]
@@ -152,10 +153,7 @@ def test_joint_famo_resumes_bit_for_bit(tiny_model, glue_dir, tmp_path, monkeypa
                       checkpoint_every=2)  # 6 steps
     files = ["task_vector.safetensors", "heads/sst2.safetensors", "heads/stsb.safetensors"]
     train_joint(replace(cfg, out=str(tmp_path / "whole")))
-    interrupt_after_checkpoint(monkeypatch, 4)
-    with pytest.raises(Interrupted):
-        train_joint(replace(cfg, out=str(tmp_path / "resumed")))
-    monkeypatch.undo()
+    crash_after_checkpoint(monkeypatch, 4, lambda: train_joint(replace(cfg, out=str(tmp_path / "resumed"))))
     train_joint(replace(cfg, out=str(tmp_path / "resumed")))
     assert_same_outputs(tmp_path / "whole", tmp_path / "resumed", files)
 
@@ -195,10 +193,7 @@ def test_every_balancer_state_round_trips(name):
 
 def test_corrupt_checkpoint_is_named(cfg, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    interrupt_after_checkpoint(monkeypatch, 4)
-    with pytest.raises(Interrupted):
-        train(replace(cfg, out=str(out)))
-    monkeypatch.undo()
+    crash_after_checkpoint(monkeypatch, 4, lambda: train(replace(cfg, out=str(out))))
     path = checkpoint_dir(out) / "step-000004.pt"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -240,10 +235,7 @@ def test_failed_save_keeps_the_previous_checkpoint(cfg, reference, tmp_path, mon
 
 def test_checkpoint_of_another_config_is_refused(cfg, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    interrupt_after_checkpoint(monkeypatch, 2)
-    with pytest.raises(Interrupted):
-        train(replace(cfg, out=str(out)))
-    monkeypatch.undo()
+    crash_after_checkpoint(monkeypatch, 2, lambda: train(replace(cfg, out=str(out))))
     with pytest.raises(FusekitError, match=r"run\.checkpoint was written by a different config \(lr, seed differ\)"):
         train(replace(cfg, out=str(out), lr=1e-3, seed=1))
     assert (checkpoint_dir(out) / "manifest.json").is_file()
