@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.config import JointConfig, TrainConfig, from_mapping, to_yaml
+from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
 from fusekit.errors import FusekitError
 from fusekit.io import RUN_MARKER, atomic_write_text
 from fusekit.lambda_search import SEARCHED
@@ -92,13 +92,7 @@ class MergeJob:
 
 
 def load_study(path: Path) -> StudyConfig:
-    if not path.is_file():
-        raise FusekitError(f"recipe {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise FusekitError(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    return from_mapping(StudyConfig, data, str(path))
+    return load_recipe(path, StudyConfig)
 
 
 def plan(study: StudyConfig, source: str) -> list[Stage]:
