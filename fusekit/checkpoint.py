@@ -30,6 +30,7 @@ from fusekit.checksums import sha256
 from fusekit.data import ResumableLoader
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_write_json
+from fusekit.progress import JsonlLog
 
 MANIFEST = "manifest.json"
 IGNORED_KEYS = ("checkpoint_every", "out")  # config keys that do not change what a run computes
@@ -88,13 +89,26 @@ def _config_dict(config) -> dict:
     return {k: v for k, v in data.items() if k not in IGNORED_KEYS}
 
 
-class Checkpoints:
-    """The checkpoint folder of one run: load the latest valid checkpoint, save a new one, discard them all."""
+def metrics_log(stage: Path, resumed: dict | None) -> JsonlLog:
+    """The run's metrics.jsonl in `stage`, continuing from the lines a resumed checkpoint carried."""
+    path = stage / "metrics.jsonl"
+    if resumed:
+        path.write_text(resumed["metrics"], encoding="utf-8")
+    return JsonlLog(path)
 
-    def __init__(self, out: Path, config, overwrite: bool):
+
+class Checkpoints:
+    """The checkpoint folder of one run: load the latest valid checkpoint, save a new one, discard them all.
+
+    With `writer` False (the other processes of a data-parallel run) it only reads: nothing is due, nothing is
+    discarded.
+    """
+
+    def __init__(self, out: Path, config, overwrite: bool, writer: bool = True):
         self.folder = checkpoint_dir(out)
         self.config = _config_dict(config)
         self.every = config.checkpoint_every
+        self.writer = writer
         if self.every < 0:
             raise FusekitError(f"checkpoint_every is {self.every} (expected 0 for none, or a number of steps)")
         if overwrite:
@@ -128,7 +142,7 @@ class Checkpoints:
                                f"{self.restart_hint()}") from None
 
     def due(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
+        return self.writer and self.every > 0 and step % self.every == 0
 
     def save(self, state: dict) -> None:
         """Write `state` as a new file, point the manifest at it, then delete older files."""
@@ -154,4 +168,5 @@ class Checkpoints:
                 old.unlink()
 
     def discard(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.writer:
+            shutil.rmtree(self.folder, ignore_errors=True)

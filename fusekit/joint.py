@@ -18,7 +18,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from fusekit.balancers import make_balancer
-from fusekit.checkpoint import Checkpoints, TrainingState
+from fusekit.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.config import JointConfig, to_yaml
 from fusekit.data import EncodedSplit, ResumableLoader, Split, load_split, make_loader
 from fusekit.errors import FusekitError
@@ -28,7 +28,7 @@ from fusekit.merged import write_multitask
 from fusekit.modeling import load_base_model, resolve_device
 from fusekit.parallel import processes
 from fusekit.plots import plot_joint
-from fusekit.progress import JsonlLog, console, progress_bar
+from fusekit.progress import console, progress_bar
 from fusekit.runs import adapter_spec, build_adapted_model, load_run, record_eval
 from fusekit.task_vector import TaskVector
 from fusekit.tasks import TaskSpec, get_task, parse_tasks
@@ -59,7 +59,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     spec = adapter_spec(cfg)
     out = cfg.output_dir()
     check_output_dir(out, overwrite)
-    checkpoints = Checkpoints(out, cfg, overwrite)
+    procs = processes()
+    checkpoints = Checkpoints(out, cfg, overwrite, writer=procs.is_main)
     resumed = checkpoints.load()
     if cfg.references:
         if len(cfg.references) != len(tasks):
@@ -68,7 +69,6 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         for task, folder in zip(tasks, cfg.references):
             if get_task(load_run(Path(folder)).head_task).family != task.family:
                 raise FusekitError(f"references: {folder} is not a run of {task.name} (expected task order)")
-    procs = processes()
     device = procs.device(resolve_device(cfg.device))
     splits = {t.name: load_split(t, "train", cfg.data) for t in tasks}
     train = {n: s.capped(cfg.max_train, cfg.seed) for n, s in splits.items()}
@@ -133,10 +133,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         done = resumed["step"]
         console.print(f"resuming from step {done}")
     with procs.stage(out, overwrite) as stage, progress_bar() as bar:
-        log_path = stage / "metrics.jsonl"
-        if resumed:
-            log_path.write_text(resumed["metrics"], encoding="utf-8")
-        log = JsonlLog(log_path)
+        log = metrics_log(stage, resumed)
         if balancer.validation_interval and not resumed:
             start = torch.tensor([evaluate(WithHead(model, heads[t.name]), validation[t.name], t, device)["loss"]
                                   for t in tasks])  # ℓ_i(0), the full held-out loss before training
@@ -169,8 +166,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                 record["validation_losses"] = val.tolist()
             log.write({**record, "seconds": time.perf_counter() - began})
             bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
-            if checkpoints.due(step) and procs.is_main:
-                checkpoints.save(live.capture(step, log_path))
+            if checkpoints.due(step):
+                checkpoints.save(live.capture(step, log.path))
         model.eval()
         results = {}
         for task in tasks:
@@ -195,8 +192,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             record_eval(stage, name, metrics)
         plot_joint(stage / "metrics.jsonl", [t.name for t in tasks], stage / "weights.png")
     procs.barrier()
-    if procs.is_main:
-        checkpoints.discard()
+    checkpoints.discard()
     console.print(f"wrote {out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
     return results
 

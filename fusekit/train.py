@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from fusekit.checkpoint import Checkpoints, TrainingState
+from fusekit.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.config import TrainConfig
 from fusekit.data import EncodedSplit, ResumableLoader, load_split, make_loader
 from fusekit.evaluate import autocast, evaluate, task_loss, to_device
 from fusekit.io import check_output_dir
 from fusekit.modeling import load_base_model, resolve_device
 from fusekit.parallel import processes
-from fusekit.progress import JsonlLog, console, progress_bar
+from fusekit.progress import console, progress_bar
 from fusekit.runs import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.tasks import get_task
 
@@ -46,9 +46,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     spec = adapter_spec(cfg)
     out = cfg.output_dir()
     check_output_dir(out, overwrite)  # fail before any work, not after it
-    checkpoints = Checkpoints(out, cfg, overwrite)
-    resumed = checkpoints.load()  # likewise a corrupt checkpoint, or one of another config
     procs = processes()
+    checkpoints = Checkpoints(out, cfg, overwrite, writer=procs.is_main)
+    resumed = checkpoints.load()  # likewise a corrupt checkpoint, or one of another config
     device = procs.device(resolve_device(cfg.device))
     train_split = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
     eval_split = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
@@ -80,10 +80,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         seconds, step = resumed["seconds"], resumed["step"]
         console.print(f"resuming from step {step}")
     with procs.stage(out, overwrite) as stage, progress_bar() as bar:
-        log_path = stage / "metrics.jsonl"
-        if resumed:
-            log_path.write_text(resumed["metrics"], encoding="utf-8")
-        log = JsonlLog(log_path)
+        log = metrics_log(stage, resumed)
         job = bar.add_task(f"{task.name}", total=total, completed=step, status="")
         # a checkpoint is taken inside an epoch (its eval still to come); the loader skips the batches it took
         for epoch in range(max(step - 1, 0) // len(loader) + 1, cfg.epochs + 1):
@@ -104,9 +101,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                 value = loss.item()
                 log.write({"step": step, "epoch": epoch, "loss": value, "lr": scheduler.get_last_lr()[0]})
                 bar.update(job, advance=1, status=f"loss {value:.4f}")
-                if checkpoints.due(step) and procs.is_main:
+                if checkpoints.due(step):
                     seconds += time.perf_counter() - start
-                    checkpoints.save(live.capture(step, log_path, seconds))
+                    checkpoints.save(live.capture(step, log.path, seconds))
                     start = time.perf_counter()
             seconds += time.perf_counter() - start
             metrics = evaluate(model, eval_data, task, device, cfg.eval_batch_size)
@@ -118,8 +115,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         save_run(stage, cfg, base, model, task)
         record_eval(stage, task.name, metrics)
     procs.barrier()  # the run folder is in place before any process goes on
-    if procs.is_main:
-        checkpoints.discard()
+    checkpoints.discard()
     console.print(f"wrote {out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                           if k in (*task.metrics, "score")))
     return TrainResult(metrics, seconds, throughput, step)
