@@ -89,11 +89,11 @@ class Processes:
         """Sum the gradients of `params` over all processes, in one all-reduce of a flat buffer."""
         if not self.active or not params:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self.sum(torch.cat([g.reshape(-1) for g in grads]))
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        dist.all_reduce(flat)  # a fresh buffer: reduced in place, and the gradients become views of it
         offset = 0
         for p in params:
-            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            p.grad = flat[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
 
     def barrier(self) -> None:
