@@ -60,9 +60,9 @@ class Processes:
 
         A batch with fewer rows than processes is kept whole by each of them, at weight 1/world.
         """
-        rows = len(next(iter(batch.values())))
         if not self.active:
             return batch, 1.0
+        rows = len(next(iter(batch.values())))
         if rows < self.world:
             return batch, 1.0 / self.world
         start, stop = rows * self.rank // self.world, rows * (self.rank + 1) // self.world
