@@ -30,7 +30,7 @@ def measure(kind: str, scope: str | None, args) -> dict:
     from fusekit.adapters import AdapterSpec
     from fusekit.evaluate import autocast, task_loss
     from fusekit.modeling import load_base_model, resolve_device
-    from fusekit.runs import build_adapted_model
+    from fusekit.artifacts.run_folder import build_adapted_model
     from fusekit.tasks import get_task
 
     device = resolve_device(args.device)

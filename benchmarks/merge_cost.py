@@ -30,7 +30,7 @@ def make_adapters(folder: Path, n: int, model: str | None) -> None:
     from fusekit.adapters import AdapterSpec
     from fusekit.config import TrainConfig
     from fusekit.modeling import load_base_model
-    from fusekit.runs import build_adapted_model, save_run
+    from fusekit.artifacts.run_folder import build_adapted_model, save_run
     from fusekit.tasks import get_task
 
     task = get_task("sst2")
@@ -72,7 +72,7 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
     else:
         from fusekit.merge import merge
         from fusekit.merge_methods.task_arithmetic import TaskArithmetic
-        from fusekit.runs import load_run
+        from fusekit.artifacts.run_folder import load_run
 
         with usage_of() as usage:
             runs = [load_run(folder / f"a{i}") for i in range(n)]

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fusekit.errors import FusekitError
-from fusekit.io import save_tensors
+from fusekit.artifacts.atomic import save_tensors
 from fusekit.modeling import BaseModel
 
 ADAPTER_KINDS = ("lora", "l-lora")

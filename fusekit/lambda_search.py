@@ -18,7 +18,7 @@ from fusekit.merge import merge
 from fusekit.merge_methods import make_method
 from fusekit.metrics import mean_defined, normalized_score
 from fusekit.progress import console
-from fusekit.runs import Run
+from fusekit.artifacts.run_folder import Run
 from fusekit.scorer import TaskScorer
 from fusekit.tasks import get_task
 

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from fusekit.errors import FusekitError
-from fusekit.io import staged_dir
+from fusekit.artifacts.atomic import staged_dir
 from fusekit.progress import console
 
 # merges and evaluation run on the main process while the others wait at a barrier

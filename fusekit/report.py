@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from fusekit.errors import FusekitError
-from fusekit.io import RUN_MARKER, atomic_write_text
+from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
 from fusekit.metrics import mean_defined, normalized_score
 from fusekit.plots import plot_joint, plot_sweeps
 from fusekit.study import STAGES

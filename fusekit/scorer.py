@@ -7,8 +7,8 @@ import torch
 from fusekit.adapters import AdaptedModel, AdapterSpec
 from fusekit.data import EncodedSplit, Split
 from fusekit.evaluate import evaluate
-from fusekit.runs import model_for_vector
-from fusekit.task_vector import TaskVector
+from fusekit.artifacts.run_folder import model_for_vector
+from fusekit.artifacts.task_vector import TaskVector
 
 
 class TaskScorer:

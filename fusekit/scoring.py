@@ -8,12 +8,12 @@ from rich.table import Table
 
 from fusekit.data import load_split
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_write_json
+from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.metrics import mean_defined, normalized_score
-from fusekit.merged import individual_score, is_merged, load_merged
+from fusekit.artifacts.merged_folder import individual_score, is_merged, load_merged
 from fusekit.modeling import resolve_device
 from fusekit.progress import console
-from fusekit.runs import load_run, record_eval
+from fusekit.artifacts.run_folder import load_run, record_eval
 from fusekit.scorer import TaskScorer
 from fusekit.tasks import get_task, parse_tasks
 

@@ -24,7 +24,7 @@ import yaml
 
 from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
 from fusekit.errors import FusekitError
-from fusekit.io import RUN_MARKER, atomic_write_text
+from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
 from fusekit.lambda_search import SEARCHED
 from fusekit.merge_methods import METHODS
 from fusekit.parallel import processes

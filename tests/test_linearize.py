@@ -10,8 +10,8 @@ from fusekit.adapters import AdapterSpec, lora_layers
 from fusekit.data import EncodedSplit, load_split, make_loader
 from fusekit.evaluate import task_loss
 from fusekit.modeling import load_base_model
-from fusekit.runs import build_adapted_model, load_run, model_for_run
-from fusekit.task_vector import TaskVector
+from fusekit.artifacts.run_folder import build_adapted_model, load_run, model_for_run
+from fusekit.artifacts.task_vector import TaskVector
 from fusekit.tasks import get_task
 from fusekit.train import train
 
@@ -189,7 +189,7 @@ def test_save_load_gives_identical_logits_and_a_plain_peft_export(tiny_config, t
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from fusekit.runs import save_run
+    from fusekit.artifacts.run_folder import save_run
 
     cfg = replace(tiny_config, task="sst2", adapter="l-lora", linearize=scope, lora_init=init)
     model = make(tiny_model, scope=scope, init=init).float()

@@ -12,7 +12,7 @@ from fusekit.merge_methods.average import Average
 from fusekit.merge_methods.dare import Dare, drop_and_rescale
 from fusekit.merge_methods.task_arithmetic import TaskArithmetic
 from fusekit.merge_methods.ties import Ties, trim
-from fusekit.runs import load_run, model_for_run
+from fusekit.artifacts.run_folder import load_run, model_for_run
 from fusekit.tasks import get_task
 from fusekit.train import train
 
@@ -139,8 +139,8 @@ def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from fusekit.merged import load_merged
-    from fusekit.runs import model_for_vector
+    from fusekit.artifacts.merged_folder import load_merged
+    from fusekit.artifacts.run_folder import model_for_vector
     from tests.test_cli import invoke
 
     out = tmp_path / "merged"

@@ -17,14 +17,14 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from fusekit.balancers import BALANCERS, make_balancer
-from fusekit.checkpoint import Checkpoints, checkpoint_dir
+from fusekit.artifacts.checkpoint import Checkpoints, checkpoint_dir
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
 from fusekit.fuse import fuse
-from fusekit.io import load_tensors
+from fusekit.artifacts.atomic import load_tensors
 from fusekit.joint import train_joint
-from fusekit.merged import load_merged
-from fusekit.runs import load_run
+from fusekit.artifacts.merged_folder import load_merged
+from fusekit.artifacts.run_folder import load_run
 from fusekit.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def test_sigkilled_train_resumes_bit_for_bit(cfg, reference, tmp_path):
             "--device", "cpu", "--checkpoint-every", "2", "--out", str(out)]
     hang_after_step_6 = (  # the child stops after its third checkpoint (mid-epoch 2) until it is killed
         "import sys, time\n"
-        "from fusekit.checkpoint import Checkpoints\n"
+        "from fusekit.artifacts.checkpoint import Checkpoints\n"
         "save = Checkpoints.save\n"
         "def save_then_hang(self, state):\n"
         "    save(self, state)\n"
@@ -209,7 +209,7 @@ def test_corrupt_checkpoint_is_named(cfg, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("target", ["torch.save", "atomic_write_json"])
 def test_failed_save_keeps_the_previous_checkpoint(cfg, reference, tmp_path, monkeypatch, target):
-    import fusekit.checkpoint as module
+    import fusekit.artifacts.checkpoint as module
 
     out = tmp_path / "run"
     owner, name = (torch, "save") if target == "torch.save" else (module, "atomic_write_json")
@@ -279,7 +279,7 @@ def test_corrupt_merged_files_are_named(reference, tmp_path):
 
 
 def test_a_killed_runs_temp_folder_is_cleared_by_the_next_write(tmp_path):
-    from fusekit.io import staged_dir
+    from fusekit.artifacts.atomic import staged_dir
 
     stale = tmp_path / "run.tmp-abc123"
     stale.mkdir()

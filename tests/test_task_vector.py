@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fusekit.errors import FusekitError
-from fusekit.task_vector import TaskVector
+from fusekit.artifacts.task_vector import TaskVector
 
 META = {"base_fingerprint": "abc", "kind": "lora", "rank": 2, "alpha": 4.0, "target_modules": ["query"],
         "linearize": None, "lora_init": "default"}

@@ -26,10 +26,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from fusekit.balancers import Balancer
-from fusekit.checksums import sha256
+from fusekit.artifacts.checksums import sha256
 from fusekit.data import ResumableLoader
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_write_json
+from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.progress import JsonlLog
 
 MANIFEST = "manifest.json"

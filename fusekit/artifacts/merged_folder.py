@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 
-from fusekit.checksums import ChecksummedFolder, digests, sha256
+from fusekit.artifacts.checksums import ChecksummedFolder, digests, sha256
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_write_json, load_tensors, save_tensors, staged_dir
+from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors, staged_dir
 from fusekit.merge import MergeReport
 from fusekit.merge_methods import MergeMethod
-from fusekit.runs import TASK_VECTOR, Run, load_run, model_for_vector
-from fusekit.task_vector import TaskVector
+from fusekit.artifacts.run_folder import TASK_VECTOR, Run, load_run, model_for_vector
+from fusekit.artifacts.task_vector import TaskVector
 from fusekit.tasks import get_task
 
 MANIFEST = "manifest.json"
-FORMAT = "fusekit.merged/1"
+FORMAT = "fusekit.artifacts.merged_folder/1"
 
 
 def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, dict[str, torch.Tensor]],

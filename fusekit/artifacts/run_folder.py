@@ -3,7 +3,7 @@
     config.yaml                  resolved config (a recipe that reproduces the run)
     adapter_config.json          PEFT folder: plain `PeftModel.from_pretrained(base, run_dir)` loads it
     adapter_model.safetensors
-    task_vector.safetensors      τ = φ − φ0 and φ0, with metadata (see fusekit.task_vector)
+    task_vector.safetensors      τ = φ − φ0 and φ0, with metadata (see fusekit.artifacts.task_vector)
     head.safetensors             the task's classification head
     checksums.json               sha256 of each tensor file, checked when the file is first read
     metrics.jsonl                loss per step, eval per epoch
@@ -21,13 +21,13 @@ import torch
 
 from fusekit import __version__
 from fusekit.adapters import AdaptedModel, AdapterSpec, add_lora
-from fusekit.checksums import CHECKSUMS, ChecksummedFolder, digests, read_checksums
+from fusekit.artifacts.checksums import CHECKSUMS, ChecksummedFolder, digests, read_checksums
 from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.errors import FusekitError
-from fusekit.io import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from fusekit.linearize import LinearizedModel
 from fusekit.modeling import BaseModel, load_base_model
-from fusekit.task_vector import TaskVector, VectorHeader
+from fusekit.artifacts.task_vector import TaskVector, VectorHeader
 from fusekit.tasks import TaskSpec, get_task
 
 TASK_VECTOR = "task_vector.safetensors"

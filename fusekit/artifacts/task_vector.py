@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from fusekit.errors import FusekitError
-from fusekit.io import load_tensors, save_tensors
+from fusekit.artifacts.atomic import load_tensors, save_tensors
 from fusekit.modeling import fingerprint
 
-FORMAT = "fusekit.task_vector/1"
+FORMAT = "fusekit.artifacts.task_vector/1"
 # Metadata that must agree for two vectors to share a space (τs of different bases or ranks do not add).
 COMPATIBILITY_KEYS = ("base_fingerprint", "kind", "rank", "alpha", "target_modules", "init_fingerprint",
                       "linearize", "lora_init")
