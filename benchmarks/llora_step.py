@@ -31,7 +31,7 @@ def measure(kind: str, scope: str | None, args) -> dict:
     from fusekit.evaluate import autocast, task_loss
     from fusekit.modeling import load_base_model, resolve_device
     from fusekit.artifacts.run_folder import build_adapted_model
-    from fusekit.tasks import get_task
+    from fusekit.data.tasks import get_task
 
     device = resolve_device(args.device)
     task = get_task("sst2")

@@ -31,7 +31,7 @@ def make_adapters(folder: Path, n: int, model: str | None) -> None:
     from fusekit.config import TrainConfig
     from fusekit.modeling import load_base_model
     from fusekit.artifacts.run_folder import build_adapted_model, save_run
-    from fusekit.tasks import get_task
+    from fusekit.data.tasks import get_task
 
     task = get_task("sst2")
     for i in range(n):

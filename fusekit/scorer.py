@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fusekit.adapters import AdaptedModel, AdapterSpec
-from fusekit.data import EncodedSplit, Split
+from fusekit.data.loading import EncodedSplit, Split
 from fusekit.evaluate import evaluate
 from fusekit.artifacts.run_folder import model_for_vector
 from fusekit.artifacts.task_vector import TaskVector

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fusekit.data import load_split
+from fusekit.data.loading import load_split
 from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.metrics import mean_defined, normalized_score
@@ -15,7 +15,7 @@ from fusekit.modeling import resolve_device
 from fusekit.progress import console
 from fusekit.artifacts.run_folder import load_run, record_eval
 from fusekit.scorer import TaskScorer
-from fusekit.tasks import get_task, parse_tasks
+from fusekit.data.tasks import get_task, parse_tasks
 
 
 def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_eval: int | None,

@@ -30,7 +30,7 @@ from fusekit.merge_methods import METHODS
 from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console
 from fusekit.resources import measure
-from fusekit.tasks import parse_tasks
+from fusekit.data.tasks import parse_tasks
 
 STAGES = "stages.jsonl"
 SPACES = ("delta-w", "factors")

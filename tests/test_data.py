@@ -1,8 +1,8 @@
 import pytest
 
-from fusekit.data import EncodedSplit, load_split
+from fusekit.data.loading import EncodedSplit, load_split
 from fusekit.errors import FusekitError
-from fusekit.tasks import TASKS, get_task, parse_tasks
+from fusekit.data.tasks import TASKS, get_task, parse_tasks
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from fusekit.config import JointConfig
-from fusekit.data import Split
+from fusekit.data.loading import Split
 from fusekit.errors import FusekitError
 from fusekit.joint import prior_loss, task_shares, train_joint
-from fusekit.tasks import get_task
+from fusekit.data.tasks import get_task
 
 
 def test_sampling_shares():

@@ -13,7 +13,7 @@ from fusekit.merge_methods.dare import Dare, drop_and_rescale
 from fusekit.merge_methods.task_arithmetic import TaskArithmetic
 from fusekit.merge_methods.ties import Ties, trim
 from fusekit.artifacts.run_folder import load_run, model_for_run
-from fusekit.tasks import get_task
+from fusekit.data.tasks import get_task
 from fusekit.train import train
 
 T1, T2, T3 = torch.tensor([3.0, -2.0, 0.5, 1.0]), torch.tensor([-1.0, -4.0, 2.0, 0.2]), \
@@ -110,7 +110,7 @@ def test_svd_truncation_reports_its_error(runs):
 
 @pytest.mark.parametrize("space", ["delta-w", "factors"])
 def test_single_vector_with_lambda_one_reproduces_the_adapter(runs, glue_dir, space):
-    from fusekit.data import EncodedSplit, load_split, make_loader
+    from fusekit.data.loading import EncodedSplit, load_split, make_loader
 
     run, task = runs["rte"], get_task("rte")
     merged, _ = merge([run], TaskArithmetic(1.0), space=space)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from fusekit.metrics import compute_metrics
-from fusekit.tasks import get_task
+from fusekit.data.tasks import get_task
 
 Y = [1, 1, 1, 0, 0, 0, 1, 0]
 P = [1, 1, 0, 0, 0, 1, 1, 0]  # TP=3 FN=1 FP=1 TN=3

@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from fusekit.balancers import Balancer
 from fusekit.artifacts.checksums import sha256
-from fusekit.data import ResumableLoader
+from fusekit.data.loading import ResumableLoader
 from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.progress import JsonlLog

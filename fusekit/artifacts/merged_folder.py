@@ -23,7 +23,7 @@ from fusekit.merge import MergeReport
 from fusekit.merge_methods import MergeMethod
 from fusekit.artifacts.run_folder import TASK_VECTOR, Run, load_run, model_for_vector
 from fusekit.artifacts.task_vector import TaskVector
-from fusekit.tasks import get_task
+from fusekit.data.tasks import get_task
 
 MANIFEST = "manifest.json"
 FORMAT = "fusekit.artifacts.merged_folder/1"

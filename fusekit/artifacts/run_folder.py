@@ -28,7 +28,7 @@ from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_json, atomic_write
 from fusekit.linearize import LinearizedModel
 from fusekit.modeling import BaseModel, load_base_model
 from fusekit.artifacts.task_vector import TaskVector, VectorHeader
-from fusekit.tasks import TaskSpec, get_task
+from fusekit.data.tasks import TaskSpec, get_task
 
 TASK_VECTOR = "task_vector.safetensors"
 HEAD = "head.safetensors"

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fusekit.errors import FusekitError
-from fusekit.tasks import HUB_SPLITS, TaskSpec
+from fusekit.data.tasks import HUB_SPLITS, TaskSpec
 
 DEFAULT_HUB_DATASET = "nyu-mll/glue"
 csv.field_size_limit(10**8)
