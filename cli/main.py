@@ -105,7 +105,7 @@ def evaluate(
 
     Example: fusekit eval --task sst2 --adapter runs/sst2-lora --data ../shared/glue
     """
-    from fusekit.scoring import score_folders
+    from fusekit.evaluation.eval import score_folders
 
     folders = [*(runs or []), *(adapter or [])]
     if not folders:

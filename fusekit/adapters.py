@@ -16,8 +16,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from torch.func import functional_call
 
-from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import save_tensors
+from fusekit.errors import FusekitError
 from fusekit.modeling import BaseModel
 
 ADAPTER_KINDS = ("lora", "l-lora")

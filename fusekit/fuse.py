@@ -7,13 +7,13 @@ from pathlib import Path
 from rich.table import Table
 
 from fusekit.artifacts.atomic import check_output_dir
+from fusekit.artifacts.merged_folder import write_merged
+from fusekit.artifacts.run_folder import load_run
 from fusekit.lambda_search import DEFAULT_GRID, DEFAULTS, SEARCHED, search
 from fusekit.merge import merge
 from fusekit.merge_methods import make_method
-from fusekit.artifacts.merged_folder import write_merged
 from fusekit.modeling import resolve_device
 from fusekit.progress import console
-from fusekit.artifacts.run_folder import load_run
 
 
 def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, weights: list[float] | None,

@@ -17,21 +17,21 @@ from pathlib import Path
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from fusekit.balancers import make_balancer
+from fusekit.artifacts.atomic import check_output_dir
 from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
+from fusekit.artifacts.merged_folder import write_multitask
+from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
+from fusekit.artifacts.task_vector import TaskVector
+from fusekit.balancers import make_balancer
 from fusekit.config import JointConfig, to_yaml
 from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_split, make_loader
+from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
-from fusekit.evaluate import autocast, evaluate, task_loss, to_device
-from fusekit.artifacts.atomic import check_output_dir
-from fusekit.artifacts.merged_folder import write_multitask
+from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.modeling import load_base_model, resolve_device
 from fusekit.parallel import processes
 from fusekit.plots import plot_joint
 from fusekit.progress import console, progress_bar
-from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
-from fusekit.artifacts.task_vector import TaskVector
-from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.train import seed_everything
 
 SAMPLING = ("temperature", "proportional", "uniform")

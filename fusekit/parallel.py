@@ -26,8 +26,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import staged_dir
+from fusekit.errors import FusekitError
 from fusekit.progress import console
 
 # merges and evaluation run on the main process while the others wait at a barrier

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
-from fusekit.metrics import mean_defined, normalized_score
+from fusekit.data.tasks import get_task
+from fusekit.errors import FusekitError
+from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.plots import plot_joint, plot_sweeps
 from fusekit.study import STAGES
-from fusekit.data.tasks import get_task
 
 
 def _json(path: Path) -> dict:

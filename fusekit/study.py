@@ -22,15 +22,15 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
-from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
+from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
+from fusekit.data.tasks import parse_tasks
+from fusekit.errors import FusekitError
 from fusekit.lambda_search import SEARCHED
 from fusekit.merge_methods import METHODS
 from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console
 from fusekit.resources import measure
-from fusekit.data.tasks import parse_tasks
 
 STAGES = "stages.jsonl"
 SPACES = ("delta-w", "factors")
@@ -229,7 +229,7 @@ def _train(stage: Stage, out: Path) -> None:
 
 def _merge(stage: Stage, out: Path) -> None:
     from fusekit.fuse import fuse
-    from fusekit.scoring import score_folders
+    from fusekit.evaluation.eval import score_folders
 
     job: MergeJob = stage.config
     folder = out / stage.name

@@ -15,16 +15,16 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from fusekit.artifacts.atomic import check_output_dir
 from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
+from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.config import TrainConfig
 from fusekit.data.loading import EncodedSplit, ResumableLoader, load_split, make_loader
-from fusekit.evaluate import autocast, evaluate, task_loss, to_device
-from fusekit.artifacts.atomic import check_output_dir
+from fusekit.data.tasks import get_task
+from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.modeling import load_base_model, resolve_device
 from fusekit.parallel import processes
 from fusekit.progress import console, progress_bar
-from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, record_eval, save_run
-from fusekit.data.tasks import get_task
 
 
 def seed_everything(seed: int) -> None:

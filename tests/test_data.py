@@ -1,8 +1,8 @@
 import pytest
 
 from fusekit.data.loading import EncodedSplit, load_split
-from fusekit.errors import FusekitError
 from fusekit.data.tasks import TASKS, get_task, parse_tasks
+from fusekit.errors import FusekitError
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -8,9 +8,9 @@ import pytest
 
 from fusekit.config import JointConfig
 from fusekit.data.loading import Split
+from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.joint import prior_loss, task_shares, train_joint
-from fusekit.data.tasks import get_task
 
 
 def test_sampling_shares():
@@ -53,7 +53,7 @@ def test_a_short_joint_run_lowers_every_task_loss(joint_config, tmp_path, balanc
 
 
 def test_coba_joint_run_is_scored_by_fusekit_eval(joint_config, sst2_run, tmp_path, tiny_config):
-    from fusekit.scoring import score_folders
+    from fusekit.evaluation.eval import score_folders
     from fusekit.train import train
 
     refs = [str(sst2_run[0])]

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from fusekit.metrics import compute_metrics
 from fusekit.data.tasks import get_task
+from fusekit.evaluation.metrics import compute_metrics
 
 Y = [1, 1, 1, 0, 0, 0, 1, 0]
 P = [1, 1, 0, 0, 0, 1, 1, 0]  # TP=3 FN=1 FP=1 TN=3
@@ -49,7 +49,7 @@ def test_official_metric_per_task(name, metrics):
 
 
 def test_normalized_score_is_undefined_without_own_skill():
-    from fusekit.metrics import mean_defined, normalized_score
+    from fusekit.evaluation.metrics import mean_defined, normalized_score
 
     assert normalized_score(0.4, 0.8) == 0.5
     assert normalized_score(0.9, 0.75) == 1.2

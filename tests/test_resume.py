@@ -16,15 +16,15 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from fusekit.balancers import BALANCERS, make_balancer
+from fusekit.artifacts.atomic import load_tensors
 from fusekit.artifacts.checkpoint import Checkpoints, checkpoint_dir
+from fusekit.artifacts.merged_folder import load_merged
+from fusekit.artifacts.run_folder import load_run
+from fusekit.balancers import BALANCERS, make_balancer
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
 from fusekit.fuse import fuse
-from fusekit.artifacts.atomic import load_tensors
 from fusekit.joint import train_joint
-from fusekit.artifacts.merged_folder import load_merged
-from fusekit.artifacts.run_folder import load_run
 from fusekit.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fusekit.errors import FusekitError
 from fusekit.artifacts.task_vector import TaskVector
+from fusekit.errors import FusekitError
 
 META = {"base_fingerprint": "abc", "kind": "lora", "rank": 2, "alpha": 4.0, "target_modules": ["query"],
         "linearize": None, "lora_init": "default"}

@@ -3,12 +3,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fusekit.data.loading import EncodedSplit, load_split, make_loader
-from fusekit.errors import FusekitError
-from fusekit.evaluate import evaluate
 from fusekit.artifacts.run_folder import load_run, model_for_run
 from fusekit.artifacts.task_vector import TaskVector
+from fusekit.data.loading import EncodedSplit, load_split, make_loader
 from fusekit.data.tasks import get_task
+from fusekit.errors import FusekitError
+from fusekit.evaluation.loop import evaluate
 from fusekit.train import train
 
 

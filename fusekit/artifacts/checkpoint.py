@@ -25,11 +25,11 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from fusekit.balancers import Balancer
+from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.checksums import sha256
+from fusekit.balancers import Balancer
 from fusekit.data.loading import ResumableLoader
 from fusekit.errors import FusekitError
-from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.progress import JsonlLog
 
 MANIFEST = "manifest.json"

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from fusekit.artifacts.checksums import ChecksummedFolder, digests, sha256
-from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors, staged_dir
-from fusekit.merge import MergeReport
-from fusekit.merge_methods import MergeMethod
+from fusekit.artifacts.checksums import ChecksummedFolder, digests, sha256
 from fusekit.artifacts.run_folder import TASK_VECTOR, Run, load_run, model_for_vector
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import get_task
+from fusekit.errors import FusekitError
+from fusekit.merge import MergeReport
+from fusekit.merge_methods import MergeMethod
 
 MANIFEST = "manifest.json"
 FORMAT = "fusekit.artifacts.merged_folder/1"

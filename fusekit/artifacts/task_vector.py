@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from fusekit.errors import FusekitError
 from fusekit.artifacts.atomic import load_tensors, save_tensors
+from fusekit.errors import FusekitError
 from fusekit.modeling import fingerprint
 
 FORMAT = "fusekit.artifacts.task_vector/1"

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fusekit.errors import FusekitError
 from fusekit.data.tasks import HUB_SPLITS, TaskSpec
+from fusekit.errors import FusekitError
 
 DEFAULT_HUB_DATASET = "nyu-mll/glue"
 csv.field_size_limit(10**8)

@@ -17,7 +17,7 @@ class TaskSpec:
     text_columns: tuple[str | int, ...]  # header names, or column indices for header-less files
     label_column: str | int
     labels: tuple[str, ...] | None  # label strings as written in the TSVs, in id order; None = regression
-    metrics: tuple[str, ...]  # official GLUE metrics, see fusekit.metrics
+    metrics: tuple[str, ...]  # official GLUE metrics, see fusekit.evaluation.metrics
     hub_config: str
     hub_text_fields: tuple[str, ...]
     files: tuple[tuple[str, str], ...] = (("train", "train.tsv"), ("validation", "dev.tsv"))

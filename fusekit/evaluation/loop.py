@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from fusekit.data.loading import EncodedSplit, make_loader
-from fusekit.metrics import compute_metrics, predictions
 from fusekit.data.tasks import TaskSpec
+from fusekit.evaluation.metrics import compute_metrics, predictions
 
 
 def task_loss(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
