@@ -70,7 +70,7 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
             peft_model.add_weighted_adapter([f"a{i}" for i in range(n)], [1.0] * n, "merged",
                                             combination_type=combination, **extra)
     else:
-        from fusekit.merge import merge
+        from fusekit.merging.stream import merge
         from fusekit.merge_methods.task_arithmetic import TaskArithmetic
         from fusekit.artifacts.run_folder import load_run
 

@@ -147,7 +147,7 @@ def merge(
 
     Example: fusekit merge runs/sst2-lora runs/rte-lora runs/mrpc-lora --method ties --lambda auto --out merged/ties
     """
-    from fusekit.fuse import fuse
+    from fusekit.merging.merge import fuse
 
     grid = {"lam": _floats(lambdas, "--lambdas"), "density": _floats(densities, "--densities"),
             "rate": _floats(drop_rates, "--drop-rates")}

@@ -26,8 +26,8 @@ from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
 from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
-from fusekit.lambda_search import SEARCHED
 from fusekit.merge_methods import METHODS
+from fusekit.merging.search import SEARCHED
 from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console
 from fusekit.resources import measure
@@ -228,7 +228,7 @@ def _train(stage: Stage, out: Path) -> None:
 
 
 def _merge(stage: Stage, out: Path) -> None:
-    from fusekit.fuse import fuse
+    from fusekit.merging.merge import fuse
     from fusekit.evaluation.eval import score_folders
 
     job: MergeJob = stage.config

@@ -8,12 +8,12 @@ import torch
 from fusekit.artifacts.run_folder import load_run, model_for_run
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.merge import merge
 from fusekit.merge_methods import make_method
 from fusekit.merge_methods.average import Average
 from fusekit.merge_methods.dare import Dare, drop_and_rescale
 from fusekit.merge_methods.task_arithmetic import TaskArithmetic
 from fusekit.merge_methods.ties import Ties, trim
+from fusekit.merging.stream import merge
 from fusekit.train import train
 
 T1, T2, T3 = torch.tensor([3.0, -2.0, 0.5, 1.0]), torch.tensor([-1.0, -4.0, 2.0, 0.2]), \

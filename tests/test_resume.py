@@ -23,8 +23,8 @@ from fusekit.artifacts.run_folder import load_run
 from fusekit.balancers import BALANCERS, make_balancer
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
-from fusekit.fuse import fuse
 from fusekit.joint import train_joint
+from fusekit.merging.merge import fuse
 from fusekit.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

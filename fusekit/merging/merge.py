@@ -9,9 +9,9 @@ from rich.table import Table
 from fusekit.artifacts.atomic import check_output_dir
 from fusekit.artifacts.merged_folder import write_merged
 from fusekit.artifacts.run_folder import load_run
-from fusekit.lambda_search import DEFAULT_GRID, DEFAULTS, SEARCHED, search
-from fusekit.merge import merge
 from fusekit.merge_methods import make_method
+from fusekit.merging.search import DEFAULT_GRID, DEFAULTS, SEARCHED, search
+from fusekit.merging.stream import merge
 from fusekit.modeling import resolve_device
 from fusekit.progress import console
 
