@@ -71,7 +71,7 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
                                             combination_type=combination, **extra)
     else:
         from fusekit.merging.stream import merge
-        from fusekit.merge_methods.task_arithmetic import TaskArithmetic
+        from fusekit.merging.methods.task_arithmetic import TaskArithmetic
         from fusekit.artifacts.run_folder import load_run
 
         with usage_of() as usage:

@@ -26,7 +26,7 @@ from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
 from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
-from fusekit.merge_methods import METHODS
+from fusekit.merging.methods import METHODS
 from fusekit.merging.search import SEARCHED
 from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console

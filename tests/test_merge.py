@@ -8,11 +8,11 @@ import torch
 from fusekit.artifacts.run_folder import load_run, model_for_run
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.merge_methods import make_method
-from fusekit.merge_methods.average import Average
-from fusekit.merge_methods.dare import Dare, drop_and_rescale
-from fusekit.merge_methods.task_arithmetic import TaskArithmetic
-from fusekit.merge_methods.ties import Ties, trim
+from fusekit.merging.methods import make_method
+from fusekit.merging.methods.average import Average
+from fusekit.merging.methods.dare import Dare, drop_and_rescale
+from fusekit.merging.methods.task_arithmetic import TaskArithmetic
+from fusekit.merging.methods.ties import Ties, trim
 from fusekit.merging.stream import merge
 from fusekit.train import train
 

@@ -22,7 +22,7 @@ from fusekit.artifacts.run_folder import TASK_VECTOR, Run, load_run, model_for_v
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.merge_methods import MergeMethod
+from fusekit.merging.methods import MergeMethod
 from fusekit.merging.stream import MergeReport
 
 MANIFEST = "manifest.json"

@@ -9,7 +9,7 @@ from rich.table import Table
 from fusekit.artifacts.atomic import check_output_dir
 from fusekit.artifacts.merged_folder import write_merged
 from fusekit.artifacts.run_folder import load_run
-from fusekit.merge_methods import make_method
+from fusekit.merging.methods import make_method
 from fusekit.merging.search import DEFAULT_GRID, DEFAULTS, SEARCHED, search
 from fusekit.merging.stream import merge
 from fusekit.modeling import resolve_device

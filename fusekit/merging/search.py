@@ -18,7 +18,7 @@ from fusekit.data.loading import load_split
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.eval import TaskScorer
 from fusekit.evaluation.metrics import mean_defined, normalized_score
-from fusekit.merge_methods import make_method
+from fusekit.merging.methods import make_method
 from fusekit.merging.stream import merge
 from fusekit.progress import console
 

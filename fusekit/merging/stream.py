@@ -22,7 +22,7 @@ from safetensors import safe_open
 from fusekit.artifacts.run_folder import TASK_VECTOR, Run
 from fusekit.artifacts.task_vector import TaskVector, check_compatible
 from fusekit.errors import FusekitError
-from fusekit.merge_methods import MergeMethod
+from fusekit.merging.methods import MergeMethod
 from fusekit.modeling import fingerprint
 
 SPACES = ("delta-w", "factors")

@@ -11,7 +11,7 @@ import zlib
 
 import torch
 
-from fusekit.merge_methods.base import MergeMethod
+from fusekit.merging.methods.base import MergeMethod
 
 
 def drop_and_rescale(delta: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:

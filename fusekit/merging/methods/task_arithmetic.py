@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fusekit.merge_methods.base import MergeMethod
+from fusekit.merging.methods.base import MergeMethod
 
 
 class TaskArithmetic(MergeMethod):

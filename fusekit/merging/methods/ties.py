@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from fusekit.merge_methods.base import MergeMethod
+from fusekit.merging.methods.base import MergeMethod
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:

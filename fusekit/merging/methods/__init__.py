@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fusekit.errors import FusekitError
-from fusekit.merge_methods.average import Average
-from fusekit.merge_methods.base import MergeMethod
-from fusekit.merge_methods.dare import Dare
-from fusekit.merge_methods.task_arithmetic import TaskArithmetic
-from fusekit.merge_methods.ties import Ties
+from fusekit.merging.methods.average import Average
+from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.methods.dare import Dare
+from fusekit.merging.methods.task_arithmetic import TaskArithmetic
+from fusekit.merging.methods.ties import Ties
 
 # name → builder from hyperparameters (λ, TIES density, DARE drop rate, seed)
 METHODS = {
