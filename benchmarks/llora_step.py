@@ -27,9 +27,9 @@ def current_rss() -> int:
 def measure(kind: str, scope: str | None, args) -> dict:
     import torch
 
-    from fusekit.adapters import AdapterSpec
+    from fusekit.models.adapters import AdapterSpec
     from fusekit.evaluation.loop import autocast, task_loss
-    from fusekit.modeling import load_base_model, resolve_device
+    from fusekit.models.base import load_base_model, resolve_device
     from fusekit.artifacts.run_folder import build_adapted_model
     from fusekit.data.tasks import get_task
 

@@ -27,9 +27,9 @@ def make_adapters(folder: Path, n: int, model: str | None) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from fusekit.adapters import AdapterSpec
+    from fusekit.models.adapters import AdapterSpec
     from fusekit.config import TrainConfig
-    from fusekit.modeling import load_base_model
+    from fusekit.models.base import load_base_model
     from fusekit.artifacts.run_folder import build_adapted_model, save_run
     from fusekit.data.tasks import get_task
 
@@ -58,7 +58,7 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification
 
-        from fusekit.modeling import resolve_model
+        from fusekit.models.base import resolve_model
 
         base = AutoModelForSequenceClassification.from_pretrained(resolve_model(model), num_labels=2)
         folders = [folder / f"peft{i}" for i in range(n)]

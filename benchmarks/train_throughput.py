@@ -43,7 +43,7 @@ def trainer_throughput(args, train_split) -> float:
         TrainingArguments,
     )
 
-    from fusekit.modeling import resolve_model
+    from fusekit.models.base import resolve_model
 
     Clock = _clock_class()
     path = resolve_model(args.model)

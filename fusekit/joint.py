@@ -28,7 +28,7 @@ from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_spli
 from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
-from fusekit.modeling import load_base_model, resolve_device
+from fusekit.models.base import load_base_model, resolve_device
 from fusekit.parallel import processes
 from fusekit.plots import plot_joint
 from fusekit.progress import console, progress_bar

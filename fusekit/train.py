@@ -22,7 +22,7 @@ from fusekit.config import TrainConfig
 from fusekit.data.loading import EncodedSplit, ResumableLoader, load_split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
-from fusekit.modeling import load_base_model, resolve_device
+from fusekit.models.base import load_base_model, resolve_device
 from fusekit.parallel import processes
 from fusekit.progress import console, progress_bar
 

@@ -6,13 +6,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fusekit.adapters import AdapterSpec, lora_layers
 from fusekit.artifacts.run_folder import build_adapted_model, load_run, model_for_run
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.loading import EncodedSplit, load_split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.loop import task_loss
-from fusekit.modeling import load_base_model
+from fusekit.models.adapters import AdapterSpec, lora_layers
+from fusekit.models.base import load_base_model
 from fusekit.train import train
 
 SST2 = get_task("sst2")

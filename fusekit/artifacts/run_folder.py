@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 
 from fusekit import __version__
-from fusekit.adapters import AdaptedModel, AdapterSpec, add_lora
 from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from fusekit.artifacts.checksums import CHECKSUMS, ChecksummedFolder, digests, read_checksums
 from fusekit.artifacts.task_vector import TaskVector, VectorHeader
 from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.errors import FusekitError
-from fusekit.linearize import LinearizedModel
-from fusekit.modeling import BaseModel, load_base_model
+from fusekit.models.adapters import AdaptedModel, AdapterSpec, add_lora
+from fusekit.models.base import BaseModel, load_base_model
+from fusekit.models.linearize import LinearizedModel
 
 TASK_VECTOR = "task_vector.safetensors"
 HEAD = "head.safetensors"

@@ -15,7 +15,7 @@ import torch
 
 from fusekit.artifacts.atomic import load_tensors, save_tensors
 from fusekit.errors import FusekitError
-from fusekit.modeling import fingerprint
+from fusekit.models.base import fingerprint
 
 FORMAT = "fusekit.artifacts.task_vector/1"
 # Metadata that must agree for two vectors to share a space (τs of different bases or ranks do not add).

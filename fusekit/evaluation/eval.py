@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from fusekit.adapters import AdaptedModel, AdapterSpec
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.merged_folder import individual_score, is_merged, load_merged
 from fusekit.artifacts.run_folder import load_run, model_for_vector, record_eval
@@ -20,7 +19,8 @@ from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import evaluate
 from fusekit.evaluation.metrics import mean_defined, normalized_score
-from fusekit.modeling import resolve_device
+from fusekit.models.adapters import AdaptedModel, AdapterSpec
+from fusekit.models.base import resolve_device
 from fusekit.progress import console
 
 

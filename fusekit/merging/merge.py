@@ -12,7 +12,7 @@ from fusekit.artifacts.run_folder import load_run
 from fusekit.merging.methods import make_method
 from fusekit.merging.search import DEFAULT_GRID, DEFAULTS, SEARCHED, search
 from fusekit.merging.stream import merge
-from fusekit.modeling import resolve_device
+from fusekit.models.base import resolve_device
 from fusekit.progress import console
 
 

@@ -23,7 +23,7 @@ from fusekit.artifacts.run_folder import TASK_VECTOR, Run
 from fusekit.artifacts.task_vector import TaskVector, check_compatible
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import MergeMethod
-from fusekit.modeling import fingerprint
+from fusekit.models.base import fingerprint
 
 SPACES = ("delta-w", "factors")
 

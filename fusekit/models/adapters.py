@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from fusekit.artifacts.atomic import save_tensors
 from fusekit.errors import FusekitError
-from fusekit.modeling import BaseModel
+from fusekit.models.base import BaseModel
 
 ADAPTER_KINDS = ("lora", "l-lora")
 LINEARIZE_SCOPES = ("module", "network")

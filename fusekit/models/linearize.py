@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fusekit.adapters import AdaptedModel, AdapterSpec, lora_layers
+from fusekit.models.adapters import AdaptedModel, AdapterSpec, lora_layers
 
 
 class LinearizedModel(AdaptedModel):

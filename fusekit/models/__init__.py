@@ -1,0 +1,2 @@
+"""Models: the pretrained base model with its task head (base), LoRA adapters (adapters) and their linearization,
+L-LoRA (linearize)."""
