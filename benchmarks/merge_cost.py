@@ -52,7 +52,7 @@ def make_adapters(folder: Path, n: int, model: str | None) -> None:
 
 
 def measure(tool: str, combination: str, folder: Path, n: int, model: str | None) -> dict:
-    from fusekit.resources import measure as usage_of
+    from fusekit.study.resources import measure as usage_of
 
     if tool == "peft":
         from peft import PeftModel

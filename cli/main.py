@@ -225,7 +225,7 @@ def run_recipe(
 
     Example: fusekit run recipes/quickstart.yaml && fusekit report runs/quickstart
     """
-    from fusekit.study import describe, load_study, plan, run_study
+    from fusekit.study.run import describe, load_study, plan, run_study
 
     if dry_run:
         typer.echo(describe(plan(load_study(recipe), str(recipe))))
@@ -242,7 +242,7 @@ def report(
 
     Example: fusekit report runs/glue-fusion
     """
-    from fusekit.report import write_report
+    from fusekit.study.report import write_report
 
     typer.echo(f"wrote {write_report(study)}")
 

@@ -30,8 +30,8 @@ from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model, resolve_device
 from fusekit.parallel import processes
-from fusekit.plots import plot_joint
 from fusekit.progress import console, progress_bar
+from fusekit.study.plots import plot_joint
 from fusekit.train import seed_everything
 
 SAMPLING = ("temperature", "proportional", "uniform")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fusekit.parallel import Processes
-from fusekit.study import run_study
+from fusekit.study.run import run_study
 from tests.conftest import make_tiny_model
 from tests.test_study import write_recipe
 

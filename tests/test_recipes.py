@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fusekit.config import TrainConfig, load_recipe
-from fusekit.study import load_study, plan, run_study
+from fusekit.study.run import load_study, plan, run_study
 from tests.conftest import make_tiny_t5
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fusekit import study as study_module
 from fusekit.errors import FusekitError
-from fusekit.report import write_report
-from fusekit.study import load_study, plan, run_study
+from fusekit.study import run as study_module
+from fusekit.study.report import write_report
+from fusekit.study.run import load_study, plan, run_study
 
 
 def write_recipe(path: Path, tiny_model, glue_dir, out: Path, **changes) -> Path:
@@ -136,7 +136,7 @@ def test_cli_run_and_report_errors_are_one_line(tmp_path, tiny_model, glue_dir):
 
 
 def test_only_selects_by_prefix_or_glob():
-    from fusekit.study import selected
+    from fusekit.study.run import selected
 
     assert selected("train/sst2-lora", None)
     assert selected("train/sst2-lora", "train/")
@@ -156,7 +156,7 @@ def test_report_skips_checkpoints_and_temp_folders(tmp_path):
 
 
 def test_report_finds_input_runs_recorded_relative_to_another_directory(tmp_path):
-    from fusekit.report import normalize
+    from fusekit.study.report import normalize
 
     (tmp_path / "train" / "sst2-lora").mkdir(parents=True)
     (tmp_path / "train" / "sst2-lora" / "eval.json").write_text('{"sst2": {"score": 0.8, "examples": 872}}')

@@ -30,7 +30,7 @@ from fusekit.merging.methods import METHODS
 from fusekit.merging.search import SEARCHED
 from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console
-from fusekit.resources import measure
+from fusekit.study.resources import measure
 
 STAGES = "stages.jsonl"
 SPACES = ("delta-w", "factors")

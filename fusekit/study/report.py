@@ -15,8 +15,8 @@ from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import mean_defined, normalized_score
-from fusekit.plots import plot_joint, plot_sweeps
-from fusekit.study import STAGES
+from fusekit.study.plots import plot_joint, plot_sweeps
+from fusekit.study.run import STAGES
 
 
 def _json(path: Path) -> dict:
