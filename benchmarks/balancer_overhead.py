@@ -36,7 +36,7 @@ def main() -> None:
     from dataclasses import replace
 
     from fusekit.config import JointConfig
-    from fusekit.joint import train_joint
+    from fusekit.training.joint import train_joint
 
     k = len(args.tasks.split(","))
     base = JointConfig(tasks=args.tasks, model=args.model, data=args.data, batch_size=args.batch_size,

@@ -71,7 +71,7 @@ def trainer_throughput(args, train_split) -> float:
 
 def fusekit_throughput(args) -> float:
     from fusekit.config import TrainConfig
-    from fusekit.train import train
+    from fusekit.training.train import train
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(task=args.task, model=args.model, data=args.data, out=str(Path(out) / "run"),

@@ -74,7 +74,7 @@ def train(
     L-LoRA: fusekit train --task rte --adapter l-lora --linearize module --lora-init nonzero --data ../shared/glue
     """
     from fusekit.config import TrainConfig, load_recipe, with_overrides
-    from fusekit.train import train as run_training
+    from fusekit.training.train import train as run_training
 
     base = load_recipe(recipe, TrainConfig) if recipe else TrainConfig()
     targets = [t.strip() for t in target_modules.split(",")] if target_modules else None
@@ -199,7 +199,7 @@ def joint(
     Example: fusekit joint --tasks sst2,rte,mrpc,cola,stsb --balancer coba --data ../shared/glue
     """
     from fusekit.config import JointConfig, load_recipe, with_overrides
-    from fusekit.joint import train_joint
+    from fusekit.training.joint import train_joint
 
     base = load_recipe(recipe, JointConfig) if recipe else JointConfig()
     refs = [r.strip() for r in references.split(",")] if references else None

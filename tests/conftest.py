@@ -125,7 +125,7 @@ def sst2_run(tiny_config, tmp_path_factory):
     """One trained SST-2 LoRA run shared by the tests that only read it."""
     from dataclasses import replace
 
-    from fusekit.train import train
+    from fusekit.training.train import train
 
     out = tmp_path_factory.mktemp("runs") / "sst2-lora"
     result = train(replace(tiny_config, task="sst2", out=str(out)))

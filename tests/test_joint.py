@@ -10,7 +10,7 @@ from fusekit.config import JointConfig
 from fusekit.data.loading import Split
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.joint import prior_loss, task_shares, train_joint
+from fusekit.training.joint import prior_loss, task_shares, train_joint
 
 
 def test_sampling_shares():
@@ -54,7 +54,7 @@ def test_a_short_joint_run_lowers_every_task_loss(joint_config, tmp_path, balanc
 
 def test_coba_joint_run_is_scored_by_fusekit_eval(joint_config, sst2_run, tmp_path, tiny_config):
     from fusekit.evaluation.eval import score_folders
-    from fusekit.train import train
+    from fusekit.training.train import train
 
     refs = [str(sst2_run[0])]
     for task in ("cola", "stsb"):

@@ -13,7 +13,7 @@ from fusekit.data.tasks import get_task
 from fusekit.evaluation.loop import task_loss
 from fusekit.models.adapters import AdapterSpec, lora_layers
 from fusekit.models.base import load_base_model
-from fusekit.train import train
+from fusekit.training.train import train
 
 SST2 = get_task("sst2")
 SCOPES = ["module", "network"]

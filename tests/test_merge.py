@@ -14,7 +14,7 @@ from fusekit.merging.methods.dare import Dare, drop_and_rescale
 from fusekit.merging.methods.task_arithmetic import TaskArithmetic
 from fusekit.merging.methods.ties import Ties, trim
 from fusekit.merging.stream import merge
-from fusekit.train import train
+from fusekit.training.train import train
 
 T1, T2, T3 = torch.tensor([3.0, -2.0, 0.5, 1.0]), torch.tensor([-1.0, -4.0, 2.0, 0.2]), \
     torch.tensor([2.0, 1.0, -3.0, 0.1])

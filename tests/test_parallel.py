@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fusekit.parallel import Processes
 from fusekit.study.run import run_study
+from fusekit.training.parallel import Processes
 from tests.conftest import make_tiny_model
 from tests.test_study import write_recipe
 

@@ -23,9 +23,9 @@ from fusekit.artifacts.run_folder import load_run
 from fusekit.balancers import BALANCERS, make_balancer
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
-from fusekit.joint import train_joint
 from fusekit.merging.merge import fuse
-from fusekit.train import train
+from fusekit.training.joint import train_joint
+from fusekit.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMING = ("seconds", "train_seconds", "examples_per_second")

@@ -9,7 +9,7 @@ from fusekit.data.loading import EncodedSplit, load_split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import evaluate
-from fusekit.train import train
+from fusekit.training.train import train
 
 
 def test_training_lowers_the_loss(sst2_run, tiny_config):
@@ -98,7 +98,7 @@ def test_overwrite_replaces_the_run(tiny_config, tmp_path):
 
 
 def test_failed_run_leaves_nothing(tiny_config, tmp_path, monkeypatch):
-    import fusekit.train as train_module
+    import fusekit.training.train as train_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

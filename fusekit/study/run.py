@@ -28,9 +28,9 @@ from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import METHODS
 from fusekit.merging.search import SEARCHED
-from fusekit.parallel import processes
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
+from fusekit.training.parallel import processes
 
 STAGES = "stages.jsonl"
 SPACES = ("delta-w", "factors")
@@ -222,7 +222,7 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
 
 
 def _train(stage: Stage, out: Path) -> None:
-    from fusekit.train import train
+    from fusekit.training.train import train
 
     train(stage.config)
 
@@ -240,7 +240,7 @@ def _merge(stage: Stage, out: Path) -> None:
 
 
 def _joint(stage: Stage, out: Path) -> None:
-    from fusekit.joint import train_joint
+    from fusekit.training.joint import train_joint
 
     train_joint(stage.config)
 

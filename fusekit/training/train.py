@@ -23,8 +23,8 @@ from fusekit.data.loading import EncodedSplit, ResumableLoader, load_split, make
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model, resolve_device
-from fusekit.parallel import processes
 from fusekit.progress import console, progress_bar
+from fusekit.training.parallel import processes
 
 
 def seed_everything(seed: int) -> None:

@@ -29,10 +29,10 @@ from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model, resolve_device
-from fusekit.parallel import processes
 from fusekit.progress import console, progress_bar
 from fusekit.study.plots import plot_joint
-from fusekit.train import seed_everything
+from fusekit.training.parallel import processes
+from fusekit.training.train import seed_everything
 
 SAMPLING = ("temperature", "proportional", "uniform")
 
