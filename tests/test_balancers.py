@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from fusekit.balancers import make_balancer
-from fusekit.balancers.coba import CoBa, coba_weights, slope
-from fusekit.balancers.famo import FAMO, logit_gradient
-from fusekit.balancers.gradients import GradNormalize, PCGrad, pcgrad
-from fusekit.balancers.weighting import PowerMean, Uncertainty
+from fusekit.training.balancers import make_balancer
+from fusekit.training.balancers.coba import CoBa, coba_weights, slope
+from fusekit.training.balancers.famo import FAMO, logit_gradient
+from fusekit.training.balancers.gradients import GradNormalize, PCGrad, pcgrad
+from fusekit.training.balancers.weighting import PowerMean, Uncertainty
 
 
 def softmax(values):

@@ -20,10 +20,10 @@ from fusekit.artifacts.atomic import load_tensors
 from fusekit.artifacts.checkpoint import Checkpoints, checkpoint_dir
 from fusekit.artifacts.merged_folder import load_merged
 from fusekit.artifacts.run_folder import load_run
-from fusekit.balancers import BALANCERS, make_balancer
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
 from fusekit.merging.merge import fuse
+from fusekit.training.balancers import BALANCERS, make_balancer
 from fusekit.training.joint import train_joint
 from fusekit.training.train import train
 

@@ -27,10 +27,10 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.checksums import sha256
-from fusekit.balancers import Balancer
 from fusekit.data.loading import ResumableLoader
 from fusekit.errors import FusekitError
 from fusekit.progress import JsonlLog
+from fusekit.training.balancers import Balancer
 
 MANIFEST = "manifest.json"
 IGNORED_KEYS = ("checkpoint_every", "out")  # config keys that do not change what a run computes

@@ -22,7 +22,6 @@ from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.artifacts.merged_folder import write_multitask
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
 from fusekit.artifacts.task_vector import TaskVector
-from fusekit.balancers import make_balancer
 from fusekit.config import JointConfig, to_yaml
 from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_split, make_loader
 from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
@@ -31,6 +30,7 @@ from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model, resolve_device
 from fusekit.progress import console, progress_bar
 from fusekit.study.plots import plot_joint
+from fusekit.training.balancers import make_balancer
 from fusekit.training.parallel import processes
 from fusekit.training.train import seed_everything
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusekit.balancers.base import Balancer
+from fusekit.training.balancers.base import Balancer
 
 
 class Uniform(Balancer):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from fusekit.balancers.base import Balancer
+from fusekit.training.balancers.base import Balancer
 
 
 def slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusekit.balancers.base import Balancer
+from fusekit.training.balancers.base import Balancer
 
 
 def task_gradients(losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:

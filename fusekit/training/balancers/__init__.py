@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fusekit.balancers.base import Balancer
-from fusekit.balancers.coba import CoBa
-from fusekit.balancers.famo import FAMO
-from fusekit.balancers.gradients import GradNorm, GradNormalize, PCGrad
-from fusekit.balancers.weighting import InitNorm, PowerMean, PriorNorm, RealTime, Uncertainty, Uniform
 from fusekit.errors import FusekitError
+from fusekit.training.balancers.base import Balancer
+from fusekit.training.balancers.coba import CoBa
+from fusekit.training.balancers.famo import FAMO
+from fusekit.training.balancers.gradients import GradNorm, GradNormalize, PCGrad
+from fusekit.training.balancers.weighting import InitNorm, PowerMean, PriorNorm, RealTime, Uncertainty, Uniform
 
 # name → builder(num_tasks, options); options carry priors, gamma, alpha, seed, the CoBa and the FAMO settings
 BALANCERS = {
