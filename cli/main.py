@@ -238,7 +238,7 @@ def run_recipe(
 def report(
     study: Annotated[Path, typer.Argument(help="study folder written by fusekit run")],
 ) -> None:
-    """Write STUDY/report.md: per-task, merged and joint tables, λ sweeps, balancer weights, stage costs.
+    """Write the study's markdown report: per-task, merged and joint tables, λ sweeps, balancer weights, stage costs.
 
     Example: fusekit report runs/glue-fusion
     """

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from fusekit.artifacts.atomic import load_tensors
-from fusekit.artifacts.checkpoint import Checkpoints, checkpoint_dir
+from fusekit.artifacts.checkpoint import Checkpoints
+from fusekit.artifacts.layout import checkpoint_dir
 from fusekit.artifacts.merged_folder import load_merged
 from fusekit.artifacts.run_folder import load_run
 from fusekit.config import JointConfig

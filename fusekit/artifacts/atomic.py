@@ -14,9 +14,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from fusekit.artifacts.layout import STAGING
 from fusekit.errors import FusekitError
-
-RUN_MARKER = "config.yaml"  # a folder holding this file holds a finished run
 
 
 def _umask() -> int:
@@ -88,9 +87,9 @@ def staged_dir(final: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success swap it in for `final`, on failure delete it."""
     check_output_dir(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a killed process: never a finished run
+    for stale in final.parent.glob(f"{final.name}{STAGING}*"):  # left by a killed process: never a finished run
         shutil.rmtree(stale, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.tmp-"))
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}{STAGING}"))
     os.chmod(stage, 0o777 & ~_umask())
     try:
         yield stage
@@ -99,7 +98,7 @@ def staged_dir(final: Path, overwrite: bool) -> Iterator[Path]:
         raise
     trash = None
     if final.exists():
-        trash = final.with_name(f"{final.name}.tmp-old-{os.getpid()}")
+        trash = final.with_name(f"{final.name}{STAGING}old-{os.getpid()}")
         os.replace(final, trash)
     os.replace(stage, final)
     if trash is not None:

@@ -1,8 +1,6 @@
 """Resumable training: a checkpoint of all a run needs to continue bit for bit, in a folder beside its output.
 
-    <out>.checkpoint/manifest.json     step, file name, its sha256 and the run's config
-    <out>.checkpoint/step-000120.pt    adapter and head weights, balancer, optimizer and scheduler state, RNG
-                                       states, data-loader positions, training seconds, metrics.jsonl so far
+Its files (a manifest and one step file) are listed in fusekit.artifacts.layout.
 
 A save writes a new file, then rewrites the manifest, then deletes the older file: a crash or a full disk at
 any moment leaves a manifest naming a complete file. Files hold only tensors and plain containers and are read
@@ -27,17 +25,13 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.checksums import sha256
+from fusekit.artifacts.layout import CHECKPOINT_GLOB, MANIFEST, METRICS, checkpoint_dir, checkpoint_file
 from fusekit.data.loading import ResumableLoader
 from fusekit.errors import FusekitError
 from fusekit.progress import JsonlLog
 from fusekit.training.balancers import Balancer
 
-MANIFEST = "manifest.json"
 IGNORED_KEYS = ("checkpoint_every", "out")  # config keys that do not change what a run computes
-
-
-def checkpoint_dir(out: Path) -> Path:
-    return out.with_name(f"{out.name}.checkpoint")
 
 
 @dataclass
@@ -53,7 +47,7 @@ class TrainingState:
     def capture(self, step: int, log: Path, seconds: float = 0.0) -> dict:
         """Everything needed to continue after optimizer step `step`, as tensors and plain containers.
 
-        `log` is the run's metrics.jsonl so far; `seconds` the training time so far (for throughput).
+        `log` is the run's metrics log so far; `seconds` the training time so far (for throughput).
         """
         return {
             "step": step, "seconds": seconds, "metrics": log.read_text(encoding="utf-8"),
@@ -90,8 +84,8 @@ def _config_dict(config) -> dict:
 
 
 def metrics_log(stage: Path, resumed: dict | None) -> JsonlLog:
-    """The run's metrics.jsonl in `stage`, continuing from the lines a resumed checkpoint carried."""
-    path = stage / "metrics.jsonl"
+    """The run's metrics log in `stage`, continuing from the lines a resumed checkpoint carried."""
+    path = stage / METRICS
     if resumed:
         path.write_text(resumed["metrics"], encoding="utf-8")
     return JsonlLog(path)
@@ -147,7 +141,7 @@ class Checkpoints:
     def save(self, state: dict) -> None:
         """Write `state` as a new file, point the manifest at it, then delete older files."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"step-{state['step']:06d}.pt"
+        path = self.folder / checkpoint_file(state["step"])
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -163,7 +157,7 @@ class Checkpoints:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        for old in self.folder.glob("step-*.pt"):
+        for old in self.folder.glob(CHECKPOINT_GLOB):
             if old != path:
                 old.unlink()
 

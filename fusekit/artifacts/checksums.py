@@ -1,6 +1,6 @@
 """sha256 checksums of the tensor files a folder holds, so that a corrupt or truncated file is named, not misread.
 
-Run folders record them in checksums.json, merged and joint folders in their manifest. Folders written before
+Run folders record them in their CHECKSUMS file, merged and joint folders in their manifest. Folders written before
 checksums existed record none, and their files are read unchecked.
 """
 
@@ -10,9 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from fusekit.artifacts.layout import CHECKSUMS
 from fusekit.errors import FusekitError
 
-CHECKSUMS = "checksums.json"
 CHUNK = 1 << 20
 
 

@@ -1,12 +1,6 @@
 """A merged folder: what `fusekit merge` writes, and how `fusekit eval` scores it against its inputs.
 
-    manifest.json              inputs (run, task, sha256 of its task vector), method and hyperparameters,
-                               space, rank, truncation error, base model and fingerprint, λ search table,
-                               checksums (sha256 of every tensor file below, checked when the file is read)
-    task_vector.safetensors    the merged vector (φ0 and τ)
-    heads/<task>.safetensors   each task's own head (heads are never merged)
-    peft/<task>/               plain-peft folder per task: the merged LoRA (nonlinear) with that task's head
-    eval.json                  per-task scores and normalized scores (written by `fusekit eval`)
+Its files are listed in fusekit.artifacts.layout.
 """
 
 from __future__ import annotations
@@ -18,14 +12,14 @@ import torch
 
 from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors, staged_dir
 from fusekit.artifacts.checksums import ChecksummedFolder, digests, sha256
-from fusekit.artifacts.run_folder import TASK_VECTOR, Run, load_run, model_for_vector
+from fusekit.artifacts.layout import EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
+from fusekit.artifacts.run_folder import Run, load_run, model_for_vector
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import MergeMethod
 from fusekit.merging.stream import MergeReport
 
-MANIFEST = "manifest.json"
 FORMAT = "fusekit.artifacts.merged_folder/1"
 
 
@@ -34,9 +28,9 @@ def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, dict[str, 
     """One adapter for several tasks (merged or jointly trained): vector, heads, a PEFT folder per task, manifest."""
     vector.save(stage / TASK_VECTOR)
     for name, head in heads.items():
-        save_tensors(stage / "heads" / f"{name}.safetensors", head, {"task": name})
+        save_tensors(stage / head_file(name), head, {"task": name})
         _, model = model_for_vector(model_name, vector, head, get_task(name), str(stage), nonlinear=True)
-        model.save_peft_folder(stage / "peft" / name)
+        model.save_peft_folder(stage / PEFT / name)
     atomic_write_json(stage / MANIFEST, {
         "format": FORMAT, "kind": vector.meta["kind"], "rank": vector.meta["rank"],
         "base_model": vector.meta["base_model"], "base_fingerprint": vector.meta["base_fingerprint"],
@@ -70,14 +64,14 @@ def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, tor
     if manifest.get("format") != FORMAT:
         raise FusekitError(f"{folder / MANIFEST}: not a fusekit merged folder (expected format {FORMAT})")
     files = ChecksummedFolder(folder, manifest.get("checksums", {}), MANIFEST)
-    heads = {item["task"]: load_tensors(files.path(f"heads/{item['task']}.safetensors"))[0]
+    heads = {item["task"]: load_tensors(files.path(head_file(item['task'])))[0]
              for item in manifest["inputs"]}
     return manifest, TaskVector.load(files.path(TASK_VECTOR)), heads
 
 
 def individual_score(run_folder: Path, task: str, examples: int, evaluate_run) -> float:
-    """The task's own adapter's score on the same split: from its eval.json, or evaluated now."""
-    path = Path(run_folder) / "eval.json"
+    """The task's own adapter's score on the same split: as its run folder recorded it, or evaluated now."""
+    path = Path(run_folder) / EVAL
     recorded = json.loads(path.read_text()).get(task) if path.is_file() else None
     if recorded and recorded.get("examples") == examples:
         return float(recorded["score"])

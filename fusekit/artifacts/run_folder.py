@@ -1,13 +1,6 @@
 """A run folder: what `fusekit train` writes, and how `fusekit eval` rebuilds the model from it.
 
-    config.yaml                  resolved config (a recipe that reproduces the run)
-    adapter_config.json          PEFT folder: plain `PeftModel.from_pretrained(base, run_dir)` loads it
-    adapter_model.safetensors
-    task_vector.safetensors      τ = φ − φ0 and φ0, with metadata (see fusekit.artifacts.task_vector)
-    head.safetensors             the task's classification head
-    checksums.json               sha256 of each tensor file, checked when the file is first read
-    metrics.jsonl                loss per step, eval per epoch
-    eval.json                    latest scores per task (updated by `fusekit eval`)
+Its files are listed in fusekit.artifacts.layout.
 """
 
 from __future__ import annotations
@@ -20,8 +13,9 @@ from pathlib import Path
 import torch
 
 from fusekit import __version__
-from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_json, atomic_write_text, load_tensors, save_tensors
-from fusekit.artifacts.checksums import CHECKSUMS, ChecksummedFolder, digests, read_checksums
+from fusekit.artifacts.atomic import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from fusekit.artifacts.checksums import ChecksummedFolder, digests, read_checksums
+from fusekit.artifacts.layout import CHECKSUMS, CONFIG, EVAL, HEAD, TASK_VECTOR
 from fusekit.artifacts.task_vector import TaskVector, VectorHeader
 from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.data.tasks import TaskSpec, get_task
@@ -30,9 +24,6 @@ from fusekit.models.adapters import AdaptedModel, AdapterSpec, add_lora
 from fusekit.models.base import BaseModel, load_base_model
 from fusekit.models.linearize import LinearizedModel
 
-TASK_VECTOR = "task_vector.safetensors"
-HEAD = "head.safetensors"
-EVAL = "eval.json"
 
 
 def adapter_spec(cfg: TrainConfig) -> AdapterSpec:
@@ -62,7 +53,7 @@ def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedMode
     save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family})
     model.save_peft_folder(folder)
     atomic_write_json(folder / CHECKSUMS, digests(folder, "*.safetensors"))
-    atomic_write_text(folder / RUN_MARKER, to_yaml(cfg))
+    atomic_write_text(folder / CONFIG, to_yaml(cfg))
     return vector
 
 
@@ -86,9 +77,9 @@ class Run:
 
 def load_run(folder: Path) -> Run:
     folder = Path(folder)
-    if not (folder / RUN_MARKER).is_file():
-        raise FusekitError(f"{folder} is not a fusekit run (expected {RUN_MARKER} written by fusekit train)")
-    cfg = load_recipe(folder / RUN_MARKER, TrainConfig)
+    if not (folder / CONFIG).is_file():
+        raise FusekitError(f"{folder} is not a fusekit run (expected {CONFIG} written by fusekit train)")
+    cfg = load_recipe(folder / CONFIG, TrainConfig)
     files = ChecksummedFolder(folder, read_checksums(folder), CHECKSUMS)
     head, head_meta = load_tensors(files.path(HEAD))
     run = Run(folder, cfg, head, head_meta.get("task", cfg.task), files)
@@ -124,7 +115,7 @@ def model_for_vector(model_name: str | None, vector: TaskVector, head: dict[str,
 
 
 def record_eval(folder: Path, task: str, metrics: dict) -> None:
-    """Update eval.json in the run folder with this task's latest scores."""
+    """Update the folder's EVAL file (run or merged folder) with this task's latest scores."""
     path = folder / EVAL
     results = json.loads(path.read_text()) if path.is_file() else {}
     results[task] = metrics

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from safetensors import safe_open
 
-from fusekit.artifacts.run_folder import TASK_VECTOR, Run
+from fusekit.artifacts.layout import TASK_VECTOR
+from fusekit.artifacts.run_folder import Run
 from fusekit.artifacts.task_vector import TaskVector, check_compatible
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import MergeMethod

@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fusekit.artifacts.atomic import save_tensors
+from fusekit.artifacts.layout import PEFT_WEIGHTS
 from fusekit.errors import FusekitError
 from fusekit.models.base import BaseModel
 
@@ -137,7 +138,7 @@ class AdaptedModel(nn.Module):
         return sorted(self.peft_model.peft_config["default"].target_modules)
 
     def save_peft_folder(self, folder: Path) -> None:
-        """adapter_config.json + adapter_model.safetensors of the nonlinear model at φ, for plain peft.
+        """A plain-peft folder (peft's config + PEFT_WEIGHTS) of the nonlinear model at φ.
 
         With a nonzero init the base weight was shifted by −s·B0·A0; plain peft loads the pretrained base, so
         the shift is folded into the adapter as rank r more: B' = [B, −B0], A' = [A; A0], alpha doubled so the
@@ -155,7 +156,7 @@ class AdaptedModel(nn.Module):
                     weights[key] = torch.cat([weights[key], -init[key]], dim=1)
             config.r, config.lora_alpha = 2 * config.r, 2 * config.lora_alpha
         config.save_pretrained(str(folder))
-        save_tensors(folder / "adapter_model.safetensors", {**weights, **self.head_state()}, {"format": "pt"})
+        save_tensors(folder / PEFT_WEIGHTS, {**weights, **self.head_state()}, {"format": "pt"})
 
 
 def _copy_into(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], what: str) -> None:

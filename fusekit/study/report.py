@@ -1,6 +1,6 @@
-"""`fusekit report`: turn a study folder (`fusekit run`) into report.md with tables and PNG plots.
+"""`fusekit report`: turn a study folder (`fusekit run`) into a markdown report with tables and PNG plots.
 
-Everything is read from what the stages wrote (eval.json, manifest.json, metrics.jsonl, stages.jsonl), so a
+Everything is read from what the stages wrote (scores, manifests, training logs, stage costs), so a
 report can be rendered at any time, even of an unfinished study.
 """
 
@@ -11,12 +11,13 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
+from fusekit.artifacts.atomic import atomic_write_text
+from fusekit.artifacts.layout import (CONFIG, EVAL, MANIFEST, METRICS, REPORT, REPORT_FIGURES, STAGES, STAGING,
+                                     STUDY_RECIPE, SWEEP_PLOT, is_checkpoint_dir, joint_plot)
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.study.plots import plot_joint, plot_sweeps
-from fusekit.study.run import STAGES
 
 
 def _json(path: Path) -> dict:
@@ -31,18 +32,18 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _finished(study: Path, kind: str) -> list[Path]:
     """Stage folders of one kind, without checkpoints and half-written temp folders beside them."""
     return [f for f in sorted((study / kind).glob("*"))
-            if f.is_dir() and ".tmp-" not in f.name and not f.name.endswith(".checkpoint")]
+            if f.is_dir() and STAGING not in f.name and not is_checkpoint_dir(f)]
 
 
 def _runs(study: Path) -> dict[tuple[str, str], dict]:
-    """(task, variant) → the run's eval.json entry for its task, from train/<task>-<variant>."""
+    """(task, variant) → the run's recorded scores for its task, from train/<task>-<variant>."""
     found = {}
     for folder in _finished(study, "train"):
-        if not (folder / RUN_MARKER).is_file():
+        if not (folder / CONFIG).is_file():
             continue
-        config = yaml.safe_load((folder / RUN_MARKER).read_text())
+        config = yaml.safe_load((folder / CONFIG).read_text())
         task = config["task"]
-        scores = _json(folder / "eval.json")
+        scores = _json(folder / EVAL)
         if task in scores:
             found[(task, folder.name[len(task) + 1:])] = scores[task]
     return found
@@ -50,7 +51,7 @@ def _runs(study: Path) -> dict[tuple[str, str], dict]:
 
 def individual_table(study: Path) -> tuple[str, list[str]]:
     runs = _runs(study)
-    ordered = (yaml.safe_load((study / "recipe.yaml").read_text()) or {}).get("tasks") or []
+    ordered = (yaml.safe_load((study / STUDY_RECIPE).read_text()) or {}).get("tasks") or []
     found = {t for t, _ in runs}
     tasks = [t for t in ordered if t in found] + sorted(found - set(ordered))  # the recipe's order
     variants = list(dict.fromkeys(v for _, v in runs))
@@ -71,7 +72,7 @@ def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
     each task's raw score and its normalized score against the task's own adapter (None where undefined)."""
     rows = []
     for folder in _finished(study, kind):
-        manifest, scores = _json(folder / "manifest.json"), _json(folder / "eval.json")
+        manifest, scores = _json(folder / MANIFEST), _json(folder / EVAL)
         if manifest.get("inputs") and all(item["task"] in scores for item in manifest["inputs"]):
             rows.append((folder.name, manifest, normalize(study, manifest, scores)))
     return rows
@@ -88,7 +89,7 @@ def normalize(study: Path, manifest: dict, scores: dict) -> dict:
         task, mine, own = item["task"], scores[item["task"]], None
         if item.get("run"):
             run = Path(item["run"]) if Path(item["run"]).is_dir() else study / "train" / Path(item["run"]).name
-            own = _json(run / "eval.json").get(task)
+            own = _json(run / EVAL).get(task)
         same = own is not None and own.get("examples") == mine.get("examples")
         result[task] = {"score": mine["score"], "normalized": normalized_score(mine["score"], own["score"])
                         if same else None}
@@ -128,10 +129,10 @@ def stage_table(study: Path) -> str:
 
 
 def write_report(study: Path) -> Path:
-    """Write <study>/report.md and its PNGs under <study>/report/; return the markdown path."""
-    if not (study / "recipe.yaml").is_file():
-        raise FusekitError(f"{study} is not a study folder (expected recipe.yaml written by fusekit run)")
-    figures = study / "report"
+    """Write the study's report and its PNGs (names in fusekit.artifacts.layout); return the markdown path."""
+    if not (study / STUDY_RECIPE).is_file():
+        raise FusekitError(f"{study} is not a study folder (expected {STUDY_RECIPE} written by fusekit run)")
+    figures = study / REPORT_FIGURES
     figures.mkdir(exist_ok=True)
     individual, tasks = individual_table(study)
     merged, joint = multitask_rows(study, "merge"), multitask_rows(study, "joint")
@@ -147,14 +148,14 @@ def write_report(study: Path) -> Path:
     sweeps = {(name.removesuffix(f"-{manifest['method']}"), manifest["method"]): manifest["search"]
               for name, manifest, _ in merged if manifest.get("search")}
     if sweeps:
-        plot_sweeps(sweeps, figures / "lambda-sweep.png")
-        parts += ["## Hyperparameter sweeps on held-out training data", "", "![λ sweep](report/lambda-sweep.png)", ""]
+        plot_sweeps(sweeps, figures / SWEEP_PLOT)
+        parts += ["## Hyperparameter sweeps on held-out training data", "", f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
     for name, manifest, _ in joint:
-        metrics = study / "joint" / name / "metrics.jsonl"
-        png = figures / f"weights-{name}.png"
+        metrics = study / "joint" / name / METRICS
+        png = figures / joint_plot(name)
         plot_joint(metrics, [item["task"] for item in manifest["inputs"]], png)
-        parts += [f"### Balancer weights and validation losses: {name}", "", f"![{name}](report/{png.name})", ""]
+        parts += [f"### Balancer weights and validation losses: {name}", "", f"![{name}]({REPORT_FIGURES}/{png.name})", ""]
     parts += ["## Stages: wall time and peak memory", "", stage_table(study), ""]
-    path = study / "report.md"
+    path = study / REPORT
     atomic_write_text(path, "\n".join(parts))
     return path

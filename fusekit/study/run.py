@@ -4,11 +4,7 @@ The recipe is validated and expanded into a plan of stages before any work start
 folder under the study directory (atomically, so a folder that exists is finished); running the same command
 again skips finished stages, and a training stage killed midway resumes from its last checkpoint.
 
-    <out>/recipe.yaml                      the recipe as last run
-    <out>/train/<task>-<variant>/          one run folder per task and adapter variant (`fusekit train`)
-    <out>/merge/<variant>-<space>-<method>/  merged folders, scored on every task (`fusekit merge` + `eval`)
-    <out>/joint/<variant>-<balancer>/      joint baselines (`fusekit joint`)
-    <out>/stages.jsonl                     wall time and peak memory of each stage, one line per stage run
+The study folder's layout is listed in fusekit.artifacts.layout.
 """
 
 from __future__ import annotations
@@ -22,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.artifacts.atomic import RUN_MARKER, atomic_write_text
+from fusekit.artifacts.atomic import atomic_write_text
+from fusekit.artifacts.layout import CONFIG, EVAL, STAGES, STUDY_RECIPE
 from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
@@ -32,7 +29,6 @@ from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
 from fusekit.training.parallel import processes
 
-STAGES = "stages.jsonl"
 SPACES = ("delta-w", "factors")
 
 
@@ -167,16 +163,16 @@ def is_done(stage: Stage, out: Path) -> bool:
     """Finished stages leave their folder (written atomically); a merge is finished once it is scored."""
     folder = out / stage.name
     if stage.kind == "merge":
-        path = folder / "eval.json"
+        path = folder / EVAL
         return path.is_file() and "average_normalized" in json.loads(path.read_text())
-    return (folder / RUN_MARKER).is_file()
+    return (folder / CONFIG).is_file()
 
 
 def check_unchanged(stage: Stage, out: Path) -> None:
     """A finished training stage is reused only if the recipe still asks for the same run."""
     if stage.kind == "merge":
         return
-    recorded = yaml.safe_load((out / stage.name / RUN_MARKER).read_text())
+    recorded = yaml.safe_load((out / stage.name / CONFIG).read_text())
     wanted = dataclasses.asdict(stage.config)
     changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
     if changed:
@@ -197,7 +193,7 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
     procs = processes()  # training stages run data parallel; merges on the main process alone
     if procs.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.yaml", recipe.read_text(encoding="utf-8"))
+        atomic_write_text(out / STUDY_RECIPE, recipe.read_text(encoding="utf-8"))
     procs.barrier()
     todo = [s for s in stages if selected(s.name, only)]
     for stage in todo:

@@ -19,6 +19,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from fusekit.artifacts.atomic import check_output_dir
 from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
+from fusekit.artifacts.layout import BALANCER_PLOT, CONFIG, METRICS
 from fusekit.artifacts.merged_folder import write_multitask
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
 from fusekit.artifacts.task_vector import TaskVector
@@ -187,10 +188,10 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             "inputs": [{"task": t.name, "run": ref} for t, ref in zip(tasks, references)],
             "data": cfg.data, "max_length": cfg.max_length, "config": asdict(cfg),
         })
-        (stage / "config.yaml").write_text(to_yaml(cfg))
+        (stage / CONFIG).write_text(to_yaml(cfg))
         for name, metrics in results.items():
             record_eval(stage, name, metrics)
-        plot_joint(stage / "metrics.jsonl", [t.name for t in tasks], stage / "weights.png")
+        plot_joint(stage / METRICS, [t.name for t in tasks], stage / BALANCER_PLOT)
     procs.barrier()
     checkpoints.discard()
     console.print(f"wrote {out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))

@@ -1,0 +1,96 @@
+"""The names and layouts of every file and folder fusekit writes: the one module that knows them.
+
+A run folder, written by `fusekit train` (fusekit.artifacts.run_folder):
+
+    config.yaml                  resolved config (a recipe that reproduces the run)
+    adapter_config.json          PEFT folder: plain `PeftModel.from_pretrained(base, run_dir)` loads it
+    adapter_model.safetensors
+    task_vector.safetensors      τ = φ − φ0 and φ0, with metadata (see fusekit.artifacts.task_vector)
+    head.safetensors             the task's classification head
+    checksums.json               sha256 of each tensor file, checked when the file is first read
+    metrics.jsonl                loss per step, eval per epoch
+    eval.json                    latest scores per task (updated by `fusekit eval`)
+
+A merged folder, written by `fusekit merge` and `fusekit joint` (fusekit.artifacts.merged_folder):
+
+    manifest.json              inputs (run, task, sha256 of its task vector), method and hyperparameters,
+                               space, rank, truncation error, base model and fingerprint, λ search table,
+                               checksums (sha256 of every tensor file below, checked when the file is read)
+    task_vector.safetensors    the merged vector (φ0 and τ)
+    heads/<task>.safetensors   each task's own head (heads are never merged)
+    peft/<task>/               plain-peft folder per task: the merged LoRA (nonlinear) with that task's head
+    eval.json                  per-task scores and normalized scores (written by `fusekit eval`)
+    config.yaml, metrics.jsonl, weights.png    (joint only) the config, the training log, the balancer weights
+
+A checkpoint folder beside a run's output (fusekit.artifacts.checkpoint):
+
+    <out>.checkpoint/manifest.json     step, file name, its sha256 and the run's config
+    <out>.checkpoint/step-000120.pt    adapter and head weights, balancer, optimizer and scheduler state, RNG
+                                       states, data-loader positions, training seconds, metrics.jsonl so far
+
+A study folder, written by `fusekit run` and `fusekit report` (fusekit.study):
+
+    <out>/recipe.yaml                      the recipe as last run
+    <out>/train/<task>-<variant>/          one run folder per task and adapter variant (`fusekit train`)
+    <out>/merge/<variant>-<space>-<method>/  merged folders, scored on every task (`fusekit merge` + `eval`)
+    <out>/joint/<variant>-<balancer>/      joint baselines (`fusekit joint`)
+    <out>/stages.jsonl                     wall time and peak memory of each stage, one line per stage run
+    <out>/report.md, <out>/report/*.png    the report (`fusekit report`): lambda-sweep.png, weights-<joint>.png
+
+Folders are written under a temporary sibling `<name>.tmp-*` and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# run folders
+CONFIG = "config.yaml"  # a folder holding this file holds a finished run
+TASK_VECTOR = "task_vector.safetensors"
+HEAD = "head.safetensors"
+CHECKSUMS = "checksums.json"
+METRICS = "metrics.jsonl"
+EVAL = "eval.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"  # beside peft's own adapter_config.json
+
+# merged and joint folders
+MANIFEST = "manifest.json"
+PEFT = "peft"
+BALANCER_PLOT = "weights.png"
+
+
+def head_file(task: str) -> str:
+    """A task's head in a merged folder, relative to the folder."""
+    return f"heads/{task}.safetensors"
+
+
+# checkpoint folders (their manifest is MANIFEST too)
+CHECKPOINT_GLOB = "step-*.pt"
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out.with_name(f"{out.name}.checkpoint")
+
+
+def checkpoint_file(step: int) -> str:
+    return f"step-{step:06d}.pt"
+
+
+def is_checkpoint_dir(folder: Path) -> bool:
+    return folder.name.endswith(".checkpoint")
+
+
+# staging: a folder being written is a sibling `<name>.tmp-*` until it is renamed into place
+STAGING = ".tmp-"
+
+# study folders
+STUDY_RECIPE = "recipe.yaml"
+STAGES = "stages.jsonl"
+REPORT = "report.md"
+REPORT_FIGURES = "report"
+SWEEP_PLOT = "lambda-sweep.png"
+
+
+def joint_plot(name: str) -> str:
+    """The report's figure of one joint baseline's balancer weights."""
+    return f"weights-{name}.png"
