@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from fusekit.errors import FusekitError
+from fusekit.merging.methods import DENSITY, DROP_RATE, LAMBDA
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-task adaptation of pretrained transformers by adapter fusion.")
@@ -129,11 +130,12 @@ def merge(
     out: Annotated[Path, Opt(help="merged folder to write")],
     method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties")]
     = "task-arithmetic",
-    lam: Annotated[str, Opt("--lambda", help="scale λ, or 'auto' to choose it on held-out training data")] = "0.3",
+    lam: Annotated[str, Opt("--lambda", help=f"{LAMBDA.help}, or 'auto' to choose it on held-out training data")]
+    = str(LAMBDA.default),
     lambdas: Annotated[Optional[str], Opt(help="λ grid for the search, e.g. 0.1,0.3,0.5 (implies a search)")] = None,
-    density: Annotated[Optional[float], Opt(help="TIES: fraction of entries kept per tensor (default 0.2)")] = None,
+    density: Annotated[Optional[float], Opt(help=f"{DENSITY.help} (default {DENSITY.default})")] = None,
     densities: Annotated[Optional[str], Opt(help="TIES density grid for the search")] = None,
-    drop_rate: Annotated[Optional[float], Opt(help="DARE: drop probability p (default 0.5)")] = None,
+    drop_rate: Annotated[Optional[float], Opt(help=f"{DROP_RATE.help} (default {DROP_RATE.default})")] = None,
     drop_rates: Annotated[Optional[str], Opt(help="DARE drop-rate grid for the search")] = None,
     weights: Annotated[Optional[str], Opt(help="per-run weights, comma-separated (default uniform)")] = None,
     space: Annotated[str, Opt(help="LoRA: delta-w (exact B·A products) or factors (A and B apart)")] = "delta-w",

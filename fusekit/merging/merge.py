@@ -9,8 +9,8 @@ from rich.table import Table
 from fusekit.artifacts.atomic import check_output_dir
 from fusekit.artifacts.merged_folder import write_merged
 from fusekit.artifacts.run_folder import load_run
-from fusekit.merging.methods import make_method
-from fusekit.merging.search import DEFAULT_GRID, DEFAULTS, SEARCHED, search
+from fusekit.merging.methods import make_method, method_parameters
+from fusekit.merging.search import search, searched
 from fusekit.merging.stream import merge
 from fusekit.models.base import resolve_device
 from fusekit.progress import console
@@ -27,20 +27,21 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
     runs = [load_run(folder) for folder in folders]
     auto = fixed["lam"] is None
     values = {}
-    for name in SEARCHED[method]:
+    for param in method_parameters(method):
+        name = param.name
         if grid.get(name):
             values[name] = grid[name]
         elif fixed.get(name) is not None:
             values[name] = [fixed[name]]
         elif auto:
-            values[name] = DEFAULT_GRID[name]
+            values[name] = list(param.grid)
         else:
-            values[name] = [DEFAULTS[name]]
+            values[name] = [param.default]
     rows, params = None, {name: v[0] for name, v in values.items()}
     if any(len(v) > 1 for v in values.values()):
         result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed)
         rows, params = result.rows, {**params, **result.best}
-        _print_search(rows, [run.head_task for run in runs], SEARCHED[method])
+        _print_search(rows, [run.head_task for run in runs], searched(method))
         console.print("chose " + ", ".join(f"{k}={v}" for k, v in result.best.items()) + " on held-out training data")
     chosen = make_method(method, seed=seed, **params)
     vector, report = merge(runs, chosen, weights, space, rank)

@@ -18,15 +18,10 @@ from fusekit.data.loading import load_split
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.eval import TaskScorer
 from fusekit.evaluation.metrics import mean_defined, normalized_score
-from fusekit.merging.methods import make_method
+from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge
 from fusekit.progress import console
 
-# Which hyperparameters each method has (the others are left at their defaults).
-SEARCHED = {"task-arithmetic": ("lam",), "average": (), "ties": ("lam", "density"), "dare": ("lam", "rate"),
-            "dare-ties": ("lam", "density", "rate")}
-DEFAULTS = {"lam": 0.3, "density": 0.2, "rate": 0.5}
-DEFAULT_GRID = {"lam": [0.1, 0.3, 0.5, 0.7, 1.0], "density": [0.2, 0.5], "rate": [0.5, 0.9]}
 
 
 @dataclass
@@ -35,8 +30,13 @@ class SearchResult:
     rows: list[dict]  # one per grid point: hyperparameters, per-task scores, average normalized score
 
 
+def searched(method: str) -> tuple[str, ...]:
+    """The names of the hyperparameters `method` has, which a search may vary (in table order)."""
+    return tuple(p.name for p in method_parameters(method))
+
+
 def grid_points(method: str, grid: dict[str, list[float]]) -> list[dict[str, float]]:
-    names = SEARCHED[method]
+    names = searched(method)
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
@@ -67,4 +67,4 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
         rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
                      "normalized": average if average is not None else sum(scores) / len(scores)})
     best = max(rows, key=lambda row: row["normalized"])
-    return SearchResult({k: best[k] for k in SEARCHED[method]}, rows)
+    return SearchResult({k: best[k] for k in searched(method)}, rows)

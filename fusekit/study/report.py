@@ -17,6 +17,7 @@ from fusekit.artifacts.layout import (CONFIG, EVAL, MANIFEST, METRICS, REPORT, R
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import mean_defined, normalized_score
+from fusekit.merging.methods import PARAMETERS
 from fusekit.study.plots import plot_joint, plot_sweeps
 
 
@@ -98,7 +99,7 @@ def normalize(study: Path, manifest: dict, scores: dict) -> dict:
 
 def _params(manifest: dict) -> str:
     params = manifest.get("params", {})
-    shown = {"lam": "λ", "density": "density", "rate": "p", "balancer": "", "sampling": "", "temperature": "T"}
+    shown = {**{p.name: p.label for p in PARAMETERS}, "balancer": "", "sampling": "", "temperature": "T"}
     return ", ".join(f"{shown[k]}={v}" if shown[k] else str(v) for k, v in params.items() if k in shown) or "–"
 
 

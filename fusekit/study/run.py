@@ -24,12 +24,11 @@ from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, 
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import METHODS
-from fusekit.merging.search import SEARCHED
+from fusekit.merging.search import searched
+from fusekit.merging.stream import SPACES
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
 from fusekit.training.parallel import processes
-
-SPACES = ("delta-w", "factors")
 
 
 @dataclass
@@ -37,7 +36,7 @@ class MergeSettings:
     """Which merges to make of each variant's per-task adapters, and the held-out search grid."""
 
     methods: list[str] = field(default_factory=lambda: ["task-arithmetic", "average", "ties", "dare"])
-    spaces: list[str] = field(default_factory=lambda: ["delta-w", "factors"])  # LoRA; L-LoRA merges its factors
+    spaces: list[str] = field(default_factory=lambda: list(SPACES))  # LoRA; L-LoRA merges its factors
     lambdas: list[float] = field(default_factory=lambda: [0.3, 0.6, 1.0])
     densities: list[float] | None = None  # TIES density grid (None: `fusekit merge --lambda auto`'s grid)
     drop_rates: list[float] | None = None  # DARE drop-rate grid (None: likewise)
@@ -125,12 +124,12 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
 def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source) -> list[Stage]:
     stages = []
     for method in merge.methods:
-        if method not in METHODS and method != "dare-ties":
+        if method not in METHODS:
             raise FusekitError(f"{source}: merge.methods: unknown method {method!r} "
-                               f"(expected one of {', '.join([*METHODS, 'dare-ties'])})")
+                               f"(expected one of {', '.join(METHODS)})")
     for space in merge.spaces:
         if space not in SPACES:
-            raise FusekitError(f"{source}: merge.spaces: unknown space {space!r} (expected delta-w or factors)")
+            raise FusekitError(f"{source}: merge.spaces: unknown space {space!r} (expected {' or '.join(SPACES)})")
     for variant in merge.variants or list(study.adapters):
         if variant not in runs:
             raise FusekitError(f"{source}: merge.variants: {variant!r} is not one of the adapters")
@@ -138,7 +137,7 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source) -> list[
         for space in ["factors"] if linearized else merge.spaces:
             for method in merge.methods:
                 grid = {"lam": merge.lambdas, "density": merge.densities, "rate": merge.drop_rates}
-                grid = {k: v for k, v in grid.items() if v and k in SEARCHED[method]}
+                grid = {k: v for k, v in grid.items() if v and k in searched(method)}
                 job = MergeJob(runs[variant], method, space, grid, merge.val_examples, seed)
                 stages.append(Stage(f"merge/{variant}-{space}-{method}{tag}", "merge", job))
     return stages

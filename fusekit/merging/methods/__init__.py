@@ -1,28 +1,53 @@
-"""Merge methods, registered in one place: a new method is a class in its own file plus one line here."""
+"""Merge methods, registered in one place: a new method is a class in its own file plus one line here.
+
+Each method declares its hyperparameters (`Param`: name, default, search grid, help); `fusekit merge`, the
+hyperparameter search and study recipes read them from here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fusekit.errors import FusekitError
 from fusekit.merging.methods.average import Average
-from fusekit.merging.methods.base import MergeMethod
-from fusekit.merging.methods.dare import Dare
-from fusekit.merging.methods.task_arithmetic import TaskArithmetic
-from fusekit.merging.methods.ties import Ties
+from fusekit.merging.methods.base import MergeMethod, Param
+from fusekit.merging.methods.dare import DROP_RATE, Dare
+from fusekit.merging.methods.task_arithmetic import LAMBDA, TaskArithmetic
+from fusekit.merging.methods.ties import DENSITY, Ties
 
-# name → builder from hyperparameters (λ, TIES density, DARE drop rate, seed)
-METHODS = {
-    "task-arithmetic": lambda lam, density, rate, seed: TaskArithmetic(lam),
-    "average": lambda lam, density, rate, seed: Average(),
-    "ties": lambda lam, density, rate, seed: Ties(lam, density),
-    "dare": lambda lam, density, rate, seed: Dare(TaskArithmetic(lam), rate, seed),
-    "dare-ties": lambda lam, density, rate, seed: Dare(Ties(lam, density), rate, seed),
+PARAMETERS: tuple[Param, ...] = (LAMBDA, DENSITY, DROP_RATE)  # every hyperparameter a method may take
+
+# name → (builder from the seed and the method's hyperparameters, those hyperparameters in table order)
+METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {
+    "task-arithmetic": (lambda seed, lam: TaskArithmetic(lam), TaskArithmetic.parameters),
+    "average": (lambda seed: Average(), Average.parameters),
+    "ties": (lambda seed, lam, density: Ties(lam, density), Ties.parameters),
+    "dare": (lambda seed, lam, rate: Dare(TaskArithmetic(lam), rate, seed), (*TaskArithmetic.parameters, DROP_RATE)),
+    "dare-ties": (lambda seed, lam, density, rate: Dare(Ties(lam, density), rate, seed),
+                  (*Ties.parameters, DROP_RATE)),
 }
 
 
-def make_method(name: str, lam: float = 0.3, density: float = 0.2, rate: float = 0.5, seed: int = 0) -> MergeMethod:
+def method_parameters(name: str) -> tuple[Param, ...]:
+    """The hyperparameters of method `name`, in the order tables and searches list them."""
+    _check(name)
+    return METHODS[name][1]
+
+
+def make_method(name: str, seed: int = 0, **values: float) -> MergeMethod:
+    """Method `name` with the given hyperparameters (λ `lam`, TIES `density`, DARE `rate`); the others at their
+    declared defaults. Values of hyperparameters the method does not have are ignored."""
+    _check(name)
+    unknown = sorted(set(values) - {p.name for p in PARAMETERS})
+    if unknown:
+        raise TypeError(f"make_method() got unexpected hyperparameters {unknown}")
+    build, parameters = METHODS[name]
+    return build(seed, **{p.name: values.get(p.name, p.default) for p in parameters})
+
+
+def _check(name: str) -> None:
     if name not in METHODS:
         raise FusekitError(f"unknown merge method {name!r}: expected one of {', '.join(METHODS)}")
-    return METHODS[name](lam, density, rate, seed)
 
 
-__all__ = ["METHODS", "MergeMethod", "make_method"]
+__all__ = ["METHODS", "PARAMETERS", "MergeMethod", "Param", "make_method", "method_parameters"]

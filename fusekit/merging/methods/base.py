@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+
+
+@dataclass(frozen=True)
+class Param:
+    """A hyperparameter a merge method declares (as mergekit's ConfigParameterDef): its keyword, its default,
+    the grid `fusekit merge --lambda auto` searches when it is not given, and how tables and help name it."""
+
+    name: str  # constructor keyword of the method, key in manifests and search tables
+    default: float
+    grid: tuple[float, ...]
+    label: str  # short name in report tables
+    help: str
 
 
 class MergeMethod(ABC):
     """One way to fuse task vectors, applied tensor by tensor so that merging can stream layer by layer.
 
     `merge` gets τ_1..τ_N of one weight (same shape) and one weight per task, and returns the merged delta
-    that is added to φ0 (or to W0 in ΔW space). Hyperparameters are constructor arguments.
+    that is added to φ0 (or to W0 in ΔW space). Hyperparameters are constructor arguments, declared in
+    `parameters` with their defaults.
     """
 
     name: str = ""
+    parameters: ClassVar[tuple[Param, ...]] = ()
     linear: bool = False  # the result is Σ c_i τ_i: exact in LoRA-factor form (rank Σ r_i) in ΔW space
 
     @abstractmethod

@@ -11,7 +11,9 @@ import zlib
 
 import torch
 
-from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.methods.base import MergeMethod, Param
+
+DROP_RATE = Param("rate", 0.5, (0.5, 0.9), "p", "DARE: drop probability p")
 
 
 def drop_and_rescale(delta: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -23,8 +25,9 @@ def drop_and_rescale(delta: torch.Tensor, rate: float, generator: torch.Generato
 
 class Dare(MergeMethod):
     name = "dare"
+    parameters = (DROP_RATE,)  # besides those of the inner method
 
-    def __init__(self, inner: MergeMethod, rate: float = 0.5, seed: int = 0):
+    def __init__(self, inner: MergeMethod, rate: float = DROP_RATE.default, seed: int = 0):
         self.inner = inner
         self.rate = rate
         self.seed = seed

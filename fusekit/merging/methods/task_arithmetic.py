@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.methods.base import MergeMethod, Param
+
+LAMBDA = Param("lam", 0.3, (0.1, 0.3, 0.5, 0.7, 1.0), "λ", "scale λ of the merged task vector")
 
 
 class TaskArithmetic(MergeMethod):
     name = "task-arithmetic"
     linear = True
+    parameters = (LAMBDA,)
 
-    def __init__(self, lam: float = 0.3):
+    def __init__(self, lam: float = LAMBDA.default):
         self.lam = lam
 
     def coefficients(self, weights: list[float]) -> list[float]:

@@ -12,7 +12,10 @@ import math
 
 import torch
 
-from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.methods.base import MergeMethod, Param
+from fusekit.merging.methods.task_arithmetic import LAMBDA
+
+DENSITY = Param("density", 0.2, (0.2, 0.5), "density", "TIES: fraction of entries kept per tensor")
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -28,8 +31,9 @@ def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
 
 class Ties(MergeMethod):
     name = "ties"
+    parameters = (LAMBDA, DENSITY)
 
-    def __init__(self, lam: float = 1.0, density: float = 0.2):
+    def __init__(self, lam: float = LAMBDA.default, density: float = DENSITY.default):
         self.lam = lam
         self.density = density
 
