@@ -15,10 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import get_linear_schedule_with_warmup
 
-from fusekit.artifacts.atomic import check_output_dir
-from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.artifacts.layout import BALANCER_PLOT, CONFIG, METRICS
 from fusekit.artifacts.merged_folder import write_multitask
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
@@ -28,12 +25,11 @@ from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_spli
 from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
-from fusekit.models.base import load_base_model, resolve_device
-from fusekit.progress import console, progress_bar
+from fusekit.models.base import load_base_model
+from fusekit.progress import console
 from fusekit.study.plots import plot_joint
 from fusekit.training.balancers import make_balancer
-from fusekit.training.parallel import processes
-from fusekit.training.train import seed_everything
+from fusekit.training.session import TrainingSession, seed_everything
 
 SAMPLING = ("temperature", "proportional", "uniform")
 
@@ -58,11 +54,8 @@ def prior_loss(split: Split) -> float:
 def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str, float]]:
     tasks = parse_tasks(cfg.tasks)
     spec = adapter_spec(cfg)
-    out = cfg.output_dir()
-    check_output_dir(out, overwrite)
-    procs = processes()
-    checkpoints = Checkpoints(out, cfg, overwrite, writer=procs.is_main)
-    resumed = checkpoints.load()
+    session = TrainingSession(cfg, overwrite)
+    procs = session.procs
     if cfg.references:
         if len(cfg.references) != len(tasks):
             raise FusekitError(f"references: {len(cfg.references)} run folders for {len(tasks)} tasks "
@@ -70,7 +63,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         for task, folder in zip(tasks, cfg.references):
             if get_task(load_run(Path(folder)).head_task).family != task.family:
                 raise FusekitError(f"references: {folder} is not a run of {task.name} (expected task order)")
-    device = procs.device(resolve_device(cfg.device))
+    device = session.setup_device()
     splits = {t.name: load_split(t, "train", cfg.data) for t in tasks}
     train = {n: s.capped(cfg.max_train, cfg.seed) for n, s in splits.items()}
     held = {n: s.held_out(cfg.max_train, cfg.seed).capped(cfg.validation_examples, cfg.seed)
@@ -104,17 +97,15 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
     head_params = [p for head in heads.values() for p in head.values()]
     params = shared + head_params + balancer.parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
-    trained = {**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
-               **{f"head/{n}/{k}": p for n, head in heads.items() for k, p in head.items()}}
-    live = TrainingState(trained, optimizer, scheduler,
-                         {**{f"train/{n}": x for n, x in loaders.items()},
-                          **{f"validation/{n}": x for n, x in val_loaders.items()}}, balancer)
-    console.print(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
-                  f"batch per task {sizes} · {total} steps on {device}"
-                  + (f" × {procs.world} processes" if procs.active else ""))
+    # clipping acts on the combined gradient: tasks share one norm budget
+    session.setup_optimizer(params, total, clipped=shared + head_params)
+    session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
+                   **{f"head/{n}/{k}": p for n, head in heads.items() for k, p in head.items()}},
+                  {**{f"train/{n}": x for n, x in loaders.items()},
+                   **{f"validation/{n}": x for n, x in val_loaders.items()}}, balancer)
+    session.announce(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
+                     f"batch per task {sizes} · {total} steps on {device}")
 
     def draw(batch_of: dict, tasks: list[TaskSpec]) -> list[tuple[dict, float]]:
         """Each task's next batch: this process's rows of it and their weight in the global mean."""
@@ -128,20 +119,16 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             values.append(procs.global_mean(loss, weight))
         return torch.stack(values)
 
-    done = 0
-    if resumed:
-        live.restore(resumed)
-        done = resumed["step"]
-        console.print(f"resuming from step {done}")
-    with procs.stage(out, overwrite) as stage, progress_bar() as bar:
-        log = metrics_log(stage, resumed)
-        if balancer.validation_interval and not resumed:
+    done = session.resume()
+    with session.writing() as stage:
+        bar, log = session.bar, session.log
+        if balancer.validation_interval and not session.resumed:
             start = torch.tensor([evaluate(WithHead(model, heads[t.name]), validation[t.name], t, device)["loss"]
                                   for t in tasks])  # ℓ_i(0), the full held-out loss before training
             balancer.start(start)
             log.write({"step": 0, "validation_losses": start.tolist()})
         job = bar.add_task("joint", total=total, completed=done, status="")
-        for step in range(done + 1, total + 1):
+        while session.step < total:
             began = time.perf_counter()
             model.train()
             step_batches = draw(batches, tasks)
@@ -149,11 +136,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             weights = balancer.backward(losses, shared)
             # gradients that flowed through the losses are per-process shares; balancer weights are not
             procs.sum_gradients(head_params + ([] if balancer.combines_shared_gradients else shared))
-            if cfg.max_grad_norm > 0:  # of the combined gradient: tasks share one norm budget
-                torch.nn.utils.clip_grad_norm_(shared + head_params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            step = session.optimizer_step()
             if balancer.needs_loss_after_step:  # FAMO: the same batches at the new weights, same mode, no grad
                 with torch.no_grad():
                     balancer.after_step(losses_of(step_batches, tasks).detach())
@@ -167,8 +150,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                 record["validation_losses"] = val.tolist()
             log.write({**record, "seconds": time.perf_counter() - began})
             bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
-            if checkpoints.due(step):
-                checkpoints.save(live.capture(step, log.path))
+            if session.checkpoint_due():
+                session.save_checkpoint()
         model.eval()
         results = {}
         for task in tasks:
@@ -192,9 +175,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         for name, metrics in results.items():
             record_eval(stage, name, metrics)
         plot_joint(stage / METRICS, [t.name for t in tasks], stage / BALANCER_PLOT)
-    procs.barrier()
-    checkpoints.discard()
-    console.print(f"wrote {out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
+    console.print(f"wrote {session.out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
     return results
 
 

@@ -6,31 +6,17 @@ the last one and ends with the weights and metrics an uninterrupted run would ha
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-from transformers import get_linear_schedule_with_warmup
-
-from fusekit.artifacts.atomic import check_output_dir
-from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.config import TrainConfig
 from fusekit.data.loading import EncodedSplit, ResumableLoader, load_split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
-from fusekit.models.base import load_base_model, resolve_device
-from fusekit.progress import console, progress_bar
-from fusekit.training.parallel import processes
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from fusekit.models.base import load_base_model
+from fusekit.progress import console
+from fusekit.training.session import TrainingSession, seed_everything
 
 
 @dataclass
@@ -44,12 +30,8 @@ class TrainResult:
 def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     task = get_task(cfg.task)
     spec = adapter_spec(cfg)
-    out = cfg.output_dir()
-    check_output_dir(out, overwrite)  # fail before any work, not after it
-    procs = processes()
-    checkpoints = Checkpoints(out, cfg, overwrite, writer=procs.is_main)
-    resumed = checkpoints.load()  # likewise a corrupt checkpoint, or one of another config
-    device = procs.device(resolve_device(cfg.device))
+    session = TrainingSession(cfg, overwrite)
+    procs, device = session.procs, session.setup_device()
     train_split = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
     eval_split = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
 
@@ -62,26 +44,21 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     eval_data = EncodedSplit(eval_split, base.tokenizer, cfg.max_length)
     loader = ResumableLoader(make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed))
     params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
-    trained = {**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
-               **{f"head/{k}": p for k, p in model.head_params.items()}}
-    live = TrainingState(trained, optimizer, scheduler, {"train": loader})
-    console.print(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {len(train_split)} examples · "
-                  f"{total} steps on {device}" + (f" × {procs.world} processes" if procs.active else ""))
+    session.setup_optimizer(params, cfg.epochs * len(loader))
+    session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
+                   **{f"head/{k}": p for k, p in model.head_params.items()}}, {"train": loader})
+    session.announce(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {len(train_split)} examples · "
+                     f"{session.total} steps on {device}")
     if model.frozen_keys():
         console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
                       " the linearized model gives them exactly zero gradient; --lora-init nonzero trains both")
 
-    seconds, step, metrics = 0.0, 0, {}
-    if resumed:
-        live.restore(resumed)
-        seconds, step = resumed["seconds"], resumed["step"]
-        console.print(f"resuming from step {step}")
-    with procs.stage(out, overwrite) as stage, progress_bar() as bar:
-        log = metrics_log(stage, resumed)
-        job = bar.add_task(f"{task.name}", total=total, completed=step, status="")
+    metrics = {}
+    step = session.resume()
+    seconds = session.seconds
+    with session.writing() as stage:
+        bar, log = session.bar, session.log
+        job = bar.add_task(f"{task.name}", total=session.total, completed=step, status="")
         # a checkpoint is taken inside an epoch (its eval still to come); the loader skips the batches it took
         for epoch in range(max(step - 1, 0) // len(loader) + 1, cfg.epochs + 1):
             model.train()
@@ -92,18 +69,13 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                     loss = procs.global_mean(task_loss(task, model(batch), batch["labels"]), weight)
                 loss.backward()
                 procs.sum_gradients(params)
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
+                step = session.optimizer_step()
                 value = loss.item()
-                log.write({"step": step, "epoch": epoch, "loss": value, "lr": scheduler.get_last_lr()[0]})
+                log.write({"step": step, "epoch": epoch, "loss": value, "lr": session.scheduler.get_last_lr()[0]})
                 bar.update(job, advance=1, status=f"loss {value:.4f}")
-                if checkpoints.due(step):
+                if session.checkpoint_due():
                     seconds += time.perf_counter() - start
-                    checkpoints.save(live.capture(step, log.path, seconds))
+                    session.save_checkpoint(seconds)
                     start = time.perf_counter()
             seconds += time.perf_counter() - start
             metrics = evaluate(model, eval_data, task, device, cfg.eval_batch_size)
@@ -114,8 +86,6 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         log.close()
         save_run(stage, cfg, base, model, task)
         record_eval(stage, task.name, metrics)
-    procs.barrier()  # the run folder is in place before any process goes on
-    checkpoints.discard()
-    console.print(f"wrote {out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                          if k in (*task.metrics, "score")))
+    console.print(f"wrote {session.out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                                  if k in (*task.metrics, "score")))
     return TrainResult(metrics, seconds, throughput, step)
