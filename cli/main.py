@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from fusekit.config import JointConfig, TrainConfig, load_recipe, with_overrides
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import DENSITY, DROP_RATE, LAMBDA
 
@@ -36,37 +40,50 @@ def one_line_errors(command):
 Opt = typer.Option
 
 
+def config_flags(cls: type, skip: tuple[str, ...] = (), names: dict[str, str] | None = None):
+    """Give a command one flag per field of config dataclass `cls`, named after the field (or `names`), with the
+    field's help text: flags and config cannot drift. A flag left out keeps the recipe's value (None); list
+    fields take comma-separated values. The command receives them as keyword arguments."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(command):
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        generated = []
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            kind = next((t for t in (int, float, str) if _accepts(hints[f.name], t)), str)
+            decls = (names[f.name],) if names and f.name in names else ()
+            annotation = Annotated[Optional[kind], Opt(*decls, help=f.metadata.get("help"))]
+            generated.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                               annotation=annotation))
+        fixed = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        recipe, rest = fixed[:1], [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in fixed[1:]]
+        command.__signature__ = inspect.Signature(recipe + generated + rest)
+        command.__annotations__ = {p.name: p.annotation for p in recipe + generated + rest}
+        return command
+
+    return decorate
+
+
+def _accepts(hint, kind: type) -> bool:
+    return hint is kind or kind in typing.get_args(hint)
+
+
+def _overrides(cls: type, settings: dict) -> dict:
+    """Flag values as config keys: comma-separated lists split."""
+    hints = typing.get_type_hints(cls)
+    return {k: ([x.strip() for x in v.split(",")] if v else None) if _accepts(hints[k], list[str]) else v
+            for k, v in settings.items()}
+
+
 @app.command()
+@config_flags(TrainConfig)
 @one_line_errors
 def train(
     recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe; flags override its keys")] = None,
-    task: Annotated[Optional[str], Opt(help="GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli")] = None,
-    adapter: Annotated[Optional[str], Opt(help="lora or l-lora")] = None,
-    model: Annotated[Optional[str], Opt(help="model folder or hub id (default: all-MiniLM-L6-v2)")] = None,
-    data: Annotated[Optional[str], Opt(help="GLUE-layout folder or hub dataset id")] = None,
-    out: Annotated[Optional[str], Opt(help="run folder (default runs/<task>-<adapter>)")] = None,
-    rank: Annotated[Optional[int], Opt(help="LoRA rank r")] = None,
-    alpha: Annotated[Optional[float], Opt(help="LoRA alpha (scale s = alpha / r)")] = None,
-    dropout: Annotated[Optional[float], Opt(help="LoRA dropout")] = None,
-    target_modules: Annotated[Optional[str], Opt(help="comma-separated module names to adapt")] = None,
-    init_seed: Annotated[Optional[int], Opt(help="seed of φ0, shared by tasks to be merged")] = None,
-    lora_init: Annotated[Optional[str], Opt(help="default (B0 = 0) or nonzero (random B0, W0 compensated)")] = None,
-    linearize: Annotated[Optional[str], Opt(help="L-LoRA scope: module or network")] = None,
-    lr: Annotated[Optional[float], Opt(help="peak learning rate (AdamW, linear decay)")] = None,
-    weight_decay: Annotated[Optional[float], Opt()] = None,
-    warmup_ratio: Annotated[Optional[float], Opt()] = None,
-    max_grad_norm: Annotated[Optional[float], Opt(help="gradient-norm clipping (0: none)")] = None,
-    epochs: Annotated[Optional[int], Opt()] = None,
-    batch_size: Annotated[Optional[int], Opt()] = None,
-    eval_batch_size: Annotated[Optional[int], Opt()] = None,
-    max_length: Annotated[Optional[int], Opt(help="tokens per example (truncation)")] = None,
-    max_train: Annotated[Optional[int], Opt(help="cap on training examples (seeded subset)")] = None,
-    max_eval: Annotated[Optional[int], Opt(help="cap on validation examples")] = None,
-    seed: Annotated[Optional[int], Opt()] = None,
-    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, cuda:N")] = None,
-    checkpoint_every: Annotated[Optional[int], Opt(help="steps between checkpoints in <out>.checkpoint (0: none); "
-                                                        "a rerun resumes from the last one")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing run folder (and discard its checkpoint)")] = False,
+    **settings,
 ) -> None:
     """Finetune one adapter on one GLUE task.
 
@@ -74,18 +91,10 @@ def train(
 
     L-LoRA: fusekit train --task rte --adapter l-lora --linearize module --lora-init nonzero --data ../shared/glue
     """
-    from fusekit.config import TrainConfig, load_recipe, with_overrides
     from fusekit.training.train import train as run_training
 
     base = load_recipe(recipe, TrainConfig) if recipe else TrainConfig()
-    targets = [t.strip() for t in target_modules.split(",")] if target_modules else None
-    overrides = dict(task=task, adapter=adapter, model=model, data=data, out=out, rank=rank, alpha=alpha,
-                     dropout=dropout, target_modules=targets, init_seed=init_seed, lora_init=lora_init,
-                     linearize=linearize, lr=lr, weight_decay=weight_decay,
-                     warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, epochs=epochs, batch_size=batch_size,
-                     eval_batch_size=eval_batch_size, max_length=max_length, max_train=max_train,
-                     max_eval=max_eval, seed=seed, device=device, checkpoint_every=checkpoint_every)
-    run_training(with_overrides(base, overrides), overwrite=overwrite)
+    run_training(with_overrides(base, _overrides(TrainConfig, settings)), overwrite=overwrite)
 
 
 @app.command("eval")
@@ -159,60 +168,21 @@ def merge(
 
 
 @app.command()
+@config_flags(JointConfig, skip=("task",), names={"temperature": "--T"})
 @one_line_errors
 def joint(
     recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe (JointConfig keys); flags override")] = None,
-    tasks: Annotated[Optional[str], Opt(help="comma-separated GLUE tasks")] = None,
-    adapter: Annotated[Optional[str], Opt(help="lora or l-lora")] = None,
-    balancer: Annotated[Optional[str], Opt(help="uniform coba init-norm prior-norm realtime power-mean "
-                                                "uncertainty gradnorm grad-normalize pcgrad famo")] = None,
-    sampling: Annotated[Optional[str], Opt(help="temperature, proportional or uniform")] = None,
-    temperature: Annotated[Optional[float], Opt("--T", help="sampling temperature T (p_i ∝ n_i^T)")] = None,
-    gamma: Annotated[Optional[float], Opt(help="power-mean exponent γ")] = None,
-    coba_interval: Annotated[Optional[int], Opt(help="CoBa: optimizer steps between validation batches")] = None,
-    coba_warmup: Annotated[Optional[int], Opt(help="CoBa: steps of uniform weights")] = None,
-    coba_window: Annotated[Optional[int], Opt(help="CoBa: points in the slope fit")] = None,
-    famo_lr: Annotated[Optional[float], Opt(help="FAMO: Adam learning rate of the task logits")] = None,
-    famo_gamma: Annotated[Optional[float], Opt(help="FAMO: weight decay γ of the task logits")] = None,
-    references: Annotated[Optional[str], Opt(help="individual run folders, one per task, for normalized scores")]
-    = None,
-    model: Annotated[Optional[str], Opt(help="model folder or hub id")] = None,
-    data: Annotated[Optional[str], Opt(help="GLUE-layout folder or hub dataset id")] = None,
-    out: Annotated[Optional[str], Opt(help="output folder (default runs/joint-<balancer>)")] = None,
-    linearize: Annotated[Optional[str], Opt(help="L-LoRA scope: module or network")] = None,
-    lora_init: Annotated[Optional[str], Opt(help="default or nonzero")] = None,
-    rank: Annotated[Optional[int], Opt(help="LoRA rank r")] = None,
-    alpha: Annotated[Optional[float], Opt(help="LoRA alpha")] = None,
-    lr: Annotated[Optional[float], Opt()] = None,
-    max_grad_norm: Annotated[Optional[float], Opt(help="clipping of the combined gradient's norm (0: none)")] = None,
-    epochs: Annotated[Optional[int], Opt()] = None,
-    batch_size: Annotated[Optional[int], Opt(help="examples per task per step (before sampling shares)")] = None,
-    max_length: Annotated[Optional[int], Opt()] = None,
-    max_train: Annotated[Optional[int], Opt(help="cap on training examples per task")] = None,
-    max_eval: Annotated[Optional[int], Opt()] = None,
-    seed: Annotated[Optional[int], Opt()] = None,
-    device: Annotated[Optional[str], Opt()] = None,
-    checkpoint_every: Annotated[Optional[int], Opt(help="steps between checkpoints in <out>.checkpoint (0: none); "
-                                                        "a rerun resumes from the last one")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing output folder (and discard its checkpoint)")] = False,
+    **settings,
 ) -> None:
     """Train one adapter on several tasks with a loss balancer.
 
     Example: fusekit joint --tasks sst2,rte,mrpc,cola,stsb --balancer coba --data ../shared/glue
     """
-    from fusekit.config import JointConfig, load_recipe, with_overrides
     from fusekit.training.joint import train_joint
 
     base = load_recipe(recipe, JointConfig) if recipe else JointConfig()
-    refs = [r.strip() for r in references.split(",")] if references else None
-    overrides = dict(tasks=tasks, adapter=adapter, balancer=balancer, sampling=sampling, temperature=temperature,
-                     gamma=gamma, coba_interval=coba_interval, coba_warmup=coba_warmup, coba_window=coba_window,
-                     famo_lr=famo_lr, famo_gamma=famo_gamma, references=refs, model=model, data=data, out=out,
-                     linearize=linearize, lora_init=lora_init, rank=rank, alpha=alpha, lr=lr, max_grad_norm=max_grad_norm,
-                     epochs=epochs,
-                     batch_size=batch_size, max_length=max_length, max_train=max_train, max_eval=max_eval, seed=seed,
-                     device=device, checkpoint_every=checkpoint_every)
-    train_joint(with_overrides(base, overrides), overwrite=overwrite)
+    train_joint(with_overrides(base, _overrides(JointConfig, settings)), overwrite=overwrite)
 
 
 @app.command("run")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -17,35 +17,41 @@ from fusekit.data.loading import DEFAULT_HUB_DATASET
 from fusekit.errors import FusekitError
 
 
+def setting(default, help: str):
+    """A config field with its help text (peft's style), which the CLI shows as the flag's help."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """One adapter finetuned on one task (`fusekit train`)."""
 
-    task: str = "sst2"
-    adapter: str = "lora"  # lora | l-lora
-    model: str | None = None  # local folder or hub id; None = the embedded all-MiniLM-L6-v2
-    data: str = DEFAULT_HUB_DATASET  # GLUE-layout folder or hub dataset id
-    out: str | None = None  # default runs/<task>-<adapter>
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] | None = None
-    init_seed: int = 0
-    lora_init: str = "default"  # default (B0 = 0) | nonzero (random B0, base weight compensated)
-    linearize: str | None = None  # L-LoRA scope: module (default for l-lora) | network
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0  # clip the gradient norm to this (0: no clipping)
-    epochs: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_length: int = 128
-    max_train: int | None = None
-    max_eval: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints (0: none)
+    task: str = setting("sst2", "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli")
+    adapter: str = setting("lora", "lora or l-lora")
+    model: str | None = setting(None, "model folder or hub id (default: the embedded all-MiniLM-L6-v2)")
+    data: str = setting(DEFAULT_HUB_DATASET, "GLUE-layout folder or hub dataset id")
+    out: str | None = setting(None, "run folder (default runs/<task>-<adapter>)")
+    rank: int = setting(8, "LoRA rank r")
+    alpha: float = setting(16.0, "LoRA alpha (scale s = alpha / r)")
+    dropout: float = setting(0.0, "LoRA dropout")
+    target_modules: list[str] | None = setting(None, "comma-separated module names to adapt (default: the model's)")
+    init_seed: int = setting(0, "seed of φ0, shared by tasks to be merged")
+    lora_init: str = setting("default", "default (B0 = 0) or nonzero (random B0, W0 compensated)")
+    linearize: str | None = setting(None, "L-LoRA scope: module (default for l-lora) or network")
+    lr: float = setting(5e-4, "peak learning rate (AdamW, linear decay)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.06, "fraction of the steps spent warming the learning rate up")
+    max_grad_norm: float = setting(1.0, "gradient-norm clipping (0: none)")
+    epochs: int = setting(3, "passes over the training examples")
+    batch_size: int = setting(32, "training examples per step")
+    eval_batch_size: int = setting(128, "examples per evaluation batch")
+    max_length: int = setting(128, "tokens per example (truncation)")
+    max_train: int | None = setting(None, "cap on training examples (seeded subset)")
+    max_eval: int | None = setting(None, "cap on validation examples")
+    seed: int = setting(0, "seed of data order, dropout and subsets")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N")
+    checkpoint_every: int = setting(0, "steps between checkpoints beside the output folder (0: none); a rerun "
+                                       "resumes from the last one")
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.task}-{self.adapter}")
@@ -59,19 +65,26 @@ class JointConfig(TrainConfig):
     p_i ∝ n_i^T (temperature), ∝ n_i (proportional) or uniform.
     """
 
-    tasks: str = "sst2,rte,mrpc,cola,stsb"
-    balancer: str = "uniform"
-    sampling: str = "temperature"  # temperature | proportional | uniform
-    temperature: float = 0.5
-    gamma: float = 0.5  # power-mean
-    gradnorm_alpha: float = 1.5
-    coba_interval: int = 1
-    coba_warmup: int = 100
-    coba_window: int = 200
-    famo_lr: float = 0.025  # FAMO: Adam learning rate of the task logits ξ
-    famo_gamma: float = 0.001  # FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward uniform)
-    validation_examples: int = 200  # CoBa's held-out set, carved from training examples the run does not use
-    references: list[str] | None = None  # run folders of the individually finetuned adapters, for normalized scores
+    out: str | None = setting(None, "output folder (default runs/joint-<balancer>)")
+    max_grad_norm: float = setting(1.0, "clipping of the combined gradient's norm (0: none)")
+    batch_size: int = setting(32, "examples per task per step (before sampling shares)")
+    max_train: int | None = setting(None, "cap on training examples per task")
+    tasks: str = setting("sst2,rte,mrpc,cola,stsb", "comma-separated GLUE tasks")
+    balancer: str = setting("uniform", "uniform coba init-norm prior-norm realtime power-mean uncertainty gradnorm "
+                                       "grad-normalize pcgrad famo")
+    sampling: str = setting("temperature", "temperature, proportional or uniform")
+    temperature: float = setting(0.5, "sampling temperature T (p_i ∝ n_i^T)")
+    gamma: float = setting(0.5, "power-mean exponent γ")
+    gradnorm_alpha: float = setting(1.5, "GradNorm: asymmetry α")
+    coba_interval: int = setting(1, "CoBa: optimizer steps between validation batches")
+    coba_warmup: int = setting(100, "CoBa: steps of uniform weights")
+    coba_window: int = setting(200, "CoBa: points in the slope fit")
+    famo_lr: float = setting(0.025, "FAMO: Adam learning rate of the task logits ξ")
+    famo_gamma: float = setting(0.001, "FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward "
+                                       "uniform)")
+    validation_examples: int = setting(200, "CoBa's held-out set, carved from training examples the run does not "
+                                            "use")
+    references: list[str] | None = setting(None, "individual run folders, one per task, for normalized scores")
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/joint-{self.balancer}")
