@@ -17,6 +17,7 @@ import random
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Protocol
 from pathlib import Path
 
 import torch
@@ -26,12 +27,18 @@ from torch.optim.lr_scheduler import LRScheduler
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.checksums import sha256
 from fusekit.artifacts.layout import CHECKPOINT_GLOB, MANIFEST, METRICS, checkpoint_dir, checkpoint_file
-from fusekit.data.loading import ResumableLoader
 from fusekit.errors import FusekitError
 from fusekit.progress import JsonlLog
-from fusekit.training.balancers import Balancer
 
 IGNORED_KEYS = ("checkpoint_every", "out")  # config keys that do not change what a run computes
+
+
+class Stateful(Protocol):
+    """What a checkpoint needs of a data loader or a loss balancer (format code does not know the algorithms)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -41,8 +48,8 @@ class TrainingState:
     params: dict[str, torch.Tensor]  # trainable weights by name (adapter and heads)
     optimizer: Optimizer
     scheduler: LRScheduler
-    loaders: dict[str, ResumableLoader]
-    balancer: Balancer | None = None
+    loaders: dict[str, Stateful]  # resumable data loaders
+    balancer: Stateful | None = None  # the loss balancer of joint training
 
     def capture(self, step: int, log: Path, seconds: float = 0.0) -> dict:
         """Everything needed to continue after optimizer step `step`, as tensors and plain containers.

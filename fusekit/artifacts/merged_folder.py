@@ -17,8 +17,6 @@ from fusekit.artifacts.run_folder import Run, load_run, model_for_vector
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.merging.methods import MergeMethod
-from fusekit.merging.stream import MergeReport
 
 FORMAT = "fusekit.artifacts.merged_folder/1"
 
@@ -38,17 +36,16 @@ def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, dict[str, 
     })
 
 
-def write_merged(out: Path, runs: list[Run], vector: TaskVector, report: MergeReport, method: MergeMethod,
-                 space: str, weights: list[float] | None, search_rows: list[dict] | None, overwrite: bool) -> None:
+def write_merged(out: Path, runs: list[Run], vector: TaskVector, merge: dict, overwrite: bool) -> None:
+    """The merged folder of `runs`; `merge` says what the merge did (method, params, space, weights, rank,
+    truncation errors, search table), as the merging code describes it: this format does not know the methods."""
     first = runs[0]
     with staged_dir(out, overwrite) as stage:
         write_multitask(stage, vector, {run.head_task: run.head for run in runs}, first.config.model, {
-            "method": method.name, "params": method.params(), "space": space,
-            "weights": weights or [1.0] * len(runs), "rank": report.rank,
-            "truncation_error": report.truncation_error, "worst_layer_truncation_error": report.worst_layer_error,
+            **merge,
             "inputs": [{"run": str(run.folder), "task": run.head_task, "sha256": sha256(run.folder / TASK_VECTOR)}
                        for run in runs],
-            "data": first.config.data, "max_length": first.config.max_length, "search": search_rows,
+            "data": first.config.data, "max_length": first.config.max_length,
         })
 
 

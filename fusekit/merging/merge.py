@@ -45,7 +45,11 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
         console.print("chose " + ", ".join(f"{k}={v}" for k, v in result.best.items()) + " on held-out training data")
     chosen = make_method(method, seed=seed, **params)
     vector, report = merge(runs, chosen, weights, space, rank)
-    write_merged(out, runs, vector, report, chosen, space, weights, rows, overwrite)
+    write_merged(out, runs, vector, {
+        "method": chosen.name, "params": chosen.params(), "space": space, "weights": weights or [1.0] * len(runs),
+        "rank": report.rank, "truncation_error": report.truncation_error,
+        "worst_layer_truncation_error": report.worst_layer_error, "search": rows,
+    }, overwrite)
     note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
     console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
 
