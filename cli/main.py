@@ -14,7 +14,7 @@ import typer
 
 from fusekit.config import JointConfig, TrainConfig, load_recipe, with_overrides
 from fusekit.errors import FusekitError
-from fusekit.merging.methods import DENSITY, DROP_RATE, LAMBDA
+from fusekit.merging.params import DENSITY, DROP_RATE, LAMBDA
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-task adaptation of pretrained transformers by adapter fusion.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.data.loading import DEFAULT_HUB_DATASET
+from fusekit.data.tasks import DEFAULT_HUB_DATASET
 from fusekit.errors import FusekitError
 
 

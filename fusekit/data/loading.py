@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fusekit.data.tasks import HUB_SPLITS, TaskSpec
+from fusekit.data.tasks import DEFAULT_HUB_DATASET, HUB_SPLITS, TaskSpec
 from fusekit.errors import FusekitError
 
-DEFAULT_HUB_DATASET = "nyu-mll/glue"
 csv.field_size_limit(10**8)
 
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from fusekit.errors import FusekitError
 
 
+DEFAULT_HUB_DATASET = "nyu-mll/glue"
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str

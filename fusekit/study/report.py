@@ -17,7 +17,7 @@ from fusekit.artifacts.layout import (CONFIG, EVAL, MANIFEST, METRICS, REPORT, R
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import mean_defined, normalized_score
-from fusekit.merging.methods import PARAMETERS
+from fusekit.merging.params import PARAMETERS
 from fusekit.study.plots import plot_joint, plot_sweeps
 
 

@@ -1,7 +1,7 @@
 """Merge methods, registered in one place: a new method is a class in its own file plus one line here.
 
-Each method declares its hyperparameters (`Param`: name, default, search grid, help); `fusekit merge`, the
-hyperparameter search and study recipes read them from here.
+Each method declares the hyperparameters it takes (`Param`s of fusekit.merging.params: name, default, search
+grid, help); `fusekit merge`, the hyperparameter search and study recipes read them from here.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from collections.abc import Callable
 
 from fusekit.errors import FusekitError
 from fusekit.merging.methods.average import Average
-from fusekit.merging.methods.base import MergeMethod, Param
-from fusekit.merging.methods.dare import DROP_RATE, Dare
-from fusekit.merging.methods.task_arithmetic import LAMBDA, TaskArithmetic
-from fusekit.merging.methods.ties import DENSITY, Ties
-
-PARAMETERS: tuple[Param, ...] = (LAMBDA, DENSITY, DROP_RATE)  # every hyperparameter a method may take
+from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.methods.dare import Dare
+from fusekit.merging.methods.task_arithmetic import TaskArithmetic
+from fusekit.merging.methods.ties import Ties
+from fusekit.merging.params import DROP_RATE, PARAMETERS, Param
 
 # name → (builder from the seed and the method's hyperparameters, those hyperparameters in table order)
 METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-
-@dataclass(frozen=True)
-class Param:
-    """A hyperparameter a merge method declares (as mergekit's ConfigParameterDef): its keyword, its default,
-    the grid `fusekit merge --lambda auto` searches when it is not given, and how tables and help name it."""
-
-    name: str  # constructor keyword of the method, key in manifests and search tables
-    default: float
-    grid: tuple[float, ...]
-    label: str  # short name in report tables
-    help: str
+from fusekit.merging.params import Param
 
 
 class MergeMethod(ABC):

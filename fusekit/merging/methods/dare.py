@@ -11,9 +11,8 @@ import zlib
 
 import torch
 
-from fusekit.merging.methods.base import MergeMethod, Param
-
-DROP_RATE = Param("rate", 0.5, (0.5, 0.9), "p", "DARE: drop probability p")
+from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.params import DROP_RATE
 
 
 def drop_and_rescale(delta: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:

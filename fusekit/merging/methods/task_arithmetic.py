@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fusekit.merging.methods.base import MergeMethod, Param
-
-LAMBDA = Param("lam", 0.3, (0.1, 0.3, 0.5, 0.7, 1.0), "λ", "scale λ of the merged task vector")
+from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.params import LAMBDA
 
 
 class TaskArithmetic(MergeMethod):

@@ -12,10 +12,8 @@ import math
 
 import torch
 
-from fusekit.merging.methods.base import MergeMethod, Param
-from fusekit.merging.methods.task_arithmetic import LAMBDA
-
-DENSITY = Param("density", 0.2, (0.2, 0.5), "density", "TIES: fraction of entries kept per tensor")
+from fusekit.merging.methods.base import MergeMethod
+from fusekit.merging.params import DENSITY, LAMBDA
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
