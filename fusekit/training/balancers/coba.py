@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from fusekit.config import JointConfig
 from fusekit.training.balancers.base import Balancer
 
 
@@ -47,7 +48,8 @@ def coba_weights(alpha: torch.Tensor, alpha_history: torch.Tensor, alpha_max_his
 class CoBa(Balancer):
     name = "coba"
 
-    def __init__(self, num_tasks: int, interval: int = 1, warmup: int = 100, window: int = 200, tau: float = 5.0):
+    def __init__(self, num_tasks: int, interval: int = JointConfig.coba_interval, warmup: int = JointConfig.coba_warmup,
+                 window: int = JointConfig.coba_window, tau: float = 5.0):
         super().__init__(num_tasks)
         self.validation_interval, self.warmup, self.window, self.tau = interval, warmup, window, tau
         self.initial: torch.Tensor | None = None

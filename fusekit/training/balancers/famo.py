@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusekit.config import JointConfig
 from fusekit.training.balancers.base import Balancer
 
 EPSILON = 1e-8
@@ -40,7 +41,7 @@ class FAMO(Balancer):
     name = "famo"
     needs_loss_after_step = True
 
-    def __init__(self, num_tasks: int, lr: float = 0.025, gamma: float = 0.001):
+    def __init__(self, num_tasks: int, lr: float = JointConfig.famo_lr, gamma: float = JointConfig.famo_gamma):
         super().__init__(num_tasks)
         self.lr, self.gamma = lr, gamma
         self.logits = nn.Parameter(torch.zeros(num_tasks))  # ξ; its own optimizer, not the model's

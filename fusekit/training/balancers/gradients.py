@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusekit.config import JointConfig
 from fusekit.training.balancers.base import Balancer
 
 
@@ -92,7 +93,7 @@ class GradNorm(GradientBalancer):
 
     name = "gradnorm"
 
-    def __init__(self, num_tasks: int, alpha: float = 1.5, lr: float = 0.025):
+    def __init__(self, num_tasks: int, alpha: float = JointConfig.gradnorm_alpha, lr: float = 0.025):
         super().__init__(num_tasks)
         self.alpha, self.lr = alpha, lr
         self.w = torch.ones(num_tasks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusekit.config import JointConfig
 from fusekit.training.balancers.base import Balancer
 
 
@@ -58,7 +59,7 @@ class PowerMean(Balancer):
 
     name = "power-mean"
 
-    def __init__(self, num_tasks: int, gamma: float = 0.5):
+    def __init__(self, num_tasks: int, gamma: float = JointConfig.gamma):
         super().__init__(num_tasks)
         self.gamma = gamma
 
