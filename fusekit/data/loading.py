@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fusekit.data.batching import LengthGroupedBatches
 from fusekit.data.tasks import DEFAULT_HUB_DATASET, HUB_SPLITS, TaskSpec
 from fusekit.errors import FusekitError
 
+SECOND = "_b"  # suffix of the second sentence's tensors when the two sentences are encoded apart
 csv.field_size_limit(10**8)
 
 
@@ -118,12 +120,21 @@ def _read_hub(task: TaskSpec, split: str, name: str) -> Split:
 
 
 class EncodedSplit(Dataset):
-    """Token ids of a split, padded per batch by `collate` (dynamic padding keeps CPU batches short)."""
+    """Token ids of a split, padded per batch by `collate` (dynamic padding keeps CPU batches short).
 
-    def __init__(self, split: Split, tokenizer, max_length: int):
+    Sentence pairs are encoded as one input (`cross`), or each sentence apart (`bi`: the second sentence's
+    tensors carry the suffix `_b`, e.g. `input_ids_b`), for a bi-encoder head.
+    """
+
+    def __init__(self, split: Split, tokenizer, max_length: int, pair_encoding: str = "cross"):
         columns = [list(column) for column in zip(*split.texts)]
-        encoded = tokenizer(*columns[:2], truncation=True, max_length=max_length)
-        self.features = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(split))]
+        if pair_encoding == "bi" and len(columns) == 2:
+            first, second = (tokenizer(c, truncation=True, max_length=max_length) for c in columns)
+            encoded = {**first, **{k + SECOND: v for k, v in second.items()}}
+        else:
+            encoded = dict(tokenizer(*columns[:2], truncation=True, max_length=max_length))
+        self.features = [{k: encoded[k][i] for k in encoded} for i in range(len(split))]
+        self.lengths = [sum(len(f[k]) for k in f if k.startswith("input_ids")) for f in self.features]
         self.labels = split.labels
         self.pad_id = tokenizer.pad_token_id or 0
         self.regression = split.task.is_regression
@@ -135,10 +146,11 @@ class EncodedSplit(Dataset):
         return self.features[index], self.labels[index]
 
     def collate(self, items: list[tuple[dict[str, list[int]], float | int]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f, _ in items)
         batch: dict[str, torch.Tensor] = {}
         for key in items[0][0]:
-            pad = self.pad_id if key == "input_ids" else 0
+            ids = "input_ids" + (SECOND if key.endswith(SECOND) else "")
+            longest = max(len(f[ids]) for f, _ in items)
+            pad = self.pad_id if key == ids else 0
             batch[key] = torch.tensor([f[key] + [pad] * (longest - len(f[key])) for f, _ in items])
         dtype = torch.float32 if self.regression else torch.long
         batch["labels"] = torch.tensor([label for _, label in items], dtype=dtype)
@@ -146,8 +158,10 @@ class EncodedSplit(Dataset):
 
 
 def make_loader(data: EncodedSplit, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches of similar length (shuffled, from `seed`, for training; sorted for evaluation)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=data.collate, generator=generator)
+    batches = LengthGroupedBatches(data.lengths, batch_size, generator if shuffle else None)
+    return DataLoader(data, batch_sampler=batches, collate_fn=data.collate, generator=generator)
 
 
 class ResumableLoader:

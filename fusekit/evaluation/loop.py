@@ -30,10 +30,14 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
              batch_size: int = 128) -> dict[str, float]:
-    """Official metrics, `score`, mean loss and example count on `data` (model left in eval mode)."""
+    """Official metrics, `score`, mean loss and example count on `data` (model left in eval mode).
+
+    Batches come sorted by length (the least padding) under `inference_mode` (no autograd bookkeeping; forward-mode
+    AD, which the linearized models need, still works there).
+    """
     model.eval()
     logits, labels, loss_sum = [], [], 0.0
-    with torch.no_grad():
+    with torch.inference_mode():
         for batch in make_loader(data, batch_size, shuffle=False):
             batch = to_device(batch, device)
             with autocast(device):
