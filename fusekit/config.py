@@ -38,7 +38,12 @@ class TrainConfig:
     init_seed: int = setting(0, "seed of φ0, shared by tasks to be merged")
     lora_init: str = setting("default", "default (B0 = 0) or nonzero (random B0, W0 compensated)")
     linearize: str | None = setting(None, "L-LoRA scope: module (default for l-lora) or network")
-    lr: float = setting(5e-4, "peak learning rate (AdamW, linear decay)")
+    pooling: str = setting("auto", "how a sentence becomes one vector: auto (the checkpoint's own, from a "
+                                   "sentence-transformers 1_Pooling/config.json; else cls), cls, mean or max")
+    pair_encoding: str = setting("cross", "sentence pairs: cross (one input) or bi (each sentence apart; a "
+                                          "Sentence-BERT head over u, v, |u-v|, u*v, or a scaled cosine for STS-B)")
+    lr: float = setting(5e-4, "peak learning rate of the adapter (AdamW, linear decay)")
+    head_lr: float | None = setting(None, "peak learning rate of the task head (default: lr)")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup_ratio: float = setting(0.06, "fraction of the steps spent warming the learning rate up")
     max_grad_norm: float = setting(1.0, "gradient-norm clipping (0: none)")
@@ -48,6 +53,9 @@ class TrainConfig:
     max_length: int = setting(128, "tokens per example (truncation)")
     max_train: int | None = setting(None, "cap on training examples (seeded subset)")
     max_eval: int | None = setting(None, "cap on validation examples")
+    eval_on: str = setting("dev", "what the run is scored on: dev, or held-out (training examples outside the "
+                                  "max_train subset, what fusekit tune scores; dev is then never read)")
+    held_out_examples: int = setting(500, "held-out training examples scored when eval_on is held-out")
     seed: int = setting(0, "seed of data order, dropout and subsets")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N")
     checkpoint_every: int = setting(0, "steps between checkpoints beside the output folder (0: none); a rerun "

@@ -19,7 +19,7 @@ def test_training_lowers_the_loss(sst2_run, tiny_config):
     split = load_split(task, "train", tiny_config.data)
     trained_base, trained = model_for_run(run, task)
     untrained_base, untrained = model_for_run(run, task, vector=run.vector * 0.0)
-    untrained.load_head_state({k: torch.zeros_like(v) for k, v in run.head.items()})  # logits 0: loss ln 2
+    untrained.load_head_state({k: torch.zeros_like(v) for k, v in run.head.weights.items()})  # logits 0: loss ln 2
     data = EncodedSplit(split, trained_base.tokenizer, 32)
     before = evaluate(untrained, data, task, torch.device("cpu"))["loss"]
     after = evaluate(trained, data, task, torch.device("cpu"))["loss"]

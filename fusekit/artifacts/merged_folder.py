@@ -17,16 +17,17 @@ from fusekit.artifacts.run_folder import Run, load_run, model_for_vector
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
+from fusekit.models.heads import HeadSpec, TaskHead
 
 FORMAT = "fusekit.artifacts.merged_folder/1"
 
 
-def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, dict[str, torch.Tensor]],
+def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, TaskHead],
                     model_name: str | None, manifest: dict) -> None:
     """One adapter for several tasks (merged or jointly trained): vector, heads, a PEFT folder per task, manifest."""
     vector.save(stage / TASK_VECTOR)
     for name, head in heads.items():
-        save_tensors(stage / head_file(name), head, {"task": name})
+        save_tensors(stage / head_file(name), head.weights, {"task": name, **head.spec.meta()})
         _, model = model_for_vector(model_name, vector, head, get_task(name), str(stage), nonlinear=True)
         model.save_peft_folder(stage / PEFT / name)
     atomic_write_json(stage / MANIFEST, {
@@ -61,9 +62,13 @@ def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, tor
     if manifest.get("format") != FORMAT:
         raise FusekitError(f"{folder / MANIFEST}: not a fusekit merged folder (expected format {FORMAT})")
     files = ChecksummedFolder(folder, manifest.get("checksums", {}), MANIFEST)
-    heads = {item["task"]: load_tensors(files.path(head_file(item['task'])))[0]
-             for item in manifest["inputs"]}
+    heads = {item["task"]: TaskHead(*_head(files.path(head_file(item["task"])))) for item in manifest["inputs"]}
     return manifest, TaskVector.load(files.path(TASK_VECTOR)), heads
+
+
+def _head(path: Path) -> tuple[dict[str, torch.Tensor], HeadSpec]:
+    weights, meta = load_tensors(path)
+    return weights, HeadSpec.from_meta(meta)
 
 
 def individual_score(run_folder: Path, task: str, examples: int, evaluate_run) -> float:

@@ -21,6 +21,7 @@ from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.errors import FusekitError
 from fusekit.models.adapters import AdaptedModel, AdapterSpec, add_lora
+from fusekit.models.heads import HeadSpec, TaskHead
 from fusekit.models.base import BaseModel, load_base_model
 from fusekit.models.linearize import LinearizedModel
 
@@ -50,7 +51,7 @@ def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedMode
     }
     vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), meta, frozen=model.frozen_keys())
     vector.save(folder / TASK_VECTOR)
-    save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family})
+    save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family, **base.head.meta()})
     model.save_peft_folder(folder)
     atomic_write_json(folder / CHECKSUMS, digests(folder, "*.safetensors"))
     atomic_write_text(folder / CONFIG, to_yaml(cfg))
@@ -63,7 +64,7 @@ class Run:
 
     folder: Path
     config: TrainConfig
-    head: dict[str, torch.Tensor]
+    head: TaskHead
     head_task: str
     files: ChecksummedFolder = field(repr=False)
 
@@ -82,7 +83,7 @@ def load_run(folder: Path) -> Run:
     cfg = load_recipe(folder / CONFIG, TrainConfig)
     files = ChecksummedFolder(folder, read_checksums(folder), CHECKSUMS)
     head, head_meta = load_tensors(files.path(HEAD))
-    run = Run(folder, cfg, head, head_meta.get("task", cfg.task), files)
+    run = Run(folder, cfg, TaskHead(head, HeadSpec.from_meta(head_meta)), head_meta.get("task", cfg.task), files)
     run.header()  # a missing or corrupt task vector is reported now (and hashed once), not halfway through a job
     return run
 
@@ -98,10 +99,11 @@ def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,
     return model_for_vector(run.config.model, vector or run.vector, run.head, task, str(run.folder), nonlinear)
 
 
-def model_for_vector(model_name: str | None, vector: TaskVector, head: dict[str, torch.Tensor], task: TaskSpec,
+def model_for_vector(model_name: str | None, vector: TaskVector, head: TaskHead, task: TaskSpec,
                      source: str, nonlinear: bool = False) -> tuple[BaseModel, AdaptedModel]:
-    """Load the base model, check it is the one `vector` was made on, and set adapter and head weights."""
-    base = load_base_model(model_name, task)
+    """Load the base model with the head's pooling and pair encoding, check it is the one `vector` was made on,
+    and set adapter and head weights."""
+    base = load_base_model(model_name, task, head.spec.pooling, head.spec.pair_encoding)
     if base.fingerprint != vector.meta.get("base_fingerprint"):
         raise FusekitError(
             f"{source}: task vector was made on a base model with fingerprint {vector.meta.get('base_fingerprint')}"
@@ -110,7 +112,7 @@ def model_for_vector(model_name: str | None, vector: TaskVector, head: dict[str,
     spec = AdapterSpec.from_meta(vector.meta, f"{source}/{TASK_VECTOR}")
     model = build_adapted_model(base, spec, vector.init, nonlinear)
     model.load_adapter_state(vector.weights())
-    model.load_head_state(head)
+    model.load_head_state(head.weights)
     return base, model
 
 

@@ -21,13 +21,14 @@ from fusekit.evaluation.loop import evaluate
 from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.models.adapters import AdaptedModel, AdapterSpec
 from fusekit.models.base import resolve_device
+from fusekit.models.heads import TaskHead
 from fusekit.progress import console
 
 
 class TaskScorer:
     """Scores vectors on `split` with one task head and base model; λ searches call it once per grid point."""
 
-    def __init__(self, model_name: str | None, max_length: int, split: Split, head: dict[str, torch.Tensor],
+    def __init__(self, model_name: str | None, max_length: int, split: Split, head: TaskHead,
                  device: torch.device, batch_size: int = 128, source: str = ""):
         self.model_name, self.max_length, self.source = model_name, max_length, source
         self.split, self.head, self.device, self.batch_size = split, head, device, batch_size
@@ -44,7 +45,8 @@ class TaskScorer:
             model.load_adapter_state(vector.weights())
         else:
             base, model = model_for_vector(self.model_name, vector, self.head, self.task, self.source, nonlinear)
-            model, data = model.to(self.device), EncodedSplit(self.split, base.tokenizer, self.max_length)
+            data = EncodedSplit(self.split, base.tokenizer, self.max_length, base.head.pair_encoding)
+            model = model.to(self.device)
             self._cache[key] = (model, data)
         return evaluate(model, data, self.task, self.device, self.batch_size)
 

@@ -103,9 +103,12 @@ class AdaptedModel(nn.Module):
         """Adapter weights that cannot move in training (left out of the optimizer and of τ)."""
         return ()
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
+    def trainable_adapter_parameters(self) -> list[nn.Parameter]:
         frozen = set(self.frozen_keys())
-        return [p for k, p in self.adapter_params.items() if k not in frozen] + list(self.head_params.values())
+        return [p for k, p in self.adapter_params.items() if k not in frozen]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.trainable_adapter_parameters() + list(self.head_params.values())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.peft_model(**{k: v for k, v in batch.items() if k != "labels"}).logits

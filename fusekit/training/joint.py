@@ -25,6 +25,7 @@ from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_spli
 from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
+from fusekit.models.heads import TaskHead
 from fusekit.models.base import load_base_model
 from fusekit.progress import console
 from fusekit.study.plots import plot_joint
@@ -72,11 +73,13 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     dev = {t.name: load_split(t, "validation", cfg.data).capped(cfg.max_eval, cfg.seed) for t in tasks}
 
     seed_everything(cfg.seed)
-    base = load_base_model(cfg.model, tasks[0])
+    if cfg.pair_encoding != "cross":
+        raise FusekitError("joint training shares one forward among the tasks: pair_encoding must be cross")
+    base = load_base_model(cfg.model, tasks[0], cfg.pooling)
     model = build_adapted_model(base, spec).to(device)
     heads = {tasks[0].name: {k: torch.nn.Parameter(v.to(device)) for k, v in model.head_state().items()}}
     for task in tasks[1:]:  # each head initialised as the model class initialises it for that task
-        other = build_adapted_model(load_base_model(cfg.model, task), spec)
+        other = build_adapted_model(load_base_model(cfg.model, task, cfg.pooling), spec)
         heads[task.name] = {k: torch.nn.Parameter(v.to(device)) for k, v in other.head_state().items()}
     options = {"priors": [prior_loss(train[t.name]) for t in tasks], "gamma": cfg.gamma, "alpha": cfg.gradnorm_alpha,
                "seed": cfg.seed, "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup,
@@ -96,10 +99,9 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     val_batches = {name: loader.forever() for name, loader in val_loaders.items()}
     shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
     head_params = [p for head in heads.values() for p in head.values()]
-    params = shared + head_params + balancer.parameters()
     total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
     # clipping acts on the combined gradient: tasks share one norm budget
-    session.setup_optimizer(params, total, clipped=shared + head_params)
+    session.setup_optimizer(shared + balancer.parameters(), total, clipped=shared + head_params, heads=head_params)
     session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
                    **{f"head/{n}/{k}": p for n, head in heads.items() for k, p in head.items()}},
                   {**{f"train/{n}": x for n, x in loaders.items()},
@@ -163,7 +165,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), {
             **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [t.name for t in tasks],
             "base_model": base.name, "base_fingerprint": base.fingerprint}, frozen=model.frozen_keys())
-        head_states = {n: {k: v.detach().cpu() for k, v in h.items()} for n, h in heads.items()}
+        head_states = {n: TaskHead({k: v.detach().cpu() for k, v in h.items()}, base.head) for n, h in heads.items()}
         references = cfg.references or [None] * len(tasks)
         write_multitask(stage, vector, head_states, cfg.model, {
             "method": "joint", "params": {"balancer": cfg.balancer, "sampling": cfg.sampling,

@@ -51,12 +51,16 @@ class TrainingSession:
         return self.device
 
     def setup_optimizer(self, params: list[torch.Tensor], total_steps: int,
-                        clipped: list[torch.Tensor] | None = None) -> None:
-        """AdamW over `params`, linear warmup then decay over `total_steps`; the gradient norm of `clipped`
-        (default `params`) is clipped to `max_grad_norm` at each step."""
+                        clipped: list[torch.Tensor] | None = None, heads: list[torch.Tensor] = ()) -> None:
+        """AdamW over `params` at `lr` and `heads` at `head_lr` (a fresh head wants its own step size), linear
+        warmup then decay over `total_steps`; the gradient norm of `clipped` (default all of them) is clipped
+        to `max_grad_norm` at each step."""
         cfg = self.cfg
-        self.clipped = params if clipped is None else clipped
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.clipped = [*params, *heads] if clipped is None else clipped
+        groups = [{"params": list(params), "lr": cfg.lr}]
+        if heads:
+            groups.append({"params": list(heads), "lr": cfg.lr if cfg.head_lr is None else cfg.head_lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         self.total = total_steps
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, math.ceil(cfg.warmup_ratio * total_steps),
                                                          total_steps)

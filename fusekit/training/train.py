@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.config import TrainConfig
-from fusekit.data.loading import EncodedSplit, ResumableLoader, load_split, make_loader
+from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_split, make_loader
 from fusekit.data.tasks import get_task
+from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model
 from fusekit.progress import console
@@ -27,27 +28,44 @@ class TrainResult:
     steps: int
 
 
+def evaluation_split(cfg: TrainConfig, full_train: Split) -> Split:
+    """The dev split (capped at `max_eval`), or with `eval_on: held-out` training examples outside the training
+    subset: what `fusekit tune` scores, so that no setting is ever chosen on dev."""
+    if cfg.eval_on == "dev":
+        return load_split(full_train.task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
+    if cfg.eval_on != "held-out":
+        raise FusekitError(f"eval_on {cfg.eval_on!r} is not one of dev, held-out")
+    held = full_train.held_out(cfg.max_train, cfg.seed).capped(cfg.held_out_examples, cfg.seed)
+    if not len(held):
+        raise FusekitError(f"eval_on held-out: max_train {cfg.max_train} leaves no training example of "
+                           f"{full_train.task.name} out (it has {len(full_train)}; expected a smaller max_train)")
+    return held
+
+
 def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     task = get_task(cfg.task)
     spec = adapter_spec(cfg)
     session = TrainingSession(cfg, overwrite)
     procs, device = session.procs, session.setup_device()
-    train_split = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
-    eval_split = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
+    full_train = load_split(task, "train", cfg.data)
+    train_split = full_train.capped(cfg.max_train, cfg.seed)
+    eval_split = evaluation_split(cfg, full_train)
 
     seed_everything(cfg.seed)
-    base = load_base_model(cfg.model, task)
+    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding)
     model = build_adapted_model(base, spec).to(device)
     seed_everything(cfg.seed)
 
-    train_data = EncodedSplit(train_split, base.tokenizer, cfg.max_length)
-    eval_data = EncodedSplit(eval_split, base.tokenizer, cfg.max_length)
+    train_data = EncodedSplit(train_split, base.tokenizer, cfg.max_length, base.head.pair_encoding)
+    eval_data = EncodedSplit(eval_split, base.tokenizer, cfg.max_length, base.head.pair_encoding)
     loader = ResumableLoader(make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed))
     params = model.trainable_parameters()
-    session.setup_optimizer(params, cfg.epochs * len(loader))
+    session.setup_optimizer(model.trainable_adapter_parameters(), cfg.epochs * len(loader),
+                            heads=list(model.head_params.values()))
     session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
                    **{f"head/{k}": p for k, p in model.head_params.items()}}, {"train": loader})
-    session.announce(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {len(train_split)} examples · "
+    session.announce(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {base.head.pooling} pooling"
+                     f"{' · bi-encoder' if base.head.pair_encoding == 'bi' else ''} · {len(train_split)} examples · "
                      f"{session.total} steps on {device}")
     if model.frozen_keys():
         console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
