@@ -1,0 +1,98 @@
+"""Baselines beside every adapter: what the checkpoint scores with no adapter at all.
+
+* `majority`: the most frequent training label (classification) or the mean training label (regression; its
+  correlations are undefined and read 0): the floor a task's metric starts from.
+* `zero_shot`: sentence-pair regression (STS-B) scored by the cosine of the two sentences' pooled embeddings
+  (the bi-encoder head before any training: 5 · cos(u, v)); no other task has a zero-shot answer here.
+* `head_only`: the frozen checkpoint with only the task head trained, a linear probe, on the adapter's training
+  examples with the same head. The head's inputs are computed once (a hook on the head module) and cached, so
+  the probe costs one forward pass over the data, whatever the number of epochs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusekit.data.loading import EncodedSplit, Split, make_loader
+from fusekit.data.tasks import TaskSpec
+from fusekit.evaluation.loop import task_loss
+from fusekit.evaluation.metrics import compute_metrics, predictions
+from fusekit.models.base import BaseModel, load_base_model
+
+PROBE_EPOCHS = 20  # passes over the cached head inputs: a linear probe converges long before this
+PROBE_LR = 1e-3
+
+
+def majority(task: TaskSpec, train: Split, dev: Split) -> dict[str, float]:
+    if task.is_regression:
+        guess: float = float(np.mean(train.labels))
+    else:
+        guess = Counter(train.labels).most_common(1)[0][0]
+    return compute_metrics(task, dev.labels, [guess] * len(dev))
+
+
+def zero_shot(model: str | None, task: TaskSpec, dev: Split, pooling: str, max_length: int,
+              batch_size: int) -> dict[str, float] | None:
+    """The untrained bi-encoder's cosine on sentence-pair regression; None for the other tasks."""
+    if not task.is_regression or len(task.text_columns) != 2:
+        return None
+    base = load_base_model(model, task, pooling, "bi")
+    data = EncodedSplit(dev, base.tokenizer, max_length, "bi")
+    outputs, labels = _head_inputs(base, data, batch_size)
+    head = _head(base)
+    with torch.inference_mode():
+        logits = torch.cat([head(*x) for x in outputs]).float().numpy()
+    return compute_metrics(task, np.concatenate(labels), predictions(task, logits))
+
+
+def head_only(base: BaseModel, task: TaskSpec, train: Split, dev: Split, max_length: int, batch_size: int,
+              seed: int, lr: float = PROBE_LR, epochs: int = PROBE_EPOCHS) -> dict[str, float]:
+    """Train `base`'s fresh head alone on cached head inputs, score it on `dev`."""
+    encoding = base.head.pair_encoding
+    train_inputs, train_labels = _head_inputs(base, EncodedSplit(train, base.tokenizer, max_length, encoding),
+                                              batch_size)
+    dev_inputs, dev_labels = _head_inputs(base, EncodedSplit(dev, base.tokenizer, max_length, encoding), batch_size)
+    head = _head(base)
+    head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    order = list(range(len(train_inputs)))
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    for _ in range(epochs):
+        rng.shuffle(order)
+        for i in order:
+            loss = task_loss(task, head(*train_inputs[i]), torch.as_tensor(train_labels[i]))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    head.eval()
+    with torch.inference_mode():
+        logits = torch.cat([head(*x) for x in dev_inputs]).float().numpy()
+    return compute_metrics(task, np.concatenate(dev_labels), predictions(task, logits))
+
+
+def _head(base: BaseModel) -> nn.Module:
+    if len(base.head_modules) != 1:
+        raise ValueError(f"expected one head module, found {base.head_modules}")
+    return base.model.get_submodule(base.head_modules[0])
+
+
+def _head_inputs(base: BaseModel, data: EncodedSplit, batch_size: int) -> tuple[list[tuple], list[np.ndarray]]:
+    """The head module's inputs on every batch of `data` (frozen model, eval mode), and the batches' labels."""
+    cached: list[tuple] = []
+    hook = _head(base).register_forward_pre_hook(lambda module, args: cached.append(tuple(a.detach() for a in args)))
+    labels = []
+    base.model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in make_loader(data, batch_size, shuffle=False):
+                labels.append(batch.pop("labels").numpy())
+                base.model(**batch)
+    finally:
+        hook.remove()
+    return [tuple(a.clone() for a in x) for x in cached], labels
