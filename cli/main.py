@@ -97,6 +97,51 @@ def train(
     run_training(with_overrides(base, _overrides(TrainConfig, settings)), overwrite=overwrite)
 
 
+@app.command()
+@config_flags(TrainConfig)
+@one_line_errors
+def tune(
+    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe of the run to tune; flags override its keys")]
+    = None,
+    grid: Annotated[Optional[list[str]], Opt(help="KEY=V1,V2,... a setting and the values to try (repeatable)")]
+    = None,
+    **settings,
+) -> None:
+    """Choose training settings on held-out training examples (never on dev): train every grid point, score each on
+    --held-out-examples training examples outside the --max-train subset, keep the best. --out is the tune folder.
+
+    Example: fusekit tune --task rte --data ../shared/glue --max-train 1990 --grid lr=3e-4,1e-3 --grid head_lr=1e-3,5e-3
+    --out runs/tune-rte
+    """
+    from fusekit.training.tune import parse_grid, tune as run_tune
+
+    cfg = with_overrides(load_recipe(recipe, TrainConfig) if recipe else TrainConfig(),
+                         _overrides(TrainConfig, settings))
+    if not grid:
+        raise FusekitError("no --grid given: expected at least one --grid KEY=V1,V2,... such as --grid lr=1e-4,3e-4")
+    run_tune(cfg, parse_grid(grid), Path(cfg.out or f"runs/tune-{cfg.task}-{cfg.adapter}"), cfg.held_out_examples)
+
+
+@app.command()
+@config_flags(TrainConfig)
+@one_line_errors
+def baseline(
+    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe of the run to compare; flags override its keys")]
+    = None,
+    **settings,
+) -> None:
+    """Score what the checkpoint knows without an adapter: majority class, zero-shot cosine (sentence-pair
+    regression), and a head-only linear probe trained on the same examples (at --head-lr). --out is a JSON file.
+
+    Example: fusekit baseline --task stsb --pair-encoding bi --data ../shared/glue --out runs/baseline-stsb.json
+    """
+    from fusekit.evaluation.baselines import run_baselines
+
+    cfg = with_overrides(load_recipe(recipe, TrainConfig) if recipe else TrainConfig(),
+                         _overrides(TrainConfig, settings))
+    run_baselines(cfg, Path(cfg.out or f"runs/baseline-{cfg.task}.json"))
+
+
 @app.command("eval")
 @one_line_errors
 def evaluate(

@@ -31,6 +31,9 @@ A checkpoint folder beside a run's output (fusekit.artifacts.checkpoint):
 A study folder, written by `fusekit run` and `fusekit report` (fusekit.study):
 
     <out>/recipe.yaml                      the recipe as last run
+    <out>/recipe.tuned.yaml                the recipe with the tuned settings written into task_settings
+    <out>/tune/<task>-<variant>/           `fusekit tune` folders: a run per grid point, tune.json
+    <out>/baseline/<task>/baseline.json    majority, zero-shot and head-only scores (`fusekit baseline`)
     <out>/train/<task>-<variant>/          one run folder per task and adapter variant (`fusekit train`)
     <out>/merge/<variant>-<space>-<method>/  merged folders, scored on every task (`fusekit merge` + `eval`)
     <out>/joint/<variant>-<balancer>/      joint baselines (`fusekit joint`)
@@ -83,8 +86,15 @@ def is_checkpoint_dir(folder: Path) -> bool:
 # staging: a folder being written is a sibling `<name>.tmp-*` until it is renamed into place
 STAGING = ".tmp-"
 
+# tune folders (`fusekit tune`): one run folder per grid point, and the table
+TUNE = "tune.json"
+
+# baselines (`fusekit baseline`)
+BASELINE = "baseline.json"
+
 # study folders
 STUDY_RECIPE = "recipe.yaml"
+TUNED_RECIPE = "recipe.tuned.yaml"  # the recipe with the settings its tune stages chose, ready to rerun
 STAGES = "stages.jsonl"
 REPORT = "report.md"
 REPORT_FIGURES = "report"

@@ -12,20 +12,49 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from fusekit.data.loading import EncodedSplit, Split, make_loader
-from fusekit.data.tasks import TaskSpec
+from fusekit.artifacts.atomic import atomic_write_json
+from fusekit.config import TrainConfig
+from fusekit.data.loading import EncodedSplit, Split, load_split, make_loader
+from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.evaluation.loop import task_loss
 from fusekit.evaluation.metrics import compute_metrics, predictions
 from fusekit.models.base import BaseModel, load_base_model
+from fusekit.progress import console
 
 PROBE_EPOCHS = 20  # passes over the cached head inputs: a linear probe converges long before this
 PROBE_LR = 1e-3
+
+
+def run_baselines(cfg: TrainConfig, path: Path) -> dict:
+    """Every baseline of `cfg`'s task on its training subset and dev split; written to `path` (JSON)."""
+    task = get_task(cfg.task)
+    train = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
+    dev = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding)
+    started = time.perf_counter()
+    probe = head_only(base, task, train, dev, cfg.max_length, cfg.batch_size, cfg.seed,
+                      lr=PROBE_LR if cfg.head_lr is None else cfg.head_lr)
+    result = {
+        "task": task.name, "examples": len(dev), "train_examples": len(train), "head": base.head.meta(),
+        "majority": majority(task, train, dev),
+        "zero_shot": zero_shot(cfg.model, task, dev, cfg.pooling, cfg.max_length, cfg.eval_batch_size),
+        "head_only": {**probe, "seconds": time.perf_counter() - started, "epochs": PROBE_EPOCHS},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+    console.print(f"baselines {task.name}: majority {result['majority']['score']:.4f} · head-only "
+                  f"{probe['score']:.4f}" + (f" · zero-shot {result['zero_shot']['score']:.4f}"
+                                              if result["zero_shot"] else ""))
+    return result
 
 
 def majority(task: TaskSpec, train: Split, dev: Split) -> dict[str, float]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from fusekit.artifacts.atomic import atomic_write_text
-from fusekit.artifacts.layout import CONFIG, EVAL, STAGES, STUDY_RECIPE
+from fusekit.artifacts.layout import BASELINE, CONFIG, EVAL, STAGES, STUDY_RECIPE, TUNE, TUNED_RECIPE
 from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
@@ -29,6 +29,7 @@ from fusekit.merging.stream import SPACES
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
 from fusekit.training.parallel import processes
+from fusekit.training.tune import chosen_settings, grid_points, tune
 
 
 @dataclass
@@ -54,6 +55,16 @@ class JointSettings:
 
 
 @dataclass
+class TuneSettings:
+    """Training settings chosen per task and variant on held-out training examples (`fusekit tune`)."""
+
+    grid: dict = field(default_factory=lambda: {"lr": [2e-4, 5e-4, 1e-3]})  # train keys → values to try
+    held_out_examples: int = 500  # training examples outside each run's subset, scored per grid point
+    variants: list[str] | None = None  # None: all
+    tasks: list[str] | None = None  # None: all
+
+
+@dataclass
 class StudyConfig:
     """A study: `train` keys are shared; `adapters` and `task_settings` override them (task wins; a key such as
     `stsb:l-lora` overrides one task of one variant)."""
@@ -65,6 +76,8 @@ class StudyConfig:
     train: dict = field(default_factory=dict)
     adapters: dict = field(default_factory=lambda: {"lora": {"adapter": "lora"}})
     task_settings: dict = field(default_factory=dict)
+    tune: dict | None = None
+    baselines: bool = False  # majority, zero-shot and head-only scores per task (`fusekit baseline`)
     merge: dict | None = None
     joint: dict | None = None
 
@@ -72,8 +85,8 @@ class StudyConfig:
 @dataclass
 class Stage:
     name: str  # folder under the study directory, e.g. train/sst2-lora
-    kind: str  # train | merge | joint
-    config: object  # TrainConfig | JointConfig | MergeJob
+    kind: str  # tune | baseline | train | merge | joint
+    config: object  # TuneJob | TrainConfig | MergeJob | JointConfig
 
 
 @dataclass
@@ -84,6 +97,14 @@ class MergeJob:
     grid: dict[str, list[float]]
     val_examples: int
     seed: int
+
+
+@dataclass
+class TuneJob:
+    config: TrainConfig  # the train stage's settings before tuning; `out` is the tune folder
+    variant: str
+    grid: dict
+    held_out_examples: int
 
 
 def load_study(path: Path) -> StudyConfig:
@@ -97,19 +118,25 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
         task, _, variant = key.partition(":")
         if task not in tasks or (variant and variant not in study.adapters):
             raise FusekitError(f"{source}: task_settings key {key!r} names no task (or task:variant) of the study")
+    tune = from_mapping(TuneSettings, dict(study.tune), f"{source}: tune") if study.tune is not None else None
     stages, multi_seed = [], len(study.seeds) > 1
+    for variant, settings in study.adapters.items():
+        if not isinstance(settings, dict):
+            raise FusekitError(f"{source}: adapters.{variant} must be a mapping of train keys")
+    if tune:
+        stages += _tune_stages(tune, study, tasks, source)
+    if study.baselines:
+        first = next(iter(study.adapters))
+        for task in tasks:
+            keys = {**_train_keys(study, task, first, study.seeds[0], source), "out": None}
+            stages.append(Stage(f"baseline/{task}", "baseline", from_mapping(TrainConfig, keys, f"{source}: baseline")))
     for seed in study.seeds:
         tag = f"-seed{seed}" if multi_seed else ""
         runs: dict[str, list[str]] = {}
-        for variant, settings in study.adapters.items():
-            if not isinstance(settings, dict):
-                raise FusekitError(f"{source}: adapters.{variant} must be a mapping of train keys")
+        for variant in study.adapters:
             for task in tasks:
                 name = f"train/{task}-{variant}{tag}"
-                keys = {**study.train, **settings, **study.task_settings.get(task, {}),
-                        **study.task_settings.get(f"{task}:{variant}", {}),
-                        "task": task, "seed": seed, "checkpoint_every": study.checkpoint_every,
-                        "out": str(Path(study.out) / name)}
+                keys = {**_train_keys(study, task, variant, seed, source), "out": str(Path(study.out) / name)}
                 stages.append(Stage(name, "train", from_mapping(TrainConfig, keys, f"{source}: {name}")))
                 runs.setdefault(variant, []).append(keys["out"])
         if study.merge is not None:
@@ -119,6 +146,45 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
             stages += _joint_stages(from_mapping(JointSettings, dict(study.joint), f"{source}: joint"), study,
                                     runs, tag, seed, source)
     return stages
+
+
+def _train_keys(study: StudyConfig, task: str, variant: str, seed: int, source: str) -> dict:
+    """A train stage's keys: train < variant < task < task:variant < what a finished tune chose."""
+    chosen = chosen_settings(Path(study.out) / "tune" / f"{task}-{variant}") or {}
+    return {**study.train, **study.adapters[variant], **study.task_settings.get(task, {}),
+            **study.task_settings.get(f"{task}:{variant}", {}), **chosen,
+            "task": task, "seed": seed, "checkpoint_every": study.checkpoint_every}
+
+
+def _tune_stages(tune: TuneSettings, study: StudyConfig, tasks: list[str], source: str) -> list[Stage]:
+    grid_points(tune.grid)  # unknown keys and empty lists fail now
+    stages = []
+    for variant in tune.variants or list(study.adapters):
+        if variant not in study.adapters:
+            raise FusekitError(f"{source}: tune.variants: {variant!r} is not one of the adapters")
+        for task in tune.tasks or tasks:
+            if task not in tasks:
+                raise FusekitError(f"{source}: tune.tasks: {task!r} is not one of the study's tasks")
+            name = f"tune/{task}-{variant}"
+            keys = {**study.train, **study.adapters[variant], **study.task_settings.get(task, {}),
+                    **study.task_settings.get(f"{task}:{variant}", {}), "task": task, "seed": study.seeds[0],
+                    "checkpoint_every": study.checkpoint_every, "out": str(Path(study.out) / name)}
+            config = from_mapping(TrainConfig, keys, f"{source}: {name}")
+            stages.append(Stage(name, "tune", TuneJob(config, variant, tune.grid, tune.held_out_examples)))
+    return stages
+
+
+def tuned_recipe(study: StudyConfig, stages: list[Stage]) -> str:
+    """The recipe with every finished tune's choice written into task_settings (and no tune section)."""
+    settings = {k: dict(v) for k, v in study.task_settings.items()}
+    for stage in stages:
+        if stage.kind == "tune":
+            chosen = chosen_settings(Path(study.out) / stage.name)
+            if chosen:
+                settings.setdefault(f"{stage.config.config.task}:{stage.config.variant}", {}).update(chosen)
+    recipe = {**dataclasses.asdict(study), "task_settings": settings}
+    recipe.pop("tune")
+    return yaml.safe_dump(recipe, sort_keys=False)
 
 
 def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source) -> list[Stage]:
@@ -164,12 +230,12 @@ def is_done(stage: Stage, out: Path) -> bool:
     if stage.kind == "merge":
         path = folder / EVAL
         return path.is_file() and "average_normalized" in json.loads(path.read_text())
-    return (folder / CONFIG).is_file()
+    return (folder / {"tune": TUNE, "baseline": BASELINE}.get(stage.kind, CONFIG)).is_file()
 
 
 def check_unchanged(stage: Stage, out: Path) -> None:
     """A finished training stage is reused only if the recipe still asks for the same run."""
-    if stage.kind == "merge":
+    if stage.kind not in ("train", "joint"):
         return
     recorded = yaml.safe_load((out / stage.name / CONFIG).read_text())
     wanted = dataclasses.asdict(stage.config)
@@ -185,7 +251,8 @@ def selected(name: str, only: str | None) -> bool:
 
 
 def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
-    """Run every unfinished stage of the recipe that `only` selects."""
+    """Run every unfinished stage of the recipe that `only` selects: the tune stages first, then the rest as
+    planned again, so that training uses what the tunes chose."""
     study = load_study(recipe)
     stages = plan(study, str(recipe))
     out = Path(study.out)
@@ -194,6 +261,17 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / STUDY_RECIPE, recipe.read_text(encoding="utf-8"))
     procs.barrier()
+    if study.tune is not None:
+        _run_stages([s for s in stages if s.kind == "tune"], out, only)
+        stages = plan(study, str(recipe))
+        if procs.is_main:
+            atomic_write_text(out / TUNED_RECIPE, tuned_recipe(study, stages))
+    _run_stages([s for s in stages if s.kind != "tune"], out, only)
+    return stages
+
+
+def _run_stages(stages: list[Stage], out: Path, only: str | None) -> None:
+    procs = processes()
     todo = [s for s in stages if selected(s.name, only)]
     for stage in todo:
         if is_done(stage, out):
@@ -213,7 +291,17 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
     finally:
         if log:
             log.close()
-    return stages
+
+
+def _tune(stage: Stage, out: Path) -> None:
+    job: TuneJob = stage.config
+    tune(job.config, job.grid, out / stage.name, job.held_out_examples)
+
+
+def _baseline(stage: Stage, out: Path) -> None:
+    from fusekit.evaluation.baselines import run_baselines
+
+    run_baselines(stage.config, out / stage.name / BASELINE)
 
 
 def _train(stage: Stage, out: Path) -> None:
@@ -240,11 +328,13 @@ def _joint(stage: Stage, out: Path) -> None:
     train_joint(stage.config)
 
 
-RUNNERS: dict[str, Callable[[Stage, Path], None]] = {"train": _train, "merge": _merge, "joint": _joint}
+RUNNERS: dict[str, Callable[[Stage, Path], None]] = {"tune": _tune, "baseline": _baseline, "train": _train,
+                                                     "merge": _merge, "joint": _joint}
 
 
 def describe(stages: list[Stage]) -> str:
     """The plan as YAML, for `fusekit run --dry-run`."""
     return "\n".join(f"{s.name}:\n" + "\n".join("  " + line for line in (
-        to_yaml(s.config) if s.kind != "merge" else yaml.safe_dump(dataclasses.asdict(s.config), sort_keys=False)
+        to_yaml(s.config) if s.kind in ("train", "baseline", "joint")
+        else yaml.safe_dump(dataclasses.asdict(s.config), sort_keys=False)
     ).splitlines()) for s in stages)

@@ -1,0 +1,99 @@
+"""`fusekit tune`: choose training settings on held-out training examples, never on the dev split.
+
+Every point of a small grid (e.g. lr × head_lr × epochs) trains one adapter on the run's training subset and is
+scored on `held_out_examples` training examples outside that subset (`eval_on: held-out`: the dev split is not
+read). The best point by the task's score wins; ties go to the earlier point. Each point is an ordinary run
+folder, so an interrupted tune resumes where it stopped.
+
+    <out>/<key>=<value>-.../   one run folder per grid point
+    <out>/tune.json            the grid, one row per point (settings, held-out score, training time), the choice
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+
+from fusekit.artifacts.atomic import atomic_write_json
+from fusekit.artifacts.layout import CONFIG, EVAL, METRICS, TUNE
+from fusekit.config import TrainConfig, from_mapping
+from fusekit.errors import FusekitError
+from fusekit.progress import console
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, in the order the grid lists them."""
+    known = {f.name for f in fields(TrainConfig)}
+    for key, values in grid.items():
+        if key not in known:
+            raise FusekitError(f"tune grid: unknown setting {key!r} (expected keys of fusekit train)")
+        if not isinstance(values, list) or not values:
+            raise FusekitError(f"tune grid: {key} must be a non-empty list of values, got {values!r}")
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """`KEY=V1,V2,...` strings (the CLI's --grid) as a grid; numbers read as numbers."""
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values.strip():
+            raise FusekitError(f"--grid {item!r}: expected KEY=V1,V2,... such as lr=1e-4,3e-4")
+        grid[key.strip().replace("-", "_")] = [_value(v.strip()) for v in values.split(",") if v.strip()]
+    return grid
+
+
+def _value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def point_name(point: dict) -> str:
+    return "-".join(f"{key}={value}" for key, value in point.items()) or "default"
+
+
+def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: int) -> dict:
+    """Train every grid point, score each on held-out training examples, write and return the table."""
+    from fusekit.training.train import train
+
+    rows = []
+    points = grid_points(grid)
+    for number, point in enumerate(points, 1):
+        folder = out / point_name(point)
+        run_cfg = from_mapping(TrainConfig, {**_as_dict(cfg), **point, "out": str(folder), "eval_on": "held-out",
+                                             "held_out_examples": held_out_examples}, f"tune point {point}")
+        console.print(f"tune {cfg.task} [{number}/{len(points)}] {point_name(point)}")
+        if not (folder / CONFIG).is_file():
+            train(run_cfg)
+        scores = json.loads((folder / EVAL).read_text())[run_cfg.task]
+        rows.append({**point, "score": scores["score"], "held_out": scores, "seconds": _train_seconds(folder)})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
+    result = {"task": cfg.task, "adapter": cfg.adapter, "grid": grid, "held_out_examples": held_out_examples,
+              "rows": rows, "chosen": points[best]}
+    atomic_write_json(out / TUNE, result)
+    console.print(f"tune {cfg.task}: chose {point_name(points[best])} (held-out score {rows[best]['score']:.4f})")
+    return result
+
+
+def _as_dict(cfg: TrainConfig) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+def _train_seconds(folder: Path) -> float | None:
+    for line in (folder / METRICS).read_text().splitlines():
+        record = json.loads(line)
+        if "train_seconds" in record:
+            return record["train_seconds"]
+    return None
+
+
+def chosen_settings(out: Path) -> dict | None:
+    """The settings a finished tune chose (None when it has not finished)."""
+    path = out / TUNE
+    return json.loads(path.read_text())["chosen"] if path.is_file() else None

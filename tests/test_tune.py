@@ -1,0 +1,88 @@
+"""`fusekit tune` and the study's tune and baseline stages: choices made on held-out training examples only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fusekit.data.loading as loading
+from fusekit.data.loading import load_split
+from fusekit.data.tasks import get_task
+from fusekit.errors import FusekitError
+from fusekit.training.tune import parse_grid, tune
+
+
+@pytest.fixture
+def dev_forbidden(monkeypatch):
+    """Any read of a dev file fails the test: tuning must never look at the reported split."""
+    real = loading._read_tsv
+
+    def read(task, path: Path):
+        assert not path.name.startswith("dev"), f"tune read {path}"
+        return real(task, path)
+
+    monkeypatch.setattr(loading, "_read_tsv", read)
+
+
+def test_tune_picks_the_best_held_out_point_and_never_reads_dev(tiny_config, tmp_path, dev_forbidden):
+    cfg = replace(tiny_config, task="sst2", max_train=64)
+    result = tune(cfg, {"lr": [1e-6, 2e-2], "epochs": [8]}, tmp_path / "tune", held_out_examples=32)
+    rows = result["rows"]
+    assert [r["lr"] for r in rows] == [1e-6, 2e-2]
+    best = max(rows, key=lambda r: r["score"])
+    assert result["chosen"] == {"lr": best["lr"], "epochs": 8}
+    assert best["lr"] == 2e-2 and best["score"] > rows[0]["score"]  # a step of 1e-6 learns nothing here
+    for row in rows:  # each score is the run's own record, on the 32 examples its training subset left out
+        folder = tmp_path / "tune" / f"lr={row['lr']}-epochs=8"
+        recorded = json.loads((folder / "eval.json").read_text())["sst2"]
+        assert recorded["score"] == row["score"] and recorded["examples"] == 32
+    assert json.loads((tmp_path / "tune" / "tune.json").read_text())["chosen"] == result["chosen"]
+
+
+def test_held_out_examples_are_outside_the_training_subset(glue_dir):
+    split = load_split(get_task("sst2"), "train", str(glue_dir))
+    used, held = split.capped(64, 0), split.held_out(64, 0)
+    assert len(held) == 32 and not set(used.texts) & set(held.texts)
+
+
+def test_grid_parsing_and_checks(tiny_config, tmp_path):
+    assert parse_grid(["lr=1e-4,3e-4", "epochs=2,3", "pooling=mean,cls"]) == \
+        {"lr": [1e-4, 3e-4], "epochs": [2, 3], "pooling": ["mean", "cls"]}
+    with pytest.raises(FusekitError, match="expected KEY=V1,V2"):
+        parse_grid(["lr"])
+    with pytest.raises(FusekitError, match="unknown setting 'learning_rate'"):
+        tune(tiny_config, {"learning_rate": [1e-3]}, tmp_path, 8)
+    with pytest.raises(FusekitError, match="leaves no training example"):
+        tune(replace(tiny_config, task="sst2", max_train=None), {"lr": [1e-3]}, tmp_path / "t", 8)
+
+
+def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny_model, glue_dir):
+    from fusekit.study.run import load_study, plan, run_study
+
+    recipe = {
+        "out": str(tmp_path / "study"), "tasks": ["sst2", "stsb"], "checkpoint_every": 0, "baselines": True,
+        "train": {"model": str(tiny_model), "data": str(glue_dir), "rank": 4, "alpha": 8.0, "lr": 2e-2,
+                  "epochs": 2, "batch_size": 16, "max_length": 32, "device": "cpu", "max_train": 64},
+        "task_settings": {"stsb": {"pair_encoding": "bi", "pooling": "mean"}},
+        "tune": {"grid": {"lr": [1e-6, 2e-2]}, "held_out_examples": 16, "tasks": ["sst2"]},
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_study(path)
+    out = tmp_path / "study"
+    chosen = json.loads((out / "tune" / "sst2-lora" / "tune.json").read_text())["chosen"]
+    trained = yaml.safe_load((out / "train" / "sst2-lora" / "config.yaml").read_text())
+    assert trained["lr"] == chosen["lr"]
+    tuned = yaml.safe_load((out / "recipe.tuned.yaml").read_text())
+    assert tuned["task_settings"]["sst2:lora"] == chosen and "tune" not in tuned
+    stages = {s.name for s in plan(load_study(out / "recipe.tuned.yaml"), "tuned")}
+    assert "train/sst2-lora" in stages and not any(s.startswith("tune/") for s in stages)
+    baseline = json.loads((out / "baseline" / "stsb" / "baseline.json").read_text())
+    assert baseline["head"] == {"pooling": "mean", "pair_encoding": "bi"}
+    assert set(baseline["zero_shot"]) >= {"pearson", "spearman"} and "score" in baseline["head_only"]
+    assert json.loads((out / "baseline" / "sst2" / "baseline.json").read_text())["zero_shot"] is None
+    run_study(path)  # a rerun finds every stage finished
