@@ -112,3 +112,31 @@ def test_length_grouped_batches_cover_every_example_once_and_follow_the_seed():
     ordered = list(LengthGroupedBatches(lengths, 8))
     assert [lengths[i] for b in ordered for i in b] == sorted(lengths)
 
+
+
+def test_a_mean_pooled_run_loads_with_load_adapter_and_matches_plain_peft_by_hand(tiny_config, tmp_path):
+    """The PEFT folder holds the LoRA and head weights; with the documented pooling, plain peft gives the logits
+    that `fusekit.load_adapter` gives."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    import fusekit
+    from fusekit.training.train import train
+
+    out = tmp_path / "sst2-mean"
+    train(replace(tiny_config, task="sst2", pooling="mean", epochs=2, out=str(out)))
+    model, tokenizer = fusekit.load_adapter(out)
+    batch = dict(tokenizer(["good fun film", "the plot was dull and boring"], return_tensors="pt", padding=True))
+    with torch.no_grad():
+        logits = model(batch)
+        plain = PeftModel.from_pretrained(
+            AutoModelForSequenceClassification.from_pretrained(tiny_config.model, num_labels=2), out).eval()
+        hidden = plain.base_model.model.bert(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None]
+        head = load_file(out / "head.safetensors")
+        weight, bias = head["base_model.model.classifier.weight"], head["base_model.model.classifier.bias"]
+        by_hand = ((hidden * mask).sum(1) / mask.sum(1)) @ weight.T + bias
+    assert torch.allclose(logits, by_hand, atol=1e-5)
