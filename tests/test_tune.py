@@ -85,4 +85,9 @@ def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny
     assert baseline["head"] == {"pooling": "mean", "pair_encoding": "bi"}
     assert set(baseline["zero_shot"]) >= {"pearson", "spearman"} and "score" in baseline["head_only"]
     assert json.loads((out / "baseline" / "sst2" / "baseline.json").read_text())["zero_shot"] is None
+    from fusekit.study.report import write_report
+
+    write_report(out)
+    report = (out / "report.md").read_text()
+    assert "| head-only (frozen checkpoint) |" in report and "| zero-shot | – |" in report
     run_study(path)  # a rerun finds every stage finished

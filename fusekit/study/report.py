@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from fusekit.artifacts.atomic import atomic_write_text
-from fusekit.artifacts.layout import (CONFIG, EVAL, MANIFEST, METRICS, REPORT, REPORT_FIGURES, STAGES, STAGING,
+from fusekit.artifacts.layout import (BASELINE, CONFIG, EVAL, MANIFEST, METRICS, REPORT, REPORT_FIGURES, STAGES, STAGING,
                                      STUDY_RECIPE, SWEEP_PLOT, is_checkpoint_dir, joint_plot)
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
@@ -64,8 +64,25 @@ def individual_table(study: Path) -> tuple[str, list[str]]:
             official = get_task(task).metrics
             cells.append("/".join(f"{scores[m]:.3f}" for m in official) if scores else "–")
         rows.append([variant, *cells])
+    rows += baseline_rows(study, tasks)
     header = ["adapter", *(f"{t} ({'/'.join(get_task(t).metrics)})" for t in tasks)]
     return _table(header, rows), tasks
+
+
+def baseline_rows(study: Path, tasks: list[str]) -> list[list[str]]:
+    """Majority class, zero-shot and head-only scores (baseline/<task>/), in the per-task table's format."""
+    found = {t: _json(study / "baseline" / t / BASELINE) for t in tasks}
+    if not any(found.values()):
+        return []
+    rows = []
+    for label, key in (("head-only (frozen checkpoint)", "head_only"), ("zero-shot", "zero_shot"),
+                       ("majority class", "majority")):
+        cells = []
+        for task in tasks:
+            scores = (found[task] or {}).get(key)
+            cells.append("/".join(f"{scores[m]:.3f}" for m in get_task(task).metrics) if scores else "–")
+        rows.append([label, *cells])
+    return rows
 
 
 def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
