@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from fusekit.artifacts.atomic import atomic_write_json
@@ -66,7 +66,7 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
     points = grid_points(grid)
     for number, point in enumerate(points, 1):
         folder = out / point_name(point)
-        run_cfg = from_mapping(TrainConfig, {**_as_dict(cfg), **point, "out": str(folder), "eval_on": "held-out",
+        run_cfg = from_mapping(TrainConfig, {**asdict(cfg), **point, "out": str(folder), "eval_on": "held-out",
                                              "held_out_examples": held_out_examples}, f"tune point {point}")
         console.print(f"tune {cfg.task} [{number}/{len(points)}] {point_name(point)}")
         if not (folder / CONFIG).is_file():
@@ -79,10 +79,6 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
     atomic_write_json(out / TUNE, result)
     console.print(f"tune {cfg.task}: chose {point_name(points[best])} (held-out score {rows[best]['score']:.4f})")
     return result
-
-
-def _as_dict(cfg: TrainConfig) -> dict:
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
 def _train_seconds(folder: Path) -> float | None:
