@@ -116,3 +116,26 @@ def test_max_grad_norm_clips_or_not(tiny_config, tmp_path, monkeypatch, norm, cl
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, n: (calls.append(n), real(p, n))[1])
     train(replace(tiny_config, task="sst2", epochs=1, max_grad_norm=norm, out=str(tmp_path / "run")))
     assert calls == ([0.5] * 12 if clipped else [])
+
+
+def test_head_lr_is_the_head_groups_step_size(tiny_config, tmp_path):
+    """The head trains at head_lr, the adapter at lr: a negligible lr leaves τ at zero while the head moves."""
+    from fusekit.artifacts.run_folder import load_run
+    from fusekit.training.session import TrainingSession
+
+    session = TrainingSession(replace(tiny_config, lr=1e-3, head_lr=5e-2, out=str(tmp_path / "s")))
+    adapter, head = [torch.nn.Parameter(torch.zeros(2))], [torch.nn.Parameter(torch.zeros(3))]
+    session.setup_optimizer(adapter, 10, heads=head)
+    assert [(g["initial_lr"], len(g["params"])) for g in session.optimizer.param_groups] == [(1e-3, 1), (5e-2, 1)]
+
+    out = tmp_path / "frozen-adapter"
+    train(replace(tiny_config, task="sst2", lr=1e-12, head_lr=2e-2, epochs=2, out=str(out)))
+    run = load_run(out)
+    assert max(t.abs().max().item() for t in run.vector.delta.values()) < 1e-6
+    from fusekit.models.base import load_base_model
+    from fusekit.training.session import seed_everything
+
+    seed_everything(tiny_config.seed)  # the head as train() initialises it
+    initial = load_base_model(tiny_config.model, get_task("sst2")).model.classifier.weight
+    trained = next(v for k, v in run.head.weights.items() if k.endswith("classifier.weight"))
+    assert (trained - initial).abs().max() > 1e-2
