@@ -23,7 +23,7 @@ def test_recipes_are_shipped():
 def test_shipped_recipe_is_valid(recipe):
     """Study recipes (a `train` section) plan every stage; the others are `fusekit train` recipes."""
     if "train" in yaml.safe_load(recipe.read_text()):
-        assert {s.kind for s in plan(load_study(recipe), str(recipe))} == {"train", "merge", "joint"}
+        assert {s.kind for s in plan(load_study(recipe), str(recipe))} >= {"train", "merge", "joint"}
     else:
         assert load_recipe(recipe, TrainConfig).task
 
