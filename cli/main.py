@@ -77,6 +77,12 @@ def _overrides(cls: type, settings: dict) -> dict:
             for k, v in settings.items()}
 
 
+def _train_config(recipe: Optional[Path], settings: dict) -> TrainConfig:
+    """The recipe's TrainConfig (or the defaults) with the flags given on the command line applied."""
+    base = load_recipe(recipe, TrainConfig) if recipe else TrainConfig()
+    return with_overrides(base, _overrides(TrainConfig, settings))
+
+
 @app.command()
 @config_flags(TrainConfig)
 @one_line_errors
@@ -93,8 +99,7 @@ def train(
     """
     from fusekit.training.train import train as run_training
 
-    base = load_recipe(recipe, TrainConfig) if recipe else TrainConfig()
-    run_training(with_overrides(base, _overrides(TrainConfig, settings)), overwrite=overwrite)
+    run_training(_train_config(recipe, settings), overwrite=overwrite)
 
 
 @app.command()
@@ -115,8 +120,7 @@ def tune(
     """
     from fusekit.training.tune import parse_grid, tune as run_tune
 
-    cfg = with_overrides(load_recipe(recipe, TrainConfig) if recipe else TrainConfig(),
-                         _overrides(TrainConfig, settings))
+    cfg = _train_config(recipe, settings)
     if not grid:
         raise FusekitError("no --grid given: expected at least one --grid KEY=V1,V2,... such as --grid lr=1e-4,3e-4")
     run_tune(cfg, parse_grid(grid), Path(cfg.out or f"runs/tune-{cfg.task}-{cfg.adapter}"), cfg.held_out_examples)
@@ -137,8 +141,7 @@ def baseline(
     """
     from fusekit.evaluation.baselines import run_baselines
 
-    cfg = with_overrides(load_recipe(recipe, TrainConfig) if recipe else TrainConfig(),
-                         _overrides(TrainConfig, settings))
+    cfg = _train_config(recipe, settings)
     run_baselines(cfg, Path(cfg.out or f"runs/baseline-{cfg.task}.json"))
 
 

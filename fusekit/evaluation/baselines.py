@@ -24,6 +24,7 @@ from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.config import TrainConfig
 from fusekit.data.loading import EncodedSplit, Split, load_split, make_loader
 from fusekit.data.tasks import TaskSpec, get_task
+from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import task_loss
 from fusekit.evaluation.metrics import compute_metrics, predictions
 from fusekit.models.base import BaseModel, load_base_model
@@ -107,7 +108,7 @@ def head_only(base: BaseModel, task: TaskSpec, train: Split, dev: Split, max_len
 
 def _head(base: BaseModel) -> nn.Module:
     if len(base.head_modules) != 1:
-        raise ValueError(f"expected one head module, found {base.head_modules}")
+        raise FusekitError(f"head-only baseline: expected one head module, found {base.head_modules}")
     return base.model.get_submodule(base.head_modules[0])
 
 

@@ -128,7 +128,7 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
     if study.baselines:
         first = next(iter(study.adapters))
         for task in tasks:
-            keys = {**_train_keys(study, task, first, study.seeds[0], source), "out": None}
+            keys = {**_train_keys(study, task, first, study.seeds[0]), "out": None}
             stages.append(Stage(f"baseline/{task}", "baseline", from_mapping(TrainConfig, keys, f"{source}: baseline")))
     for seed in study.seeds:
         tag = f"-seed{seed}" if multi_seed else ""
@@ -136,7 +136,7 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
         for variant in study.adapters:
             for task in tasks:
                 name = f"train/{task}-{variant}{tag}"
-                keys = {**_train_keys(study, task, variant, seed, source), "out": str(Path(study.out) / name)}
+                keys = {**_train_keys(study, task, variant, seed), "out": str(Path(study.out) / name)}
                 stages.append(Stage(name, "train", from_mapping(TrainConfig, keys, f"{source}: {name}")))
                 runs.setdefault(variant, []).append(keys["out"])
         if study.merge is not None:
@@ -148,9 +148,13 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
     return stages
 
 
-def _train_keys(study: StudyConfig, task: str, variant: str, seed: int, source: str) -> dict:
-    """A train stage's keys: train < variant < task < task:variant < what a finished tune chose."""
-    chosen = chosen_settings(Path(study.out) / "tune" / f"{task}-{variant}") or {}
+def _tune_folder(study: StudyConfig, task: str, variant: str) -> Path:
+    return Path(study.out) / "tune" / f"{task}-{variant}"
+
+
+def _train_keys(study: StudyConfig, task: str, variant: str, seed: int, tuned: bool = True) -> dict:
+    """A train stage's keys: train < variant < task < task:variant < what a finished tune chose (if `tuned`)."""
+    chosen = (chosen_settings(_tune_folder(study, task, variant)) if tuned else None) or {}
     return {**study.train, **study.adapters[variant], **study.task_settings.get(task, {}),
             **study.task_settings.get(f"{task}:{variant}", {}), **chosen,
             "task": task, "seed": seed, "checkpoint_every": study.checkpoint_every}
@@ -165,10 +169,9 @@ def _tune_stages(tune: TuneSettings, study: StudyConfig, tasks: list[str], sourc
         for task in tune.tasks or tasks:
             if task not in tasks:
                 raise FusekitError(f"{source}: tune.tasks: {task!r} is not one of the study's tasks")
-            name = f"tune/{task}-{variant}"
-            keys = {**study.train, **study.adapters[variant], **study.task_settings.get(task, {}),
-                    **study.task_settings.get(f"{task}:{variant}", {}), "task": task, "seed": study.seeds[0],
-                    "checkpoint_every": study.checkpoint_every, "out": str(Path(study.out) / name)}
+            folder = _tune_folder(study, task, variant)
+            name = str(folder.relative_to(study.out))
+            keys = {**_train_keys(study, task, variant, study.seeds[0], tuned=False), "out": str(folder)}
             config = from_mapping(TrainConfig, keys, f"{source}: {name}")
             stages.append(Stage(name, "tune", TuneJob(config, variant, tune.grid, tune.held_out_examples)))
     return stages
