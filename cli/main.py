@@ -227,10 +227,15 @@ def joint(
 
     Example: fusekit joint --tasks sst2,rte,mrpc,cola,stsb --balancer coba --data ../shared/glue
     """
+    from fusekit.artifacts.layout import BALANCER_PLOT, METRICS
+    from fusekit.study.plots import plot_joint
     from fusekit.training.joint import train_joint
 
     base = load_recipe(recipe, JointConfig) if recipe else JointConfig()
-    train_joint(with_overrides(base, _overrides(JointConfig, settings)), overwrite=overwrite)
+    cfg = with_overrides(base, _overrides(JointConfig, settings))
+    results = train_joint(cfg, overwrite=overwrite)
+    out = cfg.output_dir()
+    plot_joint(out / METRICS, list(results), out / BALANCER_PLOT)
 
 
 @app.command("run")

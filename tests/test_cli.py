@@ -150,3 +150,12 @@ def test_l_lora_from_the_cli_and_its_nonlinear_score(tiny_model, glue_dir, tmp_p
 def test_bad_linearization_options(tiny_model, glue_dir, tmp_path, args, pattern):
     result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--out", tmp_path / "x", *args)
     assert_one_line_error(result, pattern)
+
+
+def test_joint_from_the_cli_draws_the_balancer_weights(tiny_model, glue_dir, tmp_path):
+    out = tmp_path / "joint"
+    result = invoke("joint", *common(tiny_model, glue_dir), "--tasks", "sst2,stsb", "--balancer", "coba",
+                    "--coba-warmup", "2", "--coba-window", "3", "--max-train", "16", "--validation-examples", "8",
+                    "--epochs", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "weights.png").stat().st_size > 0 and (out / "manifest.json").is_file()

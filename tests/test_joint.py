@@ -49,7 +49,7 @@ def test_a_short_joint_run_lowers_every_task_loss(joint_config, tmp_path, balanc
         assert np.abs(weights[-1] - uniform_z[-1]).max() > 1e-3  # the post-step losses moved ξ
     assert set(results) == {"sst2", "cola", "stsb"}
     assert {p.name for p in (out / "peft").iterdir()} == {"sst2", "cola", "stsb"}
-    assert (out / "weights.png").stat().st_size > 0 and (out / "manifest.json").is_file()
+    assert (out / "manifest.json").is_file()
 
 
 def test_coba_joint_run_is_scored_by_fusekit_eval(joint_config, sst2_run, tmp_path, tiny_config):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fusekit.artifacts.layout import BALANCER_PLOT, CONFIG, METRICS
+from fusekit.artifacts.layout import CONFIG
 from fusekit.artifacts.merged_folder import write_multitask
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
 from fusekit.artifacts.task_vector import TaskVector
@@ -28,7 +28,6 @@ from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.heads import TaskHead
 from fusekit.models.base import load_base_model
 from fusekit.progress import console
-from fusekit.study.plots import plot_joint
 from fusekit.training.balancers import make_balancer
 from fusekit.training.session import TrainingSession, seed_everything
 
@@ -176,7 +175,6 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         (stage / CONFIG).write_text(to_yaml(cfg))
         for name, metrics in results.items():
             record_eval(stage, name, metrics)
-        plot_joint(stage / METRICS, [t.name for t in tasks], stage / BALANCER_PLOT)
     console.print(f"wrote {session.out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
     return results
 
