@@ -84,14 +84,16 @@ class JointConfig(TrainConfig):
     temperature: float = setting(0.5, "sampling temperature T (p_i ∝ n_i^T)")
     gamma: float = setting(0.5, "power-mean exponent γ")
     gradnorm_alpha: float = setting(1.5, "GradNorm: asymmetry α")
-    coba_interval: int = setting(1, "CoBa: optimizer steps between validation batches")
-    coba_warmup: int = setting(100, "CoBa: steps of uniform weights")
-    coba_window: int = setting(200, "CoBa: points in the slope fit")
+    coba_interval: int | None = setting(None, "CoBa: optimizer steps between validations of the fixed held-out "
+                                              "sample (default: 1/100 of the run)")
+    coba_warmup: int | None = setting(None, "CoBa: steps of uniform weights (default: 10% of the run)")
+    coba_window: int | None = setting(None, "CoBa: points in each slope fit (default: a fifth of the "
+                                            "validations, at least 5)")
     famo_lr: float = setting(0.025, "FAMO: Adam learning rate of the task logits ξ")
     famo_gamma: float = setting(0.001, "FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward "
                                        "uniform)")
-    validation_examples: int = setting(200, "CoBa's held-out set, carved from training examples the run does not "
-                                            "use")
+    validation_examples: int = setting(200, "CoBa's fixed held-out sample per task, carved from training "
+                                            "examples the run does not use")
     references: list[str] | None = setting(None, "individual run folders, one per task, for normalized scores")
 
     def output_dir(self) -> Path:

@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from fusekit.training.balancers import make_balancer
-from fusekit.training.balancers.coba import CoBa, coba_weights, slope
+from fusekit.study.diagnostics import noise_fraction
+from fusekit.training.balancers.coba import CoBa, coba_schedule, coba_weights, slope
 from fusekit.training.balancers.famo import FAMO, logit_gradient
 from fusekit.training.balancers.gradients import GradNormalize, PCGrad, pcgrad
 from fusekit.training.balancers.weighting import PowerMean, Uncertainty
@@ -48,6 +50,56 @@ def test_coba_lowers_the_weight_of_a_diverging_task():
     assert coba.weights.sum().item() == pytest.approx(3.0)
     assert coba.weights[2] < 1.0 and coba.weights[2] < coba.weights[0] and coba.weights[2] < coba.weights[1]
     assert coba.weights.min() >= 3 * 0.9 / 30  # the floor keeps every task in play
+
+
+def test_coba_schedule_scales_with_the_run(capsys):
+    assert coba_schedule(300) == (3, 30, 20)  # ~100 validations, 10% warm-up, a fifth of them per fit
+    assert coba_schedule(50) == (1, 5, 10)
+    assert coba_schedule(300, interval=1, warmup=0, window=7) == (1, 0, 7)
+    CoBa.for_run(2, 300, None, None, None)
+    assert capsys.readouterr().err == ""
+    CoBa.for_run(2, 50, 1, 10, 30)  # 40 slopes: fewer than two windows of points
+    assert "warning: CoBa fits 40 slopes" in capsys.readouterr().err
+
+
+def synthetic_coba(estimate: str, rise_at: int | None = None, steps: int = 300) -> np.ndarray:
+    """CoBa's weights (steps × 2) when task 0 converges fast and task 1 slowly (exponential decay of 2,000 examples'
+    losses), each validation scored on a fixed 200-example sample or on a fresh 8-example mini-batch; from
+    `rise_at` on, task 1 overfits (its loss rises linearly)."""
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.rand(2, 2000, generator=generator) * 2
+    rates = torch.tensor([[0.01], [0.002]])
+    coba, weights = CoBa(2, interval=1, warmup=30, window=60), []
+    for step in range(steps + 1):
+        true = spread * torch.exp(-rates * step)
+        if rise_at is not None and step > rise_at:
+            true[1] = spread[1] * math.exp(-0.002 * rise_at) * (1 + 0.004 * (step - rise_at))
+        picked = torch.arange(200) if estimate == "fixed" else torch.randint(2000, (8,), generator=generator)
+        losses = true[:, picked].mean(dim=1)
+        if step == 0:
+            coba.start(losses)
+        else:
+            coba.observe(step, losses)
+            weights.append(coba.weights.clone())
+    return torch.stack(weights).numpy()
+
+
+def test_weights_from_a_fixed_sample_follow_convergence_not_sampling_noise():
+    fixed, batch = synthetic_coba("fixed")[30:], synthetic_coba("batch")[30:]
+    assert noise_fraction(fixed) < 0.05 * noise_fraction(batch)
+    assert np.all(fixed[:, 1] > fixed[:, 0])  # the slower task weighs more at every step after the warm-up
+
+
+def test_an_overfitting_task_is_turned_down_and_stays_down():
+    weights = synthetic_coba("fixed", rise_at=150)
+    assert weights[140, 1] > 1.0  # converging slowly: more weight
+    assert np.all(weights[185:, 1] < 0.6)  # rising loss: down within a third of the window, and it stays down
+
+
+def test_noise_fraction_by_hand():
+    assert noise_fraction(np.array([[1.0], [3.0], [1.0], [3.0]])) == pytest.approx((32 / 9) / 2)  # Var Δ / 2 Var
+    assert noise_fraction(np.arange(10.0)[:, None]) == pytest.approx(0.0)  # a trend has no noise
+    assert noise_fraction(np.ones((5, 2))) is None
 
 
 def test_coba_is_uniform_during_warmup():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def _pyplot():
     import matplotlib
@@ -40,24 +42,46 @@ def plot_sweeps(sweeps: dict[tuple[str, str], list[dict]], out: Path) -> None:
     plt.close(figure)
 
 
-def plot_joint(metrics: Path, tasks: list[str], out: Path) -> None:
-    """Balancer weights ω_i(t) and, where logged, each task's validation loss over training."""
-    plt = _pyplot()
+def plot_joint(metrics: Path, tasks: list[str], out: Path) -> float | None:
+    """Each task's loss and balancer weight over a joint run; returns the weights' noise fraction (None: constant).
 
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    steps = [r for r in records if "weights" in r]
-    validation = [r for r in records if "validation_losses" in r]
-    figure, axes = plt.subplots(1, 2 if validation else 1, figsize=(11 if validation else 6, 4), squeeze=False)
+    Left: the validation losses the balancer saw (the fixed held-out sample), or for balancers without validation
+    the training mini-batch losses with their moving average; log scale when the tasks' losses differ tenfold.
+    Right: the weights ω_i, titled with the share of their movement that is step-to-step noise.
+    """
+    from fusekit.study.diagnostics import balancer_curves, noise_fraction, weight_updates
+
+    plt = _pyplot()
+    steps, weights, val_steps, val = balancer_curves(metrics)
+    noise = noise_fraction(weight_updates(steps, weights, val_steps))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    if len(val):
+        for i, task in enumerate(tasks):
+            axes[0].plot(val_steps, val[:, i], marker=".", label=task)
+        axes[0].set(title="validation loss (fixed held-out sample)", ylabel="mean loss")
+        values = val
+    else:
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = [r for r in records if "losses" in r]
+        losses = np.array([r["losses"] for r in rows])
+        span = max(1, len(rows) // 20)
+        for i, task in enumerate(tasks):
+            line, = axes[0].plot([r["step"] for r in rows], losses[:, i], alpha=0.25)
+            smooth = np.convolve(losses[:, i], np.ones(span) / span, mode="valid")
+            axes[0].plot([r["step"] for r in rows][span - 1:], smooth, color=line.get_color(), label=task)
+        axes[0].set(title=f"training batch loss (faint) and its {span}-step mean", ylabel="loss")
+        values = losses
+    positive = values[values > 0]
+    if len(positive) and positive.max() / positive.min() > 10:
+        axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].legend(fontsize=8, loc="best")
     for i, task in enumerate(tasks):
-        axes[0][0].plot([r["step"] for r in steps], [r["weights"][i] for r in steps], label=task)
-        if validation:
-            axes[0][1].plot([r["step"] for r in validation], [r["validation_losses"][i] for r in validation],
-                            label=task)
-    axes[0][0].set(title="task weights ω_i", xlabel="step")
-    axes[0][0].legend()
-    if validation:
-        axes[0][1].set(title="validation loss (held-out training examples)", xlabel="step")
-        axes[0][1].legend()
+        axes[1].plot(steps, weights[:, i], label=task)
+    moved = "weights never moved" if noise is None else f"noise fraction {noise:.2f}"
+    axes[1].set(title=f"task weights ω_i ({moved})", xlabel="step", ylabel="ω_i (Σ ω = K)")
+    axes[1].legend(fontsize=8, loc="best")
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
+    return noise

@@ -171,8 +171,11 @@ def write_report(study: Path) -> Path:
     for name, manifest, _ in joint:
         metrics = study / "joint" / name / METRICS
         png = figures / joint_plot(name)
-        plot_joint(metrics, [item["task"] for item in manifest["inputs"]], png)
-        parts += [f"### Balancer weights and validation losses: {name}", "", f"![{name}]({REPORT_FIGURES}/{png.name})", ""]
+        noise = plot_joint(metrics, [item["task"] for item in manifest["inputs"]], png)
+        moved = ("the weights never moved" if noise is None else
+                 f"step-to-step noise is {noise:.0%} of the weights' movement (0%: a smooth trend, ~100%: white noise)")
+        parts += [f"### Losses and balancer weights: {name}", "", f"{moved}.", "",
+                  f"![{name}]({REPORT_FIGURES}/{png.name})", ""]
     parts += ["## Stages: wall time and peak memory", "", stage_table(study), ""]
     path = study / REPORT
     atomic_write_text(path, "\n".join(parts))

@@ -80,31 +80,29 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     for task in tasks[1:]:  # each head initialised as the model class initialises it for that task
         other = build_adapted_model(load_base_model(cfg.model, task, cfg.pooling), spec)
         heads[task.name] = {k: torch.nn.Parameter(v.to(device)) for k, v in other.head_state().items()}
+    shares = task_shares([len(train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
+    sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
+    total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
     options = {"priors": [prior_loss(train[t.name]) for t in tasks], "gamma": cfg.gamma, "alpha": cfg.gradnorm_alpha,
-               "seed": cfg.seed, "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup,
-               "coba_window": cfg.coba_window, "famo_lr": cfg.famo_lr, "famo_gamma": cfg.famo_gamma}
+               "seed": cfg.seed, "total_steps": total, "coba_interval": cfg.coba_interval,
+               "coba_warmup": cfg.coba_warmup, "coba_window": cfg.coba_window, "famo_lr": cfg.famo_lr,
+               "famo_gamma": cfg.famo_gamma}
     balancer = make_balancer(cfg.balancer, len(tasks), options)
     balancer.across_processes = procs.sum
     seed_everything(cfg.seed)
 
-    shares = task_shares([len(train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
-    sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
     encoded = {t.name: EncodedSplit(train[t.name], base.tokenizer, cfg.max_length) for t in tasks}
     loaders = {t.name: ResumableLoader(make_loader(encoded[t.name], b, True, cfg.seed + i))
                for i, (t, b) in enumerate(zip(tasks, sizes))}
     validation = {t.name: EncodedSplit(held[t.name], base.tokenizer, cfg.max_length) for t in tasks}
-    val_loaders = {t.name: ResumableLoader(make_loader(validation[t.name], cfg.batch_size, False)) for t in tasks}
     batches = {name: loader.forever() for name, loader in loaders.items()}
-    val_batches = {name: loader.forever() for name, loader in val_loaders.items()}
     shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
     head_params = [p for head in heads.values() for p in head.values()]
-    total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
     # clipping acts on the combined gradient: tasks share one norm budget
     session.setup_optimizer(shared + balancer.parameters(), total, clipped=shared + head_params, heads=head_params)
     session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
                    **{f"head/{n}/{k}": p for n, head in heads.items() for k, p in head.items()}},
-                  {**{f"train/{n}": x for n, x in loaders.items()},
-                   **{f"validation/{n}": x for n, x in val_loaders.items()}}, balancer)
+                  {f"train/{n}": x for n, x in loaders.items()}, balancer)
     session.announce(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
                      f"batch per task {sizes} · {total} steps on {device}")
 
@@ -120,12 +118,16 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             values.append(procs.global_mean(loss, weight))
         return torch.stack(values)
 
+    def validation_losses() -> torch.Tensor:
+        """Each task's mean loss on its whole fixed held-out sample: it changes only when the model does."""
+        return torch.tensor([evaluate(WithHead(model, heads[t.name]), validation[t.name], t, device,
+                                      cfg.eval_batch_size)["loss"] for t in tasks])
+
     done = session.resume()
     with session.writing() as stage:
         bar, log = session.bar, session.log
         if balancer.validation_interval and not session.resumed:
-            start = torch.tensor([evaluate(WithHead(model, heads[t.name]), validation[t.name], t, device)["loss"]
-                                  for t in tasks])  # ℓ_i(0), the full held-out loss before training
+            start = validation_losses()  # ℓ_i(0), before training
             balancer.start(start)
             log.write({"step": 0, "validation_losses": start.tolist()})
         job = bar.add_task("joint", total=total, completed=done, status="")
@@ -144,10 +146,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             del step_batches
             record = {"step": step, "losses": losses.detach().tolist(), "weights": weights.tolist()}
             if balancer.validation_interval and step % balancer.validation_interval == 0:
-                model.eval()
-                with torch.no_grad():
-                    val = losses_of(draw(val_batches, tasks), tasks)
-                balancer.observe(step, val.cpu())
+                val = validation_losses()
+                balancer.observe(step, val)
                 record["validation_losses"] = val.tolist()
             log.write({**record, "seconds": time.perf_counter() - began})
             bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")

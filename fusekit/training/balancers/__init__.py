@@ -9,10 +9,11 @@ from fusekit.training.balancers.famo import FAMO
 from fusekit.training.balancers.gradients import GradNorm, GradNormalize, PCGrad
 from fusekit.training.balancers.weighting import InitNorm, PowerMean, PriorNorm, RealTime, Uncertainty, Uniform
 
-# name → builder(num_tasks, options); options carry priors, gamma, alpha, seed, the CoBa and the FAMO settings
+# name → builder(num_tasks, options); options carry priors, gamma, alpha, seed, total_steps, the CoBa and the FAMO
+# settings
 BALANCERS = {
     "uniform": lambda k, o: Uniform(k),
-    "coba": lambda k, o: CoBa(k, o["coba_interval"], o["coba_warmup"], o["coba_window"]),
+    "coba": lambda k, o: CoBa.for_run(k, o["total_steps"], o["coba_interval"], o["coba_warmup"], o["coba_window"]),
     "init-norm": lambda k, o: InitNorm(k),
     "prior-norm": lambda k, o: PriorNorm(k, o["priors"]),
     "realtime": lambda k, o: RealTime(k),

@@ -1,7 +1,9 @@
 """CoBa, the Convergence Balancer (Gong et al., EMNLP 2024).
 
-Weights follow the slopes of each task's normalised validation loss ℓ̃_i(t) = ℓ_i(t)/ℓ_i(0), one validation
-mini-batch per task after every `interval` optimizer steps (ℓ_i(0): the full held-out loss before training).
+Weights follow the slopes of each task's normalised validation loss ℓ̃_i(t) = ℓ_i(t)/ℓ_i(0), measured after
+every `interval` optimizer steps on the same fixed held-out sample as ℓ_i(0). The paper's code scores a fresh
+validation mini-batch each time; on small models its sampling noise dwarfs the slopes (STS-B's MSE moved 1 → 12
+from one step to the next) and the weights become noise, so fusekit scores the model, not the sample.
 After `warmup` steps of uniform weights, with the last `window` points:
 
     α_i(t)  least-squares slope of ℓ̃_i;  α_max(t) slope of max_i ℓ̃_i
@@ -21,8 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from fusekit.config import JointConfig
+from fusekit.progress import console
 from fusekit.training.balancers.base import Balancer
+
+OBSERVATIONS = 100  # validations per run when the interval is not given: the cost is ~100 × K × sample forwards
+WARMUP_SHARE = 0.1  # of the run's steps, uniform weights while the first slopes would rest on too few points
+WINDOW_SHARE = 0.2  # of the observations, the points of each slope fit
 
 
 def slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -45,11 +51,23 @@ def coba_weights(alpha: torch.Tensor, alpha_history: torch.Tensor, alpha_max_his
     return weights, {"rcs": rcs, "acs": acs, "df": df}
 
 
+def coba_schedule(total_steps: int, interval: int | None = None, warmup: int | None = None,
+                  window: int | None = None) -> tuple[int, int, int]:
+    """(interval, warm-up steps, window points), each given one kept, the others scaled to the run's length.
+
+    The paper's 200-point window after 100 warm-up steps fits runs of thousands of steps; a 300-step run needs
+    the same proportions, not the same numbers.
+    """
+    interval = interval or max(1, round(total_steps / OBSERVATIONS))
+    warmup = round(WARMUP_SHARE * total_steps) if warmup is None else warmup
+    window = window or max(5, round(WINDOW_SHARE * total_steps / interval))
+    return interval, warmup, window
+
+
 class CoBa(Balancer):
     name = "coba"
 
-    def __init__(self, num_tasks: int, interval: int = JointConfig.coba_interval, warmup: int = JointConfig.coba_warmup,
-                 window: int = JointConfig.coba_window, tau: float = 5.0):
+    def __init__(self, num_tasks: int, interval: int = 1, warmup: int = 100, window: int = 200, tau: float = 5.0):
         super().__init__(num_tasks)
         self.validation_interval, self.warmup, self.window, self.tau = interval, warmup, window, tau
         self.initial: torch.Tensor | None = None
@@ -58,6 +76,18 @@ class CoBa(Balancer):
         self.alpha_history: list[torch.Tensor] = []
         self.alpha_max_history: list[torch.Tensor] = []
         self.weights = torch.ones(num_tasks)
+
+    @classmethod
+    def for_run(cls, num_tasks: int, total_steps: int, interval: int | None, warmup: int | None,
+                window: int | None) -> CoBa:
+        """CoBa with `coba_schedule`'s settings; warns when the run is too short for its slopes to say much."""
+        interval, warmup, window = coba_schedule(total_steps, interval, warmup, window)
+        fits = max(0, (total_steps - warmup) // interval)
+        if fits < 2 * window:
+            console.print(f"warning: CoBa fits {fits} slopes of {window} points after a {warmup}-step warm-up "
+                          f"in a {total_steps}-step run: too short for its weights to follow convergence "
+                          "(they stay near uniform or follow noise)")
+        return cls(num_tasks, interval, warmup, window)
 
     def start(self, validation_losses: torch.Tensor) -> None:
         self.initial = validation_losses.detach().cpu().clamp(min=1e-8)
