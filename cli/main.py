@@ -5,36 +5,101 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import sys
 import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from fusekit.config import JointConfig, TrainConfig, load_recipe, with_overrides
 from fusekit.errors import FusekitError
 from fusekit.merging.params import DENSITY, DROP_RATE, LAMBDA
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+DEBUG = "FUSEKIT_DEBUG"  # set to 1 (or pass --debug) to see the traceback of an unexpected error
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# click's error base class, wherever this typer takes click from (its own vendored copy in recent releases)
+CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a flag that does not parse, an unknown option) as one `error:` line and exit code 1, like
+    every other error, instead of click's framed usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except CLICK_ERROR as error:
+            typer.echo(f"error: {_one_line(error.format_message())}", err=True)
+            code = 1
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-task adaptation of pretrained transformers by adapter fusion.")
 
 
 def one_line_errors(command):
-    """Turn a FusekitError into `error: <message>` on stderr and exit code 1 (never a traceback)."""
+    """Every failure as one `error:` line on stderr and exit code 1, never a traceback: a FusekitError says what
+    was wrong with the input; a file system error names the file; anything else says what fusekit was doing
+    (`--debug` or FUSEKIT_DEBUG=1 re-raises it with its traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        doing = f"fusekit {command.__name__.replace('_', ' ').removesuffix(' recipe')}"
         try:
             return command(*args, **kwargs)
         except FusekitError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from None
+            message = str(error)
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing was written", err=True)
             raise typer.Exit(130) from None
+        except OSError as error:
+            if os.environ.get(DEBUG) == "1":
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            message = f"{doing} could not use{where}: {error.strerror or error}"
+        except Exception as error:  # noqa: BLE001 — the last line of defence between a bug and the user
+            if os.environ.get(DEBUG) == "1":
+                raise
+            message = (f"{doing} failed unexpectedly: {type(error).__name__}: {error} (rerun with --debug for the "
+                       "traceback, and please report it)")
+        typer.echo(f"error: {_one_line(message)}", err=True)
+        raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fusekit {version('fusekit')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[bool, Opt("--version", callback=_version, is_eager=True, help="print the version and exit")]
+    = False,
+    debug: Annotated[bool, Opt(help=f"show the traceback of an unexpected error (also {DEBUG}=1)")] = False,
+) -> None:
+    """Multi-task adaptation of pretrained transformers by adapter fusion."""
+    if debug:
+        os.environ[DEBUG] = "1"
 
 
 Opt = typer.Option

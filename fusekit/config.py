@@ -5,61 +5,146 @@ Recipes are data: a YAML mapping whose keys are the dataclass fields; CLI flags 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
+import math
+import re
+import reprlib
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from fusekit.artifacts.reading import read_yaml
 from fusekit.data.tasks import DEFAULT_HUB_DATASET
 from fusekit.errors import FusekitError
 
 
-def setting(default, help: str):
-    """A config field with its help text (peft's style), which the CLI shows as the flag's help."""
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Allowed:
+    """What values a setting accepts beyond its type: bounds (open or closed) and named choices. Floats must be
+    finite. `choices` may be a callable, so that a registry owned elsewhere stays the one list (read lazily)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
+    unique: bool = False  # a list without repeats (seeds, methods: a repeat would plan the same stage twice)
+    path_safe: bool = False  # a name that becomes one folder name: no separators, no '..'
+
+    def problem(self, value: object) -> str | None:
+        """None when `value` is allowed, else what is expected ("a finite number > 0")."""
+        if isinstance(value, list):
+            if self.unique and len({repr(v) for v in value}) < len(value):
+                return "a list without repeats"
+            return next((p for p in map(self.problem, value) if p), None)
+        if self.path_safe and isinstance(value, str) and not SAFE_NAME.fullmatch(value):
+            return "a name of letters, digits, '.', '_' and '-' that does not start with '.' or '-'"
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return self.describe()
+        if isinstance(value, (int, float)):
+            below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+            above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+            return self.describe(isinstance(value, int)) if below or above else None
+        if isinstance(value, str) and self.choices is not None:
+            names = tuple(self.choices() if callable(self.choices) else self.choices)
+            return None if value in names else f"one of {', '.join(names)}"
+        return None
+
+    def describe(self, integer: bool = False) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '≥'} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '≤'} {self.high:g}")
+        return ("an integer" if integer else "a finite number") + (" " + " and ".join(parts) if parts else "")
+
+
+POSITIVE = Allowed(low=0, low_open=True)
+AT_LEAST_ONE = Allowed(low=1)
+NON_NEGATIVE = Allowed(low=0)
+FRACTION = Allowed(low=0, high=1, high_open=True)  # [0, 1)
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def setting(default, help: str, allowed: Allowed | None = None):
+    """A config field with its help text (peft's style), which the CLI shows as the flag's help, and what values
+    it accepts, which every recipe, flag and stored config is checked against before any work starts."""
+    metadata = {"help": help, "allowed": allowed}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def short(value: object, limit: int = 60) -> str:
+    """A value's repr cut to `limit` characters, so that an error line stays one short line whatever the input."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = limit
+    shortener.maxlist, shortener.maxdict, shortener.maxlevel = 6, 4, 2
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def registry(module: str, name: str) -> Callable[[], Iterable[str]]:
+    """The names of a registry owned by `module`, read when a value is checked (not at import: no torch here)."""
+    return lambda: importlib.import_module(module).__dict__[name]
 
 
 @dataclass
 class TrainConfig:
     """One adapter finetuned on one task (`fusekit train`)."""
 
-    task: str = setting("sst2", "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli")
-    adapter: str = setting("lora", "lora or l-lora")
+    task: str = setting("sst2", "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli",
+                         Allowed(choices=registry("fusekit.data.tasks", "TASKS")))
+    adapter: str = setting("lora", "lora or l-lora",
+                           Allowed(choices=registry("fusekit.models.adapters", "ADAPTER_KINDS")))
     model: str | None = setting(None, "model folder or hub id (default: the embedded all-MiniLM-L6-v2)")
     data: str = setting(DEFAULT_HUB_DATASET, "GLUE-layout folder or hub dataset id")
     out: str | None = setting(None, "run folder (default runs/<task>-<adapter>)")
-    rank: int = setting(8, "LoRA rank r")
-    alpha: float = setting(16.0, "LoRA alpha (scale s = alpha / r)")
-    dropout: float = setting(0.0, "LoRA dropout")
+    rank: int = setting(8, "LoRA rank r", AT_LEAST_ONE)
+    alpha: float = setting(16.0, "LoRA alpha (scale s = alpha / r)", POSITIVE)
+    dropout: float = setting(0.0, "LoRA dropout", FRACTION)
     target_modules: list[str] | None = setting(None, "comma-separated module names to adapt (default: the model's)")
-    init_seed: int = setting(0, "seed of φ0, shared by tasks to be merged")
-    lora_init: str = setting("default", "default (B0 = 0) or nonzero (random B0, W0 compensated)")
-    linearize: str | None = setting(None, "L-LoRA scope: module (default for l-lora) or network")
+    init_seed: int = setting(0, "seed of φ0, shared by tasks to be merged", NON_NEGATIVE)
+    lora_init: str = setting("default", "default (B0 = 0) or nonzero (random B0, W0 compensated)",
+                              Allowed(choices=registry("fusekit.models.adapters", "LORA_INITS")))
+    linearize: str | None = setting(None, "L-LoRA scope: module (default for l-lora) or network",
+                                    Allowed(choices=registry("fusekit.models.adapters", "LINEARIZE_SCOPES")))
     pooling: str = setting("auto", "how a sentence becomes one vector: auto (the checkpoint's own, from a "
-                                   "sentence-transformers 1_Pooling/config.json; else cls), cls, mean or max")
+                                   "sentence-transformers 1_Pooling/config.json; else cls), cls, mean or max",
+                           Allowed(choices=registry("fusekit.models.heads", "POOLINGS")))
     pair_encoding: str = setting("cross", "sentence pairs: cross (one input) or bi (each sentence apart; a "
-                                          "Sentence-BERT head over u, v, |u-v|, u*v, or a scaled cosine for STS-B)")
-    lr: float = setting(5e-4, "peak learning rate of the adapter (AdamW, linear decay)")
-    head_lr: float | None = setting(None, "peak learning rate of the task head (default: lr)")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
-    warmup_ratio: float = setting(0.06, "fraction of the steps spent warming the learning rate up")
-    max_grad_norm: float = setting(1.0, "gradient-norm clipping (0: none)")
-    epochs: int = setting(3, "passes over the training examples")
-    batch_size: int = setting(32, "training examples per step")
-    eval_batch_size: int = setting(128, "examples per evaluation batch")
-    max_length: int = setting(128, "tokens per example (truncation)")
-    max_train: int | None = setting(None, "cap on training examples (seeded subset)")
-    max_eval: int | None = setting(None, "cap on validation examples")
+                                          "Sentence-BERT head over u, v, |u-v|, u*v, or a scaled cosine for STS-B)",
+                                 Allowed(choices=registry("fusekit.models.heads", "PAIR_ENCODINGS")))
+    lr: float = setting(5e-4, "peak learning rate of the adapter (AdamW, linear decay)", POSITIVE)
+    head_lr: float | None = setting(None, "peak learning rate of the task head (default: lr)", POSITIVE)
+    weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
+    warmup_ratio: float = setting(0.06, "fraction of the steps spent warming the learning rate up", FRACTION)
+    max_grad_norm: float = setting(1.0, "gradient-norm clipping (0: none)", NON_NEGATIVE)
+    epochs: int = setting(3, "passes over the training examples", AT_LEAST_ONE)
+    batch_size: int = setting(32, "training examples per step", AT_LEAST_ONE)
+    eval_batch_size: int = setting(128, "examples per evaluation batch", AT_LEAST_ONE)
+    max_length: int = setting(128, "tokens per example (truncation)", Allowed(low=4))
+    max_train: int | None = setting(None, "cap on training examples (seeded subset)", AT_LEAST_ONE)
+    max_eval: int | None = setting(None, "cap on validation examples", AT_LEAST_ONE)
     eval_on: str = setting("dev", "what the run is scored on: dev, or held-out (training examples outside the "
-                                  "max_train subset, what fusekit tune scores; dev is then never read)")
-    held_out_examples: int = setting(500, "held-out training examples scored when eval_on is held-out")
-    seed: int = setting(0, "seed of data order, dropout and subsets")
+                                  "max_train subset, what fusekit tune scores; dev is then never read)",
+                                 Allowed(choices=("dev", "held-out")))
+    held_out_examples: int = setting(500, "held-out training examples scored when eval_on is held-out",
+                                     AT_LEAST_ONE)
+    seed: int = setting(0, "seed of data order, dropout and subsets", NON_NEGATIVE)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N")
     checkpoint_every: int = setting(0, "steps between checkpoints beside the output folder (0: none); a rerun "
-                                       "resumes from the last one")
+                                       "resumes from the last one", NON_NEGATIVE)
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/{self.task}-{self.adapter}")
@@ -74,26 +159,29 @@ class JointConfig(TrainConfig):
     """
 
     out: str | None = setting(None, "output folder (default runs/joint-<balancer>)")
-    max_grad_norm: float = setting(1.0, "clipping of the combined gradient's norm (0: none)")
-    batch_size: int = setting(32, "examples per task per step (before sampling shares)")
-    max_train: int | None = setting(None, "cap on training examples per task")
+    max_grad_norm: float = setting(1.0, "clipping of the combined gradient's norm (0: none)", NON_NEGATIVE)
+    batch_size: int = setting(32, "examples per task per step (before sampling shares)", AT_LEAST_ONE)
+    max_train: int | None = setting(None, "cap on training examples per task", AT_LEAST_ONE)
     tasks: str = setting("sst2,rte,mrpc,cola,stsb", "comma-separated GLUE tasks")
     balancer: str = setting("uniform", "uniform coba init-norm prior-norm realtime power-mean uncertainty gradnorm "
-                                       "grad-normalize pcgrad famo")
-    sampling: str = setting("temperature", "temperature, proportional or uniform")
-    temperature: float = setting(0.5, "sampling temperature T (p_i ∝ n_i^T)")
-    gamma: float = setting(0.5, "power-mean exponent γ")
-    gradnorm_alpha: float = setting(1.5, "GradNorm: asymmetry α")
+                                       "grad-normalize pcgrad famo",
+                           Allowed(choices=registry("fusekit.training.balancers", "BALANCERS")))
+    sampling: str = setting("temperature", "temperature, proportional or uniform",
+                             Allowed(choices=registry("fusekit.training.joint", "SAMPLING")))
+    temperature: float = setting(0.5, "sampling temperature T (p_i ∝ n_i^T)", NON_NEGATIVE)
+    gamma: float = setting(0.5, "power-mean exponent γ", Allowed())
+    gradnorm_alpha: float = setting(1.5, "GradNorm: asymmetry α", NON_NEGATIVE)
     coba_interval: int | None = setting(None, "CoBa: optimizer steps between validations of the fixed held-out "
-                                              "sample (default: 1/100 of the run)")
-    coba_warmup: int | None = setting(None, "CoBa: steps of uniform weights (default: 10% of the run)")
+                                              "sample (default: 1/100 of the run)", AT_LEAST_ONE)
+    coba_warmup: int | None = setting(None, "CoBa: steps of uniform weights (default: 10% of the run)",
+                                      NON_NEGATIVE)
     coba_window: int | None = setting(None, "CoBa: points in each slope fit (default: a fifth of the "
-                                            "validations, at least 5)")
-    famo_lr: float = setting(0.025, "FAMO: Adam learning rate of the task logits ξ")
+                                            "validations, at least 5)", Allowed(low=2))
+    famo_lr: float = setting(0.025, "FAMO: Adam learning rate of the task logits ξ", POSITIVE)
     famo_gamma: float = setting(0.001, "FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward "
-                                       "uniform)")
+                                       "uniform)", NON_NEGATIVE)
     validation_examples: int = setting(200, "CoBa's fixed held-out sample per task, carved from training "
-                                            "examples the run does not use")
+                                            "examples the run does not use", AT_LEAST_ONE)
     references: list[str] | None = setting(None, "individual run folders, one per task, for normalized scores")
 
     def output_dir(self) -> Path:
@@ -132,18 +220,17 @@ def from_mapping(cls: type, data: dict, source: str):
         if isinstance(value, int) and not isinstance(value, bool) and hints[key] is float:
             data[key] = float(value)
         elif not _type_ok(value, hints[key]):
-            raise FusekitError(f"{source}: key {key!r} is {value!r}, expected {_type_name(hints[key])}")
+            raise FusekitError(f"{source}: key {key!r} is {short(value)}, expected {_type_name(hints[key])}")
+    for f in fields(cls):
+        allowed = f.metadata.get("allowed")
+        problem = allowed.problem(data[f.name]) if allowed and f.name in data else None
+        if problem:
+            raise FusekitError(f"{source}: key {f.name!r} is {short(data[f.name])}, expected {problem}")
     return cls(**data)
 
 
 def load_recipe(path: Path, cls: type):
-    if not path.is_file():
-        raise FusekitError(f"recipe {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise FusekitError(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    return from_mapping(cls, data, str(path))
+    return from_mapping(cls, read_yaml(path) or {}, str(path))
 
 
 def with_overrides(config, overrides: dict):

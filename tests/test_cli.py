@@ -54,9 +54,9 @@ def test_eval_several_runs_and_tasks(sst2_run, glue_dir, tmp_path):
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["--task", "sst3"], "unknown task 'sst3'"),
+        (["--task", "sst3"], "key 'task' is 'sst3', expected one of cola, sst2"),
         (["--task", "rte", "--data", "/nonexistent/glue"], "data folder /nonexistent/glue does not exist"),
-        (["--task", "rte", "--adapter", "ia3"], "unknown adapter 'ia3'"),
+        (["--task", "rte", "--adapter", "ia3"], "key 'adapter' is 'ia3', expected one of lora, l-lora"),
         (["--task", "rte", "--device", "cuda:7"], "cuda"),
     ],
 )
@@ -146,7 +146,7 @@ def test_l_lora_from_the_cli_and_its_nonlinear_score(tiny_model, glue_dir, tmp_p
 
 
 @pytest.mark.parametrize("args, pattern", [(["--adapter", "lora", "--linearize", "network"], "does not fit adapter"),
-                                           (["--lora-init", "zeros"], "unknown lora_init 'zeros'")])
+                                           (["--lora-init", "zeros"], "key 'lora_init' is 'zeros', expected one of")])
 def test_bad_linearization_options(tiny_model, glue_dir, tmp_path, args, pattern):
     result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--out", tmp_path / "x", *args)
     assert_one_line_error(result, pattern)

@@ -285,6 +285,6 @@ def test_a_killed_runs_temp_folder_is_cleared_by_the_next_write(tmp_path):
     stale = tmp_path / "run.tmp-abc123"
     stale.mkdir()
     (stale / "task_vector.safetensors").write_bytes(b"half")
-    with staged_dir(tmp_path / "run", overwrite=False) as stage:
+    with staged_dir(tmp_path / "run", overwrite=False, kind="run") as stage:
         (stage / "config.yaml").write_text("task: sst2\n")
     assert not stale.exists() and (tmp_path / "run" / "config.yaml").is_file()

@@ -123,7 +123,7 @@ def test_head_lr_is_the_head_groups_step_size(tiny_config, tmp_path):
     from fusekit.artifacts.run_folder import load_run
     from fusekit.training.session import TrainingSession
 
-    session = TrainingSession(replace(tiny_config, lr=1e-3, head_lr=5e-2, out=str(tmp_path / "s")))
+    session = TrainingSession(replace(tiny_config, lr=1e-3, head_lr=5e-2, out=str(tmp_path / "s")), "run")
     adapter, head = [torch.nn.Parameter(torch.zeros(2))], [torch.nn.Parameter(torch.zeros(3))]
     session.setup_optimizer(adapter, 10, heads=head)
     assert [(g["initial_lr"], len(g["params"])) for g in session.optimizer.param_groups] == [(1e-3, 1), (5e-2, 1)]

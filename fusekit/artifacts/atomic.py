@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from fusekit.artifacts.layout import STAGING
+from fusekit.artifacts.output import check_output, mark
 from fusekit.errors import FusekitError
 
 
@@ -74,18 +75,11 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise FusekitError(f"{path} is not a readable safetensors file ({error})") from None
 
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to write over a finished run unless asked to; refuse a path that is a file."""
-    if path.is_file():
-        raise FusekitError(f"output {path} is a file (expected a folder for the run)")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FusekitError(f"output folder {path} is not empty (it holds a run); pass --overwrite to replace it")
-
-
 @contextmanager
-def staged_dir(final: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success swap it in for `final`, on failure delete it."""
-    check_output_dir(final, overwrite)
+def staged_dir(final: Path, overwrite: bool, kind: str) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success mark it as fusekit's `kind` and swap it in for `final`, on
+    failure delete it."""
+    check_output(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f"{final.name}{STAGING}*"):  # left by a killed process: never a finished run
         shutil.rmtree(stale, ignore_errors=True)
@@ -93,6 +87,7 @@ def staged_dir(final: Path, overwrite: bool) -> Iterator[Path]:
     os.chmod(stage, 0o777 & ~_umask())
     try:
         yield stage
+        mark(stage, kind)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -40,7 +40,8 @@ A study folder, written by `fusekit run` and `fusekit report` (fusekit.study):
     <out>/stages.jsonl                     wall time and peak memory of each stage, one line per stage run
     <out>/report.md, <out>/report/*.png    the report (`fusekit report`): lambda-sweep.png, weights-<joint>.png
 
-Folders are written under a temporary sibling `<name>.tmp-*` and renamed into place when complete.
+Folders are written under a temporary sibling `<name>.tmp-*` and renamed into place when complete; each holds
+`.fusekit.json` (what wrote it), and `<name>.lock` exists beside a folder while a command writes it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def is_checkpoint_dir(folder: Path) -> bool:
 
 # staging: a folder being written is a sibling `<name>.tmp-*` until it is renamed into place
 STAGING = ".tmp-"
+
+# every folder fusekit writes holds MARKER (what wrote it); `<out>.lock` exists while a command writes `out`
+MARKER = ".fusekit.json"
+LOCK_SUFFIX = ".lock"
 
 # tune folders (`fusekit tune`): one run folder per grid point, and the table
 TUNE = "tune.json"

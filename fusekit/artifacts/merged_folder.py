@@ -41,7 +41,7 @@ def write_merged(out: Path, runs: list[Run], vector: TaskVector, merge: dict, ov
     """The merged folder of `runs`; `merge` says what the merge did (method, params, space, weights, rank,
     truncation errors, search table), as the merging code describes it: this format does not know the methods."""
     first = runs[0]
-    with staged_dir(out, overwrite) as stage:
+    with staged_dir(out, overwrite, "merged") as stage:
         write_multitask(stage, vector, {run.head_task: run.head for run in runs}, first.config.model, {
             **merge,
             "inputs": [{"run": str(run.folder), "task": run.head_task, "sha256": sha256(run.folder / TASK_VECTOR)}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fusekit.artifacts.atomic import check_output_dir
+from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.merged_folder import write_merged
 from fusekit.artifacts.run_folder import load_run
 from fusekit.merging.methods import make_method, method_parameters
@@ -23,35 +23,41 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
     A hyperparameter is searched when it has a grid, or when λ is 'auto' and it was not given (default grid).
     """
     make_method(method)  # an unknown method fails before any loading
-    check_output_dir(out, overwrite)
-    runs = [load_run(folder) for folder in folders]
-    auto = fixed["lam"] is None
+    with claim_output(out, overwrite, folders):  # never over an input, never two writers
+        runs = [load_run(folder) for folder in folders]
+        values = _candidates(method, fixed, grid)
+        rows, params = None, {name: v[0] for name, v in values.items()}
+        if any(len(v) > 1 for v in values.values()):
+            result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed)
+            rows, params = result.rows, {**params, **result.best}
+            _print_search(rows, [run.head_task for run in runs], searched(method))
+            best = ", ".join(f"{k}={v}" for k, v in result.best.items())
+            console.print(f"chose {best} on held-out training data")
+        chosen = make_method(method, seed=seed, **params)
+        vector, report = merge(runs, chosen, weights, space, rank)
+        write_merged(out, runs, vector, {
+            "method": chosen.name, "params": chosen.params(), "space": space, "weights": weights or [1.0] * len(runs),
+            "rank": report.rank, "truncation_error": report.truncation_error,
+            "worst_layer_truncation_error": report.worst_layer_error, "search": rows,
+        }, overwrite)
+        note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
+        console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
+
+
+def _candidates(method: str, fixed: dict, grid: dict) -> dict[str, list[float]]:
+    """The values to try of each hyperparameter the method takes: its grid, else the value given, else (λ 'auto')
+    the default grid, else the default."""
     values = {}
     for param in method_parameters(method):
-        name = param.name
-        if grid.get(name):
-            values[name] = grid[name]
-        elif fixed.get(name) is not None:
-            values[name] = [fixed[name]]
-        elif auto:
-            values[name] = list(param.grid)
+        if grid.get(param.name):
+            values[param.name] = grid[param.name]
+        elif fixed.get(param.name) is not None:
+            values[param.name] = [fixed[param.name]]
+        elif fixed["lam"] is None:
+            values[param.name] = list(param.grid)
         else:
-            values[name] = [param.default]
-    rows, params = None, {name: v[0] for name, v in values.items()}
-    if any(len(v) > 1 for v in values.values()):
-        result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed)
-        rows, params = result.rows, {**params, **result.best}
-        _print_search(rows, [run.head_task for run in runs], searched(method))
-        console.print("chose " + ", ".join(f"{k}={v}" for k, v in result.best.items()) + " on held-out training data")
-    chosen = make_method(method, seed=seed, **params)
-    vector, report = merge(runs, chosen, weights, space, rank)
-    write_merged(out, runs, vector, {
-        "method": chosen.name, "params": chosen.params(), "space": space, "weights": weights or [1.0] * len(runs),
-        "rank": report.rank, "truncation_error": report.truncation_error,
-        "worst_layer_truncation_error": report.worst_layer_error, "search": rows,
-    }, overwrite)
-    note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
-    console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
+            values[param.name] = [param.default]
+    return values
 
 
 def _print_search(rows: list[dict], tasks: list[str], names: tuple[str, ...]) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from fusekit.artifacts.atomic import atomic_write_text
-from fusekit.artifacts.layout import (BASELINE, CONFIG, EVAL, MANIFEST, METRICS, REPORT, REPORT_FIGURES, STAGES, STAGING,
-                                     STUDY_RECIPE, SWEEP_PLOT, is_checkpoint_dir, joint_plot)
+from fusekit.artifacts.layout import (BASELINE, CONFIG, EVAL, MANIFEST, METRICS, REPORT, REPORT_FIGURES, STAGES,
+                                     STAGING, STUDY_RECIPE, SWEEP_PLOT, is_checkpoint_dir, joint_plot)
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import mean_defined, normalized_score
@@ -167,7 +167,8 @@ def write_report(study: Path) -> Path:
               for name, manifest, _ in merged if manifest.get("search")}
     if sweeps:
         plot_sweeps(sweeps, figures / SWEEP_PLOT)
-        parts += ["## Hyperparameter sweeps on held-out training data", "", f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
+        parts += ["## Hyperparameter sweeps on held-out training data", "",
+                  f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
     for name, manifest, _ in joint:
         metrics = study / "joint" / name / METRICS
         png = figures / joint_plot(name)

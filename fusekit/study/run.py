@@ -10,22 +10,22 @@ The study folder's layout is listed in fusekit.artifacts.layout.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
 
 from fusekit.artifacts.atomic import atomic_write_text
-from fusekit.artifacts.layout import BASELINE, CONFIG, EVAL, STAGES, STUDY_RECIPE, TUNE, TUNED_RECIPE
-from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, to_yaml
+from fusekit.artifacts.layout import BASELINE, CONFIG, EVAL, MARKER, STAGES, STUDY_RECIPE, TUNE, TUNED_RECIPE
+from fusekit.artifacts.output import check_output, claim_output, mark
+from fusekit.artifacts.reading import read_json, read_text, read_yaml
+from fusekit.config import (AT_LEAST_ONE, NON_NEGATIVE, SAFE_NAME, Allowed, JointConfig, TrainConfig, from_mapping,
+                            load_recipe, registry, setting, short, to_yaml)
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
-from fusekit.merging.methods import METHODS
 from fusekit.merging.search import searched
-from fusekit.merging.stream import SPACES
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
 from fusekit.training.parallel import processes
@@ -36,32 +36,38 @@ from fusekit.training.tune import chosen_settings, grid_points, tune
 class MergeSettings:
     """Which merges to make of each variant's per-task adapters, and the held-out search grid."""
 
-    methods: list[str] = field(default_factory=lambda: ["task-arithmetic", "average", "ties", "dare"])
-    spaces: list[str] = field(default_factory=lambda: list(SPACES))  # LoRA; L-LoRA merges its factors
-    lambdas: list[float] = field(default_factory=lambda: [0.3, 0.6, 1.0])
-    densities: list[float] | None = None  # TIES density grid (None: `fusekit merge --lambda auto`'s grid)
-    drop_rates: list[float] | None = None  # DARE drop-rate grid (None: likewise)
-    val_examples: int = 100  # held-out training examples per task for the search
-    variants: list[str] | None = None  # adapter variants to merge (None: all)
+    methods: list[str] = setting(["task-arithmetic", "average", "ties", "dare"], "merge methods",
+                                 Allowed(choices=registry("fusekit.merging.methods", "METHODS"), unique=True))
+    spaces: list[str] = setting(["delta-w", "factors"], "LoRA merge spaces (L-LoRA merges its factors)",
+                                Allowed(choices=registry("fusekit.merging.stream", "SPACES"), unique=True))
+    lambdas: list[float] = setting([0.3, 0.6, 1.0], "λ grid of the held-out search", Allowed(unique=True))
+    densities: list[float] | None = setting(None, "TIES density grid (None: `fusekit merge --lambda auto`'s)",
+                                            Allowed(low=0, high=1, low_open=True, unique=True))
+    drop_rates: list[float] | None = setting(None, "DARE drop-rate grid (None: likewise)",
+                                             Allowed(low=0, high=1, high_open=True, unique=True))
+    val_examples: int = setting(100, "held-out training examples per task for the search", AT_LEAST_ONE)
+    variants: list[str] | None = setting(None, "adapter variants to merge (None: all)", Allowed(unique=True))
 
 
 @dataclass
 class JointSettings:
     """Joint baselines: one adapter per balancer trained on all the study's tasks."""
 
-    balancers: list[str] = field(default_factory=lambda: ["uniform", "coba"])
-    variants: list[str] = field(default_factory=lambda: ["lora"])
-    settings: dict = field(default_factory=dict)  # JointConfig keys (sampling, temperature, coba_warmup, ...)
+    balancers: list[str] = setting(["uniform", "coba"], "loss balancers, one joint run each",
+                                   Allowed(choices=registry("fusekit.training.balancers", "BALANCERS"), unique=True))
+    variants: list[str] = setting(["lora"], "adapter variants trained jointly", Allowed(unique=True))
+    settings: dict = setting({}, "JointConfig keys (sampling, temperature, coba_warmup, ...)")
 
 
 @dataclass
 class TuneSettings:
     """Training settings chosen per task and variant on held-out training examples (`fusekit tune`)."""
 
-    grid: dict = field(default_factory=lambda: {"lr": [2e-4, 5e-4, 1e-3]})  # train keys → values to try
-    held_out_examples: int = 500  # training examples outside each run's subset, scored per grid point
-    variants: list[str] | None = None  # None: all
-    tasks: list[str] | None = None  # None: all
+    grid: dict = setting({"lr": [2e-4, 5e-4, 1e-3]}, "train keys → values to try")
+    held_out_examples: int = setting(500, "training examples outside each run's subset, scored per grid point",
+                                     AT_LEAST_ONE)
+    variants: list[str] | None = setting(None, "adapter variants to tune (None: all)", Allowed(unique=True))
+    tasks: list[str] | None = setting(None, "tasks to tune (None: all)", Allowed(unique=True))
 
 
 @dataclass
@@ -69,17 +75,19 @@ class StudyConfig:
     """A study: `train` keys are shared; `adapters` and `task_settings` override them (task wins; a key such as
     `stsb:l-lora` overrides one task of one variant)."""
 
-    out: str = "runs/study"
-    tasks: list[str] = field(default_factory=lambda: ["sst2", "rte", "mrpc", "cola", "stsb"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    checkpoint_every: int = 50
-    train: dict = field(default_factory=dict)
-    adapters: dict = field(default_factory=lambda: {"lora": {"adapter": "lora"}})
-    task_settings: dict = field(default_factory=dict)
-    tune: dict | None = None
-    baselines: bool = False  # majority, zero-shot and head-only scores per task (`fusekit baseline`)
-    merge: dict | None = None
-    joint: dict | None = None
+    out: str = setting("runs/study", "the study folder")
+    tasks: list[str] = setting(["sst2", "rte", "mrpc", "cola", "stsb"], "GLUE tasks",
+                               Allowed(choices=registry("fusekit.data.tasks", "TASKS"), unique=True))
+    seeds: list[int] = setting([0], "seeds; each gets its own runs, merges and joint baselines",
+                               Allowed(low=0, unique=True))
+    checkpoint_every: int = setting(50, "steps between checkpoints of each training stage", NON_NEGATIVE)
+    train: dict = setting({}, "TrainConfig keys shared by every training stage")
+    adapters: dict = setting({"lora": {"adapter": "lora"}}, "variant name → TrainConfig keys")
+    task_settings: dict = setting({}, "task or task:variant → TrainConfig keys")
+    tune: dict | None = setting(None, "TuneSettings: settings chosen on held-out training examples first")
+    baselines: bool = setting(False, "majority, zero-shot and head-only scores per task (`fusekit baseline`)")
+    merge: dict | None = setting(None, "MergeSettings")
+    joint: dict | None = setting(None, "JointSettings")
 
 
 @dataclass
@@ -121,8 +129,14 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
     tune = from_mapping(TuneSettings, dict(study.tune), f"{source}: tune") if study.tune is not None else None
     stages, multi_seed = [], len(study.seeds) > 1
     for variant, settings in study.adapters.items():
+        if not isinstance(variant, str) or not SAFE_NAME.fullmatch(variant):
+            raise FusekitError(f"{source}: adapters: variant name {short(variant)} must be letters, digits, '.', "
+                               "'_' and '-' (it names the stage folders)")
         if not isinstance(settings, dict):
             raise FusekitError(f"{source}: adapters.{variant} must be a mapping of train keys")
+    for key, settings in study.task_settings.items():
+        if not isinstance(settings, dict):
+            raise FusekitError(f"{source}: task_settings.{key} is {short(settings)}, expected a mapping of train keys")
     if tune:
         stages += _tune_stages(tune, study, tasks, source)
     if study.baselines:
@@ -192,13 +206,6 @@ def tuned_recipe(study: StudyConfig, stages: list[Stage]) -> str:
 
 def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source) -> list[Stage]:
     stages = []
-    for method in merge.methods:
-        if method not in METHODS:
-            raise FusekitError(f"{source}: merge.methods: unknown method {method!r} "
-                               f"(expected one of {', '.join(METHODS)})")
-    for space in merge.spaces:
-        if space not in SPACES:
-            raise FusekitError(f"{source}: merge.spaces: unknown space {space!r} (expected {' or '.join(SPACES)})")
     for variant in merge.variants or list(study.adapters):
         if variant not in runs:
             raise FusekitError(f"{source}: merge.variants: {variant!r} is not one of the adapters")
@@ -232,7 +239,7 @@ def is_done(stage: Stage, out: Path) -> bool:
     folder = out / stage.name
     if stage.kind == "merge":
         path = folder / EVAL
-        return path.is_file() and "average_normalized" in json.loads(path.read_text())
+        return path.is_file() and "average_normalized" in read_json(path, "scores")
     return (folder / {"tune": TUNE, "baseline": BASELINE}.get(stage.kind, CONFIG)).is_file()
 
 
@@ -240,7 +247,9 @@ def check_unchanged(stage: Stage, out: Path) -> None:
     """A finished training stage is reused only if the recipe still asks for the same run."""
     if stage.kind not in ("train", "joint"):
         return
-    recorded = yaml.safe_load((out / stage.name / CONFIG).read_text())
+    recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
+    if not isinstance(recorded, dict):
+        raise FusekitError(f"{out / stage.name / CONFIG} is not a mapping of settings: delete the folder to rerun")
     wanted = dataclasses.asdict(stage.config)
     changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
     if changed:
@@ -260,16 +269,30 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
     stages = plan(study, str(recipe))
     out = Path(study.out)
     procs = processes()  # training stages run data parallel; merges on the main process alone
+    inputs = [recipe, study.train.get("data"), study.train.get("model")]
     if procs.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / STUDY_RECIPE, recipe.read_text(encoding="utf-8"))
-    procs.barrier()
-    if study.tune is not None:
-        _run_stages([s for s in stages if s.kind == "tune"], out, only)
-        stages = plan(study, str(recipe))
+        lock = claim_output(out, overwrite=False, inputs=inputs, what="study folder", resumable=True)
+    else:
+        check_output(out, False, inputs, "study folder", resumable=True)
+    try:
+        for stage in stages:  # a changed recipe is refused before it replaces the recorded one
+            if selected(stage.name, only) and is_done(stage, out):
+                check_unchanged(stage, out)
         if procs.is_main:
-            atomic_write_text(out / TUNED_RECIPE, tuned_recipe(study, stages))
-    _run_stages([s for s in stages if s.kind != "tune"], out, only)
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / MARKER).is_file():
+                mark(out, "study")
+            atomic_write_text(out / STUDY_RECIPE, read_text(recipe, "recipe"))
+        procs.barrier()
+        if study.tune is not None:
+            _run_stages([s for s in stages if s.kind == "tune"], out, only)
+            stages = plan(study, str(recipe))
+            if procs.is_main:
+                atomic_write_text(out / TUNED_RECIPE, tuned_recipe(study, stages))
+        _run_stages([s for s in stages if s.kind != "tune"], out, only)
+    finally:
+        if procs.is_main:
+            lock.release()
     return stages
 
 

@@ -54,7 +54,7 @@ def prior_loss(split: Split) -> float:
 def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str, float]]:
     tasks = parse_tasks(cfg.tasks)
     spec = adapter_spec(cfg)
-    session = TrainingSession(cfg, overwrite)
+    session = TrainingSession(cfg, "joint", overwrite)
     procs = session.procs
     if cfg.references:
         if len(cfg.references) != len(tasks):

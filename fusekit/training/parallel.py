@@ -101,10 +101,10 @@ class Processes:
             dist.barrier()
 
     @contextmanager
-    def stage(self, out: Path, overwrite: bool) -> Iterator[Path]:
+    def stage(self, out: Path, overwrite: bool, kind: str) -> Iterator[Path]:
         """The output folder to fill: `staged_dir` on the main process, a throwaway folder elsewhere."""
         if self.is_main:
-            with staged_dir(out, overwrite) as folder:
+            with staged_dir(out, overwrite, kind) as folder:
                 yield folder
         else:
             with tempfile.TemporaryDirectory(prefix="fusekit-rank") as scratch:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from fusekit.artifacts.atomic import check_output_dir
+from fusekit.artifacts.output import OutputLock, check_output, claim_output
 from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.config import TrainConfig
 from fusekit.data.loading import ResumableLoader
@@ -37,11 +37,18 @@ def seed_everything(seed: int) -> None:
 class TrainingSession:
     """One training run's output folder, processes, device, optimizer, schedule, checkpoints and metrics log."""
 
-    def __init__(self, cfg: TrainConfig, overwrite: bool = False):
-        self.cfg, self.overwrite = cfg, overwrite
+    def __init__(self, cfg: TrainConfig, kind: str, overwrite: bool = False):
+        """`kind` names the output in its marker: run (`fusekit train`) or joint."""
+        self.cfg, self.kind, self.overwrite = cfg, kind, overwrite
         self.out = cfg.output_dir()
-        check_output_dir(self.out, overwrite)  # fail before any work, not after it
         self.procs = processes()
+        # fail before any work, not after it; the lock keeps a second command off this output and its checkpoint
+        inputs = [cfg.data, cfg.model, *(getattr(cfg, "references", None) or [])]
+        self.lock: OutputLock | None = None
+        if self.procs.is_main:
+            self.lock = claim_output(self.out, overwrite, inputs)
+        else:
+            check_output(self.out, overwrite, inputs)
         self.checkpoints = Checkpoints(self.out, cfg, overwrite, writer=self.procs.is_main)
         self.resumed = self.checkpoints.load()  # likewise a corrupt checkpoint, or one of another config
         self.step, self.seconds = 0, 0.0
@@ -84,11 +91,15 @@ class TrainingSession:
     def writing(self) -> Iterator[Path]:
         """The staged output folder, with `bar` (progress) and `log` (metrics, continued on resume) open; on
         success it replaces the output folder, every process waits for it, and the checkpoints are discarded."""
-        with self.procs.stage(self.out, self.overwrite) as stage, progress_bar() as bar:
-            self.bar, self.log = bar, metrics_log(stage, self.resumed)
-            yield stage
-        self.procs.barrier()  # the output folder is in place before any process goes on
-        self.checkpoints.discard()
+        try:
+            with self.procs.stage(self.out, self.overwrite, self.kind) as stage, progress_bar() as bar:
+                self.bar, self.log = bar, metrics_log(stage, self.resumed)
+                yield stage
+            self.procs.barrier()  # the output folder is in place before any process goes on
+            self.checkpoints.discard()
+        finally:
+            if self.lock:
+                self.lock.release()
 
     def optimizer_step(self) -> int:
         """Clip the gradient norm (unless `max_grad_norm` is 0), step optimizer and schedule, clear gradients."""

@@ -45,7 +45,7 @@ def evaluation_split(cfg: TrainConfig, full_train: Split) -> Split:
 def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     task = get_task(cfg.task)
     spec = adapter_spec(cfg)
-    session = TrainingSession(cfg, overwrite)
+    session = TrainingSession(cfg, "run", overwrite)
     procs, device = session.procs, session.setup_device()
     full_train = load_split(task, "train", cfg.data)
     train_split = full_train.capped(cfg.max_train, cfg.seed)

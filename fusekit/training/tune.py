@@ -12,12 +12,13 @@ folder, so an interrupted tune resumes where it stopped.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from fusekit.artifacts.atomic import atomic_write_json
-from fusekit.artifacts.layout import CONFIG, EVAL, METRICS, TUNE
+from fusekit.artifacts.layout import CONFIG, EVAL, MARKER, METRICS, TUNE
+from fusekit.artifacts.output import claim_output, mark
+from fusekit.artifacts.reading import read_json, read_jsonl
 from fusekit.config import TrainConfig, from_mapping
 from fusekit.errors import FusekitError
 from fusekit.progress import console
@@ -55,35 +56,45 @@ def _value(text: str) -> int | float | str:
 
 
 def point_name(point: dict) -> str:
-    return "-".join(f"{key}={value}" for key, value in point.items()) or "default"
+    """The grid point's folder name, e.g. lr=0.001-epochs=3; refused if a value would make it a path."""
+    name = "-".join(f"{key}={value}" for key, value in point.items()) or "default"
+    if "/" in name or "\\" in name or name.startswith(".") or len(name) > 200:
+        raise FusekitError(f"grid point {name[:80]!r} cannot name a folder: grid values must not hold '/' or '\\'")
+    return name
 
 
 def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: int) -> dict:
     """Train every grid point, score each on held-out training examples, write and return the table."""
     from fusekit.training.train import train
 
-    rows = []
     points = grid_points(grid)
-    for number, point in enumerate(points, 1):
-        folder = out / point_name(point)
-        run_cfg = from_mapping(TrainConfig, {**asdict(cfg), **point, "out": str(folder), "eval_on": "held-out",
-                                             "held_out_examples": held_out_examples}, f"tune point {point}")
-        console.print(f"tune {cfg.task} [{number}/{len(points)}] {point_name(point)}")
-        if not (folder / CONFIG).is_file():
-            train(run_cfg)
-        scores = json.loads((folder / EVAL).read_text())[run_cfg.task]
-        rows.append({**point, "score": scores["score"], "held_out": scores, "seconds": _train_seconds(folder)})
-    best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
-    result = {"task": cfg.task, "adapter": cfg.adapter, "grid": grid, "held_out_examples": held_out_examples,
-              "rows": rows, "chosen": points[best]}
-    atomic_write_json(out / TUNE, result)
+    configs = [from_mapping(TrainConfig, {**asdict(cfg), **point, "out": str(out / point_name(point)),
+                                          "eval_on": "held-out", "held_out_examples": held_out_examples},
+                            f"tune point {point}") for point in points]  # every point checked before any work
+    rows = []
+    with claim_output(out, False, [cfg.data, cfg.model], "tune folder", resumable=True):
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / MARKER).is_file():
+            mark(out, "tune")
+        for number, (point, run_cfg) in enumerate(zip(points, configs), 1):
+            folder = run_cfg.output_dir()
+            console.print(f"tune {cfg.task} [{number}/{len(points)}] {point_name(point)}")
+            if not (folder / CONFIG).is_file():
+                train(run_cfg)
+            scores = read_json(folder / EVAL, "scores").get(run_cfg.task)
+            if not isinstance(scores, dict) or "score" not in scores:
+                raise FusekitError(f"{folder / EVAL} has no score of {run_cfg.task}: delete {folder} to rerun it")
+            rows.append({**point, "score": scores["score"], "held_out": scores, "seconds": _train_seconds(folder)})
+        best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
+        result = {"task": cfg.task, "adapter": cfg.adapter, "grid": grid, "held_out_examples": held_out_examples,
+                  "rows": rows, "chosen": points[best]}
+        atomic_write_json(out / TUNE, result)
     console.print(f"tune {cfg.task}: chose {point_name(points[best])} (held-out score {rows[best]['score']:.4f})")
     return result
 
 
 def _train_seconds(folder: Path) -> float | None:
-    for line in (folder / METRICS).read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(folder / METRICS):
         if "train_seconds" in record:
             return record["train_seconds"]
     return None
@@ -92,4 +103,9 @@ def _train_seconds(folder: Path) -> float | None:
 def chosen_settings(out: Path) -> dict | None:
     """The settings a finished tune chose (None when it has not finished)."""
     path = out / TUNE
-    return json.loads(path.read_text())["chosen"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    chosen = read_json(path, "tune table").get("chosen")
+    if not isinstance(chosen, dict):
+        raise FusekitError(f"{path} records no chosen settings: delete it to tune again")
+    return chosen
