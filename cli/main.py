@@ -183,7 +183,8 @@ def tune(
     Example: fusekit tune --task rte --data ../shared/glue --max-train 1990 --grid lr=3e-4,1e-3 --grid head_lr=1e-3,5e-3
     --out runs/tune-rte
     """
-    from fusekit.training.tune import parse_grid, tune as run_tune
+    from fusekit.training.tune import parse_grid
+    from fusekit.training.tune import tune as run_tune
 
     cfg = _train_config(recipe, settings)
     if not grid:
@@ -240,9 +241,12 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
     if text is None:
         return None
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise FusekitError(f"{option} {text!r}: expected comma-separated numbers such as 0.1,0.3,0.5") from None
+        values = []
+    if not values:
+        raise FusekitError(f"{option} {text[:40]!r}: expected comma-separated numbers such as 0.1,0.3,0.5")
+    return values
 
 
 @app.command()
@@ -292,6 +296,7 @@ def joint(
 
     Example: fusekit joint --tasks sst2,rte,mrpc,cola,stsb --balancer coba --data ../shared/glue
     """
+    from fusekit.artifacts.checksums import reseal
     from fusekit.artifacts.layout import BALANCER_PLOT, METRICS
     from fusekit.study.plots import plot_joint
     from fusekit.training.joint import train_joint
@@ -301,6 +306,7 @@ def joint(
     results = train_joint(cfg, overwrite=overwrite)
     out = cfg.output_dir()
     plot_joint(out / METRICS, list(results), out / BALANCER_PLOT)
+    reseal(out, BALANCER_PLOT)
 
 
 @app.command("run")

@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# soft_wrap: a message is one line however narrow the terminal or log (a log that greps well, an error per line)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def progress_bar() -> Progress:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusekit.training.balancers import make_balancer
 from fusekit.study.diagnostics import noise_fraction
+from fusekit.training.balancers import make_balancer
 from fusekit.training.balancers.coba import CoBa, coba_schedule, coba_weights, slope
 from fusekit.training.balancers.famo import FAMO, logit_gradient
 from fusekit.training.balancers.gradients import GradNormalize, PCGrad, pcgrad

@@ -118,6 +118,10 @@ def test_eval_refuses_a_vector_of_another_base_model(sst2_run, tmp_path):
     config = copy / "config.yaml"
     config.write_text("\n".join(f"model: {other}" if line.startswith("model:") else line
                                 for line in config.read_text().splitlines()))
+    assert_one_line_error(invoke("eval", copy), "config.yaml is corrupt or was edited")  # the seal catches the edit
+    from fusekit.artifacts.checksums import seal
+
+    seal(copy)  # an edit sealed again (as a forger would) meets the base-model check
     assert_one_line_error(invoke("eval", copy), "fingerprint .*expected the same pretrained weights")
 
 
@@ -129,9 +133,13 @@ def test_eval_bad_folders(sst2_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     (copy / "task_vector.safetensors").write_bytes(b"\x00" * 10)
-    assert_one_line_error(invoke("eval", copy), r"task_vector.safetensors is corrupt \(sha256 mismatch")
-    (copy / "checksums.json").unlink()  # a folder from before checksums: the reader's own error
-    assert_one_line_error(invoke("eval", copy), "task_vector.safetensors is not a readable safetensors file")
+    assert_one_line_error(invoke("eval", copy), r"task_vector.safetensors is corrupt or was edited \(sha256 mismatch")
+    (copy / "checksums.json").unlink()
+    assert_one_line_error(invoke("eval", copy), "has lost its checksums.json")
+    (copy / ".fusekit.json").unlink()  # a folder from before checksums: a warning, then the reader's own error
+    result = invoke("eval", copy)
+    assert result.exit_code == 1 and "records no checksums" in result.stderr
+    assert "task_vector.safetensors is not a readable safetensors file" in result.stderr.splitlines()[-1]
 
 
 def test_l_lora_from_the_cli_and_its_nonlinear_score(tiny_model, glue_dir, tmp_path):

@@ -242,41 +242,58 @@ def test_checkpoint_of_another_config_is_refused(cfg, tmp_path, monkeypatch):
     assert (checkpoint_dir(out) / "manifest.json").is_file()
 
 
-def test_corrupt_run_files_are_named(reference, tmp_path):
+def test_corrupt_run_files_are_named(reference, tmp_path, capsys):
     import shutil
 
     folder = tmp_path / "run"
     shutil.copytree(reference, folder)
     vector = folder / "task_vector.safetensors"
     intact = vector.read_bytes()
-    assert json.loads((folder / "checksums.json").read_text()).keys() == set(RUN_FILES)
+    every_file = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"checksums.json"}
+    record = json.loads((folder / "checksums.json").read_text())
+    assert record.keys() == every_file >= {*RUN_FILES, "config.yaml", "adapter_config.json", ".fusekit.json"}
     vector.write_bytes(intact[: len(intact) - 100])  # truncated
-    with pytest.raises(FusekitError, match=r"task_vector\.safetensors is corrupt \(sha256 mismatch with checksums"):
+    with pytest.raises(FusekitError, match=r"task_vector\.safetensors is corrupt or was edited \(sha256 mismatch"):
         load_run(folder)
     vector.write_bytes(intact)
     head = folder / "head.safetensors"
     head.write_bytes(head.read_bytes()[:-1] + b"!")
     with pytest.raises(FusekitError, match=r"head\.safetensors is corrupt"):
         load_run(folder)
-    (folder / "checksums.json").unlink()  # a folder from before checksums loads unchecked
+    del record["head.safetensors"]  # deleting an entry does not hide the edit
+    (folder / "checksums.json").write_text(json.dumps(record))
+    with pytest.raises(FusekitError, match=r"head\.safetensors has no entry in .*checksums\.json"):
+        load_run(folder)
+    (folder / "checksums.json").unlink()  # nor does deleting the whole record
+    with pytest.raises(FusekitError, match="has lost its checksums.json"):
+        load_run(folder)
+    shutil.copy(reference / "head.safetensors", head)
+    (folder / ".fusekit.json").unlink()  # a folder from before markers and checksums loads unchecked, with a warning
     assert load_run(folder).vector.meta["tasks"] == ["rte"]
+    assert "records no checksums" in capsys.readouterr().err
 
 
 def test_corrupt_merged_files_are_named(reference, tmp_path):
     out = tmp_path / "merged"
     fuse([reference], out, "task-arithmetic", {"lam": 0.5, "density": None, "rate": None}, {}, None, "delta-w",
          None, 16, 0, "cpu", False)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert {"task_vector.safetensors", "heads/rte.safetensors", "peft/rte/adapter_model.safetensors"} == \
-        set(manifest["checksums"])
+    record = json.loads((out / "checksums.json").read_text())
+    assert {"manifest.json", "task_vector.safetensors", "heads/rte.safetensors",
+            "peft/rte/adapter_model.safetensors", "peft/rte/adapter_config.json"} <= set(record)
     head = out / "heads" / "rte.safetensors"
-    head.write_bytes(head.read_bytes()[:-8])
-    with pytest.raises(FusekitError, match=r"heads/rte\.safetensors is corrupt \(sha256 mismatch with manifest"):
+    intact = head.read_bytes()
+    head.write_bytes(intact[:-8])
+    with pytest.raises(FusekitError, match=r"heads/rte\.safetensors is corrupt or was edited \(sha256 mismatch"):
         load_merged(out)
-    del manifest["checksums"]
+    manifest = json.loads((out / "manifest.json").read_text())  # a folder as fusekit wrote it before checksums.json:
+    manifest["checksums"] = {name: record[name] for name in ("task_vector.safetensors", "heads/rte.safetensors")}
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(FusekitError, match="not a readable safetensors file"):  # unchecked: the reader's own error
+    (out / "checksums.json").unlink()
+    (out / ".fusekit.json").unlink()
+    with pytest.raises(FusekitError, match=r"heads/rte\.safetensors is corrupt or was edited .*manifest\.json"):
         load_merged(out)
+    head.write_bytes(intact)
+    assert load_merged(out)[0]["inputs"][0]["task"] == "rte"
 
 
 def test_a_killed_runs_temp_folder_is_cleared_by_the_next_write(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from fusekit.artifacts.checksums import seal
 from fusekit.artifacts.layout import STAGING
 from fusekit.artifacts.output import check_output, mark
 from fusekit.errors import FusekitError
@@ -25,7 +26,7 @@ def _umask() -> int:
     return mask
 
 
-def _publish(tmp: str, path: Path, mode: int = 0o666) -> None:
+def publish(tmp: str, path: Path, mode: int = 0o666) -> None:
     """Give a temp file the permissions a plain open() would have, then rename it into place."""
     os.chmod(tmp, mode & ~_umask())
     os.replace(tmp, path)
@@ -39,7 +40,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        _publish(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -56,7 +57,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        _publish(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -77,8 +78,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 @contextmanager
 def staged_dir(final: Path, overwrite: bool, kind: str) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success mark it as fusekit's `kind` and swap it in for `final`, on
-    failure delete it."""
+    """Yield a temporary sibling folder; on success mark it as fusekit's `kind`, seal it (checksums of every
+    file) and swap it in for `final`; on failure delete it."""
     check_output(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f"{final.name}{STAGING}*"):  # left by a killed process: never a finished run
@@ -88,6 +89,7 @@ def staged_dir(final: Path, overwrite: bool, kind: str) -> Iterator[Path]:
     try:
         yield stage
         mark(stage, kind)
+        seal(stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -17,14 +17,15 @@ import random
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Protocol
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from fusekit.artifacts.atomic import atomic_write_json
+from fusekit.artifacts.atomic import atomic_write_json, publish
 from fusekit.artifacts.checksums import sha256
 from fusekit.artifacts.layout import CHECKPOINT_GLOB, MANIFEST, METRICS, checkpoint_dir, checkpoint_file
 from fusekit.errors import FusekitError
@@ -125,8 +126,12 @@ class Checkpoints:
             return None
         try:
             manifest = json.loads(manifest_path.read_text())
-            path, expected, config = self.folder / manifest["file"], manifest["sha256"], manifest["config"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            name, expected, config = manifest["file"], manifest["sha256"], manifest["config"]
+            if not (isinstance(name, str) and fnmatch(name, CHECKPOINT_GLOB) and "/" not in name
+                    and isinstance(config, dict)):
+                raise TypeError("unexpected file name or config")
+            path = self.folder / name
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as error:
             raise FusekitError(f"checkpoint {manifest_path} is corrupt ({error}): {self.restart_hint()}") from None
         changed = sorted(k for k in {*config, *self.config} if config.get(k) != self.config.get(k))
         if changed:
@@ -155,7 +160,7 @@ class Checkpoints:
                 torch.save(state, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            publish(tmp, path)  # the permissions of every other file fusekit writes (0644 under umask 022)
             atomic_write_json(self.folder / MANIFEST, {"step": state["step"], "file": path.name,
                                                        "sha256": sha256(path), "config": self.config})
         except OSError as error:

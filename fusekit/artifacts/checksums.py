@@ -1,17 +1,22 @@
-"""sha256 checksums of the tensor files a folder holds, so that a corrupt or truncated file is named, not misread.
+"""sha256 checksums of every file a folder holds, so that a corrupt, truncated or edited file is named, not misread.
 
-Run folders record them in their CHECKSUMS file, merged and joint folders in their manifest. Folders written before
-checksums existed record none, and their files are read unchecked.
+Every folder fusekit writes is sealed when complete: CHECKSUMS lists the sha256 of each of its files (JSON and
+YAML included), and each file is checked the first time it is read. In a folder that carries fusekit's marker, a
+missing CHECKSUMS or a file without an entry is an error (a record cannot be deleted to hide an edit). Folders
+written before then stay readable: merged folders of that time listed their tensor files in the manifest, runs
+their tensor files in CHECKSUMS; folders with no record are read unchecked, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from pathlib import Path
 
-from fusekit.artifacts.layout import CHECKSUMS
+from fusekit.artifacts.layout import CHECKSUMS, MANIFEST, MARKER
+from fusekit.artifacts.reading import read_json
 from fusekit.errors import FusekitError
+from fusekit.progress import console
 
 CHUNK = 1 << 20
 
@@ -25,34 +30,65 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def digests(folder: Path, pattern: str = "**/*.safetensors") -> dict[str, str]:
-    """sha256 of every file under `folder` matching `pattern`, keyed by its path relative to the folder."""
-    return {path.relative_to(folder).as_posix(): sha256(path) for path in sorted(folder.glob(pattern))}
+def seal(folder: Path) -> None:
+    """Record the sha256 of every file under `folder` (a finished output) in its CHECKSUMS."""
+    from fusekit.artifacts.atomic import atomic_write_json
+
+    record = {path.relative_to(folder).as_posix(): sha256(path) for path in sorted(folder.rglob("*"))
+              if path.is_file() and path.name != CHECKSUMS}
+    atomic_write_json(folder / CHECKSUMS, record)
 
 
-def read_checksums(folder: Path) -> dict[str, str]:
-    """A run folder's recorded checksums ({} for a folder written before checksums existed)."""
+def reseal(folder: Path, name: str) -> None:
+    """Update the entry of file `name` after fusekit rewrote it (a sealed folder's eval.json)."""
+    from fusekit.artifacts.atomic import atomic_write_json
+
     path = folder / CHECKSUMS
-    if not path.is_file():
-        return {}
-    try:
-        return dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise FusekitError(f"{path} is not a JSON mapping of file names to sha256 ({error})") from None
+    if path.is_file():
+        atomic_write_json(path, {**_record(path), name: sha256(folder / name)})
+
+
+DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _record(path: Path) -> dict[str, str]:
+    record = read_json(path, "checksum record")
+    if not all(isinstance(k, str) and isinstance(v, str) and DIGEST.fullmatch(v) for k, v in record.items()):
+        raise FusekitError(f"{path} is not a mapping of file names to sha256 digests")
+    return record
 
 
 class ChecksummedFolder:
     """A folder's recorded checksums; each file is hashed once, the first time it is read."""
 
-    def __init__(self, folder: Path, expected: dict[str, str], record: str):
-        self.folder, self.expected, self.record = folder, expected, record
+    def __init__(self, folder: Path, expected: dict[str, str], record: str, strict: bool):
+        self.folder, self.expected, self.record, self.strict = folder, expected, record, strict
         self.verified: set[str] = set()
+
+    @classmethod
+    def open(cls, folder: Path) -> ChecksummedFolder:
+        """The folder's record: CHECKSUMS (strict when the folder is marked), else a legacy merged manifest's
+        list, else none (legacy folders only; warned)."""
+        if (folder / CHECKSUMS).is_file():
+            return cls(folder, _record(folder / CHECKSUMS), CHECKSUMS, strict=(folder / MARKER).is_file())
+        if (folder / MARKER).is_file():
+            raise FusekitError(f"{folder} has lost its {CHECKSUMS} (fusekit wrote one): its files cannot be trusted")
+        legacy = read_json(folder / MANIFEST, "manifest").get("checksums") if (folder / MANIFEST).is_file() else None
+        if isinstance(legacy, dict):
+            return cls(folder, legacy, MANIFEST, strict=False)
+        console.print(f"warning: {folder} records no checksums (written by an older fusekit): read unchecked")
+        return cls(folder, {}, CHECKSUMS, strict=False)
 
     def path(self, name: str) -> Path:
         """The path of file `name` (relative to the folder), checked against its recorded sha256 on first use."""
         path = self.folder / name
-        if name not in self.verified and name in self.expected and path.is_file():
+        if name in self.verified or not path.is_file():
+            return path
+        if name in self.expected:
             if sha256(path) != self.expected[name]:
-                raise FusekitError(f"{path} is corrupt (sha256 mismatch with {self.record})")
-            self.verified.add(name)
+                raise FusekitError(f"{path} is corrupt or was edited (sha256 mismatch with {self.record})")
+        elif self.strict:
+            raise FusekitError(f"{path} has no entry in {self.folder / self.record}: it was added or its entry "
+                               "removed after fusekit wrote the folder")
+        self.verified.add(name)
         return path

@@ -5,17 +5,17 @@ Its files are listed in fusekit.artifacts.layout.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors, staged_dir
-from fusekit.artifacts.checksums import ChecksummedFolder, digests, sha256
+from fusekit.artifacts.checksums import ChecksummedFolder, sha256
 from fusekit.artifacts.layout import EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
+from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.run_folder import Run, load_run, model_for_vector
 from fusekit.artifacts.task_vector import TaskVector
-from fusekit.data.tasks import get_task
+from fusekit.data.tasks import TASKS, get_task
 from fusekit.errors import FusekitError
 from fusekit.models.heads import HeadSpec, TaskHead
 
@@ -33,7 +33,7 @@ def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, TaskHead],
     atomic_write_json(stage / MANIFEST, {
         "format": FORMAT, "kind": vector.meta["kind"], "rank": vector.meta["rank"],
         "base_model": vector.meta["base_model"], "base_fingerprint": vector.meta["base_fingerprint"],
-        "model": model_name, "checksums": digests(stage), **manifest,
+        "model": model_name, **manifest,
     })
 
 
@@ -55,15 +55,24 @@ def is_merged(folder: Path) -> bool:
 
 
 def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, torch.Tensor]]]:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except json.JSONDecodeError as error:
-        raise FusekitError(f"{folder / MANIFEST} is not JSON ({error})") from None
+    files = ChecksummedFolder.open(folder)
+    manifest = read_json(files.path(MANIFEST), "manifest")
     if manifest.get("format") != FORMAT:
         raise FusekitError(f"{folder / MANIFEST}: not a fusekit merged folder (expected format {FORMAT})")
-    files = ChecksummedFolder(folder, manifest.get("checksums", {}), MANIFEST)
-    heads = {item["task"]: TaskHead(*_head(files.path(head_file(item["task"])))) for item in manifest["inputs"]}
+    heads = {task: TaskHead(*_head(files.path(head_file(task)))) for task in manifest_tasks(manifest, folder)}
     return manifest, TaskVector.load(files.path(TASK_VECTOR)), heads
+
+
+def manifest_tasks(manifest: dict, folder: Path) -> list[str]:
+    """The tasks a manifest lists, each a known GLUE task (a name read from a file never becomes a path unchecked)."""
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise FusekitError(f"{folder / MANIFEST}: 'inputs' is missing or not a list of the merged runs")
+    tasks = [item.get("task") if isinstance(item, dict) else None for item in inputs]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise FusekitError(f"{folder / MANIFEST}: input task {str(unknown[0])[:40]!r} is not a GLUE task")
+    return tasks
 
 
 def _head(path: Path) -> tuple[dict[str, torch.Tensor], HeadSpec]:
@@ -73,8 +82,10 @@ def _head(path: Path) -> tuple[dict[str, torch.Tensor], HeadSpec]:
 
 def individual_score(run_folder: Path, task: str, examples: int, evaluate_run) -> float:
     """The task's own adapter's score on the same split: as its run folder recorded it, or evaluated now."""
-    path = Path(run_folder) / EVAL
-    recorded = json.loads(path.read_text()).get(task) if path.is_file() else None
-    if recorded and recorded.get("examples") == examples:
+    run = load_run(Path(run_folder))
+    path = run.files.path(EVAL)
+    recorded = read_json(path, "scores").get(task) if path.is_file() else None
+    if isinstance(recorded, dict) and recorded.get("examples") == examples and isinstance(recorded.get("score"),
+                                                                                          (int, float)):
         return float(recorded["score"])
-    return float(evaluate_run(load_run(Path(run_folder)))["score"])
+    return float(evaluate_run(run)["score"])

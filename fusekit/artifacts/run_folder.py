@@ -5,7 +5,6 @@ Its files are listed in fusekit.artifacts.layout.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,17 +13,17 @@ import torch
 
 from fusekit import __version__
 from fusekit.artifacts.atomic import atomic_write_json, atomic_write_text, load_tensors, save_tensors
-from fusekit.artifacts.checksums import ChecksummedFolder, digests, read_checksums
-from fusekit.artifacts.layout import CHECKSUMS, CONFIG, EVAL, HEAD, TASK_VECTOR
+from fusekit.artifacts.checksums import ChecksummedFolder, reseal
+from fusekit.artifacts.layout import CONFIG, EVAL, HEAD, TASK_VECTOR
+from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.task_vector import TaskVector, VectorHeader
 from fusekit.config import TrainConfig, load_recipe, to_yaml
 from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.errors import FusekitError
 from fusekit.models.adapters import AdaptedModel, AdapterSpec, add_lora
-from fusekit.models.heads import HeadSpec, TaskHead
 from fusekit.models.base import BaseModel, load_base_model
+from fusekit.models.heads import HeadSpec, TaskHead
 from fusekit.models.linearize import LinearizedModel
-
 
 
 def adapter_spec(cfg: TrainConfig) -> AdapterSpec:
@@ -53,7 +52,6 @@ def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedMode
     vector.save(folder / TASK_VECTOR)
     save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family, **base.head.meta()})
     model.save_peft_folder(folder)
-    atomic_write_json(folder / CHECKSUMS, digests(folder, "*.safetensors"))
     atomic_write_text(folder / CONFIG, to_yaml(cfg))
     return vector
 
@@ -80,8 +78,8 @@ def load_run(folder: Path) -> Run:
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise FusekitError(f"{folder} is not a fusekit run (expected {CONFIG} written by fusekit train)")
-    cfg = load_recipe(folder / CONFIG, TrainConfig)
-    files = ChecksummedFolder(folder, read_checksums(folder), CHECKSUMS)
+    files = ChecksummedFolder.open(folder)
+    cfg = load_recipe(files.path(CONFIG), TrainConfig)
     head, head_meta = load_tensors(files.path(HEAD))
     run = Run(folder, cfg, TaskHead(head, HeadSpec.from_meta(head_meta)), head_meta.get("task", cfg.task), files)
     run.header()  # a missing or corrupt task vector is reported now (and hashed once), not halfway through a job
@@ -119,9 +117,10 @@ def model_for_vector(model_name: str | None, vector: TaskVector, head: TaskHead,
 def record_eval(folder: Path, task: str, metrics: dict) -> None:
     """Update the folder's EVAL file (run or merged folder) with this task's latest scores."""
     path = folder / EVAL
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = read_json(path, "scores") if path.is_file() else {}
     results[task] = metrics
     atomic_write_json(path, results)
+    reseal(folder, EVAL)
 
 
 def load_adapter(folder: str | Path, task: str | None = None) -> tuple[AdaptedModel, object]:

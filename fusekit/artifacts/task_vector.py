@@ -72,9 +72,17 @@ def _parse_meta(metadata: dict[str, str], path: Path) -> dict:
     if metadata.get("format") != FORMAT:
         raise FusekitError(f"{path} is not a fusekit task vector (expected metadata format={FORMAT})")
     try:
-        return json.loads(metadata["fusekit"])
-    except (KeyError, json.JSONDecodeError):
+        meta = json.loads(metadata["fusekit"])
+    except (KeyError, json.JSONDecodeError, RecursionError):
         raise FusekitError(f"{path}: task-vector metadata is missing or not JSON") from None
+    if not isinstance(meta, dict):
+        raise FusekitError(f"{path}: task-vector metadata is not a mapping")
+    for key, kinds in (("rank", int), ("alpha", (int, float))):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) or value <= 0
+                                  or value != value or value == float("inf")):
+            raise FusekitError(f"{path}: task-vector metadata {key}={str(value)[:40]!r} is not a positive number")
+    return meta
 
 
 @dataclass
@@ -145,4 +153,11 @@ class TaskVector:
         init = {k[len("init/"):]: v for k, v in tensors.items() if k.startswith("init/")}
         if not init or not set(delta) <= set(init):
             raise FusekitError(f"{path}: task vector has deltas without their φ0 (expected init/ for every delta/)")
+        for key, value in delta.items():
+            if value.shape != init[key].shape:
+                raise FusekitError(f"{path}: {key} has a delta of shape {tuple(value.shape)} but φ0 of shape "
+                                   f"{tuple(init[key].shape)}")
+        for key, value in {**delta, **init}.items():
+            if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+                raise FusekitError(f"{path}: {key} holds non-finite or non-float values (a corrupt or forged vector)")
         return cls(delta, init, meta)

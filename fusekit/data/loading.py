@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,12 +59,19 @@ def load_split(task: TaskSpec, split: str, source: str = DEFAULT_HUB_DATASET) ->
     return _read_hub(task, split, source)
 
 
+SIMILARITY_MAX = 5.0  # STS-B scores run from 0 (unrelated) to 5 (same meaning)
+
+
 def _label(task: TaskSpec, raw: str, where: str) -> float | int:
     if task.labels is None:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
-            raise FusekitError(f"{where}: label {raw!r} is not a number (expected a similarity score)") from None
+            score = math.nan
+        if not 0 <= score <= SIMILARITY_MAX:  # NaN fails too
+            raise FusekitError(f"{where}: label {raw[:40]!r} is not a similarity score (expected a number from 0 to "
+                               f"{SIMILARITY_MAX:g})")
+        return score
     if raw not in task.labels:
         raise FusekitError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
     return task.labels.index(raw)
@@ -74,8 +82,14 @@ def _read_tsv(task: TaskSpec, path: Path) -> Split:
         raise FusekitError(f"data folder {path.parent.parent} does not exist (expected a GLUE-layout folder)")
     if not path.is_file():
         raise FusekitError(f"{path} not found (expected {task.folder}/{path.name} in the GLUE folder)")
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as error:
+        raise FusekitError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                           f"{error.start} of a chunk; GLUE files are UTF-8)") from None
+    except csv.Error as error:
+        raise FusekitError(f"{path} is not a tab-separated file ({error})") from None
     start = 1 if task.has_header else 0
     header = rows[0] if task.has_header and rows else []
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from fusekit.errors import FusekitError
 
-
 DEFAULT_HUB_DATASET = "nyu-mll/glue"
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.table import Table
 
-from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.merged_folder import write_merged
+from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.run_folder import load_run
+from fusekit.config import short
+from fusekit.errors import FusekitError
 from fusekit.merging.methods import make_method, method_parameters
+from fusekit.merging.params import PARAMETERS
 from fusekit.merging.search import search, searched
 from fusekit.merging.stream import merge
 from fusekit.models.base import resolve_device
@@ -22,7 +26,8 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
 
     A hyperparameter is searched when it has a grid, or when λ is 'auto' and it was not given (default grid).
     """
-    make_method(method)  # an unknown method fails before any loading
+    make_method(method)  # an unknown method or a bad value fails before any loading
+    check_merge_settings(fixed, grid, weights, rank, val_examples)
     with claim_output(out, overwrite, folders):  # never over an input, never two writers
         runs = [load_run(folder) for folder in folders]
         values = _candidates(method, fixed, grid)
@@ -42,6 +47,21 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
         }, overwrite)
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
+
+
+def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, rank: int | None,
+                         val_examples: int) -> None:
+    """Every hyperparameter, weight, rank and sample size in range (one line naming the flag otherwise)."""
+    for param in PARAMETERS:
+        for value in [fixed.get(param.name), *(grid.get(param.name) or [])]:
+            if value is not None:
+                param.check(value)
+    if weights is not None and (not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0):
+        raise FusekitError(f"--weights {short(weights)}: expected finite numbers ≥ 0, not all 0")
+    if rank is not None and rank < 1:
+        raise FusekitError(f"--rank {rank}: expected an integer ≥ 1")
+    if val_examples < 1:
+        raise FusekitError(f"--val-examples {val_examples}: expected an integer ≥ 1")
 
 
 def _candidates(method: str, fixed: dict, grid: dict) -> dict[str, list[float]]:

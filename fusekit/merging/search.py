@@ -23,7 +23,6 @@ from fusekit.merging.stream import merge
 from fusekit.progress import console
 
 
-
 @dataclass
 class SearchResult:
     best: dict[str, float]

@@ -12,8 +12,21 @@ from pathlib import Path
 import yaml
 
 from fusekit.artifacts.atomic import atomic_write_text
-from fusekit.artifacts.layout import (BASELINE, CONFIG, EVAL, MANIFEST, METRICS, REPORT, REPORT_FIGURES, STAGES,
-                                     STAGING, STUDY_RECIPE, SWEEP_PLOT, is_checkpoint_dir, joint_plot)
+from fusekit.artifacts.layout import (
+    BASELINE,
+    CONFIG,
+    EVAL,
+    MANIFEST,
+    METRICS,
+    REPORT,
+    REPORT_FIGURES,
+    STAGES,
+    STAGING,
+    STUDY_RECIPE,
+    SWEEP_PLOT,
+    is_checkpoint_dir,
+    joint_plot,
+)
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import mean_defined, normalized_score

@@ -21,8 +21,20 @@ from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import BASELINE, CONFIG, EVAL, MARKER, STAGES, STUDY_RECIPE, TUNE, TUNED_RECIPE
 from fusekit.artifacts.output import check_output, claim_output, mark
 from fusekit.artifacts.reading import read_json, read_text, read_yaml
-from fusekit.config import (AT_LEAST_ONE, NON_NEGATIVE, SAFE_NAME, Allowed, JointConfig, TrainConfig, from_mapping,
-                            load_recipe, registry, setting, short, to_yaml)
+from fusekit.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    SAFE_NAME,
+    Allowed,
+    JointConfig,
+    TrainConfig,
+    from_mapping,
+    load_recipe,
+    registry,
+    setting,
+    short,
+    to_yaml,
+)
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.merging.search import searched
@@ -337,8 +349,8 @@ def _train(stage: Stage, out: Path) -> None:
 
 
 def _merge(stage: Stage, out: Path) -> None:
-    from fusekit.merging.merge import fuse
     from fusekit.evaluation.eval import score_folders
+    from fusekit.merging.merge import fuse
 
     job: MergeJob = stage.config
     folder = out / stage.name

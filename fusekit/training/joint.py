@@ -25,8 +25,8 @@ from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_spli
 from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
-from fusekit.models.heads import TaskHead
 from fusekit.models.base import load_base_model
+from fusekit.models.heads import TaskHead
 from fusekit.progress import console
 from fusekit.training.balancers import make_balancer
 from fusekit.training.session import TrainingSession, seed_everything

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from fusekit.artifacts.output import OutputLock, check_output, claim_output
 from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
+from fusekit.artifacts.output import OutputLock, check_output, claim_output
 from fusekit.config import TrainConfig
 from fusekit.data.loading import ResumableLoader
 from fusekit.models.base import resolve_device
