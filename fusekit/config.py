@@ -71,6 +71,7 @@ POSITIVE = Allowed(low=0, low_open=True)
 AT_LEAST_ONE = Allowed(low=1)
 NON_NEGATIVE = Allowed(low=0)
 FRACTION = Allowed(low=0, high=1, high_open=True)  # [0, 1)
+SEED = Allowed(low=0, high=2**32 - 1)  # what numpy's and torch's generators accept
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
@@ -114,7 +115,7 @@ class TrainConfig:
     alpha: float = setting(16.0, "LoRA alpha (scale s = alpha / r)", POSITIVE)
     dropout: float = setting(0.0, "LoRA dropout", FRACTION)
     target_modules: list[str] | None = setting(None, "comma-separated module names to adapt (default: the model's)")
-    init_seed: int = setting(0, "seed of φ0, shared by tasks to be merged", NON_NEGATIVE)
+    init_seed: int = setting(0, "seed of φ0, shared by tasks to be merged", SEED)
     lora_init: str = setting("default", "default (B0 = 0) or nonzero (random B0, W0 compensated)",
                               Allowed(choices=registry("fusekit.models.adapters", "LORA_INITS")))
     linearize: str | None = setting(None, "L-LoRA scope: module (default for l-lora) or network",
@@ -141,7 +142,7 @@ class TrainConfig:
                                  Allowed(choices=("dev", "held-out")))
     held_out_examples: int = setting(500, "held-out training examples scored when eval_on is held-out",
                                      AT_LEAST_ONE)
-    seed: int = setting(0, "seed of data order, dropout and subsets", NON_NEGATIVE)
+    seed: int = setting(0, "seed of data order, dropout and subsets", SEED)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N")
     checkpoint_every: int = setting(0, "steps between checkpoints beside the output folder (0: none); a rerun "
                                        "resumes from the last one", NON_NEGATIVE)

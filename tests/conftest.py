@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -65,6 +66,16 @@ def make_glue(root: Path, n_train: int = 96, n_dev: int = 32) -> Path:
                 for i, (a, b, y) in enumerate(pairs(24))]
         write_tsv(root / "MNLI" / f"{name}.tsv", mnli_header, rows)
     return root
+
+
+def tree_hash(*folders: Path) -> str:
+    """One digest of every file's path and bytes under `folders`: equal before and after means untouched."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                digest.update(path.as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def make_tiny_model(folder: Path, dropout: float = 0.1) -> Path:

@@ -167,3 +167,47 @@ def test_joint_from_the_cli_draws_the_balancer_weights(tiny_model, glue_dir, tmp
                     "--epochs", "2", "--out", out)
     assert result.exit_code == 0, result.output
     assert (out / "weights.png").stat().st_size > 0 and (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--seed", "99999999999"], "key 'seed' is 99999999999, expected an integer ≥ 0 and ≤ 4.29497e\\+09"),
+    (["--warmup-ratio", "-0.5"], "key 'warmup_ratio' is -0.5, expected a finite number ≥ 0 and < 1"),
+    (["--rank", "abc"], "Invalid value for '--rank'"),
+    (["--no-such-flag"], "No such option: --no-such-flag"),
+])
+def test_train_refuses_bad_values_in_one_line_and_writes_nothing(tiny_model, glue_dir, tmp_path, args, pattern):
+    result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--max-train", "16", "--batch-size", "4",
+                    "--out", tmp_path / "x", *args)
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.*"))
+
+
+def test_a_diverging_run_stops_with_one_error_line_and_writes_nothing(tiny_model, glue_dir, tmp_path):
+    result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--max-train", "16", "--batch-size", "4",
+                    "--lr", "1e30", "--out", tmp_path / "x")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert errors == [result.stderr.strip().splitlines()[-1]] and "training diverged: the loss is [nan]" in errors[0]
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.*"))
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, tiny_model, glue_dir, tmp_path):
+    import fusekit.training.train as training
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(training, "train", boom)
+    result = invoke("train", *common(tiny_model, glue_dir), "--out", tmp_path / "x")
+    assert_one_line_error(result, "fusekit train failed unexpectedly: RuntimeError: a bug over two lines "
+                                  "\\(rerun with --debug")
+    result = invoke("--debug", "train", *common(tiny_model, glue_dir), "--out", tmp_path / "x")
+    assert isinstance(result.exception, RuntimeError)
+    monkeypatch.delenv("FUSEKIT_DEBUG", raising=False)
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"fusekit {version('fusekit')}"

@@ -7,15 +7,15 @@ A run folder, written by `fusekit train` (fusekit.artifacts.run_folder):
     adapter_model.safetensors
     task_vector.safetensors      τ = φ − φ0 and φ0, with metadata (see fusekit.artifacts.task_vector)
     head.safetensors             the task's classification head
-    checksums.json               sha256 of each tensor file, checked when the file is first read
+    checksums.json               sha256 of every other file (JSON and YAML too), checked when a file is first read
     metrics.jsonl                loss per step, eval per epoch
     eval.json                    latest scores per task (updated by `fusekit eval`)
 
 A merged folder, written by `fusekit merge` and `fusekit joint` (fusekit.artifacts.merged_folder):
 
     manifest.json              inputs (run, task, sha256 of its task vector), method and hyperparameters,
-                               space, rank, truncation error, base model and fingerprint, λ search table,
-                               checksums (sha256 of every tensor file below, checked when the file is read)
+                               space, rank, truncation error, base model and fingerprint, λ search table
+    checksums.json             sha256 of every other file (older merged folders listed tensor files in the manifest)
     task_vector.safetensors    the merged vector (φ0 and τ)
     heads/<task>.safetensors   each task's own head (heads are never merged)
     peft/<task>/               plain-peft folder per task: the merged LoRA (nonlinear) with that task's head

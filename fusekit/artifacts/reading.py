@@ -102,8 +102,10 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
 
 def read_yaml(path: Path, what: str = "recipe"):
     """The YAML document in `path`, read with the checks above; an empty file is None."""
-    loader = _StrictLoader(read_text(path, what))
+    text = read_text(path, what)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -118,4 +120,5 @@ def read_yaml(path: Path, what: str = "recipe"):
     except RecursionError:
         raise FusekitError(f"{what} {path} is nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -10,7 +10,7 @@ from rich.table import Table
 from fusekit.artifacts.merged_folder import write_merged
 from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.run_folder import load_run
-from fusekit.config import short
+from fusekit.config import SEED, short
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.params import PARAMETERS
@@ -27,7 +27,7 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
     A hyperparameter is searched when it has a grid, or when λ is 'auto' and it was not given (default grid).
     """
     make_method(method)  # an unknown method or a bad value fails before any loading
-    check_merge_settings(fixed, grid, weights, rank, val_examples)
+    check_merge_settings(fixed, grid, weights, rank, val_examples, seed)
     with claim_output(out, overwrite, folders):  # never over an input, never two writers
         runs = [load_run(folder) for folder in folders]
         values = _candidates(method, fixed, grid)
@@ -50,7 +50,7 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
 
 
 def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, rank: int | None,
-                         val_examples: int) -> None:
+                         val_examples: int, seed: int) -> None:
     """Every hyperparameter, weight, rank and sample size in range (one line naming the flag otherwise)."""
     for param in PARAMETERS:
         for value in [fixed.get(param.name), *(grid.get(param.name) or [])]:
@@ -62,6 +62,8 @@ def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, r
         raise FusekitError(f"--rank {rank}: expected an integer ≥ 1")
     if val_examples < 1:
         raise FusekitError(f"--val-examples {val_examples}: expected an integer ≥ 1")
+    if SEED.problem(seed):
+        raise FusekitError(f"--seed {seed}: expected {SEED.problem(seed)}")
 
 
 def _candidates(method: str, fixed: dict, grid: dict) -> dict[str, list[float]]:

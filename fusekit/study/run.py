@@ -91,7 +91,7 @@ class StudyConfig:
     tasks: list[str] = setting(["sst2", "rte", "mrpc", "cola", "stsb"], "GLUE tasks",
                                Allowed(choices=registry("fusekit.data.tasks", "TASKS"), unique=True))
     seeds: list[int] = setting([0], "seeds; each gets its own runs, merges and joint baselines",
-                               Allowed(low=0, unique=True))
+                               Allowed(low=0, high=2**32 - 1, unique=True))
     checkpoint_every: int = setting(50, "steps between checkpoints of each training stage", NON_NEGATIVE)
     train: dict = setting({}, "TrainConfig keys shared by every training stage")
     adapters: dict = setting({"lora": {"adapter": "lora"}}, "variant name → TrainConfig keys")

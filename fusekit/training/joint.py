@@ -145,6 +145,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
                     balancer.after_step(losses_of(step_batches, tasks).detach())
             del step_batches
             record = {"step": step, "losses": losses.detach().tolist(), "weights": weights.tolist()}
+            session.check_finite(record["losses"])
             if balancer.validation_interval and step % balancer.validation_interval == 0:
                 val = validation_losses()
                 balancer.observe(step, val)

@@ -23,6 +23,7 @@ from fusekit.artifacts.checkpoint import Checkpoints, TrainingState, metrics_log
 from fusekit.artifacts.output import OutputLock, check_output, claim_output
 from fusekit.config import TrainConfig
 from fusekit.data.loading import ResumableLoader
+from fusekit.errors import FusekitError
 from fusekit.models.base import resolve_device
 from fusekit.progress import console, progress_bar
 from fusekit.training.parallel import processes
@@ -110,6 +111,12 @@ class TrainingSession:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return self.step
+
+    def check_finite(self, losses: list[float]) -> None:
+        """Stop a run whose loss is no longer a number, before anything diverged is written."""
+        if not all(math.isfinite(x) for x in losses):
+            raise FusekitError(f"training diverged: the loss is {losses} at step {self.step} (a smaller --lr, "
+                               "--head-lr or --alpha?); nothing was written")
 
     def checkpoint_due(self) -> bool:
         return self.checkpoints.due(self.step)

@@ -89,6 +89,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                 procs.sum_gradients(params)
                 step = session.optimizer_step()
                 value = loss.item()
+                session.check_finite([value])
                 log.write({"step": step, "epoch": epoch, "loss": value, "lr": session.scheduler.get_last_lr()[0]})
                 bar.update(job, advance=1, status=f"loss {value:.4f}")
                 if session.checkpoint_due():

@@ -1,0 +1,115 @@
+"""What fusekit never loses: outputs that would replace, hold or sit inside an input, folders fusekit did not
+write, symbolic links, and a second writer of the same output are refused before any work."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from fusekit.artifacts.output import OutputLock
+from fusekit.errors import FusekitError
+from tests.conftest import tree_hash
+from tests.test_cli import assert_one_line_error, common, invoke
+
+
+@pytest.fixture(scope="module")
+def two_runs(sst2_run, tiny_config, tmp_path_factory):
+    """Two finished runs side by side in one folder (copies, so that tests may try to damage them)."""
+    from fusekit.training.train import train
+
+    folder = tmp_path_factory.mktemp("two-runs")
+    shutil.copytree(sst2_run[0], folder / "sst2")
+    train(replace(tiny_config, task="rte", epochs=1, max_train=16, out=str(folder / "rte")))
+    return folder
+
+
+def merge(runs, *args):
+    return invoke("merge", *runs, "--lambda", "0.5", "--device", "cpu", *args)
+
+
+@pytest.mark.parametrize("target, pattern", [
+    ("rte", "holds the input .*rte: writing there would replace it"),
+    (".", "holds the input .*sst2: writing there would replace it"),
+    ("rte/merged", "is inside the input .*rte: choose a folder outside it"),
+])
+def test_a_merge_never_replaces_holds_or_nests_in_an_input(two_runs, target, pattern):
+    before = tree_hash(two_runs)
+    runs = [two_runs / "sst2", two_runs / "rte"]
+    assert_one_line_error(merge(runs, "--overwrite", "--out", two_runs / target), pattern)
+    assert tree_hash(two_runs) == before
+
+
+def test_overwrite_replaces_only_what_fusekit_wrote(two_runs, tiny_model, glue_dir, tmp_path):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("precious")
+    result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--overwrite", "--out", users)
+    assert_one_line_error(result, "holds files fusekit did not write: refusing to write there")
+    assert (users / "notes.txt").read_text() == "precious"
+    runs = [two_runs / "sst2", two_runs / "rte"]
+    assert merge(runs, "--out", tmp_path / "merged").exit_code == 0
+    assert_one_line_error(merge(runs, "--out", tmp_path / "merged"), "is not empty .*pass --overwrite")
+    assert merge(runs, "--out", tmp_path / "merged", "--overwrite").exit_code == 0  # fusekit's own: replaced
+
+
+def test_symbolic_link_outputs_are_refused_before_any_work(two_runs, tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    runs = [two_runs / "sst2", two_runs / "rte"]
+    assert_one_line_error(merge(runs, "--out", tmp_path / "dangling"), "is a symbolic link")
+    assert_one_line_error(merge(runs, "--out", tmp_path / "loop" / "x"), "cannot be resolved")
+    assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "nowhere").exists()
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(two_runs, tmp_path):
+    out = tmp_path / "merged"
+    runs = [two_runs / "sst2", two_runs / "rte"]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "merged.lock").write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename}))
+        assert_one_line_error(merge(runs, "--out", out), f"is being written by process {other.pid}")
+        assert not out.exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert merge(runs, "--out", out).exit_code == 0  # its process is gone: the lock is stale
+    assert not (tmp_path / "merged.lock").exists()
+
+
+def test_a_lock_is_exclusive_between_processes(tmp_path):
+    with OutputLock(tmp_path / "out"):
+        code = ("from pathlib import Path; from fusekit.artifacts.output import OutputLock; "
+                f"OutputLock(Path({str(tmp_path / 'out')!r})).acquire()")
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert child.returncode != 0 and "is being written by process" in child.stderr
+    assert not (tmp_path / "out.lock").exists()
+
+
+def test_a_study_never_writes_over_a_users_folder_or_its_recorded_recipe(tmp_path, tiny_model, glue_dir):
+    from fusekit.study.run import run_study
+
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "recipe.yaml").write_text("my own notes")
+    recipe = tmp_path / "r.yaml"
+    base = {"out": str(users), "tasks": ["sst2"], "checkpoint_every": 0,
+            "train": {"model": str(tiny_model), "data": str(glue_dir), "rank": 2, "max_length": 16, "epochs": 1,
+                      "max_train": 16, "max_eval": 8, "device": "cpu"}}
+    recipe.write_text(yaml.safe_dump(base))
+    with pytest.raises(FusekitError, match="holds files fusekit did not write"):
+        run_study(recipe)
+    assert (users / "recipe.yaml").read_text() == "my own notes"
+    study = tmp_path / "study"
+    recipe.write_text(yaml.safe_dump({**base, "out": str(study)}))
+    run_study(recipe)
+    recorded = (study / "recipe.yaml").read_text()
+    changed = {**base, "out": str(study), "train": {**base["train"], "rank": 4}}
+    recipe.write_text(yaml.safe_dump(changed))
+    with pytest.raises(FusekitError, match="was run with different rank"):
+        run_study(recipe)
+    assert (study / "recipe.yaml").read_text() == recorded
