@@ -10,10 +10,11 @@ smooth trend scores near 0. It is the share of the weights' variance that lives 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from fusekit.artifacts.reading import read_jsonl
 
 
 def noise_fraction(weights: np.ndarray) -> float | None:
@@ -29,7 +30,7 @@ def noise_fraction(weights: np.ndarray) -> float | None:
 
 def balancer_curves(metrics: Path) -> tuple[list[int], np.ndarray, list[int], np.ndarray]:
     """(steps, weights T × K, validation steps, validation losses V × K) from a joint run's metrics.jsonl."""
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_jsonl(metrics, "training log")
     steps = [r for r in records if "weights" in r]
     validation = [r for r in records if "validation_losses" in r]
     return ([r["step"] for r in steps], np.array([r["weights"] for r in steps]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ def plot_joint(metrics: Path, tasks: list[str], out: Path) -> float | None:
     the training mini-batch losses with their moving average; log scale when the tasks' losses differ tenfold.
     Right: the weights ω_i, titled with the share of their movement that is step-to-step noise.
     """
+    from fusekit.artifacts.reading import read_jsonl
     from fusekit.study.diagnostics import balancer_curves, noise_fraction, weight_updates
 
     plt = _pyplot()
@@ -61,8 +61,7 @@ def plot_joint(metrics: Path, tasks: list[str], out: Path) -> float | None:
         axes[0].set(title="validation loss (fixed held-out sample)", ylabel="mean loss")
         values = val
     else:
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        rows = [r for r in records if "losses" in r]
+        rows = [r for r in read_jsonl(metrics, "training log") if "losses" in r]
         losses = np.array([r["losses"] for r in rows])
         span = max(1, len(rows) // 20)
         for i, task in enumerate(tasks):

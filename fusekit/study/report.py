@@ -6,10 +6,7 @@ report can be rendered at any time, even of an unfinished study.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import yaml
 
 from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import (
@@ -27,6 +24,8 @@ from fusekit.artifacts.layout import (
     is_checkpoint_dir,
     joint_plot,
 )
+from fusekit.artifacts.merged_folder import manifest_tasks
+from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import mean_defined, normalized_score
@@ -35,7 +34,7 @@ from fusekit.study.plots import plot_joint, plot_sweeps
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -55,8 +54,10 @@ def _runs(study: Path) -> dict[tuple[str, str], dict]:
     for folder in _finished(study, "train"):
         if not (folder / CONFIG).is_file():
             continue
-        config = yaml.safe_load((folder / CONFIG).read_text())
-        task = config["task"]
+        config = read_yaml(folder / CONFIG, "run config")
+        task = config.get("task") if isinstance(config, dict) else None
+        if task is None:
+            raise FusekitError(f"{folder / CONFIG} records no task")
         scores = _json(folder / EVAL)
         if task in scores:
             found[(task, folder.name[len(task) + 1:])] = scores[task]
@@ -65,7 +66,8 @@ def _runs(study: Path) -> dict[tuple[str, str], dict]:
 
 def individual_table(study: Path) -> tuple[str, list[str]]:
     runs = _runs(study)
-    ordered = (yaml.safe_load((study / STUDY_RECIPE).read_text()) or {}).get("tasks") or []
+    recipe = read_yaml(study / STUDY_RECIPE)
+    ordered = [t for t in (recipe.get("tasks") or []) if isinstance(t, str)] if isinstance(recipe, dict) else []
     found = {t for t, _ in runs}
     tasks = [t for t in ordered if t in found] + sorted(found - set(ordered))  # the recipe's order
     variants = list(dict.fromkeys(v for _, v in runs))
@@ -104,7 +106,7 @@ def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
     rows = []
     for folder in _finished(study, kind):
         manifest, scores = _json(folder / MANIFEST), _json(folder / EVAL)
-        if manifest.get("inputs") and all(item["task"] in scores for item in manifest["inputs"]):
+        if manifest and all(task in scores for task in manifest_tasks(manifest, folder)):
             rows.append((folder.name, manifest, normalize(study, manifest, scores)))
     return rows
 
@@ -149,9 +151,9 @@ def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normal
 def stage_table(study: Path) -> str:
     latest = {}
     path = study / STAGES
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        record = json.loads(line)
-        latest[record["stage"]] = record
+    for record in read_jsonl(path, "stage log") if path.is_file() else []:
+        if {"stage", "seconds", "peak_rss_mb"} <= record.keys():
+            latest[record["stage"]] = record
     rows = [[name, f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mb']:.0f}",
              f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "–"] for name, r in latest.items()]
     total = sum(r["seconds"] for r in latest.values())
