@@ -113,3 +113,85 @@ def test_a_study_never_writes_over_a_users_folder_or_its_recorded_recipe(tmp_pat
     with pytest.raises(FusekitError, match="was run with different rank"):
         run_study(recipe)
     assert (study / "recipe.yaml").read_text() == recorded
+
+
+def forge_vector(folder, change) -> None:
+    """Rewrite a run's task vector through `change(tensors, metadata)` and seal the folder again, as a forger
+    would: the checks behind the seal must catch it."""
+    from safetensors.torch import load_file, save_file
+
+    from fusekit.artifacts.checksums import seal
+
+    path = folder / "task_vector.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    change(tensors, metadata)
+    save_file(tensors, path, metadata=metadata)
+    seal(folder)
+
+
+def _alpha_text(tensors, metadata):
+    meta = json.loads(metadata["fusekit"])
+    metadata["fusekit"] = json.dumps({**meta, "alpha": "sixteen"})
+
+
+def _wrong_shape(tensors, metadata):
+    key = next(k for k in tensors if k.startswith("delta/"))
+    tensors[key] = tensors[key][:1].clone()
+
+
+def _nan(tensors, metadata):
+    key = next(k for k in tensors if k.startswith("delta/"))
+    tensors[key] = tensors[key].clone().fill_(float("nan"))
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (_alpha_text, "metadata alpha='sixteen' is not a positive number"),
+    (_wrong_shape, "has a delta of shape .* but φ0 of shape"),
+    (_nan, "holds non-finite or non-float values"),
+])
+def test_forged_task_vectors_are_refused(sst2_run, tmp_path, change, pattern):
+    folder = tmp_path / "run"
+    shutil.copytree(sst2_run[0], folder)
+    forge_vector(folder, change)
+    assert_one_line_error(invoke("eval", folder, "--device", "cpu"), pattern)
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    (lambda f: (f / "eval.json").write_text("{not json"), "eval.json is not valid JSON"),
+    (lambda f: (f / "manifest.json").write_text("[1, 2]"), "manifest .* holds a JSON list, expected a mapping"),
+    (lambda f: (f / "manifest.json").write_text(json.dumps({"format": "fusekit.artifacts.merged_folder/1"})),
+     "'inputs' is missing"),
+    (lambda f: (f / "manifest.json").write_text(json.dumps({"format": "fusekit.artifacts.merged_folder/1",
+                                                            "inputs": [{"task": "../../x"}]})),
+     "input task '../../x' is not a GLUE task"),
+])
+def test_junk_records_in_a_merged_folder_are_one_line(two_runs, tmp_path, damage, pattern):
+    from fusekit.artifacts.checksums import seal
+
+    out = tmp_path / "merged"
+    assert merge([two_runs / "sst2", two_runs / "rte"], "--out", out).exit_code == 0
+    assert invoke("eval", out, "--device", "cpu").exit_code == 0
+    damage(out)
+    seal(out)  # past the seal: the readers themselves must refuse
+    assert_one_line_error(invoke("eval", out, "--device", "cpu"), pattern)
+
+
+def test_a_truncated_stage_log_still_reports(tmp_path, tiny_model, glue_dir):
+    from fusekit.study.report import write_report
+    from fusekit.study.run import run_study
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "study"), "tasks": ["sst2"], "checkpoint_every": 0,
+        "train": {"model": str(tiny_model), "data": str(glue_dir), "rank": 2, "max_length": 16, "epochs": 1,
+                  "max_train": 16, "max_eval": 8, "device": "cpu"}}))
+    run_study(recipe)
+    log = tmp_path / "study" / "stages.jsonl"
+    log.write_text(log.read_text() + '{"stage": "train/x", "secon')  # killed mid-append
+    assert "train/sst2-lora" in write_report(tmp_path / "study").read_text()
+    log.write_text('{"stage": "train/x", "secon\n' + log.read_text())
+    assert_one_line_error(invoke("report", tmp_path / "study"), "stages.jsonl:1 is not a JSON record")

@@ -157,7 +157,7 @@ class TaskVector:
             if value.shape != init[key].shape:
                 raise FusekitError(f"{path}: {key} has a delta of shape {tuple(value.shape)} but φ0 of shape "
                                    f"{tuple(init[key].shape)}")
-        for key, value in {**delta, **init}.items():
+        for key, value in tensors.items():
             if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
                 raise FusekitError(f"{path}: {key} holds non-finite or non-float values (a corrupt or forged vector)")
         return cls(delta, init, meta)
