@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import os
 import sys
 import typing
@@ -48,7 +49,7 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=OneLineErrors, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-task adaptation of pretrained transformers by adapter fusion.")
 
 
@@ -83,6 +84,16 @@ def one_line_errors(command):
     return wrapper
 
 
+DEVICE_HELP = "auto (a GPU when present), cpu, cuda or cuda:N"
+JSON_HELP = "print the result as one JSON document on stdout (progress and tables stay on stderr)"
+
+
+def _emit(result: object, as_json: bool) -> None:
+    """The command's result on stdout as JSON, for scripts (`fusekit eval ... --json | jq`)."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -96,10 +107,19 @@ def options(
     version: Annotated[bool, Opt("--version", callback=_version, is_eager=True, help="print the version and exit")]
     = False,
     debug: Annotated[bool, Opt(help=f"show the traceback of an unexpected error (also {DEBUG}=1)")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="print only errors and results: no progress, no tables")]
+    = False,
+    verbose: Annotated[bool, Opt("--verbose", "-v", help="progress lines in logs every 5 s instead of 30 s, and "
+                                                         "the libraries' warnings")] = False,
 ) -> None:
     """Multi-task adaptation of pretrained transformers by adapter fusion."""
+    from fusekit.progress import set_verbosity
+
     if debug:
         os.environ[DEBUG] = "1"
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other")
+    set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
 
 
 Opt = typer.Option
@@ -154,6 +174,7 @@ def _train_config(recipe: Optional[Path], settings: dict) -> TrainConfig:
 def train(
     recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe; flags override its keys")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing run folder (and discard its checkpoint)")] = False,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
     **settings,
 ) -> None:
     """Finetune one adapter on one GLUE task.
@@ -164,7 +185,9 @@ def train(
     """
     from fusekit.training.train import train as run_training
 
-    run_training(_train_config(recipe, settings), overwrite=overwrite)
+    cfg = _train_config(recipe, settings)
+    result = run_training(cfg, overwrite=overwrite)
+    _emit({"out": str(cfg.output_dir()), **dataclasses.asdict(result)}, as_json)
 
 
 @app.command()
@@ -175,6 +198,7 @@ def tune(
     = None,
     grid: Annotated[Optional[list[str]], Opt(help="KEY=V1,V2,... a setting and the values to try (repeatable)")]
     = None,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
     **settings,
 ) -> None:
     """Choose training settings on held-out training examples (never on dev): train every grid point, score each on
@@ -189,7 +213,8 @@ def tune(
     cfg = _train_config(recipe, settings)
     if not grid:
         raise FusekitError("no --grid given: expected at least one --grid KEY=V1,V2,... such as --grid lr=1e-4,3e-4")
-    run_tune(cfg, parse_grid(grid), Path(cfg.out or f"runs/tune-{cfg.task}-{cfg.adapter}"), cfg.held_out_examples)
+    out = Path(cfg.out or f"runs/tune-{cfg.task}-{cfg.adapter}")
+    _emit(run_tune(cfg, parse_grid(grid), out, cfg.held_out_examples), as_json)
 
 
 @app.command()
@@ -198,6 +223,7 @@ def tune(
 def baseline(
     recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe of the run to compare; flags override its keys")]
     = None,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
     **settings,
 ) -> None:
     """Score what the checkpoint knows without an adapter: majority class, zero-shot cosine (sentence-pair
@@ -208,7 +234,7 @@ def baseline(
     from fusekit.evaluation.baselines import run_baselines
 
     cfg = _train_config(recipe, settings)
-    run_baselines(cfg, Path(cfg.out or f"runs/baseline-{cfg.task}.json"))
+    _emit(run_baselines(cfg, Path(cfg.out or f"runs/baseline-{cfg.task}.json")), as_json)
 
 
 @app.command("eval")
@@ -219,11 +245,12 @@ def evaluate(
     task: Annotated[Optional[str], Opt(help="comma-separated tasks (default: each run's own task)")] = None,
     data: Annotated[Optional[str], Opt(help="GLUE-layout folder or hub dataset id (default: the run's)")] = None,
     max_eval: Annotated[Optional[int], Opt(help="cap on validation examples (default: the full split)")] = None,
-    batch_size: Annotated[int, Opt()] = 128,
-    device: Annotated[str, Opt()] = "auto",
+    batch_size: Annotated[int, Opt(help="examples per evaluation batch")] = 128,
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     nonlinear: Annotated[bool, Opt(help="score L-LoRA runs with the plain LoRA forward at φ (their PEFT export)")]
     = False,
     out: Annotated[Optional[Path], Opt(help="also write all results to this JSON file")] = None,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Score adapters on GLUE validation splits with each task's official metric.
 
@@ -234,7 +261,9 @@ def evaluate(
     folders = [*(runs or []), *(adapter or [])]
     if not folders:
         raise FusekitError("no run folder given: expected fusekit eval RUN_DIR... or --adapter RUN_DIR")
-    score_folders(folders, task, data, max_eval, batch_size, device, out, nonlinear)
+    if batch_size < 1 or (max_eval is not None and max_eval < 1):
+        raise FusekitError("--batch-size and --max-eval must be integers ≥ 1")
+    _emit(score_folders(folders, task, data, max_eval, batch_size, device, out, nonlinear), as_json)
 
 
 def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
@@ -268,8 +297,9 @@ def merge(
     rank: Annotated[Optional[int], Opt(help="delta-w: truncate the merged ΔW to this rank by SVD")] = None,
     val_examples: Annotated[int, Opt(help="held-out training examples per task for the search")] = 200,
     seed: Annotated[int, Opt(help="DARE drops and held-out sampling")] = 0,
-    device: Annotated[str, Opt()] = "auto",
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     overwrite: Annotated[bool, Opt(help="replace an existing merged folder")] = False,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Fuse task vectors into one multi-task adapter.
 
@@ -280,8 +310,8 @@ def merge(
     grid = {"lam": _floats(lambdas, "--lambdas"), "density": _floats(densities, "--densities"),
             "rate": _floats(drop_rates, "--drop-rates")}
     fixed = {"lam": None if lam == "auto" else _floats(lam, "--lambda")[0], "density": density, "rate": drop_rate}
-    fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed, device,
-         overwrite)
+    _emit(fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed,
+               device, overwrite), as_json)
 
 
 @app.command()
@@ -290,6 +320,7 @@ def merge(
 def joint(
     recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe (JointConfig keys); flags override")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing output folder (and discard its checkpoint)")] = False,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
     **settings,
 ) -> None:
     """Train one adapter on several tasks with a loss balancer.
@@ -307,6 +338,7 @@ def joint(
     out = cfg.output_dir()
     plot_joint(out / METRICS, list(results), out / BALANCER_PLOT)
     reseal(out, BALANCER_PLOT)
+    _emit({"out": str(out), "scores": results}, as_json)
 
 
 @app.command("run")

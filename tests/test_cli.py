@@ -24,6 +24,16 @@ def assert_one_line_error(result, pattern: str) -> None:
     assert re.search(pattern, lines[0]), lines[0]
 
 
+def assert_error_line(result, pattern: str) -> None:
+    """Exit 1 with exactly one `error:` line, the last one (progress of work done before it may precede it)."""
+    import re
+
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and re.search(pattern, errors[0]), result.stderr
+
+
 def common(tiny_model, glue_dir):
     return ["--model", tiny_model, "--data", glue_dir, "--device", "cpu", "--max-length", "16", "--rank", "2"]
 
@@ -185,9 +195,7 @@ def test_train_refuses_bad_values_in_one_line_and_writes_nothing(tiny_model, glu
 def test_a_diverging_run_stops_with_one_error_line_and_writes_nothing(tiny_model, glue_dir, tmp_path):
     result = invoke("train", *common(tiny_model, glue_dir), "--task", "rte", "--max-train", "16", "--batch-size", "4",
                     "--lr", "1e30", "--out", tmp_path / "x")
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert errors == [result.stderr.strip().splitlines()[-1]] and "training diverged: the loss is [nan]" in errors[0]
+    assert_error_line(result, r"training diverged: the loss is \[nan\]")
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.*"))
 
 

@@ -14,7 +14,7 @@ import yaml
 from fusekit.artifacts.output import OutputLock
 from fusekit.errors import FusekitError
 from tests.conftest import tree_hash
-from tests.test_cli import assert_one_line_error, common, invoke
+from tests.test_cli import assert_error_line, assert_one_line_error, common, invoke
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_junk_records_in_a_merged_folder_are_one_line(two_runs, tmp_path, damage
     assert invoke("eval", out, "--device", "cpu").exit_code == 0
     damage(out)
     seal(out)  # past the seal: the readers themselves must refuse
-    assert_one_line_error(invoke("eval", out, "--device", "cpu"), pattern)
+    assert_error_line(invoke("eval", out, "--device", "cpu"), pattern)
 
 
 def test_a_truncated_stage_log_still_reports(tmp_path, tiny_model, glue_dir):

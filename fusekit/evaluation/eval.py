@@ -35,7 +35,7 @@ class TaskScorer:
         self.task = split.task
         self._cache: dict[tuple, tuple[AdaptedModel, EncodedSplit]] = {}
 
-    def score(self, vector: TaskVector, nonlinear: bool = False) -> dict[str, float]:
+    def score(self, vector: TaskVector, nonlinear: bool = False, progress: str | None = None) -> dict[str, float]:
         spec = AdapterSpec.from_meta(vector.meta, self.source)
         # A nonzero init shifted the base weights by −s·B0·A0: another φ0 needs another model.
         key = (spec, nonlinear, vector.meta["init_fingerprint"] if spec.lora_init == "nonzero" else None)
@@ -48,7 +48,7 @@ class TaskScorer:
             data = EncodedSplit(self.split, base.tokenizer, self.max_length, base.head.pair_encoding)
             model = model.to(self.device)
             self._cache[key] = (model, data)
-        return evaluate(model, data, self.task, self.device, self.batch_size)
+        return evaluate(model, data, self.task, self.device, self.batch_size, progress)
 
 
 def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_eval: int | None,
@@ -76,7 +76,7 @@ def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> 
             raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
         split = load_split(task, "validation", data or run.config.data).capped(max_eval, 0)
         scorer = TaskScorer(run.config.model, run.config.max_length, split, run.head, device, batch_size, str(folder))
-        metrics = scorer.score(run.vector, nonlinear)
+        metrics = scorer.score(run.vector, nonlinear, progress=f"eval {folder.name} {task.name}")
         forward = "nonlinear" if nonlinear else run.vector.meta["kind"]
         record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
         rows.append({"folder": str(folder), "task": task.name, "forward": forward, **metrics})
@@ -97,10 +97,11 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
         def scorer_for(head):
             return TaskScorer(manifest["model"], manifest["max_length"], split, head, device, batch_size, str(folder))
 
-        metrics = scorer_for(heads[task.name]).score(vector, nonlinear)
+        metrics = scorer_for(heads[task.name]).score(vector, nonlinear, progress=f"eval {folder.name} {task.name}")
         if item.get("run"):  # the individually finetuned adapter of this task, when known
             own = individual_score(Path(item["run"]), task.name, len(split),
-                                   lambda run: scorer_for(run.head).score(run.vector, nonlinear))
+                                   lambda run: scorer_for(run.head).score(run.vector, nonlinear,
+                                                                          progress=f"eval {run.folder.name}"))
             metrics["normalized"] = normalized_score(metrics["score"], own)
         record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
         forward = "nonlinear" if nonlinear else vector.meta["kind"]

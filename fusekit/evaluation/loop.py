@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fusekit.data.loading import EncodedSplit, make_loader
 from fusekit.data.tasks import TaskSpec
 from fusekit.evaluation.metrics import compute_metrics, predictions
+from fusekit.progress import tracked
 
 
 def task_loss(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -29,16 +30,18 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
-             batch_size: int = 128) -> dict[str, float]:
+             batch_size: int = 128, progress: str | None = None) -> dict[str, float]:
     """Official metrics, `score`, mean loss and example count on `data` (model left in eval mode).
 
     Batches come sorted by length (the least padding) under `inference_mode` (no autograd bookkeeping; forward-mode
-    AD, which the linearized models need, still works there).
+    AD, which the linearized models need, still works there). `progress` names a bar over the batches (None: none,
+    for evaluations inside work that shows its own).
     """
     model.eval()
     logits, labels, loss_sum = [], [], 0.0
     with torch.inference_mode():
-        for batch in make_loader(data, batch_size, shuffle=False):
+        loader = make_loader(data, batch_size, shuffle=False)
+        for batch in tracked(loader, progress or "", len(loader), show=progress is not None):
             batch = to_device(batch, device)
             with autocast(device):
                 out = model(batch).float()

@@ -21,8 +21,10 @@ from fusekit.progress import console
 
 
 def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, weights: list[float] | None,
-         space: str, rank: int | None, val_examples: int, seed: int, device: str, overwrite: bool) -> None:
-    """`fixed` holds λ (None: 'auto'), density and rate (None: not given); `grid` the values to search.
+         space: str, rank: int | None, val_examples: int, seed: int, device: str, overwrite: bool) -> dict:
+    """Write the merged folder; return what was done (out, method, params, space, rank, truncation error, search).
+
+    `fixed` holds λ (None: 'auto'), density and rate (None: not given); `grid` the values to search.
 
     A hyperparameter is searched when it has a grid, or when λ is 'auto' and it was not given (default grid).
     """
@@ -39,14 +41,16 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
             best = ", ".join(f"{k}={v}" for k, v in result.best.items())
             console.print(f"chose {best} on held-out training data")
         chosen = make_method(method, seed=seed, **params)
-        vector, report = merge(runs, chosen, weights, space, rank)
-        write_merged(out, runs, vector, {
+        vector, report = merge(runs, chosen, weights, space, rank, progress=True)
+        summary = {
             "method": chosen.name, "params": chosen.params(), "space": space, "weights": weights or [1.0] * len(runs),
             "rank": report.rank, "truncation_error": report.truncation_error,
             "worst_layer_truncation_error": report.worst_layer_error, "search": rows,
-        }, overwrite)
+        }
+        write_merged(out, runs, vector, summary, overwrite)
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
+    return {"out": str(out), **summary}
 
 
 def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, rank: int | None,

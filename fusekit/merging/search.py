@@ -20,7 +20,7 @@ from fusekit.evaluation.eval import TaskScorer
 from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge
-from fusekit.progress import console
+from fusekit.progress import console, progress_bar
 
 
 @dataclass
@@ -57,13 +57,22 @@ def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed:
 def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: str, rank: int | None,
            weights: list[float] | None, examples: int, device: torch.device, seed: int = 0) -> SearchResult:
     scorers = held_out_scorers(runs, examples, device, seed)
-    own = [scorer.score(run.vector)["score"] for scorer, run in zip(scorers, runs)]
+    points = grid_points(method, grid)
     rows = []
-    for point in grid_points(method, grid):
-        vector, _ = merge(runs, make_method(method, seed=seed, **point), weights, space, rank)
-        scores = [scorer.score(vector)["score"] for scorer in scorers]
-        average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])
-        rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
-                     "normalized": average if average is not None else sum(scores) / len(scores)})
+    with progress_bar() as bar:
+        job = bar.add_task(f"search {method}", total=(len(points) + 1) * len(runs), status="")
+
+        def score(scorer: TaskScorer, vector) -> float:
+            value = scorer.score(vector)["score"]
+            bar.update(job, advance=1, status=f"{scorer.task.name} {value:.3f}")
+            return value
+
+        own = [score(scorer, run.vector) for scorer, run in zip(scorers, runs)]
+        for point in points:
+            vector, _ = merge(runs, make_method(method, seed=seed, **point), weights, space, rank)
+            scores = [score(scorer, vector) for scorer in scorers]
+            average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])
+            rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
+                         "normalized": average if average is not None else sum(scores) / len(scores)})
     best = max(rows, key=lambda row: row["normalized"])
     return SearchResult({k: best[k] for k in searched(method)}, rows)

@@ -25,6 +25,7 @@ from fusekit.artifacts.task_vector import TaskVector, check_compatible
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import MergeMethod
 from fusekit.models.base import fingerprint
+from fusekit.progress import tracked
 
 SPACES = ("delta-w", "factors")
 
@@ -56,8 +57,9 @@ def check_mergeable(runs: list[Run]) -> None:
 
 
 def merge(runs: list[Run], method: MergeMethod, weights: list[float] | None = None, space: str = "delta-w",
-          rank: int | None = None) -> tuple[TaskVector, MergeReport]:
-    """Merge the runs' task vectors with `method`, reading one tensor of each file at a time."""
+          rank: int | None = None, progress: bool = False) -> tuple[TaskVector, MergeReport]:
+    """Merge the runs' task vectors with `method`, reading one tensor of each file at a time (`progress`: a bar
+    over the tensors or layers; off inside a search, which shows its own)."""
     if space not in SPACES:
         raise FusekitError(f"unknown --space {space!r}: expected one of {', '.join(SPACES)}")
     check_mergeable(runs)
@@ -77,19 +79,20 @@ def merge(runs: list[Run], method: MergeMethod, weights: list[float] | None = No
                     torch.zeros_like(first.init[key]) for f in files]
 
         if space == "factors":
-            delta = {key: method.merge(deltas(key), weights, key) for key in first.delta}
+            keys = tracked(list(first.delta), f"merge {method.name}", len(first.delta), progress)
+            delta = {key: method.merge(deltas(key), weights, key) for key in keys}
             return TaskVector(delta, first.init, meta), MergeReport(rank=int(first.meta["rank"]))
-        return _merge_delta_w(first, deltas, method, weights, rank, meta)
+        return _merge_delta_w(first, deltas, method, weights, rank, meta, progress)
 
 
 def _merge_delta_w(first: TaskVector, deltas, method: MergeMethod, weights: list[float], rank: int | None,
-                   meta: dict) -> tuple[TaskVector, MergeReport]:
+                   meta: dict, progress: bool) -> tuple[TaskVector, MergeReport]:
     scale = float(first.meta["alpha"]) / int(first.meta["rank"])
     layers = sorted({key.rsplit(".lora_", 1)[0] for key in first.init})
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     residual, total = 0.0, 0.0
     worst = 0.0
-    for layer in layers:
+    for layer in tracked(layers, f"merge {method.name} ΔW", len(layers), progress):
         a_key, b_key = f"{layer}.lora_A.weight", f"{layer}.lora_B.weight"
         a0, b0 = first.init[a_key], first.init[b_key]
         a_list = [a0 + d for d in deltas(a_key)]

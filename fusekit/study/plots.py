@@ -1,10 +1,17 @@
-"""PNG plots of training logs (matplotlib, headless)."""
+"""PNG figures of a study (matplotlib, headless): λ sweeps per task, and each joint run's losses and weights.
+
+Each figure is built by a `*_figure` function (which tests inspect: titles, axis labels, legends) and written by
+`save`, so that what is drawn and where it goes stay apart.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+
+EXTRAS = ("density", "rate")  # hyperparameters searched besides λ
 
 
 def _pyplot():
@@ -16,33 +23,65 @@ def _pyplot():
     return plt
 
 
-def plot_sweeps(sweeps: dict[tuple[str, str], list[dict]], out: Path) -> None:
-    """Average normalized score on held-out data against λ: one panel per adapter set, one line per method
-    (and per density / drop rate where those were searched too)."""
+def save(figure, out: Path) -> None:
+    """Write the PNG beside its final name, then rename it into place, and free the figure."""
+    plt = _pyplot()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, out)
+
+
+def _best(rows: list[dict]) -> dict:
+    return max(rows, key=lambda row: row["normalized"])
+
+
+def sweeps_figure(sweeps: dict[tuple[str, str], list[dict]], tasks: list[str]):
+    """One column per adapter set. Top: the average normalized held-out score against λ, one line per method (and
+    density / drop rate), the chosen point starred. Below, one panel per method: each task's own held-out score
+    at the chosen density / rate, with the chosen λ marked, so that a task collapsing under a merge shows even when
+    the average hides it."""
     plt = _pyplot()
     groups = list(dict.fromkeys(group for group, _ in sweeps))
-    figure, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.8), squeeze=False, sharey=True)
-    for axis, group in zip(axes[0], groups):
-        for (other, method), rows in sweeps.items():
-            if other != group:
+    methods = list(dict.fromkeys(method for _, method in sweeps))
+    figure, axes = plt.subplots(1 + len(methods), len(groups), figsize=(4.8 * len(groups), 3.2 * (1 + len(methods))),
+                                squeeze=False)
+    for column, group in enumerate(groups):
+        top = axes[0][column]
+        for row_index, method in enumerate(methods, 1):
+            panel = axes[row_index][column]
+            rows = sweeps.get((group, method))
+            if not rows:
+                panel.set_visible(False)
                 continue
             lines: dict[str, list[dict]] = {}
             for row in rows:
-                extra = ", ".join(f"{k}={row[k]:g}" for k in ("density", "rate") if k in row)
+                extra = ", ".join(f"{k}={row[k]:g}" for k in EXTRAS if k in row)
                 lines.setdefault(f"{method} {extra}".strip(), []).append(row)
             for label, points in lines.items():
                 points.sort(key=lambda r: r["lam"])
-                axis.plot([r["lam"] for r in points], [r["normalized"] for r in points], marker="o", label=label)
-        axis.set(title=group, xlabel="λ")
-        axis.legend(fontsize=7)
-    axes[0][0].set_ylabel("avg normalized score (held-out)")
+                top.plot([r["lam"] for r in points], [r["normalized"] for r in points], marker="o", label=label)
+            best = _best(rows)
+            top.plot([best["lam"]], [best["normalized"]], marker="*", markersize=14, color="black", linestyle="none")
+            chosen = sorted((r for r in rows if all(r.get(k) == best.get(k) for k in EXTRAS)), key=lambda r: r["lam"])
+            for task in tasks:
+                if task in best:
+                    panel.plot([r["lam"] for r in chosen], [r[task] for r in chosen], marker=".", label=task)
+            panel.axvline(best["lam"], color="black", linestyle=":", label=f"chosen λ = {best['lam']:g}")
+            panel.set(title=f"{group} · {method}", xlabel="λ", ylabel="task score (held-out)")
+            panel.legend(fontsize=7, loc="best")
+        top.set(title=f"{group}: average (★ chosen)", xlabel="λ", ylabel="avg normalized score (held-out)")
+        top.legend(fontsize=7, loc="best")
     figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    return figure
 
 
-def plot_joint(metrics: Path, tasks: list[str], out: Path) -> float | None:
-    """Each task's loss and balancer weight over a joint run; returns the weights' noise fraction (None: constant).
+def plot_sweeps(sweeps: dict[tuple[str, str], list[dict]], tasks: list[str], out: Path) -> None:
+    save(sweeps_figure(sweeps, tasks), out)
+
+
+def joint_figure(metrics: Path, tasks: list[str]):
+    """Each task's loss and balancer weight over a joint run, and the weights' noise fraction (None: constant).
 
     Left: the validation losses the balancer saw (the fixed held-out sample), or for balancers without validation
     the training mini-batch losses with their moving average; log scale when the tasks' losses differ tenfold.
@@ -81,6 +120,10 @@ def plot_joint(metrics: Path, tasks: list[str], out: Path) -> float | None:
     axes[1].set(title=f"task weights ω_i ({moved})", xlabel="step", ylabel="ω_i (Σ ω = K)")
     axes[1].legend(fontsize=8, loc="best")
     figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    return figure, noise
+
+
+def plot_joint(metrics: Path, tasks: list[str], out: Path) -> float | None:
+    figure, noise = joint_figure(metrics, tasks)
+    save(figure, out)
     return noise

@@ -135,6 +135,9 @@ def _params(manifest: dict) -> str:
     return ", ".join(f"{shown[k]}={v}" if shown[k] else str(v) for k, v in params.items() if k in shown) or "–"
 
 
+FLAG_BELOW = 0.9  # a task keeping less than this share of its own adapter's score is flagged in the tables
+
+
 def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normalized: bool) -> str:
     """One row per merged/joint folder: per-task normalized (or raw) scores and their average; '–' marks a task
     whose own adapter has no skill to normalize by, left out of the average."""
@@ -143,7 +146,9 @@ def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normal
     for name, manifest, scores in rows:
         values = [scores[t][key] if t in scores else None for t in tasks]
         average = mean_defined(values)
-        cells = ["–" if v is None else f"{v:.3f}" for v in values]
+        kept = [scores[t]["normalized"] if t in scores else None for t in tasks]
+        cells = ["–" if v is None else f"{v:.3f}" + (" ⚠" if k is not None and k < FLAG_BELOW else "")
+                 for v, k in zip(values, kept)]
         body.append([name, _params(manifest), *cells, "–" if average is None else f"**{average:.3f}**"])
     return _table(["adapter", "chosen", *tasks, "**average**"], body)
 
@@ -175,13 +180,14 @@ def write_report(study: Path) -> Path:
         parts += ["## Merged adapters and joint baselines: normalized score (score / own adapter's score)", "",
                   "λ, TIES density and DARE rate chosen on held-out training examples, never on the reported split. "
                   "– : the task's own adapter scored ≤ 0 (MCC or correlation), so there is nothing to normalize by; "
-                  "the average leaves it out.",
+                  f"the average leaves it out. ⚠ : the task keeps less than {FLAG_BELOW:.0%} of its own adapter's "
+                  "score; an average can hide it.",
                   "", multitask_table(merged + joint, tasks, normalized=True), "",
                   "### The same, raw scores", "", multitask_table(merged + joint, tasks, normalized=False), ""]
     sweeps = {(name.removesuffix(f"-{manifest['method']}"), manifest["method"]): manifest["search"]
               for name, manifest, _ in merged if manifest.get("search")}
     if sweeps:
-        plot_sweeps(sweeps, figures / SWEEP_PLOT)
+        plot_sweeps(sweeps, tasks, figures / SWEEP_PLOT)
         parts += ["## Hyperparameter sweeps on held-out training data", "",
                   f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
     for name, manifest, _ in joint:
