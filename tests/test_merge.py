@@ -179,3 +179,18 @@ def test_l_lora_vectors_merge_in_factor_space(tiny_config, tmp_path):
     assert merged.meta["kind"] == "l-lora" and merged.tasks == ["sst2", "rte"]
     _, model = model_for_run(inputs[1], get_task("rte"), vector=merged)
     assert type(model).__name__ == "LinearizedModel"
+
+
+def test_a_run_merged_alone_at_lambda_1_keeps_exactly_its_own_score(tiny_config, tmp_path):
+    """Regression: the own adapter's recorded score was reused whenever the example count matched, though a run
+    trained with --seed 1 scored a different dev subset than the merged folder (seed 0): 0.87 instead of 1.0."""
+    from fusekit.evaluation.eval import score_folders
+    from fusekit.merging.merge import fuse
+
+    run = tmp_path / "rte"
+    train(replace(tiny_config, task="rte", seed=1, max_eval=16, epochs=2, out=str(run)))
+    merged = tmp_path / "alone"
+    fuse([run], merged, "task-arithmetic", {"lam": 1.0, "density": None, "rate": None}, {}, None, "delta-w", None,
+         8, 0, "cpu", False)
+    rows = score_folders([merged], None, None, 16, 128, "cpu", None)
+    assert rows[0]["task"] == "rte" and rows[0]["normalized"] == pytest.approx(1.0)

@@ -80,12 +80,13 @@ def _head(path: Path) -> tuple[dict[str, torch.Tensor], HeadSpec]:
     return weights, HeadSpec.from_meta(meta)
 
 
-def individual_score(run_folder: Path, task: str, examples: int, evaluate_run) -> float:
-    """The task's own adapter's score on the same split: as its run folder recorded it, or evaluated now."""
+def individual_score(run_folder: Path, task: str, fingerprint: str, evaluate_run) -> float:
+    """The task's own adapter's score on exactly the same examples (`fingerprint`): as its run folder recorded it
+    when the recorded score is on those examples, else evaluated now."""
     run = load_run(Path(run_folder))
     path = run.files.path(EVAL)
     recorded = read_json(path, "scores").get(task) if path.is_file() else None
-    if isinstance(recorded, dict) and recorded.get("examples") == examples and isinstance(recorded.get("score"),
-                                                                                          (int, float)):
+    if isinstance(recorded, dict) and recorded.get("examples_fingerprint") == fingerprint and isinstance(
+            recorded.get("score"), (int, float)):
         return float(recorded["score"])
     return float(evaluate_run(run)["score"])

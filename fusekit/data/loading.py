@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -30,6 +32,12 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """Which examples these are: a digest of the task, texts and labels in order. Two scores compare only
+        when their fingerprints agree (same data folder, split, subset and seed)."""
+        digest = hashlib.sha256(json.dumps([self.task.name, self.texts, self.labels]).encode())
+        return digest.hexdigest()[:16]
 
     def subset(self, indices: list[int]) -> Split:
         return Split(self.task, [self.texts[i] for i in indices], [self.labels[i] for i in indices])
@@ -141,6 +149,7 @@ class EncodedSplit(Dataset):
     """
 
     def __init__(self, split: Split, tokenizer, max_length: int, pair_encoding: str = "cross"):
+        self.fingerprint = split.fingerprint()
         columns = [list(column) for column in zip(*split.texts)]
         if pair_encoding == "bi" and len(columns) == 2:
             first, second = (tokenizer(c, truncation=True, max_length=max_length) for c in columns)

@@ -99,7 +99,7 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
 
         metrics = scorer_for(heads[task.name]).score(vector, nonlinear, progress=f"eval {folder.name} {task.name}")
         if item.get("run"):  # the individually finetuned adapter of this task, when known
-            own = individual_score(Path(item["run"]), task.name, len(split),
+            own = individual_score(Path(item["run"]), task.name, split.fingerprint(),
                                    lambda run: scorer_for(run.head).score(run.vector, nonlinear,
                                                                           progress=f"eval {run.folder.name}"))
             metrics["normalized"] = normalized_score(metrics["score"], own)

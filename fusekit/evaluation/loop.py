@@ -31,7 +31,8 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
              batch_size: int = 128, progress: str | None = None) -> dict[str, float]:
-    """Official metrics, `score`, mean loss and example count on `data` (model left in eval mode).
+    """Official metrics, `score`, mean loss, example count and the examples' fingerprint on `data` (model left in
+    eval mode).
 
     Batches come sorted by length (the least padding) under `inference_mode` (no autograd bookkeeping; forward-mode
     AD, which the linearized models need, still works there). `progress` names a bar over the batches (None: none,
@@ -50,4 +51,4 @@ def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device:
             labels.append(batch["labels"].cpu().numpy())
     y, all_logits = np.concatenate(labels), np.concatenate(logits)
     metrics = compute_metrics(task, y, predictions(task, all_logits))
-    return {**metrics, "loss": loss_sum / len(y), "examples": int(len(y))}
+    return {**metrics, "loss": loss_sum / len(y), "examples": int(len(y)), "examples_fingerprint": data.fingerprint}

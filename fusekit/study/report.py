@@ -123,10 +123,17 @@ def normalize(study: Path, manifest: dict, scores: dict) -> dict:
         if item.get("run"):
             run = Path(item["run"]) if Path(item["run"]).is_dir() else study / "train" / Path(item["run"]).name
             own = _json(run / EVAL).get(task)
-        same = own is not None and own.get("examples") == mine.get("examples")
+        same = own is not None and _same_examples(own, mine)
         result[task] = {"score": mine["score"], "normalized": normalized_score(mine["score"], own["score"])
                         if same else None}
     return result
+
+
+def _same_examples(a: dict, b: dict) -> bool:
+    """Two scores on the same examples: by fingerprint, or (records from before fingerprints) by count."""
+    if "examples_fingerprint" in a or "examples_fingerprint" in b:
+        return a.get("examples_fingerprint") == b.get("examples_fingerprint")
+    return a.get("examples") == b.get("examples")
 
 
 def _params(manifest: dict) -> str:
