@@ -315,6 +315,37 @@ def merge(
 
 
 @app.command()
+@one_line_errors
+def disentangle(
+    runs: Annotated[list[Path], typer.Argument(help="run folders in pairs: A B [A' B' ...]; each pair (two tasks, "
+                                                    "one φ0) is one heatmap, all on one colour scale")],
+    out: Annotated[Path, Opt(help="folder for disentanglement.json and disentanglement.png")],
+    alphas: Annotated[Optional[str], Opt(help="comma-separated α grid (default -2,-1.5,...,2)")] = None,
+    examples: Annotated[int, Opt(help="validation examples per task (an analysis: nothing is chosen on them)")]
+    = 200,
+    space: Annotated[str, Opt(help="factors (the adapter parameters, as the paper; L-LoRA's only space) or, for "
+                                   "LoRA, delta-w")] = "factors",
+    data: Annotated[Optional[str], Opt(help="GLUE-layout folder or hub dataset id (default: the runs')")] = None,
+    seed: Annotated[int, Opt(help="which validation examples are drawn")] = 0,
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+    overwrite: Annotated[bool, Opt(help="replace an existing output folder")] = False,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Weight disentanglement ξ(α1, α2) of two task vectors (Ortiz-Jiménez et al. 2023, as in the L-LoRA paper):
+    how much adding one task's vector changes the other task's predictions.
+
+    Example: fusekit disentangle runs/s/train/sst2-lora runs/s/train/rte-lora runs/s/train/sst2-l-lora
+    runs/s/train/rte-l-lora --out runs/s/disentangle
+    """
+    from fusekit.evaluation.disentangle import ALPHAS, disentangle_folders
+
+    if examples < 1:
+        raise FusekitError(f"--examples {examples}: expected an integer ≥ 1")
+    grid = _floats(alphas, "--alphas") if alphas is not None else list(ALPHAS)
+    _emit(disentangle_folders(runs, out, grid, examples, space, device, seed, data, overwrite), as_json)
+
+
+@app.command()
 @config_flags(JointConfig, skip=("task",), names={"temperature": "--T"})
 @one_line_errors
 def joint(

@@ -94,6 +94,10 @@ LOCK_SUFFIX = ".lock"
 # tune folders (`fusekit tune`): one run folder per grid point, and the table
 TUNE = "tune.json"
 
+# disentanglement folders (`fusekit disentangle`)
+DISENTANGLEMENT = "disentanglement.json"
+DISENTANGLEMENT_PLOT = "disentanglement.png"
+
 # baselines (`fusekit baseline`)
 BASELINE = "baseline.json"
 

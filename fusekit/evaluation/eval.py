@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.table import Table
 
@@ -17,7 +18,7 @@ from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.loading import EncodedSplit, Split, load_split
 from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
-from fusekit.evaluation.loop import evaluate
+from fusekit.evaluation.loop import evaluate, predict
 from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.models.adapters import AdaptedModel, AdapterSpec
 from fusekit.models.base import resolve_device
@@ -36,6 +37,16 @@ class TaskScorer:
         self._cache: dict[tuple, tuple[AdaptedModel, EncodedSplit]] = {}
 
     def score(self, vector: TaskVector, nonlinear: bool = False, progress: str | None = None) -> dict[str, float]:
+        model, data = self._model(vector, nonlinear)
+        return evaluate(model, data, self.task, self.device, self.batch_size, progress)
+
+    def logits(self, vector: TaskVector) -> np.ndarray:
+        """The head's outputs on every example (in a fixed order), for comparing two vectors' predictions."""
+        model, data = self._model(vector, False)
+        return predict(model, data, self.task, self.device, self.batch_size)[0]
+
+    def _model(self, vector: TaskVector, nonlinear: bool) -> tuple[AdaptedModel, EncodedSplit]:
+        """The adapted model at `vector` with this head, built once per adapter setup and reloaded after."""
         spec = AdapterSpec.from_meta(vector.meta, self.source)
         # A nonzero init shifted the base weights by −s·B0·A0: another φ0 needs another model.
         key = (spec, nonlinear, vector.meta["init_fingerprint"] if spec.lora_init == "nonzero" else None)
@@ -48,7 +59,7 @@ class TaskScorer:
             data = EncodedSplit(self.split, base.tokenizer, self.max_length, base.head.pair_encoding)
             model = model.to(self.device)
             self._cache[key] = (model, data)
-        return evaluate(model, data, self.task, self.device, self.batch_size, progress)
+        return model, data
 
 
 def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_eval: int | None,

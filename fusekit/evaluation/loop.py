@@ -29,14 +29,11 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
-             batch_size: int = 128, progress: str | None = None) -> dict[str, float]:
-    """Official metrics, `score`, mean loss, example count and the examples' fingerprint on `data` (model left in
-    eval mode).
-
-    Batches come sorted by length (the least padding) under `inference_mode` (no autograd bookkeeping; forward-mode
-    AD, which the linearized models need, still works there). `progress` names a bar over the batches (None: none,
-    for evaluations inside work that shows its own).
+def predict(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
+            batch_size: int = 128, progress: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Logits and labels of every example, in the loader's order (sorted by length: the same on every call), and
+    the mean loss. Under `inference_mode` (no autograd bookkeeping; forward-mode AD, which the linearized models
+    need, still works there). `progress` names a bar over the batches (None: none, for work that shows its own).
     """
     model.eval()
     logits, labels, loss_sum = [], [], 0.0
@@ -49,6 +46,14 @@ def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device:
             loss_sum += float(task_loss(task, out, batch["labels"])) * len(out)
             logits.append(out.cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
-    y, all_logits = np.concatenate(labels), np.concatenate(logits)
-    metrics = compute_metrics(task, y, predictions(task, all_logits))
-    return {**metrics, "loss": loss_sum / len(y), "examples": int(len(y)), "examples_fingerprint": data.fingerprint}
+    y = np.concatenate(labels)
+    return np.concatenate(logits), y, loss_sum / len(y)
+
+
+def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
+             batch_size: int = 128, progress: str | None = None) -> dict[str, float]:
+    """Official metrics, `score`, mean loss, example count and the examples' fingerprint on `data` (model left in
+    eval mode)."""
+    logits, y, loss = predict(model, data, task, device, batch_size, progress)
+    metrics = compute_metrics(task, y, predictions(task, logits))
+    return {**metrics, "loss": loss, "examples": int(len(y)), "examples_fingerprint": data.fingerprint}
