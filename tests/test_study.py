@@ -173,3 +173,29 @@ def test_report_finds_input_runs_recorded_relative_to_another_directory(tmp_path
     assert scores["sst2"] == {"score": 0.6, "normalized": 0.6 / 0.8}
     different = normalize(tmp_path, manifest, {"sst2": {"score": 0.6, "examples": 100}})  # other examples
     assert different["sst2"]["normalized"] is None
+
+
+def test_confidence_interval_by_hand():
+    from fusekit.evaluation.metrics import format_ci, mean_ci
+
+    mean, half = mean_ci([1.0, 2.0, 3.0])  # s = 1, t(0.975, 2) = 4.302653
+    assert mean == 2.0 and half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
+    assert mean_ci([0.5]) == (0.5, None) and format_ci([0.5]) == "0.500"
+    assert format_ci([0.8, 0.9]) == f"0.850 ± {12.706205 * 0.0707107 / 2 ** 0.5:.3f}"
+
+
+def test_seeds_are_reported_as_mean_and_ci_and_variants_paired_by_seed(tmp_path):
+    from fusekit.study.report import individual_table, paired_table
+
+    (tmp_path / "recipe.yaml").write_text("tasks: [sst2]\nseeds: [0, 1, 2]\nadapters: {lora: {}, l-lora: {}}\n")
+    scores = {("lora", 0): 0.80, ("lora", 1): 0.84, ("lora", 2): 0.82,
+              ("l-lora", 0): 0.82, ("l-lora", 1): 0.85, ("l-lora", 2): 0.85}
+    for (variant, seed), score in scores.items():
+        folder = tmp_path / "train" / f"sst2-{variant}-seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("task: sst2\n")
+        (folder / "eval.json").write_text(json.dumps({"sst2": {"accuracy": score, "score": score}}))
+    table, tasks = individual_table(tmp_path)
+    assert "| lora (3 seeds) | 0.820 ± 0.050 |" in table  # s = 0.02, t(0.975, 2)·s/√3 = 0.0497
+    paired = paired_table(tmp_path, tasks)  # differences 0.02, 0.01, 0.03: mean 0.02, s = 0.01
+    assert f"| l-lora − lora | 0.020 ± {4.302653 * 0.01 / 3 ** 0.5:.3f} |" in paired

@@ -6,6 +6,7 @@ report can be rendered at any time, even of an unfinished study.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fusekit.artifacts.atomic import atomic_write_text
@@ -28,7 +29,7 @@ from fusekit.artifacts.merged_folder import manifest_tasks
 from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.evaluation.metrics import mean_defined, normalized_score
+from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
 from fusekit.merging.params import PARAMETERS
 from fusekit.study.plots import plot_joint, plot_sweeps
 
@@ -64,24 +65,65 @@ def _runs(study: Path) -> dict[tuple[str, str], dict]:
     return found
 
 
+SEED_SUFFIX = re.compile(r"^(?P<name>.+)-seed(?P<seed>\d+)$")
+
+
+def seedless(name: str) -> tuple[str, int | None]:
+    """A stage name without its `-seed<n>` suffix (multi-seed studies), and the seed."""
+    match = SEED_SUFFIX.match(name)
+    return (match["name"], int(match["seed"])) if match else (name, None)
+
+
 def individual_table(study: Path) -> tuple[str, list[str]]:
+    """Per-task scores of each adapter variant; over several seeds, mean ± 95% CI."""
     runs = _runs(study)
     recipe = read_yaml(study / STUDY_RECIPE)
     ordered = [t for t in (recipe.get("tasks") or []) if isinstance(t, str)] if isinstance(recipe, dict) else []
     found = {t for t, _ in runs}
     tasks = [t for t in ordered if t in found] + sorted(found - set(ordered))  # the recipe's order
-    variants = list(dict.fromkeys(v for _, v in runs))
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for (task, variant), scores in runs.items():
+        grouped.setdefault((task, seedless(variant)[0]), []).append(scores)
+    variants = list(dict.fromkeys(v for _, v in grouped))
     rows = []
     for variant in variants:
         cells = []
         for task in tasks:
-            scores = runs.get((task, variant))
+            found_scores = grouped.get((task, variant))
             official = get_task(task).metrics
-            cells.append("/".join(f"{scores[m]:.3f}" for m in official) if scores else "–")
-        rows.append([variant, *cells])
+            cells.append("/".join(format_ci([s[m] for s in found_scores]) for m in official)
+                         if found_scores else "–")
+        seeds = max(len(grouped.get((task, variant), [])) for task in tasks)
+        rows.append([variant + (f" ({seeds} seeds)" if seeds > 1 else ""), *cells])
     rows += baseline_rows(study, tasks)
     header = ["adapter", *(f"{t} ({'/'.join(get_task(t).metrics)})" for t in tasks)]
     return _table(header, rows), tasks
+
+
+def paired_table(study: Path, tasks: list[str]) -> str | None:
+    """Each variant minus the first, task by task, paired by seed: mean ± 95% CI of the per-seed differences
+    (None unless some variant has two or more seeds in common with the first)."""
+    by_seed: dict[str, dict[int, dict[str, float]]] = {}
+    for (task, name), scores in _runs(study).items():
+        variant, seed = seedless(name)
+        if seed is not None:
+            by_seed.setdefault(variant, {}).setdefault(seed, {})[task] = scores["score"]
+    if len(by_seed) < 2:
+        return None
+    recipe = read_yaml(study / STUDY_RECIPE)
+    declared = list(recipe.get("adapters") or {}) if isinstance(recipe, dict) else []
+    first, *others = [v for v in declared if v in by_seed] + [v for v in by_seed if v not in declared]
+    rows = []
+    for variant in others:
+        cells = []
+        for task in tasks:
+            seeds = [s for s in by_seed[variant] if task in by_seed[variant][s] and task in by_seed[first].get(s, {})]
+            differences = [by_seed[variant][s][task] - by_seed[first][s][task] for s in seeds]
+            cells.append(format_ci(differences) if len(differences) > 1 else "–")
+        rows.append([f"{variant} − {first}", *cells])
+    if all(cell == "–" for row in rows for cell in row[1:]):
+        return None
+    return _table(["paired by seed", *tasks], rows)
 
 
 def baseline_rows(study: Path, tasks: list[str]) -> list[list[str]]:
@@ -146,17 +188,27 @@ FLAG_BELOW = 0.9  # a task keeping less than this share of its own adapter's sco
 
 
 def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normalized: bool) -> str:
-    """One row per merged/joint folder: per-task normalized (or raw) scores and their average; '–' marks a task
-    whose own adapter has no skill to normalize by, left out of the average."""
+    """One row per merged/joint folder (per folder name across seeds: mean ± 95% CI): per-task normalized (or raw)
+    scores and their average; '–' marks a task whose own adapter has no skill to normalize by, left out of the
+    average; ⚠ a task that keeps less than FLAG_BELOW of its own adapter's score."""
     key = "normalized" if normalized else "score"
-    body = []
+    groups: dict[str, list[tuple[dict, dict]]] = {}
     for name, manifest, scores in rows:
-        values = [scores[t][key] if t in scores else None for t in tasks]
-        average = mean_defined(values)
-        kept = [scores[t]["normalized"] if t in scores else None for t in tasks]
-        cells = ["–" if v is None else f"{v:.3f}" + (" ⚠" if k is not None and k < FLAG_BELOW else "")
-                 for v, k in zip(values, kept)]
-        body.append([name, _params(manifest), *cells, "–" if average is None else f"**{average:.3f}**"])
+        groups.setdefault(seedless(name)[0], []).append((manifest, scores))
+    body = []
+    for name, members in groups.items():
+        cells = []
+        for task in tasks:
+            values = [scores[task][key] for _, scores in members if task in scores and scores[task][key] is not None]
+            kept = [scores[task]["normalized"] for _, scores in members
+                    if task in scores and scores[task]["normalized"] is not None]
+            flag = " ⚠" if kept and sum(kept) / len(kept) < FLAG_BELOW else ""
+            cells.append(format_ci(values) + flag if values else "–")
+        averages = [a for a in (mean_defined([scores[t][key] if t in scores else None for t in tasks])
+                                for _, scores in members) if a is not None]
+        chosen = "; ".join(dict.fromkeys(_params(manifest) for manifest, _ in members))
+        label = name + (f" ({len(members)} seeds)" if len(members) > 1 else "")
+        body.append([label, chosen, *cells, f"**{format_ci(averages)}**" if averages else "–"])
     return _table(["adapter", "chosen", *tasks, "**average**"], body)
 
 
@@ -182,7 +234,10 @@ def write_report(study: Path) -> Path:
     individual, tasks = individual_table(study)
     merged, joint = multitask_rows(study, "merge"), multitask_rows(study, "joint")
     parts = [f"# fusekit report: {study.name}", "", "## Individually finetuned adapters (GLUE validation)", "",
-             individual, ""]
+             "Over several seeds: mean ± half-width of the 95% Student-t confidence interval.", "", individual, ""]
+    paired = paired_table(study, tasks)
+    if paired:
+        parts += ["### Differences between adapter variants, paired by seed (official score)", "", paired, ""]
     if merged or joint:
         parts += ["## Merged adapters and joint baselines: normalized score (score / own adapter's score)", "",
                   "λ, TIES density and DARE rate chosen on held-out training examples, never on the reported split. "
