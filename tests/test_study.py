@@ -199,3 +199,31 @@ def test_seeds_are_reported_as_mean_and_ci_and_variants_paired_by_seed(tmp_path)
     assert "| lora (3 seeds) | 0.820 ± 0.050 |" in table  # s = 0.02, t(0.975, 2)·s/√3 = 0.0497
     paired = paired_table(tmp_path, tasks)  # differences 0.02, 0.01, 0.03: mean 0.02, s = 0.01
     assert f"| l-lora − lora | 0.020 ± {4.302653 * 0.01 / 3 ** 0.5:.3f} |" in paired
+
+
+def test_task_subsets_by_hand():
+    from fusekit.study.run import task_subsets
+
+    tasks = ["sst2", "rte", "mrpc", "cola", "stsb"]
+    assert len(task_subsets(tasks, 2, None, 0)) == 10 and task_subsets(tasks, 5, 3, 0) == [tuple(tasks)]
+    sample = task_subsets(tasks, 3, 4, seed=7)
+    every = task_subsets(tasks, 3, None, 0)
+    assert len(sample) == 4 and len(set(sample)) == 4 and sample == sorted(sample, key=every.index)
+    assert sample == task_subsets(tasks, 3, 4, seed=7) and sample != task_subsets(tasks, 3, 4, seed=8)
+
+
+def test_fusion_vs_number_of_tasks_is_planned_run_and_reported(tmp_path, tiny_model, glue_dir):
+    out = tmp_path / "study"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, tasks=["sst2", "mrpc", "cola"],
+                          merge=None, joint=None, scaling={"spaces": ["delta-w"], "lambdas": [0.5, 1.0],
+                                                           "val_examples": 8, "max_subsets": 2})
+    names = [s.name for s in plan(load_study(recipe), str(recipe)) if s.name.startswith("scaling/")]
+    pairs = {f"scaling/lora-delta-w-task-arithmetic-k2-{a}+{b}" for a, b in
+             [("sst2", "mrpc"), ("sst2", "cola"), ("mrpc", "cola")]}
+    assert len(names) == 3 and set(names[:2]) < pairs  # 2 of the 3 pairs (max_subsets), then the triple
+    assert names[2] == "scaling/lora-delta-w-task-arithmetic-k3-sst2+mrpc+cola"
+    run_study(recipe)
+    report = write_report(out).read_text()
+    assert "## Fusion against the number of merged tasks" in report
+    assert "| lora-delta-w-task-arithmetic |" in report and "(n=2)" in report and "(n=1)" in report
+    assert (out / "report/scaling.png").stat().st_size > 1000

@@ -36,6 +36,7 @@ A study folder, written by `fusekit run` and `fusekit report` (fusekit.study):
     <out>/baseline/<task>/baseline.json    majority, zero-shot and head-only scores (`fusekit baseline`)
     <out>/train/<task>-<variant>/          one run folder per task and adapter variant (`fusekit train`)
     <out>/merge/<variant>-<space>-<method>/  merged folders, scored on every task (`fusekit merge` + `eval`)
+    <out>/scaling/<variant>-<space>-<method>-k<k>-<task+task...>/  merged folders of task subsets (fusion vs k)
     <out>/joint/<variant>-<balancer>/      joint baselines (`fusekit joint`)
     <out>/stages.jsonl                     wall time and peak memory of each stage, one line per stage run
     <out>/report.md, <out>/report/*.png    the report (`fusekit report`): lambda-sweep.png, weights-<joint>.png
@@ -108,6 +109,7 @@ STAGES = "stages.jsonl"
 REPORT = "report.md"
 REPORT_FIGURES = "report"
 SWEEP_PLOT = "lambda-sweep.png"
+SCALING_PLOT = "scaling.png"
 
 
 def joint_plot(name: str) -> str:

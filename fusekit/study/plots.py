@@ -144,3 +144,23 @@ def disentanglement_figure(results: list[tuple[str, object]]):
         axis.set(title=label, xlabel=f"α1 ({result.tasks[0]})", ylabel=f"α2 ({result.tasks[1]})")
     figure.colorbar(image, ax=list(axes[0]), label="disentanglement error ξ")
     return figure
+
+
+def scaling_figure(points: dict[str, dict[int, list[float]]]):
+    """Average normalized score against the number of merged tasks k, one line per merge setting (LoRA ΔW,
+    LoRA factors, L-LoRA ...), the spread over subsets as error bars."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for name, by_k in points.items():
+        sizes = sorted(by_k)
+        axis.errorbar(sizes, [np.mean(by_k[k]) for k in sizes], yerr=[np.std(by_k[k]) for k in sizes], marker="o",
+                      capsize=3, label=name)
+    axis.set(title="fusion vs number of merged tasks", xlabel="tasks merged (k)",
+             ylabel="avg normalized score (dev)")
+    axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def plot_scaling(points: dict[str, dict[int, list[float]]], out: Path) -> None:
+    save(scaling_figure(points), out)

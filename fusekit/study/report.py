@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import (
     BASELINE,
@@ -18,6 +20,7 @@ from fusekit.artifacts.layout import (
     METRICS,
     REPORT,
     REPORT_FIGURES,
+    SCALING_PLOT,
     STAGES,
     STAGING,
     STUDY_RECIPE,
@@ -31,7 +34,7 @@ from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
 from fusekit.merging.params import PARAMETERS
-from fusekit.study.plots import plot_joint, plot_sweeps
+from fusekit.study.plots import plot_joint, plot_scaling, plot_sweeps
 
 
 def _json(path: Path) -> dict:
@@ -212,6 +215,28 @@ def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normal
     return _table(["adapter", "chosen", *tasks, "**average**"], body)
 
 
+SUBSET_SUFFIX = re.compile(r"^(?P<name>.+)-k(?P<k>\d+)-[a-z0-9+-]+$")
+
+
+def scaling_points(study: Path) -> dict[str, dict[int, list[float]]]:
+    """Fusion vs the number of tasks: merge setting → k → the average normalized score of each scored subset."""
+    points: dict[str, dict[int, list[float]]] = {}
+    for folder in _finished(study, "scaling"):
+        base, _ = seedless(folder.name)
+        match = SUBSET_SUFFIX.match(base)
+        average = _json(folder / EVAL).get("average_normalized", {}).get("normalized") if match else None
+        if average is not None:
+            points.setdefault(match["name"], {}).setdefault(int(match["k"]), []).append(average)
+    return points
+
+
+def scaling_table(points: dict[str, dict[int, list[float]]]) -> str:
+    sizes = sorted({k for by_k in points.values() for k in by_k})
+    rows = [[name, *(f"{np.mean(by_k[k]):.3f} ± {np.std(by_k[k]):.3f} (n={len(by_k[k])})" if k in by_k else "–"
+                     for k in sizes)] for name, by_k in points.items()]
+    return _table(["merge", *(f"k = {k}" for k in sizes)], rows)
+
+
 def stage_table(study: Path) -> str:
     latest = {}
     path = study / STAGES
@@ -252,6 +277,13 @@ def write_report(study: Path) -> Path:
         plot_sweeps(sweeps, tasks, figures / SWEEP_PLOT)
         parts += ["## Hyperparameter sweeps on held-out training data", "",
                   f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
+    points = scaling_points(study)
+    if points:
+        plot_scaling(points, figures / SCALING_PLOT)
+        parts += ["## Fusion against the number of merged tasks", "",
+                  "Average normalized score of merges of k tasks, mean ± standard deviation over the subsets (n "
+                  "of them); hyperparameters chosen on held-out training data per subset.", "",
+                  scaling_table(points), "", f"![fusion vs k]({REPORT_FIGURES}/{SCALING_PLOT})", ""]
     for name, manifest, _ in joint:
         metrics = study / "joint" / name / METRICS
         png = figures / joint_plot(name)

@@ -10,6 +10,8 @@ The study folder's layout is listed in fusekit.artifacts.layout.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -62,6 +64,27 @@ class MergeSettings:
 
 
 @dataclass
+class ScalingSettings(MergeSettings):
+    """Fusion against the number of merged tasks (the L-LoRA paper's analysis): each method over subsets of k of
+    the study's tasks, k = 2 … K, hyperparameters chosen on held-out data per subset."""
+
+    methods: list[str] = setting(["task-arithmetic"], "merge methods",
+                                 Allowed(choices=registry("fusekit.merging.methods", "METHODS"), unique=True))
+    sizes: list[int] | None = setting(None, "subset sizes k (None: 2 … the number of tasks)",
+                                      Allowed(low=2, unique=True))
+    max_subsets: int | None = setting(10, "at most this many subsets per k, a seeded sample (None: every one)",
+                                      AT_LEAST_ONE)
+
+
+def task_subsets(tasks: list[str], k: int, limit: int | None, seed: int) -> list[tuple[str, ...]]:
+    """Every subset of k tasks (in the study's order), or a seeded sample of `limit` of them."""
+    every = list(itertools.combinations(tasks, k))
+    if limit is None or len(every) <= limit:
+        return every
+    return sorted(random.Random(seed).sample(every, limit), key=every.index)
+
+
+@dataclass
 class JointSettings:
     """Joint baselines: one adapter per balancer trained on all the study's tasks."""
 
@@ -99,6 +122,7 @@ class StudyConfig:
     tune: dict | None = setting(None, "TuneSettings: settings chosen on held-out training examples first")
     baselines: bool = setting(False, "majority, zero-shot and head-only scores per task (`fusekit baseline`)")
     merge: dict | None = setting(None, "MergeSettings")
+    scaling: dict | None = setting(None, "ScalingSettings: fusion against the number of merged tasks")
     joint: dict | None = setting(None, "JointSettings")
 
 
@@ -168,6 +192,13 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
         if study.merge is not None:
             stages += _merge_stages(from_mapping(MergeSettings, dict(study.merge), f"{source}: merge"), study, runs,
                                     tag, seed, source)
+        if study.scaling is not None:
+            scaling = from_mapping(ScalingSettings, dict(study.scaling), f"{source}: scaling")
+            if any(k > len(tasks) for k in scaling.sizes or []):
+                raise FusekitError(f"{source}: scaling.sizes: a subset cannot hold more than the {len(tasks)} tasks")
+            subsets = [s for k in scaling.sizes or range(2, len(tasks) + 1)
+                       for s in task_subsets(tasks, k, scaling.max_subsets, seed)]
+            stages += _merge_stages(scaling, study, runs, tag, seed, source, "scaling", tasks, subsets)
         if study.joint is not None:
             stages += _joint_stages(from_mapping(JointSettings, dict(study.joint), f"{source}: joint"), study,
                                     runs, tag, seed, source)
@@ -216,18 +247,23 @@ def tuned_recipe(study: StudyConfig, stages: list[Stage]) -> str:
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source) -> list[Stage]:
+def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: str = "merge",
+                  tasks: list[str] | None = None, subsets: list[tuple[str, ...]] | None = None) -> list[Stage]:
+    """A merge per variant, space and method of all the runs, or (`subsets` of `tasks`) of each subset's runs."""
     stages = []
     for variant in merge.variants or list(study.adapters):
         if variant not in runs:
-            raise FusekitError(f"{source}: merge.variants: {variant!r} is not one of the adapters")
+            raise FusekitError(f"{source}: {prefix}.variants: {variant!r} is not one of the adapters")
         linearized = study.adapters[variant].get("adapter", study.train.get("adapter", "lora")) != "lora"
         for space in ["factors"] if linearized else merge.spaces:
             for method in merge.methods:
                 grid = {"lam": merge.lambdas, "density": merge.densities, "rate": merge.drop_rates}
                 grid = {k: v for k, v in grid.items() if v and k in searched(method)}
-                job = MergeJob(runs[variant], method, space, grid, merge.val_examples, seed)
-                stages.append(Stage(f"merge/{variant}-{space}-{method}{tag}", "merge", job))
+                for subset in subsets or [None]:
+                    chosen = runs[variant] if subset is None else [runs[variant][tasks.index(t)] for t in subset]
+                    suffix = "" if subset is None else f"-k{len(subset)}-{'+'.join(subset)}"
+                    job = MergeJob(chosen, method, space, grid, merge.val_examples, seed)
+                    stages.append(Stage(f"{prefix}/{variant}-{space}-{method}{suffix}{tag}", "merge", job))
     return stages
 
 
