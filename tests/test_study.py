@@ -227,3 +227,30 @@ def test_fusion_vs_number_of_tasks_is_planned_run_and_reported(tmp_path, tiny_mo
     assert "## Fusion against the number of merged tasks" in report
     assert "| lora-delta-w-task-arithmetic |" in report and "(n=2)" in report and "(n=1)" in report
     assert (out / "report/scaling.png").stat().st_size > 1000
+
+
+def test_similarity_by_hand_in_each_space(sst2_run, tiny_config, tmp_path):
+    """LoRA compares ΔW = s·B·A (B0 = 0 here); the matrix is symmetric with a unit diagonal and matches a direct
+    computation from the factors."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from fusekit.artifacts.run_folder import load_run
+    from fusekit.merging.similarity import similarity_matrix
+    from fusekit.training.train import train
+
+    train(replace(tiny_config, task="rte", epochs=1, max_train=16, out=str(tmp_path / "rte")))
+    runs = [load_run(sst2_run[0]), load_run(tmp_path / "rte")]
+    matrix = similarity_matrix(runs)
+    products = []
+    for run in runs:
+        v, scale = run.vector, run.vector.meta["alpha"] / run.vector.meta["rank"]
+        layers = sorted({k.rsplit(".lora_", 1)[0] for k in v.init})
+        products.append(torch.cat([(scale * (v.init[f"{m}.lora_B.weight"] + v.delta[f"{m}.lora_B.weight"])
+                                    @ (v.init[f"{m}.lora_A.weight"] + v.delta.get(f"{m}.lora_A.weight", 0))
+                                    ).flatten() for m in layers]).double())
+    expected = float(products[0] @ products[1] / products[0].norm() / products[1].norm())
+    assert np.allclose(np.diag(matrix), 1.0) and matrix[0, 1] == pytest.approx(matrix[1, 0])
+    assert matrix[0, 1] == pytest.approx(expected, rel=1e-6)

@@ -110,6 +110,7 @@ REPORT = "report.md"
 REPORT_FIGURES = "report"
 SWEEP_PLOT = "lambda-sweep.png"
 SCALING_PLOT = "scaling.png"
+SIMILARITY_PLOT = "similarity.png"
 
 
 def joint_plot(name: str) -> str:

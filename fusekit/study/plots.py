@@ -164,3 +164,24 @@ def scaling_figure(points: dict[str, dict[int, list[float]]]):
 
 def plot_scaling(points: dict[str, dict[int, list[float]]], out: Path) -> None:
     save(scaling_figure(points), out)
+
+
+def similarity_figure(matrices: list[tuple[str, np.ndarray]], tasks: list[str]):
+    """The task vectors' cosine-similarity matrix per adapter variant, side by side on one symmetric colour scale,
+    each cell annotated."""
+    plt = _pyplot()
+    off = [np.abs(m[~np.eye(len(m), dtype=bool)]).max() for _, m in matrices if len(m) > 1]
+    top = max(off + [1e-3])
+    figure, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.0), squeeze=False)
+    for axis, (name, matrix) in zip(axes[0], matrices):
+        shown = np.where(np.eye(len(matrix), dtype=bool), np.nan, matrix)  # the diagonal (1) would swamp the scale
+        image = axis.imshow(shown, cmap="coolwarm", vmin=-top, vmax=top)
+        for i in range(len(matrix)):
+            for j in range(len(matrix)):
+                axis.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", fontsize=7)
+        axis.set(title=name, xticks=range(len(tasks)), yticks=range(len(tasks)), xlabel="task")
+        axis.set_xticklabels(tasks, fontsize=8)
+        axis.set_yticklabels(tasks, fontsize=8)
+    axes[0][0].set_ylabel("task")
+    figure.colorbar(image, ax=list(axes[0]), label="cosine similarity of task vectors")
+    return figure

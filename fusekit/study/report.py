@@ -21,6 +21,7 @@ from fusekit.artifacts.layout import (
     REPORT,
     REPORT_FIGURES,
     SCALING_PLOT,
+    SIMILARITY_PLOT,
     STAGES,
     STAGING,
     STUDY_RECIPE,
@@ -34,7 +35,7 @@ from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
 from fusekit.merging.params import PARAMETERS
-from fusekit.study.plots import plot_joint, plot_scaling, plot_sweeps
+from fusekit.study.plots import plot_joint, plot_scaling, plot_sweeps, save, similarity_figure
 
 
 def _json(path: Path) -> dict:
@@ -103,6 +104,13 @@ def individual_table(study: Path) -> tuple[str, list[str]]:
     return _table(header, rows), tasks
 
 
+def in_recipe_order(study: Path, variants: list[str]) -> list[str]:
+    """Adapter variants in the order the recipe declares them (the first is the reference), others after."""
+    recipe = read_yaml(study / STUDY_RECIPE)
+    declared = list(recipe.get("adapters") or {}) if isinstance(recipe, dict) else []
+    return [v for v in declared if v in variants] + [v for v in variants if v not in declared]
+
+
 def paired_table(study: Path, tasks: list[str]) -> str | None:
     """Each variant minus the first, task by task, paired by seed: mean ± 95% CI of the per-seed differences
     (None unless some variant has two or more seeds in common with the first)."""
@@ -113,9 +121,7 @@ def paired_table(study: Path, tasks: list[str]) -> str | None:
             by_seed.setdefault(variant, {}).setdefault(seed, {})[task] = scores["score"]
     if len(by_seed) < 2:
         return None
-    recipe = read_yaml(study / STUDY_RECIPE)
-    declared = list(recipe.get("adapters") or {}) if isinstance(recipe, dict) else []
-    first, *others = [v for v in declared if v in by_seed] + [v for v in by_seed if v not in declared]
+    first, *others = in_recipe_order(study, list(by_seed))
     rows = []
     for variant in others:
         cells = []
@@ -237,6 +243,22 @@ def scaling_table(points: dict[str, dict[int, list[float]]]) -> str:
     return _table(["merge", *(f"k = {k}" for k in sizes)], rows)
 
 
+def similarity_matrices(study: Path, tasks: list[str]) -> list[tuple[str, np.ndarray]]:
+    """Each adapter variant's task-vector cosine similarities (its first seed's runs, the study's task order)."""
+    from fusekit.artifacts.run_folder import load_run
+    from fusekit.merging.similarity import similarity_matrix
+
+    folders: dict[str, dict[str, Path]] = {}
+    for folder in _finished(study, "train"):
+        for task in tasks:
+            if folder.name.startswith(f"{task}-") and (folder / CONFIG).is_file():
+                variant, _ = seedless(folder.name[len(task) + 1:])
+                folders.setdefault(variant, {}).setdefault(task, folder)
+    return [(variant, similarity_matrix([load_run(folders[variant][t]) for t in tasks]))
+            for variant in in_recipe_order(study, list(folders))
+            if len(tasks) > 1 and set(folders[variant]) == set(tasks)]
+
+
 def stage_table(study: Path) -> str:
     latest = {}
     path = study / STAGES
@@ -277,6 +299,14 @@ def write_report(study: Path) -> Path:
         plot_sweeps(sweeps, tasks, figures / SWEEP_PLOT)
         parts += ["## Hyperparameter sweeps on held-out training data", "",
                   f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
+    matrices = similarity_matrices(study, tasks)
+    if matrices:
+        save(similarity_figure(matrices, tasks), figures / SIMILARITY_PLOT)
+        means = ", ".join(f"{name} {np.abs(m[~np.eye(len(m), dtype=bool)]).mean():.3f}" for name, m in matrices)
+        parts += ["## Task-vector similarity", "",
+                  "Cosine similarity of the task vectors (LoRA: ΔW = s·(B·A − B0·A0); L-LoRA: its parameters φ). "
+                  f"Mean |similarity| between tasks: {means}.", "",
+                  f"![similarity]({REPORT_FIGURES}/{SIMILARITY_PLOT})", ""]
     points = scaling_points(study)
     if points:
         plot_scaling(points, figures / SCALING_PLOT)
