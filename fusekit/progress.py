@@ -113,6 +113,7 @@ class JsonlLog:
 
     def __init__(self, path: Path):
         self.path = path
+        _drop_partial_line(path)  # a kill mid-append left half a record: the next record starts on its own line
         self.handle = path.open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -121,3 +122,15 @@ class JsonlLog:
 
     def close(self) -> None:
         self.handle.close()
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a file back to its last complete line (the record a killed process was writing is lost, no other)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        handle.seek(-1, 2)
+        if handle.read(1) == b"\n":
+            return
+        data = handle.seek(0) or handle.read()
+        handle.truncate(data.rfind(b"\n") + 1)

@@ -191,7 +191,10 @@ def test_a_truncated_stage_log_still_reports(tmp_path, tiny_model, glue_dir):
                   "max_train": 16, "max_eval": 8, "device": "cpu"}}))
     run_study(recipe)
     log = tmp_path / "study" / "stages.jsonl"
-    log.write_text(log.read_text() + '{"stage": "train/x", "secon')  # killed mid-append
+    intact = log.read_text()
+    log.write_text(intact + '{"stage": "train/x", "secon')  # killed mid-append
     assert "train/sst2-lora" in write_report(tmp_path / "study").read_text()
+    run_study(recipe)  # the next writer starts on a fresh line: the half record goes, nothing else
+    assert log.read_text() == intact
     log.write_text('{"stage": "train/x", "secon\n' + log.read_text())
     assert_one_line_error(invoke("report", tmp_path / "study"), "stages.jsonl:1 is not a JSON record")
