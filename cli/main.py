@@ -281,7 +281,8 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
 @app.command()
 @one_line_errors
 def merge(
-    runs: Annotated[list[Path], typer.Argument(help="run folders (one per task) whose task vectors to fuse")],
+    runs: Annotated[list[Path], typer.Argument(help="run folders (one per task) whose task vectors to fuse, or any "
+                                                    "PEFT LoRA folders or Hub ids (merged in ΔW space)")],
     out: Annotated[Path, Opt(help="merged folder to write")],
     method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties")]
     = "task-arithmetic",
@@ -299,6 +300,8 @@ def merge(
     seed: Annotated[int, Opt(help="DARE drops and held-out sampling")] = 0,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     overwrite: Annotated[bool, Opt(help="replace an existing merged folder")] = False,
+    shared_modules: Annotated[str, Opt(help="PEFT inputs with modules_to_save: refuse, average or first")]
+    = "refuse",
     as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Fuse task vectors into one multi-task adapter.
@@ -311,7 +314,7 @@ def merge(
             "rate": _floats(drop_rates, "--drop-rates")}
     fixed = {"lam": None if lam == "auto" else _floats(lam, "--lambda")[0], "density": density, "rate": drop_rate}
     _emit(fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed,
-               device, overwrite), as_json)
+               device, overwrite, shared_modules), as_json)
 
 
 @app.command()

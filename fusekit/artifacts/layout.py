@@ -56,7 +56,8 @@ HEAD = "head.safetensors"
 CHECKSUMS = "checksums.json"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"  # beside peft's own adapter_config.json
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"  # peft's own names: a folder holding both loads with PeftModel.from_pretrained
 
 # merged and joint folders
 MANIFEST = "manifest.json"

@@ -14,6 +14,7 @@ from fusekit.config import SEED, short
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.params import PARAMETERS
+from fusekit.merging.peft_inputs import is_peft_folder, merge_peft
 from fusekit.merging.search import search, searched
 from fusekit.merging.stream import merge
 from fusekit.models.base import resolve_device
@@ -21,7 +22,8 @@ from fusekit.progress import console
 
 
 def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, weights: list[float] | None,
-         space: str, rank: int | None, val_examples: int, seed: int, device: str, overwrite: bool) -> dict:
+         space: str, rank: int | None, val_examples: int, seed: int, device: str, overwrite: bool,
+         shared_modules: str = "refuse") -> dict:
     """Write the merged folder; return what was done (out, method, params, space, rank, truncation error, search).
 
     `fixed` holds λ (None: 'auto'), density and rate (None: not given); `grid` the values to search.
@@ -30,6 +32,11 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
     """
     make_method(method)  # an unknown method or a bad value fails before any loading
     check_merge_settings(fixed, grid, weights, rank, val_examples, seed)
+    plain = [is_peft_folder(Path(f)) or not Path(f).exists() for f in folders]
+    if any(plain):
+        if not all(plain):
+            raise FusekitError("mix of fusekit runs and other PEFT adapters: merge one kind at a time")
+        return _fuse_peft(folders, out, method, fixed, grid, weights, space, rank, seed, overwrite, shared_modules)
     with claim_output(out, overwrite, folders):  # never over an input, never two writers
         runs = [load_run(folder) for folder in folders]
         values = _candidates(method, fixed, grid)
@@ -51,6 +58,19 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
     return {"out": str(out), **summary}
+
+
+def _fuse_peft(sources, out, method, fixed, grid, weights, space, rank, seed, overwrite, shared_modules) -> dict:
+    """PEFT LoRA adapters fusekit did not train: merged in ΔW space with the values given (no search: fusekit
+    knows neither their task heads nor their data)."""
+    if space != "delta-w":
+        raise FusekitError("adapters without φ0 merge only in ΔW space: use --space delta-w")
+    if fixed["lam"] is None or any(grid.values()):
+        raise FusekitError("--lambda auto and search grids need fusekit runs (their heads and data): give --lambda")
+    params = {p.name: fixed.get(p.name) if fixed.get(p.name) is not None else p.default
+              for p in method_parameters(method)}
+    return merge_peft([str(s) for s in sources], out, make_method(method, seed=seed, **params), weights, rank,
+                      shared_modules, overwrite)
 
 
 def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, rank: int | None,

@@ -1,0 +1,91 @@
+"""Adapters fusekit did not train: plain PEFT LoRA folders on a tiny causal LM (GPT-2), of different ranks, one with
+rsLoRA, merged exactly in ΔW space and loaded back with plain peft."""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tests.test_cli import assert_one_line_error, invoke
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(folder)
+    return folder
+
+
+def make_adapter(base_dir, out, seed, **config):
+    torch.manual_seed(seed)
+    model = get_peft_model(GPT2LMHeadModel.from_pretrained(base_dir), LoraConfig(**config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # B0 = 0 at init: give each adapter a change to merge
+    model.save_pretrained(out)
+    return out
+
+
+def merged_weights(base_dir, adapter) -> dict[str, torch.Tensor]:
+    model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base_dir), str(adapter))
+    return {k: v.detach().clone() for k, v in model.merge_and_unload().state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def adapters(base_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adapters")
+    one = make_adapter(base_dir, folder / "one", 1, r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"],
+                       rank_pattern={"h.1.attn.c_attn": 2}, alpha_pattern={"h.1.attn.c_attn": 3})
+    two = make_adapter(base_dir, folder / "two", 2, r=8, lora_alpha=4, target_modules=["c_attn"], use_rslora=True)
+    return one, two
+
+
+def test_task_arithmetic_of_peft_adapters_is_exact_and_loads_in_plain_peft(base_dir, adapters, tmp_path):
+    out = tmp_path / "merged"
+    result = invoke("merge", *adapters, "--lambda", "0.7", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    base = GPT2LMHeadModel.from_pretrained(base_dir).state_dict()
+    deltas = [{k: v - base[k] for k, v in merged_weights(base_dir, a).items()} for a in adapters]
+    merged = merged_weights(base_dir, out)
+    for key, value in base.items():
+        expected = value + 0.7 * (deltas[0][key] + deltas[1][key])
+        assert torch.allclose(merged[key], expected, atol=1e-5), key
+    assert any(d.abs().max() > 0.1 for d in deltas[0].values())  # the adapters do change the weights
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_dir) and not config["use_rslora"]
+    card = (out / "README.md").read_text()
+    assert "task-arithmetic" in card and str(adapters[0]) in card
+    summary = json.loads(result.stdout)
+    assert summary["truncation_error"] == 0 and summary["rank"] == 12  # 4 + 8 where both adapt a layer
+
+
+def test_ties_on_products_is_truncated_by_svd_and_still_loads(base_dir, adapters, tmp_path):
+    out = tmp_path / "ties"
+    result = invoke("merge", *adapters, "--method", "ties", "--lambda", "1.0", "--density", "0.5", "--rank", "2",
+                    "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert 0 < json.loads(result.stdout)["truncation_error"] < 1
+    merged_weights(base_dir, out)  # plain peft loads it
+
+
+def test_what_cannot_be_merged_exactly_is_refused(base_dir, adapters, tmp_path):
+    dora = make_adapter(base_dir, tmp_path / "dora", 3, r=4, target_modules=["c_attn"], use_dora=True)
+    assert_one_line_error(invoke("merge", adapters[0], dora, "--lambda", "1", "--out", tmp_path / "x"),
+                          "DoRA .*cannot be merged exactly")
+    assert_one_line_error(invoke("merge", *adapters, "--lambda", "auto", "--out", tmp_path / "x"),
+                          "need fusekit runs")
+    assert_one_line_error(invoke("merge", *adapters, "--space", "factors", "--out", tmp_path / "x"),
+                          "only in ΔW space")
+    head = make_adapter(base_dir, tmp_path / "head", 4, r=4, target_modules=["c_attn"], modules_to_save=["lm_head"])
+    head2 = make_adapter(base_dir, tmp_path / "head2", 5, r=4, target_modules=["c_attn"], modules_to_save=["lm_head"])
+    assert_one_line_error(invoke("merge", head, head2, "--lambda", "1", "--out", tmp_path / "x"),
+                          "modules_to_save .*--shared-modules average or first")
+    result = invoke("merge", head, head2, "--lambda", "1", "--shared-modules", "average", "--out", tmp_path / "y")
+    assert result.exit_code == 0, result.output
+    assert_one_line_error(invoke("merge", tmp_path / "missing", "--lambda", "1", "--out", tmp_path / "z"),
+                          "missing is not a folder \\(expected a run folder, a PEFT adapter folder or a Hub id")
