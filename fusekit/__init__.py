@@ -8,10 +8,15 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+local"
 
 
-def __getattr__(name: str):
-    """`fusekit.load_adapter`, imported on first use (plain `import fusekit` stays free of torch)."""
-    if name == "load_adapter":
-        from fusekit.artifacts.run_folder import load_adapter
+# the Python API, imported on first use (plain `import fusekit` stays free of torch)
+_API = {"load_adapter": "fusekit.artifacts.run_folder", "merge": "fusekit.merging.api",
+        "TaskVector": "fusekit.artifacts.task_vector"}
 
-        return load_adapter
+
+def __getattr__(name: str):
+    """`fusekit.load_adapter`, `fusekit.merge`, `fusekit.TaskVector`."""
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'fusekit' has no attribute {name!r}")

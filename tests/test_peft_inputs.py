@@ -89,3 +89,25 @@ def test_what_cannot_be_merged_exactly_is_refused(base_dir, adapters, tmp_path):
     assert result.exit_code == 0, result.output
     assert_one_line_error(invoke("merge", tmp_path / "missing", "--lambda", "1", "--out", tmp_path / "z"),
                           "missing is not a folder \\(expected a run folder, a PEFT adapter folder or a Hub id")
+
+
+def test_the_python_api_merges_as_the_cli_does(base_dir, adapters, tmp_path):
+    import fusekit
+
+    summary = fusekit.merge([str(a) for a in adapters], out=tmp_path / "api", lam=0.7)
+    cli = tmp_path / "cli"
+    assert invoke("merge", *adapters, "--lambda", "0.7", "--out", cli).exit_code == 0
+    api_weights, cli_weights = merged_weights(base_dir, tmp_path / "api"), merged_weights(base_dir, cli)
+    assert all(torch.equal(api_weights[k], cli_weights[k]) for k in api_weights)
+    assert summary["method"] == "task-arithmetic" and summary["params"] == {"lam": 0.7}
+    with pytest.raises(fusekit.errors.FusekitError, match="unknown merge parameter 'densty'"):
+        fusekit.merge([str(a) for a in adapters], out=tmp_path / "x", densty=0.3)
+
+
+def test_fusekit_runs_name_a_portable_base_and_load_by_string_path(sst2_run):
+    import fusekit
+
+    config = json.loads((sst2_run[0] / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-bert0"  # the folder's name, not this machine's path
+    vector = fusekit.TaskVector.load(str(sst2_run[0] / "task_vector.safetensors"))  # a str path works
+    assert vector.tasks == ["sst2"]

@@ -146,7 +146,8 @@ class TaskVector:
         save_tensors(path, tensors, {"format": FORMAT, "fusekit": json.dumps(self.meta, sort_keys=True)})
 
     @classmethod
-    def load(cls, path: Path) -> TaskVector:
+    def load(cls, path: str | Path) -> TaskVector:
+        path = Path(path)
         tensors, metadata = load_tensors(path)
         meta = _parse_meta(metadata, path)
         delta = {k[len("delta/"):]: v for k, v in tensors.items() if k.startswith("delta/")}

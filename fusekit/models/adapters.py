@@ -19,7 +19,7 @@ from torch.func import functional_call
 from fusekit.artifacts.atomic import save_tensors
 from fusekit.artifacts.layout import PEFT_WEIGHTS
 from fusekit.errors import FusekitError
-from fusekit.models.base import BaseModel
+from fusekit.models.base import BaseModel, portable_name
 
 ADAPTER_KINDS = ("lora", "l-lora")
 LINEARIZE_SCOPES = ("module", "network")
@@ -216,6 +216,8 @@ def add_lora(base: BaseModel, spec: AdapterSpec, model_class: type[AdaptedModel]
         peft_model = get_peft_model(base.model, config)
     except ValueError as error:
         raise FusekitError(f"cannot add LoRA to {base.name}: {str(error).splitlines()[0]}") from None
+    # what the PEFT folder names as its base: a hub id or a name that means something on another machine
+    peft_model.peft_config["default"].base_model_name_or_path = portable_name(base.name)
     if init is not None:
         lora = {state_name(n): p for n, p in peft_model.named_parameters() if ".lora_" in n}
         with torch.no_grad():

