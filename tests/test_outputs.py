@@ -198,3 +198,19 @@ def test_a_truncated_stage_log_still_reports(tmp_path, tiny_model, glue_dir):
     assert log.read_text() == intact
     log.write_text('{"stage": "train/x", "secon\n' + log.read_text())
     assert_one_line_error(invoke("report", tmp_path / "study"), "stages.jsonl:1 is not a JSON record")
+
+
+def test_result_files_and_merges_never_land_on_user_files_or_inside_data(two_runs, tiny_model, glue_dir, tmp_path):
+    before = tree_hash(glue_dir)
+    runs = [two_runs / "sst2", two_runs / "rte"]
+    assert_one_line_error(merge(runs, "--out", glue_dir / "merged"), "is inside the input .*glue")
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    args = [*common(tiny_model, glue_dir), "--task", "rte", "--max-train", "16"]
+    assert_one_line_error(invoke("baseline", *args, "--out", notes), "holds a file fusekit did not write")
+    assert_one_line_error(invoke("baseline", *args, "--out", tmp_path), "is a folder \\(expected a JSON file")
+    assert_one_line_error(invoke("eval", runs[0], "--device", "cpu", "--out", notes), "did not write")
+    assert notes.read_text() == '{"mine": true}' and tree_hash(glue_dir) == before
+    scores = tmp_path / "scores.json"
+    assert invoke("eval", runs[0], "--device", "cpu", "--out", scores).exit_code == 0
+    assert invoke("eval", runs[0], "--device", "cpu", "--out", scores).exit_code == 0  # its own file: replaced

@@ -119,6 +119,13 @@ def test_changed_recipe_does_not_reuse_a_stale_stage(tmp_path, tiny_model, glue_
         run_study(changed)
 
 
+def test_report_writes_only_into_a_study_fusekit_wrote(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("a user's own recipe")
+    with pytest.raises(FusekitError, match="is not a study folder"):
+        write_report(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
 def test_report_needs_a_study_folder(tmp_path):
     with pytest.raises(FusekitError, match="not a study folder"):
         write_report(tmp_path)
@@ -155,6 +162,7 @@ def test_only_selects_by_prefix_or_glob():
 
 def test_report_skips_checkpoints_and_temp_folders(tmp_path):
     (tmp_path / "recipe.yaml").write_text("out: x\n")
+    (tmp_path / ".fusekit.json").write_text('{"kind": "study"}')
     for name in ("lora-coba.checkpoint", "lora-uniform.tmp-x1"):
         (tmp_path / "joint" / name).mkdir(parents=True)
         (tmp_path / "joint" / name / "manifest.json").write_text('{"step": 3}')

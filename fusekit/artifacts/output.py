@@ -73,6 +73,36 @@ def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | str | None]
         raise FusekitError(f"{what} {out} cannot be written: {parent} is not writable")
 
 
+def check_output_file(out: Path, inputs: Iterable[Path | str | None] = (), what: str = "output file") -> None:
+    """The same policy for a JSON result file (`fusekit baseline`, `fusekit eval --out`): not a link or a folder,
+    not inside an input, and replacing only a file fusekit wrote (a JSON record of scores by task)."""
+    if out.is_symlink():
+        raise FusekitError(f"{what} {out} is a symbolic link: give the file's own path")
+    target = resolved(out, what)
+    if target.is_dir():
+        raise FusekitError(f"{what} {out} is a folder (expected a JSON file name)")
+    for item in inputs:
+        if item is not None and Path(item).exists():
+            source = resolved(Path(item), "input")
+            if target == source or source in target.parents:
+                raise FusekitError(f"{what} {out} is inside the input {item}: choose a path outside it")
+    if target.exists() and not _scores_json(target):
+        raise FusekitError(f"{what} {out} holds a file fusekit did not write: refusing to replace it")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        raise FusekitError(f"{what} {out} cannot be written: {parent} is not writable")
+
+
+def _scores_json(path: Path) -> bool:
+    """A file fusekit wrote: JSON scores keyed by task (a mapping with 'task', or a list of them)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    rows = data if isinstance(data, list) else [data]
+    return bool(rows) and all(isinstance(row, dict) and "task" in row for row in rows)
+
+
 def lock_path(out: Path) -> Path:
     return out.with_name(out.name + LOCK_SUFFIX)
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fusekit.artifacts.atomic import atomic_write_json
+from fusekit.artifacts.output import check_output_file
 from fusekit.config import TrainConfig
 from fusekit.data.loading import EncodedSplit, Split, load_split, make_loader
 from fusekit.data.tasks import TaskSpec, get_task
@@ -37,6 +38,7 @@ PROBE_LR = 1e-3
 def run_baselines(cfg: TrainConfig, path: Path) -> dict:
     """Every baseline of `cfg`'s task on its training subset and dev split; written to `path` (JSON)."""
     task = get_task(cfg.task)
+    check_output_file(path, [cfg.data, cfg.model])  # before any work
     train = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
     dev = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
     torch.manual_seed(cfg.seed)

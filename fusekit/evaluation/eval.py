@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.merged_folder import individual_score, is_merged, load_merged
+from fusekit.artifacts.output import check_output_file
 from fusekit.artifacts.run_folder import load_run, model_for_vector, record_eval
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.loading import EncodedSplit, Split, load_split
@@ -66,6 +67,8 @@ def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_
                   batch_size: int, device: str, out: Path | None, nonlinear: bool = False) -> list[dict]:
     """Score each folder (a run on its own task or on `tasks`; a merged folder on every task it holds)."""
     target = resolve_device(device)
+    if out is not None:
+        check_output_file(out, folders)
     for folder in folders:  # every bad folder is reported before any work
         load_merged(Path(folder)) if is_merged(folder) else load_run(Path(folder))
     rows = []

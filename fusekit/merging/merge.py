@@ -37,8 +37,9 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
         if not all(plain):
             raise FusekitError("mix of fusekit runs and other PEFT adapters: merge one kind at a time")
         return _fuse_peft(folders, out, method, fixed, grid, weights, space, rank, seed, overwrite, shared_modules)
-    with claim_output(out, overwrite, folders):  # never over an input, never two writers
-        runs = [load_run(folder) for folder in folders]
+    runs = [load_run(folder) for folder in folders]
+    inputs = [*folders, *(r.config.data for r in runs), *(r.config.model for r in runs)]
+    with claim_output(out, overwrite, inputs):  # never over an input (runs, their data and model), one writer
         values = _candidates(method, fixed, grid)
         rows, params = None, {name: v[0] for name, v in values.items()}
         if any(len(v) > 1 for v in values.values()):

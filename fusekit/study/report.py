@@ -30,6 +30,7 @@ from fusekit.artifacts.layout import (
     joint_plot,
 )
 from fusekit.artifacts.merged_folder import manifest_tasks
+from fusekit.artifacts.output import written_by_fusekit
 from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
@@ -274,7 +275,7 @@ def stage_table(study: Path) -> str:
 
 def write_report(study: Path) -> Path:
     """Write the study's report and its PNGs (names in fusekit.artifacts.layout); return the markdown path."""
-    if not (study / STUDY_RECIPE).is_file():
+    if not (study / STUDY_RECIPE).is_file() or not written_by_fusekit(study):
         raise FusekitError(f"{study} is not a study folder (expected {STUDY_RECIPE} written by fusekit run)")
     figures = study / REPORT_FIGURES
     figures.mkdir(exist_ok=True)
