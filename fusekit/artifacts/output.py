@@ -68,7 +68,7 @@ def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | str | None]
         if not overwrite and not resumable:
             raise FusekitError(f"{what} {out} is not empty (it holds a fusekit output); pass --overwrite to "
                                "replace it")
-    parent = next((p for p in (target, *target.parents) if p.exists()), None)
+    parent = next((p for p in target.parents if p.exists()), None)  # where the staged folder is made and renamed
     if parent is None or not os.access(parent, os.W_OK | os.X_OK):
         raise FusekitError(f"{what} {out} cannot be written: {parent} is not writable")
 
