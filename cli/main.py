@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from fusekit.config import JointConfig, TrainConfig, load_recipe, with_overrides
 from fusekit.errors import FusekitError
-from fusekit.merging.params import DENSITY, DROP_RATE, LAMBDA
+from fusekit.merging.params import DENSITY, DROP_RATE, LAMBDA, REGMEAN_ALPHA
 
 DEBUG = "FUSEKIT_DEBUG"  # set to 1 (or pass --debug) to see the traceback of an unexpected error
 
@@ -284,7 +284,7 @@ def merge(
     runs: Annotated[list[Path], typer.Argument(help="run folders (one per task) whose task vectors to fuse, or any "
                                                     "PEFT LoRA folders or Hub ids (merged in ΔW space)")],
     out: Annotated[Path, Opt(help="merged folder to write")],
-    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties")]
+    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties, regmean")]
     = "task-arithmetic",
     lam: Annotated[str, Opt("--lambda", help=f"{LAMBDA.help}, or 'auto' to choose it on held-out training data")]
     = str(LAMBDA.default),
@@ -293,6 +293,8 @@ def merge(
     densities: Annotated[Optional[str], Opt(help="TIES density grid for the search")] = None,
     drop_rate: Annotated[Optional[float], Opt(help=f"{DROP_RATE.help} (default {DROP_RATE.default})")] = None,
     drop_rates: Annotated[Optional[str], Opt(help="DARE drop-rate grid for the search")] = None,
+    regmean_alpha: Annotated[Optional[float], Opt(help=f"{REGMEAN_ALPHA.help} (default {REGMEAN_ALPHA.default})")]
+    = None,
     weights: Annotated[Optional[str], Opt(help="per-run weights, comma-separated (default uniform)")] = None,
     space: Annotated[str, Opt(help="LoRA: delta-w (exact B·A products) or factors (A and B apart)")] = "delta-w",
     rank: Annotated[Optional[int], Opt(help="delta-w: truncate the merged ΔW to this rank by SVD")] = None,
@@ -312,7 +314,8 @@ def merge(
 
     grid = {"lam": _floats(lambdas, "--lambdas"), "density": _floats(densities, "--densities"),
             "rate": _floats(drop_rates, "--drop-rates")}
-    fixed = {"lam": None if lam == "auto" else _floats(lam, "--lambda")[0], "density": density, "rate": drop_rate}
+    fixed = {"lam": None if lam == "auto" else _floats(lam, "--lambda")[0], "density": density, "rate": drop_rate,
+             "regmean_alpha": regmean_alpha}
     _emit(fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed,
                device, overwrite, shared_modules), as_json)
 

@@ -18,7 +18,7 @@ from fusekit.merging.peft_inputs import is_peft_folder, merge_peft
 from fusekit.merging.search import search, searched
 from fusekit.merging.stream import merge
 from fusekit.models.base import resolve_device
-from fusekit.progress import console
+from fusekit.progress import console, tracked
 
 
 def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, weights: list[float] | None,
@@ -41,14 +41,18 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
     inputs = [*folders, *(r.config.data for r in runs), *(r.config.model for r in runs)]
     with claim_output(out, overwrite, inputs):  # never over an input (runs, their data and model), one writer
         values = _candidates(method, fixed, grid)
+        statistics = _statistics(runs, method, space, val_examples, resolve_device(device), seed)
         rows, params = None, {name: v[0] for name, v in values.items()}
         if any(len(v) > 1 for v in values.values()):
-            result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed)
+            result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed,
+                            statistics)
             rows, params = result.rows, {**params, **result.best}
             _print_search(rows, [run.head_task for run in runs], searched(method))
             best = ", ".join(f"{k}={v}" for k, v in result.best.items())
             console.print(f"chose {best} on held-out training data")
         chosen = make_method(method, seed=seed, **params)
+        if statistics is not None:
+            chosen.grams = statistics
         vector, report = merge(runs, chosen, weights, space, rank, progress=True)
         summary = {
             "method": chosen.name, "params": chosen.params(), "space": space, "weights": weights or [1.0] * len(runs),
@@ -66,8 +70,9 @@ def _fuse_peft(sources, out, method, fixed, grid, weights, space, rank, seed, ov
     knows neither their task heads nor their data)."""
     if space != "delta-w":
         raise FusekitError("adapters without φ0 merge only in ΔW space: use --space delta-w")
-    if fixed["lam"] is None or any(grid.values()):
-        raise FusekitError("--lambda auto and search grids need fusekit runs (their heads and data): give --lambda")
+    if fixed["lam"] is None or any(grid.values()) or make_method(method).needs_statistics:
+        raise FusekitError("--lambda auto, search grids and data-aware methods (regmean) need fusekit runs "
+                           "(their heads and data): give --lambda and a data-free method")
     params = {p.name: fixed.get(p.name) if fixed.get(p.name) is not None else p.default
               for p in method_parameters(method)}
     return merge_peft([str(s) for s in sources], out, make_method(method, seed=seed, **params), weights, rank,
@@ -89,6 +94,19 @@ def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, r
         raise FusekitError(f"--val-examples {val_examples}: expected an integer ≥ 1")
     if SEED.problem(seed):
         raise FusekitError(f"--seed {seed}: expected {SEED.problem(seed)}")
+
+
+def _statistics(runs, method: str, space: str, examples: int, device, seed: int) -> dict | None:
+    """layer → each run's input Gram matrix, for methods that merge with data (RegMean); None for the others."""
+    if not make_method(method).needs_statistics:
+        return None
+    if space != "delta-w":
+        raise FusekitError(f"{method} merges the layers' weights: use --space delta-w")
+    from fusekit.merging.statistics import gram_matrices
+
+    per_run = [gram_matrices(run, examples, device, seed)
+               for run in tracked(runs, f"{method} statistics", len(runs))]
+    return {layer: [grams[layer] for grams in per_run] for layer in per_run[0]}
 
 
 def _candidates(method: str, fixed: dict, grid: dict) -> dict[str, list[float]]:

@@ -35,4 +35,6 @@ DENSITY = Param("density", 0.2, (0.2, 0.5), "density", "TIES: fraction of entrie
                 Allowed(low=0, high=1, low_open=True))
 DROP_RATE = Param("rate", 0.5, (0.5, 0.9), "p", "DARE: drop probability p", "--drop-rate",
                   Allowed(low=0, high=1, high_open=True))
-PARAMETERS: tuple[Param, ...] = (LAMBDA, DENSITY, DROP_RATE)  # every hyperparameter a method may take
+REGMEAN_ALPHA = Param("regmean_alpha", 0.9, (0.5, 0.9), "α", "RegMean: scale of the Gram matrices' off-diagonal "
+                      "terms (1: none shrunk)", "--regmean-alpha", Allowed(low=0, high=1))
+PARAMETERS: tuple[Param, ...] = (LAMBDA, DENSITY, DROP_RATE, REGMEAN_ALPHA)  # every hyperparameter a method may take

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fusekit.artifacts.run_folder import Run
-from fusekit.data.loading import load_split
+from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.eval import TaskScorer
 from fusekit.evaluation.metrics import mean_defined, normalized_score
@@ -39,23 +39,27 @@ def grid_points(method: str, grid: dict[str, list[float]]) -> list[dict[str, flo
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
+def held_out_split(run: Run, examples: int, seed: int) -> Split:
+    """`examples` training examples of the run's task that it never trained on (all of them, with a warning, when
+    it trained on every one): what searches and data-aware merges may look at, never the reported split."""
+    task = get_task(run.head_task)
+    train = load_split(task, "train", run.config.data)
+    unseen = train.held_out(run.config.max_train, run.config.seed)
+    if len(unseen) == 0:
+        console.print(f"warning: {run.folder} trained on all of {task.name}'s training data; selecting on a "
+                      "sample of it (biased towards the finetuned adapters, still not the reported split)")
+        unseen = train
+    return unseen.capped(examples, seed)
+
+
 def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed: int) -> list[TaskScorer]:
-    scorers = []
-    for run in runs:
-        task = get_task(run.head_task)
-        train = load_split(task, "train", run.config.data)
-        unseen = train.held_out(run.config.max_train, run.config.seed)
-        if len(unseen) == 0:
-            console.print(f"warning: {run.folder} trained on all of {task.name}'s training data; selecting on a "
-                          "sample of it (biased towards the finetuned adapters, still not the reported split)")
-            unseen = train
-        scorers.append(TaskScorer(run.config.model, run.config.max_length, unseen.capped(examples, seed), run.head,
-                                  device, source=str(run.folder)))
-    return scorers
+    return [TaskScorer(run.config.model, run.config.max_length, held_out_split(run, examples, seed), run.head,
+                       device, source=str(run.folder)) for run in runs]
 
 
 def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: str, rank: int | None,
-           weights: list[float] | None, examples: int, device: torch.device, seed: int = 0) -> SearchResult:
+           weights: list[float] | None, examples: int, device: torch.device, seed: int = 0,
+           statistics: dict | None = None) -> SearchResult:
     scorers = held_out_scorers(runs, examples, device, seed)
     points = grid_points(method, grid)
     rows = []
@@ -69,7 +73,10 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
 
         own = [score(scorer, run.vector) for scorer, run in zip(scorers, runs)]
         for point in points:
-            vector, _ = merge(runs, make_method(method, seed=seed, **point), weights, space, rank)
+            candidate = make_method(method, seed=seed, **point)
+            if statistics is not None:
+                candidate.grams = statistics
+            vector, _ = merge(runs, candidate, weights, space, rank)
             scores = [score(scorer, vector) for scorer in scorers]
             average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])
             rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},

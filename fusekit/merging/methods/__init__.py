@@ -12,6 +12,7 @@ from fusekit.errors import FusekitError
 from fusekit.merging.methods.average import Average
 from fusekit.merging.methods.base import MergeMethod
 from fusekit.merging.methods.dare import Dare
+from fusekit.merging.methods.regmean import RegMean
 from fusekit.merging.methods.task_arithmetic import TaskArithmetic
 from fusekit.merging.methods.ties import Ties
 from fusekit.merging.params import DROP_RATE, PARAMETERS, Param
@@ -24,6 +25,7 @@ METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {
     "dare": (lambda seed, lam, rate: Dare(TaskArithmetic(lam), rate, seed), (*TaskArithmetic.parameters, DROP_RATE)),
     "dare-ties": (lambda seed, lam, density, rate: Dare(Ties(lam, density), rate, seed),
                   (*Ties.parameters, DROP_RATE)),
+    "regmean": (lambda seed, regmean_alpha: RegMean(regmean_alpha), RegMean.parameters),
 }
 
 

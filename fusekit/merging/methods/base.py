@@ -21,6 +21,7 @@ class MergeMethod(ABC):
     name: str = ""
     parameters: ClassVar[tuple[Param, ...]] = ()
     linear: bool = False  # the result is Σ c_i τ_i: exact in LoRA-factor form (rank Σ r_i) in ΔW space
+    needs_statistics: bool = False  # merges with per-layer input statistics of each task (`grams`, ΔW space)
 
     @abstractmethod
     def merge(self, deltas: list[torch.Tensor], weights: list[float], key: str = "") -> torch.Tensor:

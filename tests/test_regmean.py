@@ -1,0 +1,80 @@
+"""RegMean: the closed form against a least-squares solve by hand, and its statistics on the tiny model."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fusekit.artifacts.run_folder import load_run
+from fusekit.merging.methods import make_method
+from fusekit.merging.methods.regmean import RegMean
+from tests.test_cli import invoke
+
+
+def test_regmean_is_the_least_squares_weight_over_every_tasks_inputs():
+    """α = 1: W* minimises Σ_i ‖X_i W − X_i W_i‖² (input × output orientation), i.e. the stacked lstsq solution."""
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(40, 6)), rng.normal(size=(30, 6)) * 2.0]
+    deltas = [rng.normal(size=(4, 6)), rng.normal(size=(4, 6))]  # ΔW_i as LoRA holds them: output × input
+    method = RegMean(regmean_alpha=1.0)
+    method.grams = {"layer": [torch.tensor(x.T @ x) for x in xs]}
+    merged = method.merge([torch.tensor(d) for d in deltas], [1.0, 1.0], "layer").numpy()
+    stacked, targets = np.vstack(xs), np.vstack([x @ d.T for x, d in zip(xs, deltas)])
+    expected = np.linalg.lstsq(stacked, targets, rcond=None)[0].T
+    assert np.allclose(merged, expected, atol=1e-8)
+
+
+def test_regmean_shrinks_the_off_diagonal_terms_by_alpha():
+    g1, g2 = np.array([[4.0, 2.0], [2.0, 3.0]]), np.array([[1.0, -1.0], [-1.0, 5.0]])
+    d1, d2 = np.array([[1.0, 2.0]]), np.array([[-1.0, 0.5]])
+    method = RegMean(regmean_alpha=0.5)  # G̃ = 0.5 G + 0.5 diag(G): off-diagonals halved
+    method.grams = {"w": [torch.tensor(g1), torch.tensor(g2)]}
+    shrunk = [np.array([[4.0, 1.0], [1.0, 3.0]]), np.array([[1.0, -0.5], [-0.5, 5.0]])]
+    expected = np.linalg.solve(shrunk[0] + shrunk[1], shrunk[0] @ d1.T + shrunk[1] @ d2.T).T
+    assert np.allclose(method.merge([torch.tensor(d1), torch.tensor(d2)], [1.0, 1.0], "w").numpy(), expected)
+    assert np.allclose(method.merge([torch.tensor(d1), torch.tensor(d2)], [1.0, 1.0], "other").numpy(),
+                       (d1 + d2) / 2)  # no statistics: averaging
+
+
+@pytest.fixture(scope="module")
+def two_runs(sst2_run, tiny_config, tmp_path_factory):
+    from fusekit.training.train import train
+
+    out = tmp_path_factory.mktemp("regmean") / "rte"
+    train(replace(tiny_config, task="rte", epochs=2, max_train=32, out=str(out)))
+    return [sst2_run[0], out]
+
+
+def delta_w(vector, layer: str) -> torch.Tensor:
+    """s·(B·A − B0·A0) of one layer of a vector (merged folders write scale and factors this way)."""
+    scale = vector.meta["alpha"] / vector.meta["rank"]
+    a0, b0 = vector.init[f"{layer}.lora_A.weight"], vector.init[f"{layer}.lora_B.weight"]
+    a = a0 + vector.delta.get(f"{layer}.lora_A.weight", torch.zeros_like(a0))
+    b = b0 + vector.delta.get(f"{layer}.lora_B.weight", torch.zeros_like(b0))
+    return scale * (b @ a - b0 @ a0)
+
+
+def test_statistics_cover_every_adapted_layer_and_the_merge_is_the_closed_form(two_runs, tmp_path):
+    from fusekit.artifacts.merged_folder import load_merged
+    from fusekit.merging.statistics import gram_matrices
+
+    runs = [load_run(folder) for folder in two_runs]
+    grams = [gram_matrices(run, 8, torch.device("cpu")) for run in runs]
+    layers = sorted({key.rsplit(".lora_", 1)[0] for key in runs[0].vector.init})
+    assert sorted(grams[0]) == layers and all(torch.allclose(g, g.T) for g in grams[0].values())
+    assert all(torch.linalg.eigvalsh(g).min() > -1e-6 for g in grams[0].values())  # Gram matrices are PSD
+    out = tmp_path / "regmean"
+    result = invoke("merge", *two_runs, "--method", "regmean", "--regmean-alpha", "0.7", "--rank", "32",
+                    "--val-examples", "8", "--device", "cpu", "--out", out)  # rank 32: the SVD keeps everything
+    assert result.exit_code == 0, result.output
+    merged = load_merged(out)[1]
+    reference = RegMean(0.7)
+    for layer in layers[:3]:
+        reference.grams = {layer: [g[layer] for g in grams]}
+        expected = reference.merge([delta_w(run.vector, layer) for run in runs], [1.0, 1.0], layer)
+        assert torch.allclose(delta_w(merged, layer), expected.float(), atol=1e-4)
+        average = (delta_w(runs[0].vector, layer) + delta_w(runs[1].vector, layer)) / 2
+        assert not torch.allclose(expected.float(), average, atol=1e-4)  # the statistics change the result
+    assert invoke("eval", out, "--device", "cpu").exit_code == 0
+    assert make_method("regmean").params() == {"regmean_alpha": 0.9}
