@@ -284,7 +284,8 @@ def merge(
     runs: Annotated[list[Path], typer.Argument(help="run folders (one per task) whose task vectors to fuse, or any "
                                                     "PEFT LoRA folders or Hub ids (merged in ΔW space)")],
     out: Annotated[Path, Opt(help="merged folder to write")],
-    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties, regmean")]
+    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties, regmean "
+                                    "(ΔW space), fisher (factor space)")]
     = "task-arithmetic",
     lam: Annotated[str, Opt("--lambda", help=f"{LAMBDA.help}, or 'auto' to choose it on held-out training data")]
     = str(LAMBDA.default),

@@ -52,7 +52,7 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
             console.print(f"chose {best} on held-out training data")
         chosen = make_method(method, seed=seed, **params)
         if statistics is not None:
-            chosen.grams = statistics
+            chosen.stats = statistics
         vector, report = merge(runs, chosen, weights, space, rank, progress=True)
         summary = {
             "method": chosen.name, "params": chosen.params(), "space": space, "weights": weights or [1.0] * len(runs),
@@ -70,7 +70,7 @@ def _fuse_peft(sources, out, method, fixed, grid, weights, space, rank, seed, ov
     knows neither their task heads nor their data)."""
     if space != "delta-w":
         raise FusekitError("adapters without φ0 merge only in ΔW space: use --space delta-w")
-    if fixed["lam"] is None or any(grid.values()) or make_method(method).needs_statistics:
+    if fixed["lam"] is None or any(grid.values()) or make_method(method).statistics:
         raise FusekitError("--lambda auto, search grids and data-aware methods (regmean) need fusekit runs "
                            "(their heads and data): give --lambda and a data-free method")
     params = {p.name: fixed.get(p.name) if fixed.get(p.name) is not None else p.default
@@ -97,16 +97,19 @@ def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, r
 
 
 def _statistics(runs, method: str, space: str, examples: int, device, seed: int) -> dict | None:
-    """layer → each run's input Gram matrix, for methods that merge with data (RegMean); None for the others."""
-    if not make_method(method).needs_statistics:
+    """key → each run's statistic, for methods that merge with data: input Gram matrices per layer (RegMean, ΔW
+    space) or diagonal Fishers per parameter (Fisher merging, factor space); None for the others."""
+    kind = make_method(method).statistics
+    if kind is None:
         return None
-    if space != "delta-w":
-        raise FusekitError(f"{method} merges the layers' weights: use --space delta-w")
-    from fusekit.merging.statistics import gram_matrices
+    needed = {"gram": "delta-w", "fisher": "factors"}[kind]
+    if space != needed:
+        raise FusekitError(f"{method} merges with {kind} statistics, taken in {needed} space: use --space {needed}")
+    from fusekit.merging.statistics import fisher_diagonals, gram_matrices
 
-    per_run = [gram_matrices(run, examples, device, seed)
-               for run in tracked(runs, f"{method} statistics", len(runs))]
-    return {layer: [grams[layer] for grams in per_run] for layer in per_run[0]}
+    collect = {"gram": gram_matrices, "fisher": fisher_diagonals}[kind]
+    per_run = [collect(run, examples, device, seed) for run in tracked(runs, f"{method} statistics", len(runs))]
+    return {key: [stats[key] for stats in per_run] for key in per_run[0]}
 
 
 def _candidates(method: str, fixed: dict, grid: dict) -> dict[str, list[float]]:

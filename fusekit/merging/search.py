@@ -75,7 +75,7 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
         for point in points:
             candidate = make_method(method, seed=seed, **point)
             if statistics is not None:
-                candidate.grams = statistics
+                candidate.stats = statistics
             vector, _ = merge(runs, candidate, weights, space, rank)
             scores = [score(scorer, vector) for scorer in scorers]
             average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])

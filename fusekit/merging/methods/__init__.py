@@ -12,6 +12,7 @@ from fusekit.errors import FusekitError
 from fusekit.merging.methods.average import Average
 from fusekit.merging.methods.base import MergeMethod
 from fusekit.merging.methods.dare import Dare
+from fusekit.merging.methods.fisher import FisherMerge
 from fusekit.merging.methods.regmean import RegMean
 from fusekit.merging.methods.task_arithmetic import TaskArithmetic
 from fusekit.merging.methods.ties import Ties
@@ -26,6 +27,7 @@ METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {
     "dare-ties": (lambda seed, lam, density, rate: Dare(Ties(lam, density), rate, seed),
                   (*Ties.parameters, DROP_RATE)),
     "regmean": (lambda seed, regmean_alpha: RegMean(regmean_alpha), RegMean.parameters),
+    "fisher": (lambda seed: FisherMerge(), FisherMerge.parameters),
 }
 
 

@@ -21,7 +21,10 @@ class MergeMethod(ABC):
     name: str = ""
     parameters: ClassVar[tuple[Param, ...]] = ()
     linear: bool = False  # the result is Σ c_i τ_i: exact in LoRA-factor form (rank Σ r_i) in ΔW space
-    needs_statistics: bool = False  # merges with per-layer input statistics of each task (`grams`, ΔW space)
+    # data-aware methods: which per-task statistics they merge with ("gram": each layer's input Gram matrix, ΔW
+    # space; "fisher": each parameter's diagonal Fisher, factor space), handed over in `stats` before merging
+    statistics: ClassVar[str | None] = None
+    stats: dict[str, list[torch.Tensor]]
 
     @abstractmethod
     def merge(self, deltas: list[torch.Tensor], weights: list[float], key: str = "") -> torch.Tensor:

@@ -23,14 +23,14 @@ from fusekit.merging.params import REGMEAN_ALPHA
 class RegMean(MergeMethod):
     name = "regmean"
     parameters = (REGMEAN_ALPHA,)
-    needs_statistics = True
+    statistics = "gram"
 
     def __init__(self, regmean_alpha: float = REGMEAN_ALPHA.default):
         self.regmean_alpha = regmean_alpha
-        self.grams: dict[str, list[torch.Tensor]] = {}  # layer → each task's G_i, set before merging
+        self.stats: dict[str, list[torch.Tensor]] = {}  # layer → each task's G_i, set before merging
 
     def merge(self, deltas: list[torch.Tensor], weights: list[float], key: str = "") -> torch.Tensor:
-        grams = self.grams.get(key)
+        grams = self.stats.get(key)
         if grams is None:
             total = sum(weights)
             return sum(w / total * d for w, d in zip(weights, deltas))

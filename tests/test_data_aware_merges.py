@@ -1,4 +1,4 @@
-"""RegMean: the closed form against a least-squares solve by hand, and its statistics on the tiny model."""
+"""Data-aware merges: RegMean and Fisher merging, by hand and against their closed forms on the tiny model."""
 
 from dataclasses import replace
 
@@ -18,7 +18,7 @@ def test_regmean_is_the_least_squares_weight_over_every_tasks_inputs():
     xs = [rng.normal(size=(40, 6)), rng.normal(size=(30, 6)) * 2.0]
     deltas = [rng.normal(size=(4, 6)), rng.normal(size=(4, 6))]  # ΔW_i as LoRA holds them: output × input
     method = RegMean(regmean_alpha=1.0)
-    method.grams = {"layer": [torch.tensor(x.T @ x) for x in xs]}
+    method.stats = {"layer": [torch.tensor(x.T @ x) for x in xs]}
     merged = method.merge([torch.tensor(d) for d in deltas], [1.0, 1.0], "layer").numpy()
     stacked, targets = np.vstack(xs), np.vstack([x @ d.T for x, d in zip(xs, deltas)])
     expected = np.linalg.lstsq(stacked, targets, rcond=None)[0].T
@@ -29,7 +29,7 @@ def test_regmean_shrinks_the_off_diagonal_terms_by_alpha():
     g1, g2 = np.array([[4.0, 2.0], [2.0, 3.0]]), np.array([[1.0, -1.0], [-1.0, 5.0]])
     d1, d2 = np.array([[1.0, 2.0]]), np.array([[-1.0, 0.5]])
     method = RegMean(regmean_alpha=0.5)  # G̃ = 0.5 G + 0.5 diag(G): off-diagonals halved
-    method.grams = {"w": [torch.tensor(g1), torch.tensor(g2)]}
+    method.stats = {"w": [torch.tensor(g1), torch.tensor(g2)]}
     shrunk = [np.array([[4.0, 1.0], [1.0, 3.0]]), np.array([[1.0, -0.5], [-0.5, 5.0]])]
     expected = np.linalg.solve(shrunk[0] + shrunk[1], shrunk[0] @ d1.T + shrunk[1] @ d2.T).T
     assert np.allclose(method.merge([torch.tensor(d1), torch.tensor(d2)], [1.0, 1.0], "w").numpy(), expected)
@@ -71,10 +71,46 @@ def test_statistics_cover_every_adapted_layer_and_the_merge_is_the_closed_form(t
     merged = load_merged(out)[1]
     reference = RegMean(0.7)
     for layer in layers[:3]:
-        reference.grams = {layer: [g[layer] for g in grams]}
+        reference.stats = {layer: [g[layer] for g in grams]}
         expected = reference.merge([delta_w(run.vector, layer) for run in runs], [1.0, 1.0], layer)
         assert torch.allclose(delta_w(merged, layer), expected.float(), atol=1e-4)
         average = (delta_w(runs[0].vector, layer) + delta_w(runs[1].vector, layer)) / 2
         assert not torch.allclose(expected.float(), average, atol=1e-4)  # the statistics change the result
     assert invoke("eval", out, "--device", "cpu").exit_code == 0
     assert make_method("regmean").params() == {"regmean_alpha": 0.9}
+
+
+def test_fisher_merging_by_hand_with_its_floor():
+    from fusekit.merging.methods.fisher import FLOOR, FisherMerge
+
+    method = FisherMerge()
+    d1, d2 = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 0.0, 5.0])
+    method.stats = {"w": [torch.tensor([3.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 1.0])]}
+    merged = method.merge([d1, d2], [1.0, 1.0], "w")
+    assert torch.allclose(merged, torch.tensor([(3 * 1 - 1) / 4, (2 + 0) / 2, 4.0]))  # no Fisher anywhere: mean
+    assert FLOOR < 1e-3
+    assert torch.allclose(method.merge([d1, d2], [1.0, 3.0], "w")[0], torch.tensor((3 * 1 + 3 * -1) / 6))
+
+
+def test_fisher_statistics_and_merge_on_the_tiny_model(two_runs, tmp_path):
+    from fusekit.artifacts.merged_folder import load_merged
+    from fusekit.merging.methods.fisher import FisherMerge
+    from fusekit.merging.statistics import fisher_diagonals
+
+    runs = [load_run(folder) for folder in two_runs]
+    fishers = [fisher_diagonals(run, 8, torch.device("cpu")) for run in runs]
+    assert set(fishers[0]) == set(runs[0].vector.delta) and all((f >= 0).all() for f in fishers[0].values())
+    assert any(f.max() > 0 for f in fishers[0].values())
+    out = tmp_path / "fisher"
+    result = invoke("merge", *two_runs, "--method", "fisher", "--space", "factors", "--val-examples", "8",
+                    "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    merged = load_merged(out)[1]
+    reference = FisherMerge()
+    key = max(runs[0].vector.delta, key=lambda k: float(fishers[0][k].mean()))
+    reference.stats = {key: [f[key] for f in fishers]}
+    expected = reference.merge([run.vector.delta[key] for run in runs], [1.0, 1.0], key)
+    assert torch.allclose(merged.delta[key], expected, atol=1e-6)
+    assert not torch.allclose(expected, (runs[0].vector.delta[key] + runs[1].vector.delta[key]) / 2)
+    result = invoke("merge", *two_runs, "--method", "fisher", "--device", "cpu", "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "use --space factors" in result.stderr
