@@ -247,6 +247,14 @@ def tuned_recipe(study: StudyConfig, stages: list[Stage]) -> str:
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
+def merge_space_fits(method: str, space: str) -> bool:
+    """Data-aware methods merge in one space (RegMean: ΔW, Fisher: factors); the others in any."""
+    from fusekit.merging.methods import make_method
+
+    needed = {"gram": "delta-w", "fisher": "factors"}.get(make_method(method).statistics)
+    return needed is None or needed == space
+
+
 def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: str = "merge",
                   tasks: list[str] | None = None, subsets: list[tuple[str, ...]] | None = None) -> list[Stage]:
     """A merge per variant, space and method of all the runs, or (`subsets` of `tasks`) of each subset's runs."""
@@ -256,7 +264,7 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: 
             raise FusekitError(f"{source}: {prefix}.variants: {variant!r} is not one of the adapters")
         linearized = study.adapters[variant].get("adapter", study.train.get("adapter", "lora")) != "lora"
         for space in ["factors"] if linearized else merge.spaces:
-            for method in merge.methods:
+            for method in [m for m in merge.methods if merge_space_fits(m, space)]:
                 grid = {"lam": merge.lambdas, "density": merge.densities, "rate": merge.drop_rates}
                 grid = {k: v for k, v in grid.items() if v and k in searched(method)}
                 for subset in subsets or [None]:
