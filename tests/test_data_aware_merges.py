@@ -114,3 +114,51 @@ def test_fisher_statistics_and_merge_on_the_tiny_model(two_runs, tmp_path):
     assert not torch.allclose(expected, (runs[0].vector.delta[key] + runs[1].vector.delta[key]) / 2)
     result = invoke("merge", *two_runs, "--method", "fisher", "--device", "cpu", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "use --space factors" in result.stderr
+
+
+def test_adamerging_learns_layer_coefficients_that_lower_the_entropy(two_runs, tmp_path, monkeypatch):
+    """λ starts at 0.3 per task and layer; Adam moves it so that the summed prediction entropy on unlabeled
+    held-out inputs falls; the merge applies each layer's λ to each task's τ."""
+    from fusekit.artifacts.merged_folder import load_merged
+    from fusekit.merging import statistics
+    from fusekit.merging.methods.adamerging import AdaMerging
+
+    monkeypatch.setattr(statistics, "ADA_LR", 0.05)  # a tiny model needs bigger steps to move in 20
+    runs = [load_run(folder) for folder in two_runs]
+    learned = statistics.learn_coefficients(runs, 16, torch.device("cpu"), steps=20)
+    assert set(learned) == set(runs[0].vector.init)
+    values = torch.stack([torch.stack(v) for v in learned.values()])
+    assert not torch.allclose(values, torch.full_like(values, 0.3))  # the coefficients moved
+    layer_keys = [k for k in learned if k.rsplit(".lora_", 1)[0] == next(iter(learned)).rsplit(".lora_", 1)[0]]
+    assert all(torch.equal(torch.stack(learned[k]), torch.stack(learned[layer_keys[0]])) for k in layer_keys)
+
+    def mean_entropy(coefficients) -> float:
+        method = AdaMerging()
+        method.stats = coefficients
+        from fusekit.merging.stream import merge
+
+        vector, _ = merge(runs, method, None, "factors")
+        from fusekit.evaluation.eval import TaskScorer
+        from fusekit.merging.search import held_out_split
+
+        total = 0.0
+        for run in runs:
+            logits = TaskScorer(run.config.model, run.config.max_length, held_out_split(run, 16, 0), run.head,
+                                torch.device("cpu")).logits(vector)
+            p = torch.tensor(logits).softmax(-1)
+            total += float(-(p * p.clamp(min=1e-12).log()).sum(-1).mean())
+        return total
+
+    start = {k: [torch.tensor(0.3)] * 2 for k in learned}
+    assert mean_entropy(learned) < mean_entropy(start)
+    out = tmp_path / "ada"
+    monkeypatch.setattr(statistics, "ADA_STEPS", 3)
+    result = invoke("merge", *two_runs, "--method", "adamerging", "--space", "factors", "--val-examples", "16",
+                    "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    manifest = load_merged(out)[0]
+    assert manifest["method"] == "adamerging" and len(manifest["coefficients"]) == len(learned) // 2  # A, B
+    from fusekit.study.plots import coefficients_figure
+
+    figure = coefficients_figure("ada", manifest["coefficients"], ["sst2", "rte"])
+    assert figure.axes[0].get_ylabel() == "adapter layer" and figure.axes[0].get_xlabel() == "task"

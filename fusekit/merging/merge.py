@@ -59,6 +59,9 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
             "rank": report.rank, "truncation_error": report.truncation_error,
             "worst_layer_truncation_error": report.worst_layer_error, "search": rows,
         }
+        if chosen.statistics == "coefficients":  # AdaMerging's learned λ per layer and task, for the report
+            summary["coefficients"] = {key.rsplit(".lora_", 1)[0]: [float(c) for c in values]
+                                       for key, values in statistics.items()}
         write_merged(out, runs, vector, summary, overwrite)
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
@@ -99,14 +102,16 @@ def check_merge_settings(fixed: dict, grid: dict, weights: list[float] | None, r
 def _statistics(runs, method: str, space: str, examples: int, device, seed: int) -> dict | None:
     """key → each run's statistic, for methods that merge with data: input Gram matrices per layer (RegMean, ΔW
     space) or diagonal Fishers per parameter (Fisher merging, factor space); None for the others."""
-    kind = make_method(method).statistics
+    made = make_method(method)
+    kind = made.statistics
     if kind is None:
         return None
-    needed = {"gram": "delta-w", "fisher": "factors"}[kind]
-    if space != needed:
-        raise FusekitError(f"{method} merges with {kind} statistics, taken in {needed} space: use --space {needed}")
-    from fusekit.merging.statistics import fisher_diagonals, gram_matrices
+    if space != made.space:
+        raise FusekitError(f"{method} merges in {made.space} space: use --space {made.space}")
+    from fusekit.merging.statistics import fisher_diagonals, gram_matrices, learn_coefficients
 
+    if kind == "coefficients":  # learned jointly over the runs, not one run at a time
+        return learn_coefficients(runs, examples, device, seed)
     collect = {"gram": gram_matrices, "fisher": fisher_diagonals}[kind]
     per_run = [collect(run, examples, device, seed) for run in tracked(runs, f"{method} statistics", len(runs))]
     return {key: [stats[key] for stats in per_run] for key in per_run[0]}

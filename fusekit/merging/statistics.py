@@ -4,6 +4,8 @@ complement of its training subset), one example at a time so that no padding ent
 - `gram_matrices` (RegMean): G = Xᵀ X of every adapted linear layer's inputs, X the token rows of the run's own
   finetuned model; labels unused. Memory: one in × in matrix per adapted layer.
 - `fisher_diagonals` (Fisher merging): the diagonal empirical Fisher of every trained adapter parameter.
+- `learn_coefficients` (AdaMerging): per-task, per-layer λ that minimise the entropy of the predictions on
+  unlabeled inputs (labels never read).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from fusekit.artifacts.run_folder import Run, model_for_run
-from fusekit.data.loading import EncodedSplit
+from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import to_device
 from fusekit.merging.search import held_out_split
+from fusekit.progress import progress_bar
 
 
 def gram_matrices(run: Run, examples: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -76,3 +79,64 @@ def fisher_diagonals(run: Run, examples: int, device: torch.device, seed: int = 
         for total, grad in zip(sums, torch.autograd.grad(loss, params)):
             total += grad.double().pow(2)
     return {key: (total / len(data)).float().cpu() for key, total in zip(keys, sums)}
+
+
+ADA_STEPS, ADA_LR, ADA_INIT, ADA_BATCH = 100, 1e-3, 0.3, 16  # the paper's Adam step, λ init 0.3
+
+
+def learn_coefficients(runs: list[Run], examples: int, device: torch.device, seed: int = 0,
+                       steps: int | None = None) -> dict[str, list[torch.Tensor]]:
+    """AdaMerging's λ_{i,l}: Adam on the summed prediction entropy of the classification tasks, each on its own
+    unlabeled held-out training inputs (regression tasks have no predictive entropy and add nothing to the
+    objective; their λ still moves with the others'). Returns tensor key → [λ_1, …, λ_K] of its layer, and logs
+    the entropy as it falls."""
+    from torch.func import functional_call
+
+    tasks = [get_task(run.head_task) for run in runs]
+    classified = [i for i, task in enumerate(tasks) if not task.is_regression]
+    if not classified:
+        raise FusekitError("AdaMerging needs a classification task: it minimises the entropy of predictions")
+    encodings = {runs[i].head.spec.pair_encoding for i in classified}
+    if len(encodings) > 1:
+        raise FusekitError("AdaMerging shares one forward among the tasks: their pair encodings must agree")
+    base, model = model_for_run(runs[classified[0]], tasks[classified[0]])
+    model = model.to(device).eval()
+    init = {k: v.to(device) for k, v in runs[0].vector.init.items()}
+    deltas = [{k: v.to(device) for k, v in run.vector.delta.items()} for run in runs]
+    layers = sorted({key.rsplit(".lora_", 1)[0] for key in init})
+    layer_of = {key: layers.index(key.rsplit(".lora_", 1)[0]) for key in init}
+    coefficients = torch.full((len(runs), len(layers)), ADA_INIT, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([coefficients], lr=ADA_LR)
+    loaders = {}
+    for i in classified:
+        inputs = held_out_split(runs[i], examples, seed)
+        unlabeled = Split(inputs.task, inputs.texts, [0] * len(inputs))  # the labels are never read
+        data = EncodedSplit(unlabeled, base.tokenizer, runs[i].config.max_length, runs[i].head.spec.pair_encoding)
+        loaders[i] = ResumableLoader(make_loader(data, ADA_BATCH, True, seed + i)).forever()
+    heads = {i: {k: v.to(device) for k, v in runs[i].head.weights.items()} for i in classified}
+    names = {key: f"peft_model.{model.param_names[key]}" for key in init}
+
+    def entropy(i: int) -> torch.Tensor:
+        phi = {key: init[key] + sum(coefficients[j, layer_of[key]] * deltas[j][key]
+                                    for j in range(len(runs)) if key in deltas[j]) for key in init}
+        saved, model.adapter_params = model.adapter_params, phi  # linearized forwards read φ from here
+        try:
+            replaced = {**{names[k]: v for k, v in phi.items()},
+                        **{model.head_names[k]: v for k, v in heads[i].items()}}
+            logits = functional_call(model, replaced, (to_device(next(loaders[i]), device),)).float()
+        finally:
+            model.adapter_params = saved
+        probabilities = logits.softmax(dim=-1)
+        return -(probabilities * probabilities.clamp(min=1e-12).log()).sum(dim=-1).mean()
+
+    steps = ADA_STEPS if steps is None else steps
+    with progress_bar() as bar:
+        job = bar.add_task("adamerging", total=steps, status="")
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = sum(entropy(i) for i in classified)
+            loss.backward()
+            optimizer.step()
+            bar.update(job, advance=1, status=f"entropy {float(loss):.4f}")
+    learned = coefficients.detach().cpu()
+    return {key: [learned[i, layer_of[key]] for i in range(len(runs))] for key in init}

@@ -185,3 +185,19 @@ def similarity_figure(matrices: list[tuple[str, np.ndarray]], tasks: list[str]):
     axes[0][0].set_ylabel("task")
     figure.colorbar(image, ax=list(axes[0]), label="cosine similarity of task vectors")
     return figure
+
+
+def coefficients_figure(name: str, coefficients: dict[str, list[float]], tasks: list[str]):
+    """AdaMerging's learned λ: adapter layers (rows, in model order) × tasks (columns)."""
+    plt = _pyplot()
+    layers = list(coefficients)
+    values = np.array([coefficients[layer] for layer in layers])
+    figure, axis = plt.subplots(figsize=(1.2 * len(tasks) + 3, 0.18 * len(layers) + 1.8))
+    image = axis.imshow(values, aspect="auto", cmap="viridis")
+    axis.set(title=f"{name}: learned λ per layer and task", xlabel="task", ylabel="adapter layer",
+             xticks=range(len(tasks)), yticks=range(len(layers)))
+    axis.set_xticklabels(tasks, fontsize=8)
+    axis.set_yticklabels([layer.removeprefix("base_model.model.") for layer in layers], fontsize=5)
+    figure.colorbar(image, ax=axis, label="λ")
+    figure.tight_layout()
+    return figure

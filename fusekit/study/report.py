@@ -36,7 +36,7 @@ from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
 from fusekit.merging.params import PARAMETERS
-from fusekit.study.plots import plot_joint, plot_scaling, plot_sweeps, save, similarity_figure
+from fusekit.study.plots import coefficients_figure, plot_joint, plot_scaling, plot_sweeps, save, similarity_figure
 
 
 def _json(path: Path) -> dict:
@@ -300,6 +300,12 @@ def write_report(study: Path) -> Path:
         plot_sweeps(sweeps, tasks, figures / SWEEP_PLOT)
         parts += ["## Hyperparameter sweeps on held-out training data", "",
                   f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
+    for name, manifest, _ in merged:
+        if manifest.get("coefficients"):
+            png = figures / f"coefficients-{name}.png"
+            save(coefficients_figure(name, manifest["coefficients"], manifest_tasks(manifest, study)), png)
+            parts += [f"### AdaMerging's learned coefficients: {name}", "", f"![{name}]({REPORT_FIGURES}/{png.name})",
+                      ""]
     matrices = similarity_matrices(study, tasks)
     if matrices:
         save(similarity_figure(matrices, tasks), figures / SIMILARITY_PLOT)

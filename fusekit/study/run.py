@@ -251,7 +251,7 @@ def merge_space_fits(method: str, space: str) -> bool:
     """Data-aware methods merge in one space (RegMean: ΔW, Fisher: factors); the others in any."""
     from fusekit.merging.methods import make_method
 
-    needed = {"gram": "delta-w", "fisher": "factors"}.get(make_method(method).statistics)
+    needed = make_method(method).space
     return needed is None or needed == space
 
 

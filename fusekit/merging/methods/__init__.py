@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fusekit.errors import FusekitError
+from fusekit.merging.methods.adamerging import AdaMerging
 from fusekit.merging.methods.average import Average
 from fusekit.merging.methods.base import MergeMethod
 from fusekit.merging.methods.dare import Dare
@@ -28,6 +29,7 @@ METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {
                   (*Ties.parameters, DROP_RATE)),
     "regmean": (lambda seed, regmean_alpha: RegMean(regmean_alpha), RegMean.parameters),
     "fisher": (lambda seed: FisherMerge(), FisherMerge.parameters),
+    "adamerging": (lambda seed: AdaMerging(), AdaMerging.parameters),
 }
 
 

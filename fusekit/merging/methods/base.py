@@ -21,9 +21,11 @@ class MergeMethod(ABC):
     name: str = ""
     parameters: ClassVar[tuple[Param, ...]] = ()
     linear: bool = False  # the result is Σ c_i τ_i: exact in LoRA-factor form (rank Σ r_i) in ΔW space
-    # data-aware methods: which per-task statistics they merge with ("gram": each layer's input Gram matrix, ΔW
-    # space; "fisher": each parameter's diagonal Fisher, factor space), handed over in `stats` before merging
+    # data-aware methods: which per-task statistics they merge with ("gram": each layer's input Gram matrix;
+    # "fisher": each parameter's diagonal Fisher; "coefficients": learned λ), handed over in `stats` before merging,
+    # and the one space they merge in
     statistics: ClassVar[str | None] = None
+    space: ClassVar[str | None] = None
     stats: dict[str, list[torch.Tensor]]
 
     @abstractmethod

@@ -24,6 +24,7 @@ FLOOR = 1e-6  # relative to the tensor's largest per-task mean Fisher
 class FisherMerge(MergeMethod):
     name = "fisher"
     statistics = "fisher"
+    space = "factors"
 
     def __init__(self):
         self.stats: dict[str, list[torch.Tensor]] = {}  # tensor key → each task's diagonal Fisher

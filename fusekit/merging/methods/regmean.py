@@ -24,6 +24,7 @@ class RegMean(MergeMethod):
     name = "regmean"
     parameters = (REGMEAN_ALPHA,)
     statistics = "gram"
+    space = "delta-w"
 
     def __init__(self, regmean_alpha: float = REGMEAN_ALPHA.default):
         self.regmean_alpha = regmean_alpha
