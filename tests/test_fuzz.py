@@ -124,7 +124,8 @@ def test_study_recipes(tmp_path, recipe, text):
     for name, content in (("dict.yaml", yaml.safe_dump({"out": str(tmp_path / "s"), **recipe})),
                           ("text.yaml", text)):
         path = tmp_path / name
-        path.write_text(content, encoding="utf-8")
+        path.write_bytes(content.encode("utf-8"))
         result = runner.invoke(app, ["run", str(path), "--dry-run"])
         assert_clean_outcome(result)
-        assert path.read_text(encoding="utf-8") == content
+        assert path.read_bytes() == content.encode("utf-8")  # bytes: read_text would turn '\r' into '\n'
+
