@@ -162,3 +162,19 @@ def test_adamerging_learns_layer_coefficients_that_lower_the_entropy(two_runs, t
 
     figure = coefficients_figure("ada", manifest["coefficients"], ["sst2", "rte"])
     assert figure.axes[0].get_ylabel() == "adapter layer" and figure.axes[0].get_xlabel() == "task"
+
+
+def test_statistics_are_cached_beside_the_run_and_checked(two_runs, monkeypatch):
+    from fusekit.merging import statistics
+
+    run = load_run(two_runs[1])
+    calls = []
+    real = statistics.COLLECT["gram"]
+    monkeypatch.setitem(statistics.COLLECT, "gram", lambda *a: calls.append(1) or real(*a))
+    first = statistics.run_statistics(run, "gram", 6, torch.device("cpu"))  # 6: not cached by the tests above
+    again = statistics.run_statistics(run, "gram", 6, torch.device("cpu"))
+    assert len(calls) == 1 and all(torch.equal(first[k], again[k]) for k in first)
+    cached = next(run.folder.with_name(run.folder.name + ".stats").glob("gram-n6-*.safetensors"))
+    cached.write_bytes(cached.read_bytes()[:-4] + b"xxxx")
+    with pytest.raises(statistics.FusekitError, match="corrupt or was edited"):
+        statistics.run_statistics(run, "gram", 6, torch.device("cpu"))

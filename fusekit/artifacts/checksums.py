@@ -39,13 +39,17 @@ def seal(folder: Path) -> None:
     atomic_write_json(folder / CHECKSUMS, record)
 
 
-def reseal(folder: Path, name: str) -> None:
-    """Update the entry of file `name` after fusekit rewrote it (a sealed folder's eval.json)."""
+def reseal(folder: Path, name: str, create: bool = False) -> None:
+    """Update the entry of file `name` after fusekit (re)wrote it (a sealed folder's eval.json, a new cached
+    statistic); `create` starts a record (and seals the marker) where there is none yet."""
     from fusekit.artifacts.atomic import atomic_write_json
 
     path = folder / CHECKSUMS
-    if path.is_file():
-        atomic_write_json(path, {**_record(path), name: sha256(folder / name)})
+    if path.is_file() or create:
+        record = _record(path) if path.is_file() else {}
+        if (folder / MARKER).is_file():
+            record.setdefault(MARKER, sha256(folder / MARKER))
+        atomic_write_json(path, {**record, name: sha256(folder / name)})
 
 
 DIGEST = re.compile(r"[0-9a-f]{64}")

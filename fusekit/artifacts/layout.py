@@ -28,6 +28,9 @@ A checkpoint folder beside a run's output (fusekit.artifacts.checkpoint):
     <out>.checkpoint/step-000120.pt    adapter and head weights, balancer, optimizer and scheduler state, RNG
                                        states, data-loader positions, training seconds, metrics.jsonl so far
 
+Beside a run: <run>.stats/<kind>-n<examples>-seed<seed>-<φ0>.safetensors, the Gram matrices (RegMean) or Fishers
+(Fisher merging) of that run on held-out training examples, cached and sealed (fusekit.merging.statistics).
+
 A study folder, written by `fusekit run` and `fusekit report` (fusekit.study):
 
     <out>/recipe.yaml                      the recipe as last run
@@ -80,6 +83,11 @@ def checkpoint_dir(out: Path) -> Path:
 
 def checkpoint_file(step: int) -> str:
     return f"step-{step:06d}.pt"
+
+
+def statistics_dir(run: Path) -> Path:
+    """Cached per-run statistics for data-aware merges (Gram matrices, Fishers), beside the run folder."""
+    return run.with_name(f"{run.name}.stats")
 
 
 def is_checkpoint_dir(folder: Path) -> bool:

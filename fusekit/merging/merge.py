@@ -108,12 +108,12 @@ def _statistics(runs, method: str, space: str, examples: int, device, seed: int)
         return None
     if space != made.space:
         raise FusekitError(f"{method} merges in {made.space} space: use --space {made.space}")
-    from fusekit.merging.statistics import fisher_diagonals, gram_matrices, learn_coefficients
+    from fusekit.merging.statistics import learn_coefficients, run_statistics
 
     if kind == "coefficients":  # learned jointly over the runs, not one run at a time
         return learn_coefficients(runs, examples, device, seed)
-    collect = {"gram": gram_matrices, "fisher": fisher_diagonals}[kind]
-    per_run = [collect(run, examples, device, seed) for run in tracked(runs, f"{method} statistics", len(runs))]
+    per_run = [run_statistics(run, kind, examples, device, seed)
+               for run in tracked(runs, f"{method} statistics", len(runs))]
     return {key: [stats[key] for stats in per_run] for key in per_run[0]}
 
 

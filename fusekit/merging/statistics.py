@@ -140,3 +140,28 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
             bar.update(job, advance=1, status=f"entropy {float(loss):.4f}")
     learned = coefficients.detach().cpu()
     return {key: [learned[i, layer_of[key]] for i in range(len(runs))] for key in init}
+
+
+COLLECT = {"gram": gram_matrices, "fisher": fisher_diagonals}
+
+
+def run_statistics(run: Run, kind: str, examples: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`gram` or `fisher` statistics of one run, computed once and cached beside it (`<run>.stats/`, sealed with
+    sha256 like every folder fusekit writes), so that a grid of merges, or a study's subsets, reuse them."""
+    from fusekit.artifacts.atomic import load_tensors, save_tensors
+    from fusekit.artifacts.checksums import ChecksummedFolder, reseal
+    from fusekit.artifacts.layout import statistics_dir
+    from fusekit.artifacts.output import mark
+
+    folder = statistics_dir(run.folder)
+    name = f"{kind}-n{examples}-seed{seed}-{run.vector.meta.get('init_fingerprint', 'x')[:8]}.safetensors"
+    if (folder / name).is_file():
+        tensors, _ = load_tensors(ChecksummedFolder.open(folder).path(name))
+        return tensors
+    tensors = COLLECT[kind](run, examples, device, seed)
+    folder.mkdir(exist_ok=True)
+    if not any(folder.iterdir()):
+        mark(folder, "statistics")
+    save_tensors(folder / name, tensors, {"kind": kind, "examples": str(examples), "seed": str(seed)})
+    reseal(folder, name, create=True)
+    return tensors
