@@ -178,6 +178,11 @@ class JointConfig(TrainConfig):
                                       NON_NEGATIVE)
     coba_window: int | None = setting(None, "CoBa: points in each slope fit (default: a fifth of the "
                                             "validations, at least 5)", Allowed(low=2))
+    coba_acs_history: str = setting("window", "CoBa: slopes the absolute convergence score looks back over: "
+                                              "window (the paper's last N) or all (since the warm-up)",
+                                    Allowed(choices=("window", "all")))
+    coba_loss_scale: str = setting("paper", "CoBa: paper (Σ ω_i L_i, Σ ω = 1) or uniform (K times that: the scale "
+                                            "of uniform weighting)", Allowed(choices=("paper", "uniform")))
     famo_lr: float = setting(0.025, "FAMO: Adam learning rate of the task logits ξ", POSITIVE)
     famo_gamma: float = setting(0.001, "FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward "
                                        "uniform)", NON_NEGATIVE)

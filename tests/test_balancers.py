@@ -204,3 +204,43 @@ def test_unknown_balancer():
 
     with pytest.raises(FusekitError, match="unknown balancer 'magic'"):
         make_balancer("magic", 2, {})
+
+
+@pytest.mark.parametrize("acs_history", ["window", "all"])
+def test_coba_three_tasks_by_hand_under_both_histories(acs_history):
+    """Seven validations of three tasks; with warm-up 1 and a 3-point window, five slopes are fitted, so the
+    window (3 slopes) and all-since-warm-up (5 slopes) histories give different absolute convergence scores."""
+    losses = np.array([[2.0, 1.0, 4.0], [1.8, 0.95, 3.9], [1.5, 0.93, 3.7], [1.4, 0.92, 3.8], [1.2, 0.90, 4.0],
+                       [1.1, 0.91, 4.3], [1.0, 0.90, 4.6]])
+    coba = CoBa(3, interval=1, warmup=1, window=3, acs_history=acs_history)
+    coba.start(torch.tensor(losses[0]))
+    for step, row in enumerate(losses[1:], 1):
+        coba.observe(step, torch.tensor(row))
+    norm = losses[1:] / losses[0]  # ℓ̃ at steps 1..6
+
+    def fit(ys, xs):
+        xc = xs - xs.mean()
+        return ((ys - ys.mean(axis=-1, keepdims=True)) * xc).sum(axis=-1) / (xc ** 2).sum()
+
+    alphas, alpha_max = [], []
+    for t in range(2, 7):  # fits after steps 2..6, each over the last ≤ 3 points
+        xs = np.arange(max(1, t - 2), t + 1, dtype=float)
+        ys = norm[int(xs[0]) - 1:t].T
+        alphas.append(fit(ys, xs))
+        alpha_max.append(fit(ys.max(axis=0), xs))
+    alpha, k = alphas[-1], 3
+    history = np.array(alphas[-3:] if acs_history == "window" else alphas)
+    rcs = np.array(softmax(k * alpha / np.abs(alpha).sum()))
+    acs = np.array(softmax(-len(history) * alpha / np.abs(history).sum(axis=0)))
+    m = len(alpha_max)
+    scores = softmax(-5.0 * m * np.array(alpha_max) / np.abs(alpha_max).sum())
+    df = min(m * scores[-1], 1.0)
+    weights = np.array(softmax(k * (df * rcs + (1 - df) * acs)))
+    if weights.min() < 1 / (10 * k):
+        weights = 0.9 * weights + 0.1 / k
+    assert coba.weights.numpy() == pytest.approx(3 * weights, rel=1e-4)
+    task_losses = torch.tensor([0.5, 1.0, 2.0])
+    assert coba.combine(task_losses).item() == pytest.approx(float((weights * task_losses.numpy()).sum()), rel=1e-4)
+    coba.loss_scale = "uniform"
+    assert coba.combine(task_losses).item() == pytest.approx(3 * float((weights * task_losses.numpy()).sum()),
+                                                             rel=1e-4)

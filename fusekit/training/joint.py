@@ -85,7 +85,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
     options = {"priors": [prior_loss(train[t.name]) for t in tasks], "gamma": cfg.gamma, "alpha": cfg.gradnorm_alpha,
                "seed": cfg.seed, "total_steps": total, "coba_interval": cfg.coba_interval,
-               "coba_warmup": cfg.coba_warmup, "coba_window": cfg.coba_window, "famo_lr": cfg.famo_lr,
+               "coba_warmup": cfg.coba_warmup, "coba_window": cfg.coba_window,
+               "coba_acs_history": cfg.coba_acs_history, "coba_loss_scale": cfg.coba_loss_scale, "famo_lr": cfg.famo_lr,
                "famo_gamma": cfg.famo_gamma}
     balancer = make_balancer(cfg.balancer, len(tasks), options)
     balancer.across_processes = procs.sum

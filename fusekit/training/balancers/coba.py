@@ -8,15 +8,21 @@ After `warmup` steps of uniform weights, with the last `window` points:
 
     α_i(t)  least-squares slope of ℓ̃_i;  α_max(t) slope of max_i ℓ̃_i
     RCS_i   = softmax_i(K · α_i / Σ_j |α_j|)                     relative convergence: slower tasks weigh more
-    ACS_i   = softmax_i(−M · α_i(t) / Σ_s |α_i(s)|)              absolute convergence: diverging tasks weigh less
+    ACS_i   = softmax_i(−N · α_i(t) / Σ_s |α_i(s)|)              absolute convergence: diverging tasks weigh less
     DF(t)   = min(M · softmax_s(−τ · M · α_max(s) / Σ_s' |α_max(s')|)|_{s=t}, 1)   divergence factor
     ω       = softmax_i(K · (DF · RCS_i + (1 − DF) · ACS_i)),  floored: ω ← 0.9ω + 0.1/K if any ω_i < 1/(10K)
     loss    = Σ ω_i L_i / Σ ω_i
 
-M is the number of slopes since the warm-up (s runs over them, t the latest). Choices, where the public code
-differs: the slope histories are Python lists indexed by position (the code sliced them with a step count);
-no point is dropped before a fit, so x and y stay aligned (the code dropped zero entries from y alone); DF is
-clamped to at most 1, as the formula says. The x of a fit is the optimizer step of each point.
+For ACS, s runs over the last N = `window` slopes (the paper's history; `acs_history: all` uses every slope
+since the warm-up, fusekit's earlier variant, and N is then their number); for DF, over the M slopes of the max
+curve since the warm-up. t is the latest. The loss is the paper's Σ ω_i L_i with Σ ω = 1; `loss_scale: uniform` multiplies it by K, the
+scale of uniform weighting's Σ L_i, so that one learning rate means the same step for both (fusekit's earlier
+variant; the README's 5-task CoBa run used both earlier variants). The warm-up: uniform weights while the
+optimizer step is ≤ `warmup`; points are recorded from the first validation, so the first fit after the
+warm-up already has a full window. Other choices, where the public code differs: the slope histories are
+Python lists indexed by position (the code sliced them with a step count); no point is dropped before a fit, so
+x and y stay aligned (the code dropped zero entries from y alone); DF is clamped to at most 1, as the formula
+says. The x of a fit is the optimizer step of each point.
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ def slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def coba_weights(alpha: torch.Tensor, alpha_history: torch.Tensor, alpha_max_history: torch.Tensor,
                  tau: float = 5.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ω from the current slopes α (K), each task's slope history (M × K) and the max curve's (M)."""
-    k, m = alpha.numel(), alpha_history.shape[0]
+    """ω from the current slopes α (K), the task slopes ACS looks back over (N × K) and the max curve's slopes
+    since the warm-up (M)."""
+    k, n, m = alpha.numel(), alpha_history.shape[0], alpha_max_history.shape[0]
     rcs = torch.softmax(k * alpha / alpha.abs().sum().clamp(min=1e-12), dim=0)
-    acs = torch.softmax(-m * alpha / alpha_history.abs().sum(dim=0).clamp(min=1e-12), dim=0)
+    acs = torch.softmax(-n * alpha / alpha_history.abs().sum(dim=0).clamp(min=1e-12), dim=0)
     scores = torch.softmax(-tau * m * alpha_max_history / alpha_max_history.abs().sum().clamp(min=1e-12), dim=0)
     df = torch.clamp(m * scores[-1], max=1.0)
     weights = torch.softmax(k * (df * rcs + (1 - df) * acs), dim=0)
@@ -67,9 +74,11 @@ def coba_schedule(total_steps: int, interval: int | None = None, warmup: int | N
 class CoBa(Balancer):
     name = "coba"
 
-    def __init__(self, num_tasks: int, interval: int = 1, warmup: int = 100, window: int = 200, tau: float = 5.0):
+    def __init__(self, num_tasks: int, interval: int = 1, warmup: int = 100, window: int = 200, tau: float = 5.0,
+                 acs_history: str = "window", loss_scale: str = "paper"):
         super().__init__(num_tasks)
         self.validation_interval, self.warmup, self.window, self.tau = interval, warmup, window, tau
+        self.acs_history, self.loss_scale = acs_history, loss_scale
         self.initial: torch.Tensor | None = None
         self.steps: list[int] = []
         self.points: list[torch.Tensor] = []  # ℓ̃(t), one K-vector per observation
@@ -79,7 +88,7 @@ class CoBa(Balancer):
 
     @classmethod
     def for_run(cls, num_tasks: int, total_steps: int, interval: int | None, warmup: int | None,
-                window: int | None) -> CoBa:
+                window: int | None, acs_history: str = "window", loss_scale: str = "paper") -> CoBa:
         """CoBa with `coba_schedule`'s settings; warns when the run is too short for its slopes to say much."""
         interval, warmup, window = coba_schedule(total_steps, interval, warmup, window)
         fits = max(0, (total_steps - warmup) // interval)
@@ -87,7 +96,7 @@ class CoBa(Balancer):
             console.print(f"warning: CoBa fits {fits} slopes of {window} points after a {warmup}-step warm-up "
                           f"in a {total_steps}-step run: too short for its weights to follow convergence "
                           "(they stay near uniform or follow noise)")
-        return cls(num_tasks, interval, warmup, window)
+        return cls(num_tasks, interval, warmup, window, acs_history=acs_history, loss_scale=loss_scale)
 
     def start(self, validation_losses: torch.Tensor) -> None:
         self.initial = validation_losses.detach().cpu().clamp(min=1e-8)
@@ -104,10 +113,13 @@ class CoBa(Balancer):
         alpha = slope(x, y)
         self.alpha_history.append(alpha)
         self.alpha_max_history.append(slope(x, y.max(dim=0).values))
-        self.weights, _ = coba_weights(alpha, torch.stack(self.alpha_history), torch.stack(self.alpha_max_history),
-                                       self.tau)
+        history = self.alpha_history[-self.window:] if self.acs_history == "window" else self.alpha_history
+        self.weights, _ = coba_weights(alpha, torch.stack(history), torch.stack(self.alpha_max_history), self.tau)
         self.weights = self.weights * self.num_tasks  # Σ ω = K, so that uniform is ω = 1
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        """Σ ω_i L_i with Σ ω = 1 (the paper); `loss_scale: uniform` multiplies it by K, the scale of uniform
+        weighting's Σ L_i, so that one learning rate means the same step under both."""
         w = self.weights.to(losses.device)
-        return self.num_tasks * (w * losses).sum() / w.sum()
+        paper = (w * losses).sum() / w.sum()
+        return paper * self.num_tasks if self.loss_scale == "uniform" else paper
