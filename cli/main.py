@@ -266,6 +266,34 @@ def evaluate(
     _emit(score_folders(folders, task, data, max_eval, batch_size, device, out, nonlinear), as_json)
 
 
+@app.command("eval-lm")
+@one_line_errors
+def evaluate_lm(
+    adapter: Annotated[Path, typer.Argument(help="a PEFT LoRA folder of a causal LM (e.g. fusekit merge's output)")],
+    prompts: Annotated[Path, Opt(help="JSON lines of {\"prompt\": ..., \"answer\": ...}")],
+    metric: Annotated[str, Opt(help="loglik (mean log-likelihood per answer token) or exact (greedy exact match)")]
+    = "loglik",
+    base: Annotated[Optional[str], Opt(help="base model folder or hub id (default: the adapter's own)")] = None,
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Score a causal-LM adapter on prompts with expected answers.
+
+    Example: fusekit eval-lm merged/ta --prompts tasks/arith.jsonl --metric exact --base ./llama-tiny
+    """
+    from fusekit.evaluation.prompts import load_causal_lm, read_prompts, score_prompts
+    from fusekit.models.base import resolve_device
+    from fusekit.progress import console
+
+    examples = read_prompts(prompts)
+    target = resolve_device(device)
+    model, tokenizer = load_causal_lm(adapter, base, target)
+    result = score_prompts(model, tokenizer, examples, metric, target)
+    console.print(f"{adapter} · {prompts.name} · " + " ".join(f"{k}={v:.4f}" for k, v in result.items()
+                                                                if isinstance(v, float)))
+    _emit(result, as_json)
+
+
 def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
     if text is None:
         return None

@@ -111,3 +111,32 @@ def test_fusekit_runs_name_a_portable_base_and_load_by_string_path(sst2_run):
     assert config["base_model_name_or_path"] == "tiny-bert0"  # the folder's name, not this machine's path
     vector = fusekit.TaskVector.load(str(sst2_run[0] / "task_vector.safetensors"))  # a str path works
     assert vector.tasks == ["sst2"]
+
+
+def test_a_merged_causal_lm_adapter_is_scored_on_prompts(base_dir, adapters, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(100)} | {"[UNK]": 0}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()  # a word-level tokenizer for the tiny model: wN → id N
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(base_dir)
+    out = tmp_path / "merged"
+    assert invoke("merge", *adapters, "--lambda", "0.5", "--out", out).exit_code == 0
+    prompts = tmp_path / "task.jsonl"
+    prompts.write_text('{"prompt": "w1 w2 w3", "answer": " w4 w5"}\n{"prompt": "w7 w8", "answer": " w9"}\n')
+    result = invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout)
+    model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base_dir), str(out)).eval()
+    total = 0.0
+    with torch.no_grad():
+        for ids, answer in (([1, 2, 3, 4, 5], [4, 5]), ([7, 8, 9], [9])):
+            logits = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+            total += sum(float(logits[len(ids) - len(answer) - 1 + j, a]) for j, a in enumerate(answer))
+    assert scored["loglik_per_token"] == pytest.approx(total / 3, rel=1e-5)  # by hand: 3 answer tokens
+    result = invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir, "--metric", "exact", "--device",
+                    "cpu", "--json")
+    assert result.exit_code == 0 and 0 <= json.loads(result.stdout)["exact_match"] <= 1
+    prompts.write_text('{"prompt": "w1"}\n')
+    assert_one_line_error(invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir),
+                          "task.jsonl:1: expected")
