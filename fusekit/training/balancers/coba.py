@@ -17,12 +17,12 @@ For ACS, s runs over the last N = `window` slopes (the paper's history; `acs_his
 since the warm-up, fusekit's earlier variant, and N is then their number); for DF, over the M slopes of the max
 curve since the warm-up. t is the latest. The loss is the paper's Σ ω_i L_i with Σ ω = 1; `loss_scale:
 uniform` multiplies it by K, the scale of uniform weighting's Σ L_i, so that one learning rate means the same
-step for both (fusekit's earlier variant; the README's CoBa runs used both earlier variants). The warm-up: uniform weights while the
-optimizer step is ≤ `warmup`; points are recorded from the first validation, so the first fit after the
-warm-up already has a full window. Other choices, where the public code differs: the slope histories are
-Python lists indexed by position (the code sliced them with a step count); no point is dropped before a fit, so
-x and y stay aligned (the code dropped zero entries from y alone); DF is clamped to at most 1, as the formula
-says. The x of a fit is the optimizer step of each point.
+step for both (fusekit's earlier variant; the README's CoBa runs used both earlier variants). The warm-up:
+uniform weights while the optimizer step is ≤ `warmup`; points are recorded from the first validation, so the
+first fit after the warm-up already has a full window. Other choices, where the public code differs: the slope
+histories are Python lists indexed by position (the code sliced them with a step count); no point is dropped
+before a fit, so x and y stay aligned (the code dropped zero entries from y alone); DF is clamped to at most 1,
+as the formula says. The x of a fit is the optimizer step of each point.
 """
 
 from __future__ import annotations
