@@ -333,6 +333,8 @@ def merge(
     overwrite: Annotated[bool, Opt(help="replace an existing merged folder")] = False,
     shared_modules: Annotated[str, Opt(help="PEFT inputs with modules_to_save: refuse, average or first")]
     = "refuse",
+    push_to_hub: Annotated[Optional[str], Opt(help="then upload the merged folder to this Hub repo (org/name)")]
+    = None,
     as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Fuse task vectors into one multi-task adapter.
@@ -345,8 +347,13 @@ def merge(
             "rate": _floats(drop_rates, "--drop-rates")}
     fixed = {"lam": None if lam == "auto" else _floats(lam, "--lambda")[0], "density": density, "rate": drop_rate,
              "regmean_alpha": regmean_alpha}
-    _emit(fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed,
-               device, overwrite, shared_modules), as_json)
+    summary = fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed,
+                   device, overwrite, shared_modules)
+    if push_to_hub:
+        from fusekit.artifacts.hub import push_to_hub as push
+
+        summary["hub"] = push(out, push_to_hub)
+    _emit(summary, as_json)
 
 
 @app.command()

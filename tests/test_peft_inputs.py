@@ -2,6 +2,7 @@
 rsLoRA, merged exactly in ΔW space and loaded back with plain peft."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +141,33 @@ def test_a_merged_causal_lm_adapter_is_scored_on_prompts(base_dir, adapters, tmp
     prompts.write_text('{"prompt": "w1"}\n')
     assert_one_line_error(invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir),
                           "task.jsonl:1: expected")
+
+
+def test_push_to_hub_uploads_the_folder_or_fails_in_one_line(adapters, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo, private=False, exist_ok=False):
+            calls.append(("create", repo))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    result = invoke("merge", *adapters, "--lambda", "1", "--out", tmp_path / "m", "--push-to-hub", "me/merged",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    assert calls[0] == ("create", "me/merged") and "README.md" in calls[1][2] and "adapter_config.json" in calls[1][2]
+    assert json.loads(result.stdout)["hub"] == "https://hub/me/merged/commit/1"
+
+    class OfflineApi:
+        def create_repo(self, *args, **kwargs):
+            raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", OfflineApi)
+    result = invoke("merge", *adapters, "--lambda", "1", "--out", tmp_path / "n", "--push-to-hub", "me/merged")
+    assert result.exit_code == 1 and "could not push" in result.stderr.splitlines()[-1]
+    assert (tmp_path / "n" / "adapter_model.safetensors").is_file()  # the merge itself is kept
