@@ -1,0 +1,95 @@
+"""Merging adapters users already have: N rank-16 LoRA adapters of a ~124M-parameter causal LM (GPT-2 small's
+config, random weights), made with plain peft, merged by fusekit (`fusekit merge` on PEFT folders, exact
+concatenation in ΔW space, written as a PEFT folder) against peft's own `add_weighted_adapter(combination_type=
+"cat")` followed by `save_pretrained` of the merged adapter, in one run.
+
+Each measurement runs in its own process. The time covers reading the N adapters, merging and writing the result;
+peft also needs the base model in memory, which is loaded before its clock starts (fusekit never loads it). Memory
+is the growth of the process's RSS high-water mark during the measurement.
+
+    python benchmarks/peft_merge.py --adapters 8 --rank 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TARGETS = ["c_attn", "c_proj", "c_fc"]
+
+
+def make_adapters(folder: Path, n: int, rank: int) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(folder / "base")  # GPT-2 small: 124M parameters
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        model = get_peft_model(GPT2LMHeadModel.from_pretrained(folder / "base"),
+                               LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)
+        model.save_pretrained(folder / f"a{i}")
+
+
+def measure(tool: str, folder: Path, n: int) -> dict:
+    from fusekit.study.resources import measure as usage_of
+
+    adapters = [folder / f"a{i}" for i in range(n)]
+    out = folder / f"merged-{tool}"
+    if tool == "peft":
+        from peft import PeftModel
+        from transformers import GPT2LMHeadModel
+
+        base = GPT2LMHeadModel.from_pretrained(folder / "base")
+        with usage_of() as usage:
+            model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name="a0")
+            for i, path in enumerate(adapters[1:], start=1):
+                model.load_adapter(str(path), adapter_name=f"a{i}")
+            model.add_weighted_adapter([f"a{i}" for i in range(n)], [1.0] * n, "merged", combination_type="cat")
+            model.save_pretrained(str(out), selected_adapters=["merged"])
+    else:
+        from fusekit.merging.methods.task_arithmetic import TaskArithmetic
+        from fusekit.merging.peft_inputs import merge_peft
+
+        with usage_of() as usage:
+            merge_peft([str(a) for a in adapters], out, TaskArithmetic(1.0), None, None, "refuse", False)
+    return usage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)  # tool folder n
+    args = parser.parse_args()
+    if args.measure:
+        tool, folder, n = args.measure
+        print(json.dumps(measure(tool, Path(folder), int(n))))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        make_adapters(Path(tmp), args.adapters, args.rank)
+        result = {}
+        for tool in ("fusekit", "peft"):
+            done = subprocess.run([sys.executable, __file__, "--measure", tool, tmp, str(args.adapters)],
+                                  capture_output=True, text=True, check=True)
+            result[tool] = json.loads(done.stdout.splitlines()[-1])
+        f, p = result["fusekit"], result["peft"]
+        print(f"\n{args.adapters} rank-{args.rank} LoRA adapters of GPT-2 small (124M), targets {', '.join(TARGETS)}")
+        print("| merge (exact concatenation) | seconds | vs fusekit | RSS growth MB | vs fusekit |")
+        print("|---|---|---|---|---|")
+        print(f"| fusekit merge (PEFT inputs) | {f['seconds']:.2f} | 1.00x | {f['rss_growth_mb']:.0f} | 1.00x |")
+        print(f"| peft add_weighted_adapter cat + save | {p['seconds']:.2f} | {p['seconds'] / f['seconds']:.2f}x | "
+              f"{p['rss_growth_mb']:.0f} | {p['rss_growth_mb'] / max(f['rss_growth_mb'], 0.1):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
