@@ -27,11 +27,11 @@ def current_rss() -> int:
 def measure(kind: str, scope: str | None, args) -> dict:
     import torch
 
-    from fusekit.models.adapters import AdapterSpec
-    from fusekit.evaluation.loop import autocast, task_loss
-    from fusekit.models.base import load_base_model, resolve_device
     from fusekit.artifacts.run_folder import build_adapted_model
     from fusekit.data.tasks import get_task
+    from fusekit.evaluation.loop import autocast, task_loss
+    from fusekit.models.adapters import AdapterSpec
+    from fusekit.models.base import load_base_model, resolve_device
 
     device = resolve_device(args.device)
     task = get_task("sst2")

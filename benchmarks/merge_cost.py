@@ -27,11 +27,11 @@ def make_adapters(folder: Path, n: int, model: str | None) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from fusekit.models.adapters import AdapterSpec
-    from fusekit.config import TrainConfig
-    from fusekit.models.base import load_base_model
     from fusekit.artifacts.run_folder import build_adapted_model, save_run
+    from fusekit.config import TrainConfig
     from fusekit.data.tasks import get_task
+    from fusekit.models.adapters import AdapterSpec
+    from fusekit.models.base import load_base_model
 
     task = get_task("sst2")
     for i in range(n):
@@ -70,9 +70,9 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
             peft_model.add_weighted_adapter([f"a{i}" for i in range(n)], [1.0] * n, "merged",
                                             combination_type=combination, **extra)
     else:
-        from fusekit.merging.stream import merge
-        from fusekit.merging.methods.task_arithmetic import TaskArithmetic
         from fusekit.artifacts.run_folder import load_run
+        from fusekit.merging.methods.task_arithmetic import TaskArithmetic
+        from fusekit.merging.stream import merge
 
         with usage_of() as usage:
             runs = [load_run(folder / f"a{i}") for i in range(n)]
