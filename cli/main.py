@@ -312,8 +312,8 @@ def merge(
     runs: Annotated[list[Path], typer.Argument(help="run folders (one per task) whose task vectors to fuse, or any "
                                                     "PEFT LoRA folders or Hub ids (merged in ΔW space)")],
     out: Annotated[Path, Opt(help="merged folder to write")],
-    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties, regmean "
-                                    "(ΔW space), fisher (factor space)")]
+    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties; with data: "
+                                    "regmean (ΔW space), fisher, adamerging (factor space)")]
     = "task-arithmetic",
     lam: Annotated[str, Opt("--lambda", help=f"{LAMBDA.help}, or 'auto' to choose it on held-out training data")]
     = str(LAMBDA.default),

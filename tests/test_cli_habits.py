@@ -74,3 +74,10 @@ def test_the_joint_figure_has_labelled_axes_and_states_the_noise(tmp_path):
     losses, weights = figure.axes
     assert losses.get_ylabel() and losses.get_xlabel() == "step" and weights.get_ylabel().startswith("ω_i")
     assert noise == pytest.approx(0.0, abs=1e-9) and "noise fraction 0.00" in weights.get_title()
+
+
+def test_the_merge_help_names_every_registered_method():
+    from fusekit.merging.methods import METHODS
+
+    text = next(p.help for p in get_command(app).commands["merge"].params if p.name == "method")
+    assert all(name in text for name in METHODS)
