@@ -359,9 +359,13 @@ def merge(
 @app.command()
 @one_line_errors
 def disentangle(
-    runs: Annotated[list[Path], typer.Argument(help="run folders in pairs: A B [A' B' ...]; each pair (two tasks, "
-                                                    "one φ0) is one heatmap, all on one colour scale")],
-    out: Annotated[Path, Opt(help="folder for disentanglement.json and disentanglement.png")],
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="run folders in pairs: A B [A' B' ...]; each pair (two "
+                                                              "tasks, one φ0) is one heatmap, all on one colour "
+                                                              "scale")] = None,
+    out: Annotated[Path, Opt(help="folder for disentanglement.json and disentanglement.png")] = Path("disentangle"),
+    study: Annotated[Optional[Path], Opt(help="a study folder: take the pairs from its train/ runs, every adapter "
+                                             "variant side by side")] = None,
+    pairs: Annotated[str, Opt(help="with --study: all, or task pairs such as sst2+rte,mrpc+cola")] = "all",
     alphas: Annotated[Optional[str], Opt(help="comma-separated α grid (default -2,-1.5,...,2)")] = None,
     examples: Annotated[int, Opt(help="validation examples per task (an analysis: nothing is chosen on them)")]
     = 200,
@@ -378,13 +382,21 @@ def disentangle(
 
     Example: fusekit disentangle runs/s/train/sst2-lora runs/s/train/rte-lora runs/s/train/sst2-l-lora
     runs/s/train/rte-l-lora --out runs/s/disentangle
+
+    A whole study: fusekit disentangle --study runs/glue-fusion --pairs all --out runs/glue-fusion/disentangle
     """
-    from fusekit.evaluation.disentangle import ALPHAS, disentangle_folders
+    from fusekit.evaluation.disentangle import ALPHAS, disentangle_folders, study_pairs
 
     if examples < 1:
         raise FusekitError(f"--examples {examples}: expected an integer ≥ 1")
     grid = _floats(alphas, "--alphas") if alphas is not None else list(ALPHAS)
-    _emit(disentangle_folders(runs, out, grid, examples, space, device, seed, data, overwrite), as_json)
+    columns = None
+    if study is not None:
+        if runs:
+            raise FusekitError("give run folders or --study, not both")
+        runs, columns = study_pairs(study, pairs)
+    _emit(disentangle_folders(runs or [], out, grid, examples, space, device, seed, data, overwrite, columns),
+          as_json)
 
 
 @app.command()

@@ -68,3 +68,20 @@ def test_the_command_writes_the_grid_and_one_figure(pair, tmp_path):
     assert len(records) == 2 and records[0]["xi"] == records[1]["xi"] and records[0]["tasks"] == ["sst2", "stsb"]
     assert (out / "disentanglement.png").stat().st_size > 0
     assert invoke("disentangle", runs[0], "--out", tmp_path / "x").exit_code == 1  # not a pair
+
+
+def test_a_studys_pairs_side_by_side_per_variant(tmp_path):
+    from fusekit.errors import FusekitError
+    from fusekit.evaluation.disentangle import study_pairs
+
+    (tmp_path / "recipe.yaml").write_text("tasks: [sst2, rte, cola]\nadapters: {lora: {}, l-lora: {}}\n")
+    for task in ("sst2", "rte", "cola"):
+        for variant in ("lora", "l-lora"):
+            (tmp_path / "train" / f"{task}-{variant}").mkdir(parents=True)
+    folders, columns = study_pairs(tmp_path, "all")
+    assert columns == 2 and len(folders) == 3 * 2 * 2  # 3 pairs × 2 variants × 2 runs
+    assert [f.name for f in folders[:4]] == ["sst2-lora", "rte-lora", "sst2-l-lora", "rte-l-lora"]
+    assert [f.name for f in study_pairs(tmp_path, "rte+cola")[0]] == ["rte-lora", "cola-lora", "rte-l-lora",
+                                                                      "cola-l-lora"]
+    with pytest.raises(FusekitError, match="mrpc-lora is missing"):
+        study_pairs(tmp_path, "sst2+mrpc")

@@ -99,8 +99,34 @@ def disentangle(runs: list[Run], alphas: list[float], examples: int, space: str,
                            min(len(s.split) for s in scorers))
 
 
+def study_pairs(study: Path, pairs: str) -> tuple[list[Path], int]:
+    """Run folders in pairs for every task pair (`all`, or `sst2+rte,mrpc+cola`) of a study, each pair once per
+    adapter variant (the recipe's order, its first seed): the folders and the number of variants."""
+    from itertools import combinations
+
+    from fusekit.artifacts.layout import STUDY_RECIPE
+    from fusekit.artifacts.reading import read_yaml
+
+    recipe = read_yaml(study / STUDY_RECIPE) if (study / STUDY_RECIPE).is_file() else None
+    if not isinstance(recipe, dict):
+        raise FusekitError(f"{study} is not a study folder (expected {STUDY_RECIPE} written by fusekit run)")
+    tasks, variants = list(recipe.get("tasks") or []), list(recipe.get("adapters") or {"lora": {}})
+    seeds = recipe.get("seeds") or [0]
+    tag = f"-seed{seeds[0]}" if len(seeds) > 1 else ""
+    chosen = list(combinations(tasks, 2)) if pairs == "all" else [tuple(p.split("+")) for p in pairs.split(",")]
+    folders = []
+    for first, second in chosen:
+        for variant in variants:
+            folders += [study / "train" / f"{first}-{variant}{tag}", study / "train" / f"{second}-{variant}{tag}"]
+    missing = [f for f in folders if not f.is_dir()]
+    if missing:
+        raise FusekitError(f"{missing[0]} is missing: run the study's train stages first (or choose --pairs)")
+    return folders, len(variants)
+
+
 def disentangle_folders(folders: list[Path], out: Path, alphas: list[float], examples: int, space: str,
-                        device: str, seed: int, data: str | None, overwrite: bool) -> list[dict]:
+                        device: str, seed: int, data: str | None, overwrite: bool,
+                        columns: int | None = None) -> list[dict]:
     """`fusekit disentangle`: one ξ grid per pair of run folders, written as JSON and one heatmap figure (every
     pair on one colour scale, so LoRA and L-LoRA compare at a glance)."""
     from fusekit.artifacts.atomic import atomic_write_json, staged_dir
@@ -125,7 +151,7 @@ def disentangle_folders(folders: list[Path], out: Path, alphas: list[float], exa
                    for k, (label, result) in enumerate(zip(labels, results))]
         with staged_dir(out, overwrite, "disentanglement") as stage:
             atomic_write_json(stage / DISENTANGLEMENT, records)
-            save(disentanglement_figure(list(zip(labels, results))), stage / DISENTANGLEMENT_PLOT)
+            save(disentanglement_figure(list(zip(labels, results)), columns), stage / DISENTANGLEMENT_PLOT)
     for label, result in zip(labels, results):
         console.print(f"{label}: mean ξ over the grid {result.xi.mean():.4f}")
     console.print(f"wrote {out}")

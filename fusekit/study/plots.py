@@ -129,20 +129,25 @@ def plot_joint(metrics: Path, tasks: list[str], out: Path) -> float | None:
     return noise
 
 
-def disentanglement_figure(results: list[tuple[str, object]]):
-    """One heatmap of ξ(α1, α2) per pair (a `Disentanglement`), side by side on one colour scale; low (dark) is
+def disentanglement_figure(results: list[tuple[str, object]], columns: int | None = None):
+    """One heatmap of ξ(α1, α2) per pair (a `Disentanglement`), `columns` to a row (default: all in one row; a
+    study's pairs: one row per task pair, one column per adapter variant), on one colour scale; low (dark) is
     disentangled."""
     plt = _pyplot()
     top = max(float(result.xi.max()) for _, result in results) or 1.0
-    figure, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.4), squeeze=False)
-    for axis, (label, result) in zip(axes[0], results):
+    columns = columns or len(results)
+    rows = -(-len(results) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.4 * rows), squeeze=False)
+    for axis in axes.flat[len(results):]:
+        axis.set_visible(False)
+    for axis, (label, result) in zip(axes.flat, results):
         alphas = result.alphas
         half = (alphas[-1] - alphas[0]) / (2 * (len(alphas) - 1)) if len(alphas) > 1 else 0.5  # cells centred
         low, high = alphas[0] - half, alphas[-1] + half
         image = axis.imshow(result.xi.T, origin="lower", cmap="viridis", vmin=0.0, vmax=top, aspect="auto",
                             extent=(low, high, low, high))
         axis.set(title=label, xlabel=f"α1 ({result.tasks[0]})", ylabel=f"α2 ({result.tasks[1]})")
-    figure.colorbar(image, ax=list(axes[0]), label="disentanglement error ξ")
+    figure.colorbar(image, ax=list(axes.flat), label="disentanglement error ξ")
     return figure
 
 
