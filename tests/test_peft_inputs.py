@@ -171,3 +171,43 @@ def test_push_to_hub_uploads_the_folder_or_fails_in_one_line(adapters, tmp_path,
     result = invoke("merge", *adapters, "--lambda", "1", "--out", tmp_path / "n", "--push-to-hub", "me/merged")
     assert result.exit_code == 1 and "could not push" in result.stderr.splitlines()[-1]
     assert (tmp_path / "n" / "adapter_model.safetensors").is_file()  # the merge itself is kept
+
+
+def test_encoder_adapters_made_by_plain_peft_merge_exactly_with_or_without_heads(tiny_model, tmp_path):
+    """An encoder (tiny BERT): feature-extraction adapters merge exactly; SEQ_CLS adapters carry their classifier as
+    modules_to_save, which merge only when the user says how (here: the first input's head)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    def make(cls, out, seed, **config):
+        torch.manual_seed(seed)
+        model = get_peft_model(cls.from_pretrained(tiny_model), LoraConfig(r=4, lora_alpha=8, **config))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5)
+        model.save_pretrained(out)
+        return out
+
+    def weights(cls, adapter):
+        torch.manual_seed(0)  # the classifier of a SEQ_CLS base is drawn fresh: the same draw for every load
+        model = PeftModel.from_pretrained(cls.from_pretrained(tiny_model), str(adapter))
+        return {k: v.detach().clone() for k, v in model.merge_and_unload().state_dict().items()}
+
+    for cls, extra in ((AutoModel, {}), (AutoModelForSequenceClassification, {"task_type": "SEQ_CLS"})):
+        inputs = [make(cls, tmp_path / f"{cls.__name__}-{i}", i, target_modules=["query", "value"], **extra)
+                  for i in (1, 2)]
+        out = tmp_path / f"{cls.__name__}-merged"
+        flags = ["--shared-modules", "first"] if extra else []
+        result = invoke("merge", *inputs, "--lambda", "0.5", *flags, "--out", out)
+        assert result.exit_code == 0, result.output
+        torch.manual_seed(0)
+        base = cls.from_pretrained(tiny_model).state_dict()
+        adapted = [weights(cls, a) for a in inputs]
+        merged = weights(cls, out)
+        for key, value in base.items():
+            if "classifier" in key:  # the first input's trained head, not a sum
+                assert torch.equal(merged[key], adapted[0][key]), key
+                continue
+            expected = value + 0.5 * ((adapted[0][key] - value) + (adapted[1][key] - value))
+            assert torch.allclose(merged[key], expected, atol=1e-5), key
+        assert any((adapted[0][k] - v).abs().max() > 0.1 for k, v in base.items() if "query" in k)
