@@ -116,6 +116,21 @@ def test_fisher_statistics_and_merge_on_the_tiny_model(two_runs, tmp_path):
     assert result.exit_code == 1 and "use --space factors" in result.stderr
 
 
+def test_fisher_of_an_adapted_layer_the_prediction_never_reaches_is_zero(tiny_config, tmp_path):
+    """Mean pooling leaves BERT's pooler unused; a run that adapts every `dense` layer adapts the pooler too (as the
+    5-task study did), and its Fisher there is 0, not a crash."""
+    from fusekit.merging.statistics import fisher_diagonals
+    from fusekit.training.train import train
+
+    out = tmp_path / "mean"
+    train(replace(tiny_config, task="sst2", epochs=1, max_train=16, pooling="mean",
+                  target_modules=["query", "value", "dense"], out=str(out)))
+    fishers = fisher_diagonals(load_run(out), 4, torch.device("cpu"))
+    pooler = [key for key in fishers if "pooler" in key]
+    assert pooler and all(float(fishers[key].abs().max()) == 0 for key in pooler)
+    assert any(float(f.max()) > 0 for key, f in fishers.items() if "query" in key)
+
+
 def test_adamerging_learns_layer_coefficients_that_lower_the_entropy(two_runs, tmp_path, monkeypatch):
     """λ starts at 0.3 per task and layer; Adam moves it so that the summed prediction entropy on unlabeled
     held-out inputs falls; the merge applies each layer's λ to each task's τ."""

@@ -76,8 +76,10 @@ def fisher_diagonals(run: Run, examples: int, device: torch.device, seed: int = 
             loss = 0.5 * (logits[:, 0] - batch["labels"].float()).pow(2).sum()
         else:
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
-        for total, grad in zip(sums, torch.autograd.grad(loss, params)):
-            total += grad.double().pow(2)
+        # a parameter the prediction never reaches (an adapted pooler under mean pooling) has Fisher 0
+        for total, grad in zip(sums, torch.autograd.grad(loss, params, allow_unused=True)):
+            if grad is not None:
+                total += grad.double().pow(2)
     return {key: (total / len(data)).float().cpu() for key, total in zip(keys, sums)}
 
 
