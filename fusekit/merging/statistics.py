@@ -139,7 +139,7 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
             loss = sum(entropy(i) for i in classified)
             loss.backward()
             optimizer.step()
-            bar.update(job, advance=1, status=f"entropy {float(loss):.4f}")
+            bar.update(job, advance=1, status=f"entropy {loss.item():.4f}")
     learned = coefficients.detach().cpu()
     return {key: [learned[i, layer_of[key]] for i in range(len(runs))] for key in init}
 
