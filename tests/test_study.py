@@ -262,3 +262,28 @@ def test_similarity_by_hand_in_each_space(sst2_run, tiny_config, tmp_path):
     expected = float(products[0] @ products[1] / products[0].norm() / products[1].norm())
     assert np.allclose(np.diag(matrix), 1.0) and matrix[0, 1] == pytest.approx(matrix[1, 0])
     assert matrix[0, 1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_merge_settings_are_paired_by_seed_against_the_first_adapters_same_method(tmp_path):
+    from fusekit.study.report import paired_merge_table
+
+    (tmp_path / "recipe.yaml").write_text("tasks: [sst2, cola]\nadapters: {lora: {}, l-lora: {}}\n")
+    own = {"sst2": 0.8, "cola": 0.2}
+
+    def row(setting, method, seed, sst2, cola):
+        scores = {"sst2": {"score": sst2, "normalized": sst2 / own["sst2"]},
+                  "cola": {"score": cola, "normalized": cola / own["cola"] if cola > 0 else None}}
+        return f"{setting}-{method}-seed{seed}", {"method": method}, scores
+
+    ta = "task-arithmetic"
+    rows = [row("lora-delta-w", ta, 0, 0.72, 0.10), row("lora-delta-w", ta, 1, 0.76, 0.12),
+            row("l-lora-factors", ta, 0, 0.76, 0.08), row("l-lora-factors", ta, 1, 0.72, 0.0),
+            row("lora-delta-w", "ties", 0, 0.8, 0.1)]  # one seed of TIES: nothing to pair
+    table = paired_merge_table(tmp_path, rows, ["sst2", "cola"])
+    # normalized averages: LoRA (0.9 + 0.5)/2 = 0.7, (0.95 + 0.6)/2 = 0.775; L-LoRA (0.95 + 0.4)/2 = 0.675 and 0.9
+    # (its CoLA is undefined): differences -0.025, 0.125, mean 0.05, s = 0.106066. Raw: 0.42 - 0.41, 0.36 - 0.44.
+    half = 12.706205 * 0.1060660 / 2 ** 0.5
+    raw_half = 12.706205 * 0.0636396 / 2 ** 0.5
+    assert (f"| l-lora-factors-task-arithmetic − lora-delta-w-task-arithmetic | 0.050 ± {half:.3f} | "
+            f"-0.035 ± {raw_half:.3f} | 2 |") in table
+    assert "ties" not in table

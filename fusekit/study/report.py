@@ -105,10 +105,15 @@ def individual_table(study: Path) -> tuple[str, list[str]]:
     return _table(header, rows), tasks
 
 
-def in_recipe_order(study: Path, variants: list[str]) -> list[str]:
-    """Adapter variants in the order the recipe declares them (the first is the reference), others after."""
+def declared_variants(study: Path) -> list[str]:
+    """The adapter variants in the order the recipe declares them (the first is the reference)."""
     recipe = read_yaml(study / STUDY_RECIPE)
-    declared = list(recipe.get("adapters") or {}) if isinstance(recipe, dict) else []
+    return list(recipe.get("adapters") or {}) if isinstance(recipe, dict) else []
+
+
+def in_recipe_order(study: Path, variants: list[str]) -> list[str]:
+    """Adapter variants in the order the recipe declares them, others after."""
+    declared = declared_variants(study)
     return [v for v in declared if v in variants] + [v for v in variants if v not in declared]
 
 
@@ -222,6 +227,38 @@ def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normal
     return _table(["adapter", "chosen", *tasks, "**average**"], body)
 
 
+def paired_merge_table(study: Path, rows: list[tuple[str, dict, dict]], tasks: list[str]) -> str | None:
+    """Each merge setting minus the first adapter variant's setting of the same method (its first space), paired
+    by seed: mean ± 95% CI of the per-seed differences of the average normalized and the average raw score (None
+    unless some pair shares two or more seeds)."""
+    from fusekit.merging.stream import SPACES
+
+    averages: dict[str, dict[int, tuple[float | None, float]]] = {}
+    methods: dict[str, str] = {}
+    for name, manifest, scores in rows:
+        setting, seed = seedless(name)
+        if seed is not None:
+            normalized = mean_defined([scores[t]["normalized"] if t in scores else None for t in tasks])
+            raw = float(np.mean([scores[t]["score"] for t in tasks if t in scores]))
+            averages.setdefault(setting, {})[seed] = (normalized, raw)
+            methods[setting] = manifest["method"]
+    variants = declared_variants(study)
+    body = []
+    for setting, method in methods.items():
+        references = [f"{variants[0]}-{space}-{method}" for space in SPACES] if variants else []
+        reference = next((r for r in references if r in averages), None)
+        if reference is None or setting == reference:
+            continue
+        seeds = sorted(set(averages[setting]) & set(averages[reference]))
+        pairs = [(averages[setting][s], averages[reference][s]) for s in seeds]
+        normalized = [a[0] - b[0] for a, b in pairs if a[0] is not None and b[0] is not None]
+        raw = [a[1] - b[1] for a, b in pairs]
+        if len(raw) > 1:
+            body.append([f"{setting} − {reference}", format_ci(normalized) if len(normalized) > 1 else "–",
+                         format_ci(raw), str(len(raw))])
+    return _table(["paired by seed", "Δ average normalized", "Δ average raw", "seeds"], body) if body else None
+
+
 SUBSET_SUFFIX = re.compile(r"^(?P<name>.+)-k(?P<k>\d+)-[a-z0-9+-]+$")
 
 
@@ -294,6 +331,9 @@ def write_report(study: Path) -> Path:
                   "score; an average can hide it.",
                   "", multitask_table(merged + joint, tasks, normalized=True), "",
                   "### The same, raw scores", "", multitask_table(merged + joint, tasks, normalized=False), ""]
+        paired_merges = paired_merge_table(study, merged, tasks)
+        if paired_merges:
+            parts += ["### Merge settings against the first adapter's, paired by seed", "", paired_merges, ""]
     sweeps = {(name.removesuffix(f"-{manifest['method']}"), manifest["method"]): manifest["search"]
               for name, manifest, _ in merged if manifest.get("search")}
     if sweeps:
