@@ -63,6 +63,20 @@ def test_the_sweep_figure_shows_each_task_and_marks_the_choice(sweep):
     assert labels == ["sst2", "stsb", "chosen λ = 0.5"]
 
 
+def test_a_sweep_without_lambda_draws_its_own_hyperparameter_in_its_panel(sweep):
+    from fusekit.study.plots import sweeps_figure
+
+    regmean = [{"regmean_alpha": a, "sst2": 0.8 + 0.1 * a, "stsb": 0.8, "normalized": 0.9 + 0.05 * a}
+               for a in (0.5, 0.9)]
+    figure = sweeps_figure({**sweep, ("lora-delta-w", "regmean"): regmean}, ["sst2", "stsb"])
+    average, _, regmean_panel = figure.axes
+    assert [line.get_label() for line in average.get_lines()][0] == "task-arithmetic"  # λ methods only on top
+    assert len(average.get_lines()) == 2  # its line and its star
+    assert regmean_panel.get_xlabel() == "α"
+    labels = [text.get_text() for text in regmean_panel.get_legend().get_texts()]
+    assert labels == ["regmean (average)", "sst2", "stsb", "chosen α = 0.9"]
+
+
 def test_the_joint_figure_has_labelled_axes_and_states_the_noise(tmp_path):
     from fusekit.study.plots import joint_figure
 

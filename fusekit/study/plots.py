@@ -36,11 +36,20 @@ def _best(rows: list[dict]) -> dict:
     return max(rows, key=lambda row: row["normalized"])
 
 
+def _swept(rows: list[dict]) -> tuple[str, str]:
+    """The hyperparameter a sweep's x axis shows (λ where searched, else the method's own, e.g. RegMean's α), and
+    its label."""
+    from fusekit.merging.params import PARAMETERS
+
+    axis = next(p for p in PARAMETERS if p.name in rows[0] and p.name not in EXTRAS)
+    return axis.name, axis.label
+
+
 def sweeps_figure(sweeps: dict[tuple[str, str], list[dict]], tasks: list[str]):
     """One column per adapter set. Top: the average normalized held-out score against λ, one line per method (and
     density / drop rate), the chosen point starred. Below, one panel per method: each task's own held-out score
     at the chosen density / rate, with the chosen λ marked, so that a task collapsing under a merge shows even when
-    the average hides it."""
+    the average hides it. A method that searches no λ (RegMean's α) draws its average in its own panel."""
     plt = _pyplot()
     groups = list(dict.fromkeys(group for group, _ in sweeps))
     methods = list(dict.fromkeys(method for _, method in sweeps))
@@ -54,21 +63,23 @@ def sweeps_figure(sweeps: dict[tuple[str, str], list[dict]], tasks: list[str]):
             if not rows:
                 panel.set_visible(False)
                 continue
+            x, label = _swept(rows)
+            average = top if x == "lam" else panel
             lines: dict[str, list[dict]] = {}
             for row in rows:
                 extra = ", ".join(f"{k}={row[k]:g}" for k in EXTRAS if k in row)
-                lines.setdefault(f"{method} {extra}".strip(), []).append(row)
-            for label, points in lines.items():
-                points.sort(key=lambda r: r["lam"])
-                top.plot([r["lam"] for r in points], [r["normalized"] for r in points], marker="o", label=label)
+                lines.setdefault(f"{method} {extra}".strip() + ("" if x == "lam" else " (average)"), []).append(row)
+            for name, points in lines.items():
+                points.sort(key=lambda r: r[x])
+                average.plot([r[x] for r in points], [r["normalized"] for r in points], marker="o", label=name)
             best = _best(rows)
-            top.plot([best["lam"]], [best["normalized"]], marker="*", markersize=14, color="black", linestyle="none")
-            chosen = sorted((r for r in rows if all(r.get(k) == best.get(k) for k in EXTRAS)), key=lambda r: r["lam"])
+            average.plot([best[x]], [best["normalized"]], marker="*", markersize=14, color="black", linestyle="none")
+            chosen = sorted((r for r in rows if all(r.get(k) == best.get(k) for k in EXTRAS)), key=lambda r: r[x])
             for task in tasks:
                 if task in best:
-                    panel.plot([r["lam"] for r in chosen], [r[task] for r in chosen], marker=".", label=task)
-            panel.axvline(best["lam"], color="black", linestyle=":", label=f"chosen λ = {best['lam']:g}")
-            panel.set(title=f"{group} · {method}", xlabel="λ", ylabel="task score (held-out)")
+                    panel.plot([r[x] for r in chosen], [r[task] for r in chosen], marker=".", label=task)
+            panel.axvline(best[x], color="black", linestyle=":", label=f"chosen {label} = {best[x]:g}")
+            panel.set(title=f"{group} · {method}", xlabel=label, ylabel="task score (held-out)")
             panel.legend(fontsize=7, loc="best")
         top.set(title=f"{group}: average (★ chosen)", xlabel="λ", ylabel="avg normalized score (held-out)")
         top.legend(fontsize=7, loc="best")

@@ -334,8 +334,11 @@ def write_report(study: Path) -> Path:
         paired_merges = paired_merge_table(study, merged, tasks)
         if paired_merges:
             parts += ["### Merge settings against the first adapter's, paired by seed", "", paired_merges, ""]
-    sweeps = {(name.removesuffix(f"-{manifest['method']}"), manifest["method"]): manifest["search"]
-              for name, manifest, _ in merged if manifest.get("search")}
+    sweeps: dict[tuple[str, str], list[dict]] = {}
+    for name, manifest, _ in merged:  # over several seeds, the first seed's sweep
+        if manifest.get("search"):
+            setting = seedless(name)[0].removesuffix(f"-{manifest['method']}")
+            sweeps.setdefault((setting, manifest["method"]), manifest["search"])
     if sweeps:
         plot_sweeps(sweeps, tasks, figures / SWEEP_PLOT)
         parts += ["## Hyperparameter sweeps on held-out training data", "",
