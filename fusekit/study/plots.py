@@ -69,15 +69,18 @@ def sweeps_figure(sweeps: dict[tuple[str, str], list[dict]], tasks: list[str]):
             for row in rows:
                 extra = ", ".join(f"{k}={row[k]:g}" for k in EXTRAS if k in row)
                 lines.setdefault(f"{method} {extra}".strip() + ("" if x == "lam" else " (average)"), []).append(row)
+            style = {} if x == "lam" else {"color": "black", "linestyle": "--"}
             for name, points in lines.items():
                 points.sort(key=lambda r: r[x])
-                average.plot([r[x] for r in points], [r["normalized"] for r in points], marker="o", label=name)
+                average.plot([r[x] for r in points], [r["normalized"] for r in points], marker="o", label=name,
+                             **style)
             best = _best(rows)
             average.plot([best[x]], [best["normalized"]], marker="*", markersize=14, color="black", linestyle="none")
             chosen = sorted((r for r in rows if all(r.get(k) == best.get(k) for k in EXTRAS)), key=lambda r: r[x])
-            for task in tasks:
+            for colour, task in enumerate(tasks):  # a task keeps its colour in every panel
                 if task in best:
-                    panel.plot([r[x] for r in chosen], [r[task] for r in chosen], marker=".", label=task)
+                    panel.plot([r[x] for r in chosen], [r[task] for r in chosen], marker=".", label=task,
+                               color=f"C{colour}")
             panel.axvline(best[x], color="black", linestyle=":", label=f"chosen {label} = {best[x]:g}")
             panel.set(title=f"{group} · {method}", xlabel=label, ylabel="task score (held-out)")
             panel.legend(fontsize=7, loc="best")
