@@ -85,3 +85,18 @@ def test_a_studys_pairs_side_by_side_per_variant(tmp_path):
                                                                       "cola-l-lora"]
     with pytest.raises(FusekitError, match="mrpc-lora is missing"):
         study_pairs(tmp_path, "sst2+mrpc")
+
+
+def test_the_figure_titles_each_heatmap_with_its_kind_runs_and_mean_error():
+    import numpy as np
+
+    from fusekit.evaluation.disentangle import Disentanglement
+    from fusekit.study.plots import disentanglement_figure
+
+    per_task = np.zeros((2, 2, 2))
+    per_task[0, 1, 1], per_task[1, 0, 1] = 0.4, 0.2  # ξ = [[0, 0.2], [0, 0.4]]: mean 0.15
+    result = Disentanglement(("sst2", "mrpc"), [0.0, 1.0], per_task, "factors", 8)
+    figure = disentanglement_figure([("lora · sst2-lora + mrpc-lora", result), ("l-lora · a + b", result)])
+    first, second = figure.axes[:2]
+    assert first.get_title() == "lora\nsst2-lora + mrpc-lora\nmean ξ 0.150"
+    assert second.get_title().startswith("l-lora\na + b") and second.get_ylabel() == "α2 (mrpc)"

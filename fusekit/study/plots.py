@@ -151,7 +151,7 @@ def disentanglement_figure(results: list[tuple[str, object]], columns: int | Non
     top = max(float(result.xi.max()) for _, result in results) or 1.0
     columns = columns or len(results)
     rows = -(-len(results) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.4 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.6 * rows), squeeze=False, layout="constrained")
     for axis in axes.flat[len(results):]:
         axis.set_visible(False)
     for axis, (label, result) in zip(axes.flat, results):
@@ -160,7 +160,9 @@ def disentanglement_figure(results: list[tuple[str, object]], columns: int | Non
         low, high = alphas[0] - half, alphas[-1] + half
         image = axis.imshow(result.xi.T, origin="lower", cmap="viridis", vmin=0.0, vmax=top, aspect="auto",
                             extent=(low, high, low, high))
-        axis.set(title=label, xlabel=f"α1 ({result.tasks[0]})", ylabel=f"α2 ({result.tasks[1]})")
+        kind, _, runs = label.partition(" · ")
+        axis.set_title(f"{kind}\n{runs}\nmean ξ {float(result.xi.mean()):.3f}", fontsize=9)
+        axis.set(xlabel=f"α1 ({result.tasks[0]})", ylabel=f"α2 ({result.tasks[1]})")
     figure.colorbar(image, ax=list(axes.flat), label="disentanglement error ξ")
     return figure
 
