@@ -83,7 +83,7 @@ def fisher_diagonals(run: Run, examples: int, device: torch.device, seed: int = 
     return {key: (total / len(data)).float().cpu() for key, total in zip(keys, sums)}
 
 
-ADA_STEPS, ADA_LR, ADA_INIT, ADA_BATCH = 100, 1e-3, 0.3, 16  # the paper's Adam step, λ init 0.3
+ADA_STEPS, ADA_LR, ADA_INIT, ADA_BATCH = 300, 1e-3, 0.3, 16  # the paper's lr and init; 100 steps moved λ ≤ 0.1
 
 
 def learn_coefficients(runs: list[Run], examples: int, device: torch.device, seed: int = 0,
