@@ -361,8 +361,9 @@ def write_report(study: Path) -> Path:
     if points:
         plot_scaling(points, figures / SCALING_PLOT)
         parts += ["## Fusion against the number of merged tasks", "",
-                  "Average normalized score of merges of k tasks, mean ± standard deviation over the subsets (n "
-                  "of them); hyperparameters chosen on held-out training data per subset.", "",
+                  "Average normalized score of merges of k tasks, mean ± standard deviation over the subsets, and "
+                  "over the seeds of a multi-seed study (n counts both); hyperparameters chosen on held-out "
+                  "training data per subset.", "",
                   scaling_table(points), "", f"![fusion vs k]({REPORT_FIGURES}/{SCALING_PLOT})", ""]
     for name, manifest, _ in joint:
         metrics = study / "joint" / name / METRICS
