@@ -177,7 +177,7 @@ def scaling_figure(points: dict[str, dict[int, list[float]]]):
         axis.errorbar(sizes, [np.mean(by_k[k]) for k in sizes], yerr=[np.std(by_k[k]) for k in sizes], marker="o",
                       capsize=3, label=name)
     axis.set(title="fusion vs number of merged tasks", xlabel="tasks merged (k)",
-             ylabel="avg normalized score (dev)")
+             ylabel="avg normalized score (dev)", xticks=sorted({k for by_k in points.values() for k in by_k}))
     axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
     return figure
