@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusekit.merging.params import PARAMETERS
+
 EXTRAS = ("density", "rate")  # hyperparameters searched besides λ
 
 
@@ -39,8 +41,6 @@ def _best(rows: list[dict]) -> dict:
 def _swept(rows: list[dict]) -> tuple[str, str]:
     """The hyperparameter a sweep's x axis shows (λ where searched, else the method's own, e.g. RegMean's α), and
     its label."""
-    from fusekit.merging.params import PARAMETERS
-
     axis = next(p for p in PARAMETERS if p.name in rows[0] and p.name not in EXTRAS)
     return axis.name, axis.label
 

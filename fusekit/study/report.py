@@ -117,6 +117,12 @@ def in_recipe_order(study: Path, variants: list[str]) -> list[str]:
     return [v for v in declared if v in variants] + [v for v in variants if v not in declared]
 
 
+def seed_differences(mine: dict[int, float | None], reference: dict[int, float | None]) -> list[float]:
+    """Per-seed differences, over the seeds where both have a defined value."""
+    return [mine[s] - reference[s] for s in sorted(mine.keys() & reference.keys())
+            if mine[s] is not None and reference[s] is not None]
+
+
 def paired_table(study: Path, tasks: list[str]) -> str | None:
     """Each variant minus the first, task by task, paired by seed: mean ± 95% CI of the per-seed differences
     (None unless some variant has two or more seeds in common with the first)."""
@@ -132,8 +138,8 @@ def paired_table(study: Path, tasks: list[str]) -> str | None:
     for variant in others:
         cells = []
         for task in tasks:
-            seeds = [s for s in by_seed[variant] if task in by_seed[variant][s] and task in by_seed[first].get(s, {})]
-            differences = [by_seed[variant][s][task] - by_seed[first][s][task] for s in seeds]
+            differences = seed_differences({s: v.get(task) for s, v in by_seed[variant].items()},
+                                           {s: v.get(task) for s, v in by_seed[first].items()})
             cells.append(format_ci(differences) if len(differences) > 1 else "–")
         rows.append([f"{variant} − {first}", *cells])
     if all(cell == "–" for row in rows for cell in row[1:]):
@@ -199,6 +205,11 @@ def _params(manifest: dict) -> str:
     return ", ".join(f"{shown[k]}={v}" if shown[k] else str(v) for k, v in params.items() if k in shown) or "–"
 
 
+def task_average(scores: dict, tasks: list[str], key: str) -> float | None:
+    """A merged/joint folder's average over tasks of one key (score or normalized), undefined ones left out."""
+    return mean_defined([scores[t][key] if t in scores else None for t in tasks])
+
+
 FLAG_BELOW = 0.9  # a task keeping less than this share of its own adapter's score is flagged in the tables
 
 
@@ -219,8 +230,7 @@ def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normal
                     if task in scores and scores[task]["normalized"] is not None]
             flag = " ⚠" if kept and sum(kept) / len(kept) < FLAG_BELOW else ""
             cells.append(format_ci(values) + flag if values else "–")
-        averages = [a for a in (mean_defined([scores[t][key] if t in scores else None for t in tasks])
-                                for _, scores in members) if a is not None]
+        averages = [a for a in (task_average(scores, tasks, key) for _, scores in members) if a is not None]
         chosen = "; ".join(dict.fromkeys(_params(manifest) for manifest, _ in members))
         label = name + (f" ({len(members)} seeds)" if len(members) > 1 else "")
         body.append([label, chosen, *cells, f"**{format_ci(averages)}**" if averages else "–"])
@@ -233,29 +243,27 @@ def paired_merge_table(study: Path, rows: list[tuple[str, dict, dict]], tasks: l
     unless some pair shares two or more seeds)."""
     from fusekit.merging.stream import SPACES
 
-    averages: dict[str, dict[int, tuple[float | None, float]]] = {}
+    normalized: dict[str, dict[int, float | None]] = {}
+    raw: dict[str, dict[int, float | None]] = {}
     methods: dict[str, str] = {}
     for name, manifest, scores in rows:
         setting, seed = seedless(name)
         if seed is not None:
-            normalized = mean_defined([scores[t]["normalized"] if t in scores else None for t in tasks])
-            raw = float(np.mean([scores[t]["score"] for t in tasks if t in scores]))
-            averages.setdefault(setting, {})[seed] = (normalized, raw)
+            normalized.setdefault(setting, {})[seed] = task_average(scores, tasks, "normalized")
+            raw.setdefault(setting, {})[seed] = task_average(scores, tasks, "score")
             methods[setting] = manifest["method"]
-    variants = declared_variants(study)
+    first = declared_variants(study)[:1]
     body = []
     for setting, method in methods.items():
-        references = [f"{variants[0]}-{space}-{method}" for space in SPACES] if variants else []
-        reference = next((r for r in references if r in averages), None)
+        reference = next((r for r in (f"{v}-{space}-{method}" for v in first for space in SPACES) if r in raw), None)
         if reference is None or setting == reference:
             continue
-        seeds = sorted(set(averages[setting]) & set(averages[reference]))
-        pairs = [(averages[setting][s], averages[reference][s]) for s in seeds]
-        normalized = [a[0] - b[0] for a, b in pairs if a[0] is not None and b[0] is not None]
-        raw = [a[1] - b[1] for a, b in pairs]
-        if len(raw) > 1:
-            body.append([f"{setting} − {reference}", format_ci(normalized) if len(normalized) > 1 else "–",
-                         format_ci(raw), str(len(raw))])
+        raw_differences = seed_differences(raw[setting], raw[reference])
+        normalized_differences = seed_differences(normalized[setting], normalized[reference])
+        if len(raw_differences) > 1:
+            body.append([f"{setting} − {reference}",
+                         format_ci(normalized_differences) if len(normalized_differences) > 1 else "–",
+                         format_ci(raw_differences), str(len(raw_differences))])
     return _table(["paired by seed", "Δ average normalized", "Δ average raw", "seeds"], body) if body else None
 
 
