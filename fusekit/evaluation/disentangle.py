@@ -59,6 +59,17 @@ class Disentanglement:
     def xi(self) -> np.ndarray:
         return self.per_task.sum(axis=0)
 
+    def mean_over(self, low: float, high: float) -> float | None:
+        """Mean ξ over the grid points with both α in [low, high] (None: the grid has none there)."""
+        inside = [k for k, a in enumerate(self.alphas) if low <= a <= high]
+        return float(self.xi[np.ix_(inside, inside)].mean()) if inside else None
+
+    @classmethod
+    def from_json(cls, record: dict) -> Disentanglement:
+        tasks = tuple(record["tasks"])
+        return cls(tasks, list(record["alphas"]), np.array([record["per_task"][t] for t in tasks], dtype=float),
+                   record["space"], int(record["examples"]))
+
     def to_json(self) -> dict:
         return {"tasks": list(self.tasks), "alphas": self.alphas, "space": self.space, "examples": self.examples,
                 "xi": self.xi.tolist(), "per_task": {t: g.tolist() for t, g in zip(self.tasks, self.per_task)}}

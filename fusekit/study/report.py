@@ -15,6 +15,8 @@ from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import (
     BASELINE,
     CONFIG,
+    DISENTANGLEMENT,
+    DISENTANGLEMENT_PLOT,
     EVAL,
     MANIFEST,
     METRICS,
@@ -36,7 +38,15 @@ from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
 from fusekit.merging.params import PARAMETERS
-from fusekit.study.plots import coefficients_figure, plot_joint, plot_scaling, plot_sweeps, save, similarity_figure
+from fusekit.study.plots import (
+    coefficients_figure,
+    disentanglement_figure,
+    plot_joint,
+    plot_scaling,
+    plot_sweeps,
+    save,
+    similarity_figure,
+)
 
 
 def _json(path: Path) -> dict:
@@ -305,6 +315,51 @@ def similarity_matrices(study: Path, tasks: list[str]) -> list[tuple[str, np.nda
             if len(tasks) > 1 and set(folders[variant]) == set(tasks)]
 
 
+def disentanglement_grids(study: Path) -> dict[str, dict[str, object]]:
+    """Task pair → setting (`<variant>-<space>`) → its `Disentanglement`, from the study's disentangle stages."""
+    from fusekit.evaluation.disentangle import Disentanglement
+
+    grids: dict[str, dict[str, object]] = {}
+    for folder in _finished(study, "disentangle"):
+        if (folder / DISENTANGLEMENT).is_file():
+            setting, _, pair = seedless(folder.name)[0].rpartition("-")
+            for record in read_json(folder / DISENTANGLEMENT, "disentanglement", expect=list):
+                grids.setdefault(pair, {})[setting] = Disentanglement.from_json(record)
+    return grids
+
+
+def _xi_cell(grids: list) -> str:
+    """Mean ξ over the whole grid (and over α ∈ [0, 1]² where the grid has points there), averaged over grids."""
+    if not grids:
+        return "–"
+    inner = [g.mean_over(0.0, 1.0) for g in grids]
+    text = f"{np.mean([g.xi.mean() for g in grids]):.3f}"
+    return text if None in inner else f"{text} ({np.mean(inner):.3f})"
+
+
+def disentanglement_section(study: Path, grids: dict[str, dict[str, object]], figure: Path) -> list[str]:
+    """Mean ξ per pair and setting, and every complete pair's heatmaps on one colour scale: one row per pair, one
+    column per setting (the recipe's variant order)."""
+    variants = declared_variants(study)
+    rank = lambda s: next((k for k, v in enumerate(variants) if s.startswith(f"{v}-")), len(variants))  # noqa: E731
+    settings = sorted({s for by_setting in grids.values() for s in by_setting}, key=lambda s: (rank(s), s))
+    rows = [[pair, *(_xi_cell([by_setting[s]] if s in by_setting else []) for s in settings)]
+            for pair, by_setting in grids.items()]
+    complete = [by_setting for by_setting in grids.values() if len(by_setting) == len(settings)]
+    if len(complete) > 1:
+        rows.append([f"**mean over {len(complete)} pairs**", *(_xi_cell([b[s] for b in complete]) for s in settings)])
+    parts = ["## Weight disentanglement", "",
+             "ξ(α1, α2): how often adding the other task's vector changes a task's predictions (disagreement rate; "
+             "STS-B: |Δ similarity| / 5), summed over the pair's two tasks, on validation examples (an analysis: "
+             "nothing is chosen on it). Cells: mean ξ over the whole α grid (in brackets: over α ∈ [0, 1]², where "
+             "merges live); lower is more disentangled.", "", _table(["pair", *settings], rows), ""]
+    if complete:
+        results = [(f"{s} · {b[s].tasks[0]} + {b[s].tasks[1]}", b[s]) for b in complete for s in settings]
+        save(disentanglement_figure(results, len(settings)), figure)
+        parts += [f"![disentanglement]({REPORT_FIGURES}/{figure.name})", ""]
+    return parts
+
+
 def stage_table(study: Path) -> str:
     latest = {}
     path = study / STAGES
@@ -373,6 +428,9 @@ def write_report(study: Path) -> Path:
                   "over the seeds of a multi-seed study (n counts both); hyperparameters chosen on held-out "
                   "training data per subset.", "",
                   scaling_table(points), "", f"![fusion vs k]({REPORT_FIGURES}/{SCALING_PLOT})", ""]
+    grids = disentanglement_grids(study)
+    if grids:
+        parts += disentanglement_section(study, grids, figures / DISENTANGLEMENT_PLOT)
     for name, manifest, _ in joint:
         metrics = study / "joint" / name / METRICS
         png = figures / joint_plot(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,17 @@ from pathlib import Path
 import yaml
 
 from fusekit.artifacts.atomic import atomic_write_text
-from fusekit.artifacts.layout import BASELINE, CONFIG, EVAL, MARKER, STAGES, STUDY_RECIPE, TUNE, TUNED_RECIPE
+from fusekit.artifacts.layout import (
+    BASELINE,
+    CONFIG,
+    DISENTANGLEMENT,
+    EVAL,
+    MARKER,
+    STAGES,
+    STUDY_RECIPE,
+    TUNE,
+    TUNED_RECIPE,
+)
 from fusekit.artifacts.output import check_output, claim_output, mark
 from fusekit.artifacts.reading import read_json, read_text, read_yaml
 from fusekit.config import (
@@ -39,6 +50,7 @@ from fusekit.config import (
 )
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
+from fusekit.evaluation.disentangle import ALPHAS
 from fusekit.merging.search import searched
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
@@ -85,6 +97,20 @@ def task_subsets(tasks: list[str], k: int, limit: int | None, seed: int) -> list
 
 
 @dataclass
+class DisentangleSettings:
+    """Weight disentanglement of task pairs (the L-LoRA paper's analysis, `fusekit disentangle`): one ξ grid per
+    pair, variant and space, on the first seed's runs (an analysis of the vectors; nothing is chosen on it)."""
+
+    pairs: list[str] | None = setting(None, "task pairs such as sst2+mrpc (None: every pair of the study's tasks)",
+                                      Allowed(unique=True))
+    alphas: list[float] = setting(list(ALPHAS), "α grid, used for both α1 and α2", Allowed(unique=True))
+    examples: int = setting(200, "validation examples per task", AT_LEAST_ONE)
+    spaces: list[str] = setting(["factors"], "LoRA spaces (L-LoRA combines its factors)",
+                                Allowed(choices=registry("fusekit.merging.stream", "SPACES"), unique=True))
+    variants: list[str] | None = setting(None, "adapter variants (None: all)", Allowed(unique=True))
+
+
+@dataclass
 class JointSettings:
     """Joint baselines: one adapter per balancer trained on all the study's tasks."""
 
@@ -123,14 +149,15 @@ class StudyConfig:
     baselines: bool = setting(False, "majority, zero-shot and head-only scores per task (`fusekit baseline`)")
     merge: dict | None = setting(None, "MergeSettings")
     scaling: dict | None = setting(None, "ScalingSettings: fusion against the number of merged tasks")
+    disentangle: dict | None = setting(None, "DisentangleSettings: weight disentanglement of task pairs")
     joint: dict | None = setting(None, "JointSettings")
 
 
 @dataclass
 class Stage:
     name: str  # folder under the study directory, e.g. train/sst2-lora
-    kind: str  # tune | baseline | train | merge | joint
-    config: object  # TuneJob | TrainConfig | MergeJob | JointConfig
+    kind: str  # tune | baseline | train | merge | joint | disentangle
+    config: object  # TuneJob | TrainConfig | MergeJob | JointConfig | DisentangleJob
 
 
 @dataclass
@@ -140,6 +167,15 @@ class MergeJob:
     space: str
     grid: dict[str, list[float]]
     val_examples: int
+    seed: int
+
+
+@dataclass
+class DisentangleJob:
+    runs: list[str]
+    alphas: list[float]
+    examples: int
+    space: str
     seed: int
 
 
@@ -202,6 +238,9 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
         if study.joint is not None:
             stages += _joint_stages(from_mapping(JointSettings, dict(study.joint), f"{source}: joint"), study,
                                     runs, tag, seed, source)
+        if study.disentangle is not None and seed == study.seeds[0]:
+            settings = from_mapping(DisentangleSettings, dict(study.disentangle), f"{source}: disentangle")
+            stages += _disentangle_stages(settings, study, runs, tasks, tag, seed, source)
     return stages
 
 
@@ -262,8 +301,7 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: 
     for variant in merge.variants or list(study.adapters):
         if variant not in runs:
             raise FusekitError(f"{source}: {prefix}.variants: {variant!r} is not one of the adapters")
-        linearized = study.adapters[variant].get("adapter", study.train.get("adapter", "lora")) != "lora"
-        for space in ["factors"] if linearized else merge.spaces:
+        for space in ["factors"] if _linearized(study, variant) else merge.spaces:
             for method in [m for m in merge.methods if merge_space_fits(m, space)]:
                 grid = {"lam": merge.lambdas, "density": merge.densities, "rate": merge.drop_rates}
                 grid = {k: v for k, v in grid.items() if v and k in searched(method)}
@@ -272,6 +310,31 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: 
                     suffix = "" if subset is None else f"-k{len(subset)}-{'+'.join(subset)}"
                     job = MergeJob(chosen, method, space, grid, merge.val_examples, seed)
                     stages.append(Stage(f"{prefix}/{variant}-{space}-{method}{suffix}{tag}", "merge", job))
+    return stages
+
+
+def _linearized(study: StudyConfig, variant: str) -> bool:
+    return study.adapters[variant].get("adapter", study.train.get("adapter", "lora")) != "lora"
+
+
+def _disentangle_stages(settings: DisentangleSettings, study, runs, tasks, tag, seed, source) -> list[Stage]:
+    """One stage per task pair, variant and space: `disentangle/<variant>-<space>-<task>+<task>`."""
+    pairs = [p.split("+") for p in settings.pairs] if settings.pairs else list(itertools.combinations(tasks, 2))
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(tasks):
+            raise FusekitError(f"{source}: disentangle.pairs: {'+'.join(pair)!r} is not two different tasks of the "
+                               "study joined by '+'")
+    if not all(math.isfinite(a) for a in settings.alphas):
+        raise FusekitError(f"{source}: disentangle.alphas: expected finite numbers")
+    stages = []
+    for variant in settings.variants or list(study.adapters):
+        if variant not in runs:
+            raise FusekitError(f"{source}: disentangle.variants: {variant!r} is not one of the adapters")
+        for space in ["factors"] if _linearized(study, variant) else settings.spaces:
+            for first, second in pairs:
+                chosen = [runs[variant][tasks.index(first)], runs[variant][tasks.index(second)]]
+                job = DisentangleJob(chosen, settings.alphas, settings.examples, space, seed)
+                stages.append(Stage(f"disentangle/{variant}-{space}-{first}+{second}{tag}", "disentangle", job))
     return stages
 
 
@@ -296,7 +359,7 @@ def is_done(stage: Stage, out: Path) -> bool:
     if stage.kind == "merge":
         path = folder / EVAL
         return path.is_file() and "average_normalized" in read_json(path, "scores")
-    return (folder / {"tune": TUNE, "baseline": BASELINE}.get(stage.kind, CONFIG)).is_file()
+    return (folder / {"tune": TUNE, "baseline": BASELINE, "disentangle": DISENTANGLEMENT}.get(stage.kind, CONFIG)).is_file()
 
 
 def check_unchanged(stage: Stage, out: Path) -> None:
@@ -404,6 +467,14 @@ def _merge(stage: Stage, out: Path) -> None:
     score_folders([folder], None, None, None, 128, "auto", None)
 
 
+def _disentangle(stage: Stage, out: Path) -> None:
+    from fusekit.evaluation.disentangle import disentangle_folders
+
+    job: DisentangleJob = stage.config
+    disentangle_folders([Path(r) for r in job.runs], out / stage.name, job.alphas, job.examples, job.space, "auto",
+                        job.seed, None, overwrite=True)
+
+
 def _joint(stage: Stage, out: Path) -> None:
     from fusekit.training.joint import train_joint
 
@@ -411,7 +482,8 @@ def _joint(stage: Stage, out: Path) -> None:
 
 
 RUNNERS: dict[str, Callable[[Stage, Path], None]] = {"tune": _tune, "baseline": _baseline, "train": _train,
-                                                     "merge": _merge, "joint": _joint}
+                                                     "merge": _merge, "joint": _joint,
+                                                     "disentangle": _disentangle}
 
 
 def describe(stages: list[Stage]) -> str:
