@@ -47,6 +47,8 @@ def write_recipe(path: Path, tiny_model, glue_dir, out: Path, **changes) -> Path
     ({"merge": {"lambda": [0.3]}}, "merge: unknown key 'lambda'"),
     ({"joint": {"balancers": ["uniform"], "settings": {"T": 2}}}, "joint/lora-uniform: unknown key 'T'"),
     ({"task_settings": {"qqp": {"lr": 0.1}}}, "task_settings key 'qqp'"),
+    ({"disentangle": {"pairs": ["sst2+qqp"]}}, "disentangle.pairs: 'sst2.qqp' is not two different tasks"),
+    ({"disentangle": {"alphas": [0.0, float("inf")]}}, "disentangle: key 'alphas' is [0.0, inf], expected a finite"),
 ])
 def test_bad_recipe_is_refused_before_any_work(tmp_path, tiny_model, glue_dir, changes, message):
     out = tmp_path / "study"
@@ -287,3 +289,53 @@ def test_merge_settings_are_paired_by_seed_against_the_first_adapters_same_metho
     assert (f"| l-lora-factors-task-arithmetic − lora-delta-w-task-arithmetic | 0.050 ± {half:.3f} | "
             f"-0.035 ± {raw_half:.3f} | 2 |") in table
     assert "ties" not in table
+
+
+def test_disentanglement_is_planned_per_pair_variant_and_space_run_and_reported(tmp_path, tiny_model, glue_dir):
+    out = tmp_path / "study"
+    adapters = {"lora": {"adapter": "lora"}, "l-lora": {"adapter": "l-lora"}}
+    settings = {"pairs": ["sst2+mrpc"], "alphas": [0.0, 1.0], "examples": 8, "spaces": ["delta-w", "factors"]}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, tasks=["sst2", "mrpc", "cola"],
+                          merge=None, joint=None, adapters=adapters, seeds=[0, 1], disentangle=settings)
+    names = [s.name for s in plan(load_study(recipe), str(recipe)) if s.kind == "disentangle"]
+    assert sorted(names) == ["disentangle/l-lora-factors-sst2+mrpc-seed0", "disentangle/lora-delta-w-sst2+mrpc-seed0",
+                             "disentangle/lora-factors-sst2+mrpc-seed0"]  # the first seed; L-LoRA in its own space
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, tasks=["sst2", "mrpc"], merge=None,
+                          joint=None, adapters=adapters, disentangle={**settings, "pairs": None})
+    run_study(recipe)
+    assert sorted(p.name for p in (out / "disentangle").iterdir() if p.is_dir()) == [
+        "l-lora-factors-sst2+mrpc", "lora-delta-w-sst2+mrpc", "lora-factors-sst2+mrpc"]
+    with pytest.raises(FusekitError, match="another α grid or space"):  # a finished grid is not silently reused
+        run_study(write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, tasks=["sst2", "mrpc"], merge=None,
+                               joint=None, adapters=adapters, disentangle={**settings, "alphas": [0.0, 2.0]}))
+    report = write_report(out).read_text()
+    assert "## Weight disentanglement" in report and "| pair | l-lora-factors | lora-delta-w | lora-factors |" in report
+    assert (out / "report/disentanglement.png").stat().st_size > 1000
+
+
+def test_disentanglement_table_by_hand(tmp_path):
+    from fusekit.study.report import disentanglement_grids, disentanglement_section
+
+    (tmp_path / "recipe.yaml").write_text("tasks: [sst2, mrpc, cola]\nadapters: {lora: {}, l-lora: {}}\n")
+    alphas = [-1.0, 0.0, 1.0]
+    base = [[0.2, 0.1, 0.3], [0.0, 0.0, 0.1], [0.4, 0.2, 0.6]]  # task 1's term; task 2's is twice it
+
+    def write(name, tasks, scale):
+        per_task = {tasks[0]: [[scale * v for v in row] for row in base],
+                    tasks[1]: [[2 * scale * v for v in row] for row in base]}
+        folder = tmp_path / "disentangle" / name
+        folder.mkdir(parents=True)
+        record = {"tasks": tasks, "alphas": alphas, "space": "factors", "examples": 8, "per_task": per_task}
+        (folder / "disentanglement.json").write_text(json.dumps([record]))
+
+    write("l-lora-factors-sst2+mrpc-seed0", ["sst2", "mrpc"], 1.0)
+    write("lora-factors-sst2+mrpc-seed0", ["sst2", "mrpc"], 0.5)
+    write("lora-factors-sst2+cola-seed0", ["sst2", "cola"], 1.0)
+    grids = disentanglement_grids(tmp_path)
+    text = "\n".join(disentanglement_section(tmp_path, grids, tmp_path / "d.png"))
+    # ξ = 3·base: mean over the grid 3·1.9/9 = 0.6333; over α ∈ [0, 1]² (rows/columns 0 and 1) 3·0.9/4 = 0.675.
+    assert "| pair | lora-factors | l-lora-factors |" in text  # the recipe's variant order
+    assert "| sst2+mrpc | 0.317 (0.338) | 0.633 (0.675) |" in text
+    assert "| sst2+cola | 0.633 (0.675) | – |" in text
+    assert "mean over" not in text  # one complete pair: nothing to average
+    assert (tmp_path / "d.png").stat().st_size > 1000

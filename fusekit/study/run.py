@@ -353,17 +353,26 @@ def _joint_stages(joint: JointSettings, study, runs, tag, seed, source) -> list[
     return stages
 
 
+FINISHED_FILE = {"tune": TUNE, "baseline": BASELINE, "disentangle": DISENTANGLEMENT}  # train, joint: CONFIG
+
+
 def is_done(stage: Stage, out: Path) -> bool:
     """Finished stages leave their folder (written atomically); a merge is finished once it is scored."""
     folder = out / stage.name
     if stage.kind == "merge":
         path = folder / EVAL
         return path.is_file() and "average_normalized" in read_json(path, "scores")
-    return (folder / {"tune": TUNE, "baseline": BASELINE, "disentangle": DISENTANGLEMENT}.get(stage.kind, CONFIG)).is_file()
+    return (folder / FINISHED_FILE.get(stage.kind, CONFIG)).is_file()
 
 
 def check_unchanged(stage: Stage, out: Path) -> None:
-    """A finished training stage is reused only if the recipe still asks for the same run."""
+    """A finished training or disentangle stage is reused only if the recipe still asks for the same one."""
+    if stage.kind == "disentangle":
+        recorded = read_json(out / stage.name / DISENTANGLEMENT, "disentanglement", expect=list)
+        job: DisentangleJob = stage.config
+        if [(r.get("alphas"), r.get("space")) for r in recorded] != [(job.alphas, job.space)]:
+            raise FusekitError(f"{out / stage.name} was computed on another α grid or space than the recipe asks "
+                               "(delete the folder to rerun it, or change `out`)")
     if stage.kind not in ("train", "joint"):
         return
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
