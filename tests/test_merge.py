@@ -151,6 +151,8 @@ def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_
     assert "held-out" in result.stderr
     manifest, vector, heads = load_merged(out)
     assert [row["lam"] for row in manifest["search"]] == [0.5, 1.0] and manifest["rank"] == 12
+    assert manifest["search_examples"] == {"sst2": 16, "rte": 16, "mrpc": 16}
+    assert manifest["search_standard_error"] is None or manifest["search_standard_error"] >= 0
     assert manifest["params"]["lam"] in (0.5, 1.0) and len(manifest["inputs"][0]["sha256"]) == 64
     task = get_task("mrpc")
     base, fused = model_for_vector(str(tiny_model), vector, heads["mrpc"], task, str(out))

@@ -339,3 +339,15 @@ def test_disentanglement_table_by_hand(tmp_path):
     assert "| sst2+cola | 0.633 (0.675) | – |" in text
     assert "mean over" not in text  # one complete pair: nothing to average
     assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_report_states_how_precisely_the_searches_chose():
+    from fusekit.study.report import search_precision
+
+    manifests = [{"search_standard_error": 0.01, "search_examples": {"sst2": 200, "cola": 200}},
+                 {"search_standard_error": 0.05, "search_examples": {"sst2": 200, "cola": 150}},
+                 {"search_standard_error": 0.03, "search_examples": {"sst2": 200}}, {"search": None}]
+    text = search_precision(manifests)[0]
+    assert "150–200 examples per task" in text and "0.030 (median), 0.050 (largest) over 3 searched merges" in text
+    assert "above 0.02" in text and "below 0.02" in search_precision(manifests[:1])[0]
+    assert search_precision([{"search": None}]) == []

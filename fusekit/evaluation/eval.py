@@ -43,8 +43,12 @@ class TaskScorer:
 
     def logits(self, vector: TaskVector) -> np.ndarray:
         """The head's outputs on every example (in a fixed order), for comparing two vectors' predictions."""
+        return self.outputs(vector)[0]
+
+    def outputs(self, vector: TaskVector) -> tuple[np.ndarray, np.ndarray]:
+        """The head's outputs and the labels of every example, in a fixed order."""
         model, data = self._model(vector, False)
-        return predict(model, data, self.task, self.device, self.batch_size)[0]
+        return predict(model, data, self.task, self.device, self.batch_size)[:2]
 
     def _model(self, vector: TaskVector, nonlinear: bool) -> tuple[AdaptedModel, EncodedSplit]:
         """The adapted model at `vector` with this head, built once per adapter setup and reloaded after."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -43,6 +44,28 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
     """Mean of the defined normalized scores (None when none is)."""
     defined = [v for v in values if v is not None]
     return sum(defined) / len(defined) if defined else None
+
+
+def bootstrap_standard_error(tasks: Sequence[TaskSpec], labels: Sequence[np.ndarray], own: Sequence[np.ndarray],
+                             merged: Sequence[np.ndarray], resamples: int = 200, seed: int = 0) -> float | None:
+    """Standard error of the average normalized score that a held-out search maximises: each task's examples are
+    resampled with replacement (the own adapter's and the merge's predictions together, as they are paired) and
+    the average recomputed. None when no resample defines it."""
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():  # a resample may hold one class only; compute_metrics scores that 0
+        warnings.simplefilter("ignore")
+        draws = [_resampled_average(rng, tasks, labels, own, merged) for _ in range(resamples)]
+    defined = [d for d in draws if d is not None]
+    return float(np.std(defined, ddof=1)) if len(defined) > 1 else None
+
+
+def _resampled_average(rng: np.random.Generator, tasks, labels, own, merged) -> float | None:
+    ratios = []
+    for task, y, mine, theirs in zip(tasks, labels, own, merged):
+        index = rng.integers(0, len(y), len(y))
+        ratios.append(normalized_score(compute_metrics(task, y[index], theirs[index])["score"],
+                                       compute_metrics(task, y[index], mine[index])["score"]))
+    return mean_defined(ratios)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:

@@ -42,14 +42,17 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
     with claim_output(out, overwrite, inputs):  # never over an input (runs, their data and model), one writer
         values = _candidates(method, fixed, grid)
         statistics = _statistics(runs, method, space, val_examples, resolve_device(device), seed)
-        rows, params = None, {name: v[0] for name, v in values.items()}
+        params, searched_on = {name: v[0] for name, v in values.items()}, {"search": None}
         if any(len(v) > 1 for v in values.values()):
             result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed,
                             statistics)
-            rows, params = result.rows, {**params, **result.best}
-            _print_search(rows, [run.head_task for run in runs], searched(method))
+            params = {**params, **result.best}
+            searched_on = {"search": result.rows, "search_examples": result.examples,
+                           "search_standard_error": result.standard_error}
+            _print_search(result.rows, [run.head_task for run in runs], searched(method))
             best = ", ".join(f"{k}={v}" for k, v in result.best.items())
-            console.print(f"chose {best} on held-out training data")
+            error = "" if result.standard_error is None else f" (standard error {result.standard_error:.3f})"
+            console.print(f"chose {best} on held-out training data{error}")
         chosen = make_method(method, seed=seed, **params)
         if statistics is not None:
             chosen.stats = statistics
@@ -57,7 +60,7 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
         summary = {
             "method": chosen.name, "params": chosen.params(), "space": space, "weights": weights or [1.0] * len(runs),
             "rank": report.rank, "truncation_error": report.truncation_error,
-            "worst_layer_truncation_error": report.worst_layer_error, "search": rows,
+            "worst_layer_truncation_error": report.worst_layer_error, **searched_on,
         }
         if chosen.statistics == "coefficients":  # AdaMerging's learned λ per layer and task, for the report
             summary["coefficients"] = {key.rsplit(".lora_", 1)[0]: [float(c) for c in values]

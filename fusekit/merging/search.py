@@ -11,13 +11,20 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fusekit.artifacts.run_folder import Run
 from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.eval import TaskScorer
-from fusekit.evaluation.metrics import mean_defined, normalized_score
+from fusekit.evaluation.metrics import (
+    bootstrap_standard_error,
+    compute_metrics,
+    mean_defined,
+    normalized_score,
+    predictions,
+)
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge
 from fusekit.progress import console, progress_bar
@@ -27,6 +34,8 @@ from fusekit.progress import console, progress_bar
 class SearchResult:
     best: dict[str, float]
     rows: list[dict]  # one per grid point: hyperparameters, per-task scores, average normalized score
+    examples: dict[str, int]  # held-out examples per task
+    standard_error: float | None  # of the selection score at the chosen point (bootstrap over the examples)
 
 
 def searched(method: str) -> tuple[str, ...]:
@@ -62,24 +71,35 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
            statistics: dict | None = None) -> SearchResult:
     scorers = held_out_scorers(runs, examples, device, seed)
     points = grid_points(method, grid)
-    rows = []
+    rows, predicted = [], []  # predicted[p][t]: point p's predictions on task t's examples
     with progress_bar() as bar:
         job = bar.add_task(f"search {method}", total=(len(points) + 1) * len(runs), status="")
+        labels: list[np.ndarray] = []
 
-        def score(scorer: TaskScorer, vector) -> float:
-            value = scorer.score(vector)["score"]
-            bar.update(job, advance=1, status=f"{scorer.task.name} {value:.3f}")
-            return value
+        def outputs(vectors: list) -> tuple[list[np.ndarray], list[float]]:
+            """Each task's predictions and score under its vector (labels recorded on the first call)."""
+            preds, scores = [], []
+            for scorer, vector in zip(scorers, vectors):
+                logits, y = scorer.outputs(vector)
+                if len(labels) < len(scorers):
+                    labels.append(y)
+                preds.append(predictions(scorer.task, logits))
+                scores.append(compute_metrics(scorer.task, y, preds[-1])["score"])
+                bar.update(job, advance=1, status=f"{scorer.task.name} {scores[-1]:.3f}")
+            return preds, scores
 
-        own = [score(scorer, run.vector) for scorer, run in zip(scorers, runs)]
+        own_preds, own = outputs([run.vector for run in runs])
         for point in points:
             candidate = make_method(method, seed=seed, **point)
             if statistics is not None:
                 candidate.stats = statistics
             vector, _ = merge(runs, candidate, weights, space, rank)
-            scores = [score(scorer, vector) for scorer in scorers]
+            preds, scores = outputs([vector] * len(scorers))
+            predicted.append(preds)
             average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])
             rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
                          "normalized": average if average is not None else sum(scores) / len(scores)})
-    best = max(rows, key=lambda row: row["normalized"])
-    return SearchResult({k: best[k] for k in searched(method)}, rows)
+    chosen = max(range(len(rows)), key=lambda k: rows[k]["normalized"])
+    error = bootstrap_standard_error([s.task for s in scorers], labels, own_preds, predicted[chosen], seed=seed)
+    return SearchResult({k: rows[chosen][k] for k in searched(method)}, rows,
+                        {run.head_task: len(y) for run, y in zip(runs, labels)}, error)

@@ -202,6 +202,21 @@ def normalize(study: Path, manifest: dict, scores: dict) -> dict:
     return result
 
 
+def search_precision(manifests: list[dict]) -> list[str]:
+    """How precisely the held-out searches chose: examples per task and the standard error of the selection score
+    at the chosen point (recorded by each search), as a paragraph; nothing when no merge recorded one."""
+    errors = [m["search_standard_error"] for m in manifests if m.get("search_standard_error") is not None]
+    if not errors:
+        return []
+    sizes = sorted({n for m in manifests for n in (m.get("search_examples") or {}).values()})
+    examples = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    verdict = ("below 0.02" if max(errors) < 0.02 else
+               "above 0.02: grid points closer than about twice this are not told apart")
+    return [f"Held-out searches used {examples} examples per task; the standard error of the selection score (the "
+            f"average normalized score, bootstrap over those examples) at the chosen point is {np.median(errors):.3f} "
+            f"(median), {max(errors):.3f} (largest) over {len(errors)} searched merges: {verdict}.", ""]
+
+
 def _same_examples(a: dict, b: dict) -> bool:
     """Two scores on the same examples: by fingerprint, or (records from before fingerprints) by count."""
     if "examples_fingerprint" in a or "examples_fingerprint" in b:
@@ -392,7 +407,8 @@ def write_report(study: Path) -> Path:
                   "– : the task's own adapter scored ≤ 0 (MCC or correlation), so there is nothing to normalize by; "
                   f"the average leaves it out. ⚠ : the task keeps less than {FLAG_BELOW:.0%} of its own adapter's "
                   "score; an average can hide it.",
-                  "", multitask_table(merged + joint, tasks, normalized=True), "",
+                  "", *search_precision([manifest for _, manifest, _ in merged]),
+                  multitask_table(merged + joint, tasks, normalized=True), "",
                   "### The same, raw scores", "", multitask_table(merged + joint, tasks, normalized=False), ""]
         paired_merges = paired_merge_table(study, merged, tasks)
         if paired_merges:
