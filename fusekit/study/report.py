@@ -92,8 +92,7 @@ def seedless(name: str) -> tuple[str, int | None]:
 def individual_table(study: Path) -> tuple[str, list[str]]:
     """Per-task scores of each adapter variant; over several seeds, mean ± 95% CI."""
     runs = _runs(study)
-    recipe = read_yaml(study / STUDY_RECIPE)
-    ordered = [t for t in (recipe.get("tasks") or []) if isinstance(t, str)] if isinstance(recipe, dict) else []
+    ordered = declared_tasks(study)
     found = {t for t, _ in runs}
     tasks = [t for t in ordered if t in found] + sorted(found - set(ordered))  # the recipe's order
     grouped: dict[tuple[str, str], list[dict]] = {}
@@ -119,6 +118,13 @@ def declared_variants(study: Path) -> list[str]:
     """The adapter variants in the order the recipe declares them (the first is the reference)."""
     recipe = read_yaml(study / STUDY_RECIPE)
     return list(recipe.get("adapters") or {}) if isinstance(recipe, dict) else []
+
+
+def declared_tasks(study: Path) -> list[str]:
+    """The study's tasks in the recipe's order."""
+    recipe = read_yaml(study / STUDY_RECIPE)
+    tasks = recipe.get("tasks") if isinstance(recipe, dict) else None
+    return [t for t in tasks if isinstance(t, str)] if isinstance(tasks, list) else []
 
 
 def in_recipe_order(study: Path, variants: list[str]) -> list[str]:
@@ -343,6 +349,11 @@ def disentanglement_grids(study: Path) -> dict[str, dict[str, object]]:
     return grids
 
 
+def _position(declared: list[str], name: str) -> int:
+    """Where `name` stands in the recipe's order (undeclared names last)."""
+    return declared.index(name) if name in declared else len(declared)
+
+
 def _xi_cell(grids: list) -> str:
     """Mean ξ over the whole grid (and over α ∈ [0, 1]² where the grid has points there), averaged over grids."""
     if not grids:
@@ -355,9 +366,10 @@ def _xi_cell(grids: list) -> str:
 def disentanglement_section(study: Path, grids: dict[str, dict[str, object]], figure: Path) -> list[str]:
     """Mean ξ per pair and setting, and every complete pair's heatmaps on one colour scale: one row per pair, one
     column per setting (the recipe's variant order)."""
-    variants = declared_variants(study)
-    rank = lambda s: next((k for k, v in enumerate(variants) if s.startswith(f"{v}-")), len(variants))  # noqa: E731
-    settings = sorted({s for by_setting in grids.values() for s in by_setting}, key=lambda s: (rank(s), s))
+    variants, tasks = declared_variants(study), declared_tasks(study)
+    settings = sorted({s for by_setting in grids.values() for s in by_setting},
+                      key=lambda s: (_position(variants, next((v for v in variants if s.startswith(f"{v}-")), s)), s))
+    grids = {pair: grids[pair] for pair in sorted(grids, key=lambda p: [_position(tasks, t) for t in p.split("+")])}
     rows = [[pair, *(_xi_cell([by_setting[s]] if s in by_setting else []) for s in settings)]
             for pair, by_setting in grids.items()]
     complete = [by_setting for by_setting in grids.values() if len(by_setting) == len(settings)]
