@@ -70,8 +70,8 @@ def test_bootstrap_standard_error_of_a_selection_score_by_hand():
     merged = labels.copy()
     merged[:100] = 1 - merged[:100]  # accuracy p = 0.75 on n = 400
     error = bootstrap_standard_error([sst2], [labels], [own], [merged], resamples=2000)
-    assert error == pytest.approx(math.sqrt(0.75 * 0.25 / 400), rel=0.08)  # the binomial standard error 0.0217
+    assert error == pytest.approx(math.sqrt(0.75 * 0.25 / 400), rel=0.1)  # the binomial standard error 0.0217
     # Two tasks, both like this, resampled independently: the average's error is 1/√2 of one task's.
     both = bootstrap_standard_error([sst2, sst2], [labels] * 2, [own] * 2, [merged] * 2, resamples=2000)
-    assert both == pytest.approx(math.sqrt(0.75 * 0.25 / 400 / 2), rel=0.08)
+    assert both == pytest.approx(math.sqrt(0.75 * 0.25 / 400 / 2), rel=0.1)
     assert bootstrap_standard_error([get_task("cola")], [labels], [1 - labels], [merged]) is None  # no own skill
