@@ -152,6 +152,7 @@ def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_
     manifest, vector, heads = load_merged(out)
     assert [row["lam"] for row in manifest["search"]] == [0.5, 1.0] and manifest["rank"] == 12
     assert manifest["search_examples"] == {"sst2": 16, "rte": 16, "mrpc": 16}
+    assert set(manifest["search_own"]) == {"sst2", "rte", "mrpc"} and "own" in result.stderr
     assert manifest["search_standard_error"] is None or manifest["search_standard_error"] >= 0
     assert manifest["params"]["lam"] in (0.5, 1.0) and len(manifest["inputs"][0]["sha256"]) == 64
     task = get_task("mrpc")

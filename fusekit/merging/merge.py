@@ -47,9 +47,9 @@ def fuse(folders: list[Path], out: Path, method: str, fixed: dict, grid: dict, w
             result = search(runs, method, values, space, rank, weights, val_examples, resolve_device(device), seed,
                             statistics)
             params = {**params, **result.best}
-            searched_on = {"search": result.rows, "search_examples": result.examples,
+            searched_on = {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
                            "search_standard_error": result.standard_error}
-            _print_search(result.rows, [run.head_task for run in runs], searched(method))
+            _print_search(result.rows, result.own, searched(method))
             best = ", ".join(f"{k}={v}" for k, v in result.best.items())
             error = "" if result.standard_error is None else f" (standard error {result.standard_error:.3f})"
             console.print(f"chose {best} on held-out training data{error}")
@@ -136,10 +136,12 @@ def _candidates(method: str, fixed: dict, grid: dict) -> dict[str, list[float]]:
     return values
 
 
-def _print_search(rows: list[dict], tasks: list[str], names: tuple[str, ...]) -> None:
+def _print_search(rows: list[dict], own: dict[str, float], names: tuple[str, ...]) -> None:
+    """The search table, with the own adapters' scores that normalize it as its last row."""
     table = Table(title="hyperparameter search on held-out training data")
-    for column in (*names, *tasks, "avg normalized"):
+    for column in (*names, *own, "avg normalized"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(f"{row[n]:g}" for n in names), *(f"{row[t]:.4f}" for t in tasks), f"{row['normalized']:.4f}")
+        table.add_row(*(f"{row[n]:g}" for n in names), *(f"{row[t]:.4f}" for t in own), f"{row['normalized']:.4f}")
+    table.add_row(*(["own"] + [""] * (len(names) - 1)), *(f"{v:.4f}" for v in own.values()), "1", style="dim")
     console.print(table)

@@ -35,6 +35,7 @@ class SearchResult:
     best: dict[str, float]
     rows: list[dict]  # one per grid point: hyperparameters, per-task scores, average normalized score
     examples: dict[str, int]  # held-out examples per task
+    own: dict[str, float]  # each task's own adapter on them: the denominators of the normalized scores
     standard_error: float | None  # of the selection score at the chosen point (bootstrap over the examples)
 
 
@@ -102,4 +103,5 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
     chosen = max(range(len(rows)), key=lambda k: rows[k]["normalized"])
     error = bootstrap_standard_error([s.task for s in scorers], labels, own_preds, predicted[chosen], seed=seed)
     return SearchResult({k: rows[chosen][k] for k in searched(method)}, rows,
-                        {run.head_task: len(y) for run, y in zip(runs, labels)}, error)
+                        {run.head_task: len(y) for run, y in zip(runs, labels)},
+                        {run.head_task: score for run, score in zip(runs, own)}, error)
