@@ -351,3 +351,4 @@ def test_report_states_how_precisely_the_searches_chose():
     assert "150–200 examples per task" in text and "0.030 (median), 0.050 (largest) over 3 searched merges" in text
     assert "above 0.02" in text and "below 0.02" in search_precision(manifests[:1])[0]
     assert search_precision([{"search": None}]) == []
+    assert "an unrecorded number of examples" in search_precision([{"search_standard_error": 0.01}])[0]

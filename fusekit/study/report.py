@@ -215,7 +215,8 @@ def search_precision(manifests: list[dict]) -> list[str]:
     if not errors:
         return []
     sizes = sorted({n for m in manifests for n in (m.get("search_examples") or {}).values()})
-    examples = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    examples = ("an unrecorded number of" if not sizes else
+                f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}")
     verdict = ("below 0.02" if max(errors) < 0.02 else
                "above 0.02: grid points closer than about twice this are not told apart")
     return [f"Held-out searches used {examples} examples per task; the standard error of the selection score (the "
