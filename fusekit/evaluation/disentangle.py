@@ -16,6 +16,7 @@ Vectors combine as `fusekit merge` would with task arithmetic at λ = 1 and weig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +111,14 @@ def disentangle(runs: list[Run], alphas: list[float], examples: int, space: str,
                            min(len(s.split) for s in scorers))
 
 
+def task_pairs(tasks: list[str], wanted: list[str] | None) -> list[tuple[str, ...]]:
+    """The task pairs `wanted` (each `sst2+mrpc`), or every pair of `tasks` in their order."""
+    return [tuple(p.split("+")) for p in wanted] if wanted else list(combinations(tasks, 2))
+
+
 def study_pairs(study: Path, pairs: str) -> tuple[list[Path], int]:
     """Run folders in pairs for every task pair (`all`, or `sst2+rte,mrpc+cola`) of a study, each pair once per
     adapter variant (the recipe's order, its first seed): the folders and the number of variants."""
-    from itertools import combinations
-
     from fusekit.artifacts.layout import STUDY_RECIPE
     from fusekit.artifacts.reading import read_yaml
 
@@ -124,7 +128,7 @@ def study_pairs(study: Path, pairs: str) -> tuple[list[Path], int]:
     tasks, variants = list(recipe.get("tasks") or []), list(recipe.get("adapters") or {"lora": {}})
     seeds = recipe.get("seeds") or [0]
     tag = f"-seed{seeds[0]}" if len(seeds) > 1 else ""
-    chosen = list(combinations(tasks, 2)) if pairs == "all" else [tuple(p.split("+")) for p in pairs.split(",")]
+    chosen = task_pairs(tasks, None if pairs == "all" else pairs.split(","))
     folders = []
     for first, second in chosen:
         for variant in variants:

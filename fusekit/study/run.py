@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from fusekit.config import (
 )
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
-from fusekit.evaluation.disentangle import ALPHAS
+from fusekit.evaluation.disentangle import ALPHAS, task_pairs
 from fusekit.merging.search import searched
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
@@ -319,13 +318,11 @@ def _linearized(study: StudyConfig, variant: str) -> bool:
 
 def _disentangle_stages(settings: DisentangleSettings, study, runs, tasks, tag, seed, source) -> list[Stage]:
     """One stage per task pair, variant and space: `disentangle/<variant>-<space>-<task>+<task>`."""
-    pairs = [p.split("+") for p in settings.pairs] if settings.pairs else list(itertools.combinations(tasks, 2))
+    pairs = task_pairs(tasks, settings.pairs)
     for pair in pairs:
         if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(tasks):
             raise FusekitError(f"{source}: disentangle.pairs: {'+'.join(pair)!r} is not two different tasks of the "
                                "study joined by '+'")
-    if not all(math.isfinite(a) for a in settings.alphas):
-        raise FusekitError(f"{source}: disentangle.alphas: expected finite numbers")
     stages = []
     for variant in settings.variants or list(study.adapters):
         if variant not in runs:
