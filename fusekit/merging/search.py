@@ -75,27 +75,25 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
     rows, predicted = [], []  # predicted[p][t]: point p's predictions on task t's examples
     with progress_bar() as bar:
         job = bar.add_task(f"search {method}", total=(len(points) + 1) * len(runs), status="")
-        labels: list[np.ndarray] = []
 
-        def outputs(vectors: list) -> tuple[list[np.ndarray], list[float]]:
-            """Each task's predictions and score under its vector (labels recorded on the first call)."""
-            preds, scores = [], []
+        def outputs(vectors: list) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
+            """Each task's predictions, score and labels under its vector."""
+            preds, scores, labels = [], [], []
             for scorer, vector in zip(scorers, vectors):
                 logits, y = scorer.outputs(vector)
-                if len(labels) < len(scorers):
-                    labels.append(y)
                 preds.append(predictions(scorer.task, logits))
                 scores.append(compute_metrics(scorer.task, y, preds[-1])["score"])
+                labels.append(y)
                 bar.update(job, advance=1, status=f"{scorer.task.name} {scores[-1]:.3f}")
-            return preds, scores
+            return preds, scores, labels
 
-        own_preds, own = outputs([run.vector for run in runs])
+        own_preds, own, labels = outputs([run.vector for run in runs])
         for point in points:
             candidate = make_method(method, seed=seed, **point)
             if statistics is not None:
                 candidate.stats = statistics
             vector, _ = merge(runs, candidate, weights, space, rank)
-            preds, scores = outputs([vector] * len(scorers))
+            preds, scores, _ = outputs([vector] * len(scorers))
             predicted.append(preds)
             average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])
             rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
