@@ -108,7 +108,8 @@ class TrainConfig:
                          Allowed(choices=registry("fusekit.data.tasks", "TASKS")))
     adapter: str = setting("lora", "lora or l-lora",
                            Allowed(choices=registry("fusekit.models.adapters", "ADAPTER_KINDS")))
-    model: str | None = setting(None, "model folder or hub id (default: the embedded all-MiniLM-L6-v2)")
+    model: str | None = setting(None, "model folder, hub id or embedded model: all-MiniLM-L6-v2 (the default, an "
+                                      "encoder) or smollm2-135m (SmolLM2-135M-Instruct, a causal LM)")
     data: str = setting(DEFAULT_HUB_DATASET, "GLUE-layout folder or hub dataset id")
     out: str | None = setting(None, "run folder (default runs/<task>-<adapter>)")
     rank: int = setting(8, "LoRA rank r", AT_LEAST_ONE)
@@ -120,6 +121,10 @@ class TrainConfig:
                               Allowed(choices=registry("fusekit.models.adapters", "LORA_INITS")))
     linearize: str | None = setting(None, "L-LoRA scope: module (default for l-lora) or network",
                                     Allowed(choices=registry("fusekit.models.adapters", "LINEARIZE_SCOPES")))
+    objective: str = setting("auto", "what the model learns to output: text (it writes the task's answer word; "
+                                     "the default for causal LMs and encoder-decoders) or head (a classifier head "
+                                     "per task; the default for encoders)",
+                             Allowed(choices=registry("fusekit.models.heads", "OBJECTIVES")))
     pooling: str = setting("auto", "how a sentence becomes one vector: auto (the checkpoint's own, from a "
                                    "sentence-transformers 1_Pooling/config.json; else cls), cls, mean or max",
                            Allowed(choices=registry("fusekit.models.heads", "POOLINGS")))

@@ -1,4 +1,5 @@
-"""Fixtures: a tiny random BERT built from a config (no download) and a tiny GLUE-layout folder."""
+"""Fixtures: tiny random BERT, Llama and T5 models built from a config (no download), a word-level tokenizer for
+the generative ones, and a tiny GLUE-layout folder."""
 
 from __future__ import annotations
 
@@ -96,18 +97,57 @@ def make_tiny_model(folder: Path, dropout: float = 0.1) -> Path:
     return folder
 
 
-def make_tiny_t5(folder: Path) -> Path:
-    """A 2-layer encoder-decoder T5 of width 32 with random weights (the architecture of the paper's Flan-T5)."""
-    from transformers import BertTokenizerFast, T5Config, T5ForConditionalGeneration
+# the words of fusekit's prompt templates and answers, so that a word-level tokenizer keeps them whole
+PROMPT_WORDS = ["Review", "Sentiment", "Sentence", "Premise", "Hypothesis", "Question", "Answer", "Is", "Do", "Does",
+                "How", "this", "sentence", "sentences", "grammatically", "acceptable", "both", "mean", "same", "thing",
+                "premise", "entail", "hypothesis", "similar", "are", "two", "from", "unrelated", "to", "meaning",
+                "questions", "ask", "answer", "question", "yes", "no", "maybe", "negative", "positive",
+                *"0123456789", ":", "?", "(", ")", ")?", ","]
+TEXT_SPECIALS = ["[PAD]", "[UNK]", "<s>", "</s>"]
+
+
+def make_text_tokenizer(folder: Path):
+    """A word-level tokenizer (whitespace and punctuation split) over the test vocabulary and the prompt words,
+    built with `tokenizers` and saved as a transformers tokenizer: no download, as a real LM's would load."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(dict.fromkeys(TEXT_SPECIALS + VOCAB[5:] + PROMPT_WORDS))
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
+                                        bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def make_tiny_llama(folder: Path) -> Path:
+    """A 2-layer Llama (RoPE, grouped-query attention, SDPA, tied embeddings: SmolLM2's architecture) of width 32
+    with random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    # a word-level tokenizer that, like T5's, gives no token_type_ids
-    BertTokenizerFast(str(folder / "vocab.txt"), model_input_names=["input_ids", "attention_mask"]) \
-        .save_pretrained(folder)
+    tokenizer = make_text_tokenizer(folder)
     torch.manual_seed(0)
-    config = T5Config(vocab_size=len(VOCAB), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=3)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_t5(folder: Path) -> Path:
+    """A 2-layer encoder-decoder T5 of width 32 with random weights (the architecture of the paper's Flan-T5)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_text_tokenizer(folder)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
     T5ForConditionalGeneration(config).save_pretrained(folder)
     return folder
 
@@ -120,6 +160,11 @@ def glue_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -157,7 +157,7 @@ def test_default_init_freezes_lora_a_and_nonzero_does_not(tiny_model, batch, sco
         model = make(tiny_model, scope=scope, init=init).train()
         step = direction(model)
         model.load_adapter_state({k: v + 0.1 * step[k] for k, v in model.init_state().items()})
-        task_loss(SST2, model(batch), batch["labels"]).backward()
+        task_loss(SST2, model(batch), batch).backward()
         a_grads = [p.grad for k, p in model.adapter_params.items() if ".lora_A." in k]
         b_grads = [p.grad for k, p in model.adapter_params.items() if ".lora_B." in k]
         assert all(g is not None and g.abs().sum() > 0 for g in b_grads)

@@ -101,7 +101,7 @@ def model_for_vector(model_name: str | None, vector: TaskVector, head: TaskHead,
                      source: str, nonlinear: bool = False) -> tuple[BaseModel, AdaptedModel]:
     """Load the base model with the head's pooling and pair encoding, check it is the one `vector` was made on,
     and set adapter and head weights."""
-    base = load_base_model(model_name, task, head.spec.pooling, head.spec.pair_encoding)
+    base = load_base_model(model_name, task, head.spec.pooling, head.spec.pair_encoding, head.spec.objective)
     if base.fingerprint != vector.meta.get("base_fingerprint"):
         raise FusekitError(
             f"{source}: task vector was made on a base model with fingerprint {vector.meta.get('base_fingerprint')}"

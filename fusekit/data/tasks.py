@@ -1,6 +1,12 @@
-"""The GLUE task registry: where each task's text lives, its labels and its official metric.
+"""The GLUE task registry: where each task's text lives, its labels, its official metric, and how a generative
+model is asked it (a prompt template and one answer word per label, the verbalizer).
 
 Label order follows the hub's `glue` dataset so that local TSVs and hub data give the same label ids.
+
+Prompts follow the FLAN templates that the L-LoRA paper and FusionBench finetune Flan-T5 with, shortened (each
+prompt token costs a forward on every example): the sentences, then one question, then `Answer:`. Answers are
+words a tokenizer keeps whole (` yes`, ` negative`), so a label is decided at one position; STS-B's answer is its
+similarity rounded to a whole number, ` 0` … ` 5` (fusekit.data.text reads the expected value from the digits).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ class TaskSpec:
     files: tuple[tuple[str, str], ...] = (("train", "train.tsv"), ("validation", "dev.tsv"))
     has_header: bool = True
     head_family: str = ""  # tasks with one family share a head (MNLI matched / mismatched)
+    prompt: str = ""  # text objective: the template, {0} and {1} the example's sentences
+    answers: tuple[str, ...] = ()  # text objective: the answer per label id (regression: per whole number)
 
     @property
     def is_regression(self) -> bool:
@@ -41,36 +49,54 @@ class TaskSpec:
     def file_for(self, split: str) -> str:
         return dict(self.files)[split]
 
+    @property
+    def answer_values(self) -> tuple[float, ...] | None:
+        """Regression: the number each answer writes (STS-B: 0 … 5); None for classification."""
+        return tuple(float(a) for a in self.answers) if self.is_regression else None
+
 
 _BINARY = ("0", "1")
 _NLI2 = ("entailment", "not_entailment")
 _MNLI = ("entailment", "neutral", "contradiction")
 _MNLI_TRAIN = ("train", "train.tsv")
+_NO_YES = (" no", " yes")
+_YES_NO = (" yes", " no")
+_PAIR = "Sentence 1: {0}\nSentence 2: {1}\n"
+_NLI = "Premise: {0}\nHypothesis: {1}\nDoes the premise entail the hypothesis? Answer:"
 
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
         TaskSpec("cola", "CoLA", (3,), 1, _BINARY, ("matthews_correlation",), "cola", ("sentence",),
-                 has_header=False),
-        TaskSpec("sst2", "SST-2", ("sentence",), "label", _BINARY, ("accuracy",), "sst2", ("sentence",)),
+                 has_header=False, prompt="Sentence: {0}\nIs this sentence grammatically acceptable? Answer:",
+                 answers=_NO_YES),
+        TaskSpec("sst2", "SST-2", ("sentence",), "label", _BINARY, ("accuracy",), "sst2", ("sentence",),
+                 prompt="Review: {0}\nSentiment:", answers=(" negative", " positive")),
         TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, ("f1", "accuracy"), "mrpc",
-                 ("sentence1", "sentence2")),
+                 ("sentence1", "sentence2"), prompt=_PAIR + "Do both sentences mean the same thing? Answer:",
+                 answers=_NO_YES),
         TaskSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", _BINARY, ("f1", "accuracy"), "qqp",
-                 ("question1", "question2")),
+                 ("question1", "question2"),
+                 prompt="Question 1: {0}\nQuestion 2: {1}\nDo both questions ask the same thing? Answer:",
+                 answers=_NO_YES),
         TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "stsb",
-                 ("sentence1", "sentence2")),
+                 ("sentence1", "sentence2"),
+                 prompt=_PAIR + "How similar are the two sentences, from 0 (unrelated) to 5 (same meaning)? Answer:",
+                 answers=(" 0", " 1", " 2", " 3", " 4", " 5")),
         TaskSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", _MNLI, ("accuracy",), "mnli",
                  ("premise", "hypothesis"), files=(_MNLI_TRAIN, ("validation", "dev_matched.tsv")),
-                 head_family="mnli"),
+                 head_family="mnli", prompt=_NLI, answers=(" yes", " maybe", " no")),
         TaskSpec("mnli-mm", "MNLI", ("sentence1", "sentence2"), "gold_label", _MNLI, ("accuracy",), "mnli",
                  ("premise", "hypothesis"), files=(_MNLI_TRAIN, ("validation", "dev_mismatched.tsv")),
-                 head_family="mnli"),
+                 head_family="mnli", prompt=_NLI, answers=(" yes", " maybe", " no")),
         TaskSpec("qnli", "QNLI", ("question", "sentence"), "label", _NLI2, ("accuracy",), "qnli",
-                 ("question", "sentence")),
+                 ("question", "sentence"),
+                 prompt="Question: {0}\nSentence: {1}\nDoes the sentence answer the question? Answer:",
+                 answers=_YES_NO),
         TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label", _NLI2, ("accuracy",), "rte",
-                 ("sentence1", "sentence2")),
+                 ("sentence1", "sentence2"), prompt=_NLI, answers=_YES_NO),
         TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",), "wnli",
-                 ("sentence1", "sentence2")),
+                 ("sentence1", "sentence2"), prompt=_NLI, answers=_NO_YES),
     ]
 }
 

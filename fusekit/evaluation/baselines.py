@@ -2,9 +2,10 @@
 
 * `majority`: the most frequent training label (classification) or the mean training label (regression; its
   correlations are undefined and read 0): the floor a task's metric starts from.
-* `zero_shot`: sentence-pair regression (STS-B) scored by the cosine of the two sentences' pooled embeddings
-  (the bi-encoder head before any training: 5 · cos(u, v)); no other task has a zero-shot answer here.
-* `head_only`: the frozen checkpoint with only the task head trained, a linear probe, on the adapter's training
+* `zero_shot`: a generative model (text objective) asked the task's prompt and scored by its answer words, for
+  every task; on an encoder, sentence-pair regression (STS-B) scored by the cosine of the two sentences' pooled
+  embeddings (the bi-encoder head before any training: 5 · cos(u, v)), and no other task.
+* `head_only` (encoders; a generative model has no head): the frozen checkpoint with only the task head trained, a linear probe, on the adapter's training
   examples with the same head. The head's inputs are computed once (a hook on the head module) and cached, so
   the probe costs one forward pass over the data, whatever the number of epochs.
 """
@@ -26,9 +27,10 @@ from fusekit.config import TrainConfig
 from fusekit.data.loading import EncodedSplit, Split, load_split, make_loader
 from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.errors import FusekitError
-from fusekit.evaluation.loop import task_loss
+from fusekit.evaluation.loop import evaluate, task_loss
 from fusekit.evaluation.metrics import compute_metrics, predictions
-from fusekit.models.base import BaseModel, load_base_model
+from fusekit.models.adapters import AdapterSpec, add_lora
+from fusekit.models.base import BaseModel, load_base_model, resolve_device
 from fusekit.progress import console
 
 PROBE_EPOCHS = 20  # passes over the cached head inputs: a linear probe converges long before this
@@ -42,22 +44,30 @@ def run_baselines(cfg: TrainConfig, path: Path) -> dict:
     train = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
     dev = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
     torch.manual_seed(cfg.seed)
-    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding)
-    started = time.perf_counter()
-    probe = head_only(base, task, train, dev, cfg.max_length, cfg.batch_size, cfg.seed,
-                      lr=PROBE_LR if cfg.head_lr is None else cfg.head_lr)
-    result = {
-        "task": task.name, "examples": len(dev), "train_examples": len(train), "head": base.head.meta(),
-        "majority": majority(task, train, dev),
-        "zero_shot": zero_shot(cfg.model, task, dev, cfg.pooling, cfg.max_length, cfg.eval_batch_size),
-        "head_only": {**probe, "seconds": time.perf_counter() - started, "epochs": PROBE_EPOCHS},
-    }
+    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding, cfg.objective)
+    result = {"task": task.name, "examples": len(dev), "train_examples": len(train), "head": base.head.meta(),
+              "majority": majority(task, train, dev)}
+    if base.head.text:
+        result |= {"zero_shot": prompted(base, task, dev, cfg), "head_only": None}
+    else:
+        started = time.perf_counter()
+        probe = head_only(base, task, train, dev, cfg.max_length, cfg.batch_size, cfg.seed,
+                          lr=PROBE_LR if cfg.head_lr is None else cfg.head_lr)
+        result |= {"zero_shot": zero_shot(cfg.model, task, dev, cfg.pooling, cfg.max_length, cfg.eval_batch_size),
+                   "head_only": {**probe, "seconds": time.perf_counter() - started, "epochs": PROBE_EPOCHS}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
-    console.print(f"baselines {task.name}: majority {result['majority']['score']:.4f} · head-only "
-                  f"{probe['score']:.4f}" + (f" · zero-shot {result['zero_shot']['score']:.4f}"
-                                              if result["zero_shot"] else ""))
+    console.print(f"baselines {task.name}: " + " · ".join(
+        f"{name} {result[key]['score']:.4f}" for name, key in (("majority", "majority"), ("head-only", "head_only"),
+                                                               ("zero-shot", "zero_shot")) if result[key]))
     return result
+
+
+def prompted(base: BaseModel, task: TaskSpec, dev: Split, cfg: TrainConfig) -> dict[str, float]:
+    """The generative model as it is, asked the task's prompt (a LoRA at B = 0 computes exactly the base)."""
+    model = add_lora(base, AdapterSpec()).to(resolve_device(cfg.device))
+    return evaluate(model, base.encode(dev, cfg.max_length), task, resolve_device(cfg.device), cfg.eval_batch_size,
+                    progress=f"zero-shot {task.name}")
 
 
 def majority(task: TaskSpec, train: Split, dev: Split) -> dict[str, float]:
@@ -98,7 +108,7 @@ def head_only(base: BaseModel, task: TaskSpec, train: Split, dev: Split, max_len
     for _ in range(epochs):
         rng.shuffle(order)
         for i in order:
-            loss = task_loss(task, head(*train_inputs[i]), torch.as_tensor(train_labels[i]))
+            loss = task_loss(task, head(*train_inputs[i]), {"labels": torch.as_tensor(train_labels[i])})
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -61,7 +61,7 @@ class TaskScorer:
             model.load_adapter_state(vector.weights())
         else:
             base, model = model_for_vector(self.model_name, vector, self.head, self.task, self.source, nonlinear)
-            data = EncodedSplit(self.split, base.tokenizer, self.max_length, base.head.pair_encoding)
+            data = base.encode(self.split, self.max_length)
             model = model.to(self.device)
             self._cache[key] = (model, data)
         return model, data

@@ -8,12 +8,17 @@ import torch.nn.functional as F
 
 from fusekit.data.loading import EncodedSplit, make_loader
 from fusekit.data.tasks import TaskSpec
+from fusekit.data.text import CHOICE_VALUES, text_loss
 from fusekit.evaluation.metrics import compute_metrics, predictions
 from fusekit.progress import tracked
 
 
-def task_loss(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean squared error for regression (STS-B), cross-entropy otherwise."""
+def task_loss(task: TaskSpec, logits: torch.Tensor, batch: dict[str, torch.Tensor], text: bool = False) -> torch.Tensor:
+    """A head's loss: mean squared error for regression (STS-B), cross-entropy otherwise; with the text objective
+    the cross-entropy of the answer token (fusekit.data.text.text_loss)."""
+    labels = batch["labels"]
+    if text:
+        return text_loss(logits, labels, batch.get(CHOICE_VALUES))
     if task.is_regression:
         return F.mse_loss(logits[:, 0].float(), labels.float())
     return F.cross_entropy(logits.float(), labels)
@@ -43,7 +48,7 @@ def predict(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: 
             batch = to_device(batch, device)
             with autocast(device):
                 out = model(batch).float()
-            loss_sum += float(task_loss(task, out, batch["labels"])) * len(out)
+            loss_sum += float(task_loss(task, out, batch, model.text)) * len(out)
             logits.append(out.cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
     y = np.concatenate(labels)

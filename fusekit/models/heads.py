@@ -24,29 +24,37 @@ from fusekit.data.loading import SECOND
 from fusekit.errors import FusekitError
 
 POOLINGS = ("auto", "cls", "mean", "max")
+OBJECTIVES = ("auto", "text", "head")  # auto: text for a generative model, head for an encoder
 PAIR_ENCODINGS = ("cross", "bi")
 POOLING_CONFIG = "1_Pooling/config.json"  # sentence-transformers' record of how the checkpoint was trained
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """How one task reads the encoder (resolved: never `auto`). Stored with each task head; heads written
-    before these settings existed read as the architecture's own head (`cls`, `cross`)."""
+    """How one task reads the model (resolved: never `auto`). Stored with each task head; heads written before
+    these settings existed read as the architecture's own head (`cls`, `cross`, `head`). With the `text`
+    objective a generative model writes the answer word and there is no head: its weights are empty."""
 
     pooling: str = "cls"
     pair_encoding: str = "cross"
+    objective: str = "head"
 
     @property
     def native(self) -> bool:
-        """The architecture's own `AutoModelForSequenceClassification` head: plain peft reproduces it."""
-        return self.pooling == "cls" and self.pair_encoding == "cross"
+        """The architecture's own model class (a sequence classifier, or the LM itself for text): plain peft
+        reproduces it."""
+        return self.objective == "text" or (self.pooling == "cls" and self.pair_encoding == "cross")
+
+    @property
+    def text(self) -> bool:
+        return self.objective == "text"
 
     def meta(self) -> dict[str, str]:
         return asdict(self)
 
     @classmethod
     def from_meta(cls, meta: dict) -> HeadSpec:
-        return cls(meta.get("pooling", "cls"), meta.get("pair_encoding", "cross"))
+        return cls(meta.get("pooling", "cls"), meta.get("pair_encoding", "cross"), meta.get("objective", "head"))
 
 
 @dataclass

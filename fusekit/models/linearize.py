@@ -27,8 +27,8 @@ from fusekit.models.adapters import AdaptedModel, AdapterSpec, lora_layers
 class LinearizedModel(AdaptedModel):
     """The `l-lora` adapter kind: the forward is the first-order Taylor expansion around φ0."""
 
-    def __init__(self, peft_model: PeftModel, spec: AdapterSpec, head_modules: list[str]):
-        super().__init__(peft_model, spec, head_modules)
+    def __init__(self, peft_model: PeftModel, spec: AdapterSpec, head_modules: list[str], text: bool = False):
+        super().__init__(peft_model, spec, head_modules, text)
         self.linearized_layers: list[str] = []
         if spec.linearize == "module":
             for name, layer in lora_layers(peft_model).items():
@@ -40,14 +40,14 @@ class LinearizedModel(AdaptedModel):
             return ()
         return tuple(k for k in self.adapter_params if ".lora_A." in k)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def network(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The expansion of the network's output (logits; the readout of a text answer stays nonlinear)."""
         if self.spec.linearize == "module":
-            return super().forward(batch)  # every LoRA layer is linearized in place
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+            return super().network(inputs)  # every LoRA layer is linearized in place
         names = [self.param_names[k] for k in self.init_keys]
 
         def logits(*phi: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.peft_model, dict(zip(names, phi)), (), inputs).logits
+            return self.network_at(inputs, dict(zip(names, phi)))
 
         with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-mode derivative
             return _expand(logits, self._primals(self.init_keys), self._tangents(self.init_keys))

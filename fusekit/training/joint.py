@@ -21,7 +21,7 @@ from fusekit.artifacts.merged_folder import write_multitask
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.config import JointConfig, to_yaml
-from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_split, make_loader
+from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
 from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
@@ -74,11 +74,12 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     seed_everything(cfg.seed)
     if cfg.pair_encoding != "cross":
         raise FusekitError("joint training shares one forward among the tasks: pair_encoding must be cross")
-    base = load_base_model(cfg.model, tasks[0], cfg.pooling)
+    base = load_base_model(cfg.model, tasks[0], cfg.pooling, objective=cfg.objective)
     model = build_adapted_model(base, spec).to(device)
     heads = {tasks[0].name: {k: torch.nn.Parameter(v.to(device)) for k, v in model.head_state().items()}}
-    for task in tasks[1:]:  # each head initialised as the model class initialises it for that task
-        other = build_adapted_model(load_base_model(cfg.model, task, cfg.pooling), spec)
+    for task in tasks[1:]:  # each head initialised as the model class initialises it for that task (text: none)
+        other = model if base.head.text else build_adapted_model(
+            load_base_model(cfg.model, task, cfg.pooling, objective=cfg.objective), spec)
         heads[task.name] = {k: torch.nn.Parameter(v.to(device)) for k, v in other.head_state().items()}
     shares = task_shares([len(train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
     sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
@@ -92,10 +93,10 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
     balancer.across_processes = procs.sum
     seed_everything(cfg.seed)
 
-    encoded = {t.name: EncodedSplit(train[t.name], base.tokenizer, cfg.max_length) for t in tasks}
+    encoded = {t.name: base.encode(train[t.name], cfg.max_length) for t in tasks}
     loaders = {t.name: ResumableLoader(make_loader(encoded[t.name], b, True, cfg.seed + i))
                for i, (t, b) in enumerate(zip(tasks, sizes))}
-    validation = {t.name: EncodedSplit(held[t.name], base.tokenizer, cfg.max_length) for t in tasks}
+    validation = {t.name: base.encode(held[t.name], cfg.max_length) for t in tasks}
     batches = {name: loader.forever() for name, loader in loaders.items()}
     shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
     head_params = [p for head in heads.values() for p in head.values()]
@@ -115,7 +116,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         values = []
         for task, (batch, weight) in zip(tasks, step_batches):
             with autocast(device):
-                loss = task_loss(task, model.forward_with_head(batch, heads[task.name]), batch["labels"])
+                loss = task_loss(task, model.forward_with_head(batch, heads[task.name]), batch, model.text)
             values.append(procs.global_mean(loss, weight))
         return torch.stack(values)
 
@@ -159,7 +160,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         results = {}
         for task in tasks:
             results[task.name] = evaluate(WithHead(model, heads[task.name]),
-                                          EncodedSplit(dev[task.name], base.tokenizer, cfg.max_length), task,
+                                          base.encode(dev[task.name], cfg.max_length), task,
                                           device, cfg.eval_batch_size)
             log.write({"step": total, "task": task.name, "eval": results[task.name]})
         log.close()
@@ -186,7 +187,7 @@ class WithHead(torch.nn.Module):
 
     def __init__(self, model, head: dict[str, torch.Tensor]):
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.text = model, head, model.text
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.forward_with_head(batch, self.head)

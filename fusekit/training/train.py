@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.config import TrainConfig
-from fusekit.data.loading import EncodedSplit, ResumableLoader, Split, load_split, make_loader
+from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
@@ -52,20 +52,21 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     eval_split = evaluation_split(cfg, full_train)
 
     seed_everything(cfg.seed)
-    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding)
+    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding, cfg.objective)
     model = build_adapted_model(base, spec).to(device)
     seed_everything(cfg.seed)
 
-    train_data = EncodedSplit(train_split, base.tokenizer, cfg.max_length, base.head.pair_encoding)
-    eval_data = EncodedSplit(eval_split, base.tokenizer, cfg.max_length, base.head.pair_encoding)
+    train_data = base.encode(train_split, cfg.max_length)
+    eval_data = base.encode(eval_split, cfg.max_length)
     loader = ResumableLoader(make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed))
     params = model.trainable_parameters()
     session.setup_optimizer(model.trainable_adapter_parameters(), cfg.epochs * len(loader),
                             heads=list(model.head_params.values()))
     session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
                    **{f"head/{k}": p for k, p in model.head_params.items()}}, {"train": loader})
-    session.announce(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {base.head.pooling} pooling"
-                     f"{' · bi-encoder' if base.head.pair_encoding == 'bi' else ''} · {len(train_split)} examples · "
+    reads = "text answers" if base.head.text else f"{base.head.pooling} pooling" + (
+        " · bi-encoder" if base.head.pair_encoding == "bi" else "")
+    session.announce(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {reads} · {len(train_split)} examples · "
                      f"{session.total} steps on {device}")
     if model.frozen_keys():
         console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
@@ -84,7 +85,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
             for batch in loader:
                 batch, weight = procs.shard(to_device(batch, device))
                 with autocast(device):
-                    loss = procs.global_mean(task_loss(task, model(batch), batch["labels"]), weight)
+                    loss = procs.global_mean(task_loss(task, model(batch), batch, model.text), weight)
                 loss.backward()
                 procs.sum_gradients(params)
                 step = session.optimizer_step()
