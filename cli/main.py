@@ -450,14 +450,21 @@ def run_recipe(
 @one_line_errors
 def report(
     study: Annotated[Path, typer.Argument(help="study folder written by fusekit run")],
+    publish: Annotated[Optional[Path], Opt(help="also copy the report, figures, recipe, stage costs and every "
+                                                "stage's scores (no weights) to this folder, e.g. docs/results/NAME")]
+    = None,
 ) -> None:
     """Write the study's markdown report: per-task, merged and joint tables, λ sweeps, balancer weights, stage costs.
 
-    Example: fusekit report runs/glue-fusion
+    Example: fusekit report runs/glue-fusion --publish docs/results/glue-fusion
     """
+    from fusekit.study.publish import publish as publish_results
     from fusekit.study.report import write_report
 
-    typer.echo(f"wrote {write_report(study)}")
+    written = write_report(study)
+    typer.echo(f"wrote {written}")
+    if publish is not None:
+        typer.echo(f"published {publish_results(study, written, publish)}")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import yaml
 
 from fusekit.errors import FusekitError
 from fusekit.study import run as study_module
+from fusekit.study.publish import publish
 from fusekit.study.report import write_report
 from fusekit.study.run import load_study, plan, run_study
 
@@ -108,6 +109,15 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_model, glue_dir, monkeypa
     assert f"**{joint_average:.3f}**" in report  # joint normalized by the same individual adapters
     assert (out / "report/lambda-sweep.png").stat().st_size > 1000
     assert (out / "report/weights-lora-uniform.png").stat().st_size > 1000
+
+    # published: what git keeps once the run folders are gone (no weights)
+    published = publish(out, out / "report.md", tmp_path / "docs" / "results" / "study")
+    folder = published.parent
+    assert published.read_text() == report and (folder / "report/lambda-sweep.png").is_file()
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["merge/lora-delta-w-task-arithmetic"] == merged and scores["joint/lora-uniform"] == joint
+    assert set(scores) >= {"train/sst2-lora", "train/mrpc-lora"} and (folder / "recipe.yaml").is_file()
+    assert not list(folder.rglob("*.safetensors"))
 
 
 def test_changed_recipe_does_not_reuse_a_stale_stage(tmp_path, tiny_model, glue_dir):

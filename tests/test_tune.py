@@ -82,7 +82,7 @@ def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny
     stages = {s.name for s in plan(load_study(out / "recipe.tuned.yaml"), "tuned")}
     assert "train/sst2-lora" in stages and not any(s.startswith("tune/") for s in stages)
     baseline = json.loads((out / "baseline" / "stsb" / "baseline.json").read_text())
-    assert baseline["head"] == {"pooling": "mean", "pair_encoding": "bi"}
+    assert baseline["head"] == {"pooling": "mean", "pair_encoding": "bi", "objective": "head"}
     assert set(baseline["zero_shot"]) >= {"pearson", "spearman"} and "score" in baseline["head_only"]
     assert json.loads((out / "baseline" / "sst2" / "baseline.json").read_text())["zero_shot"] is None
     from fusekit.study.report import write_report

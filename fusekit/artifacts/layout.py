@@ -44,6 +44,11 @@ A study folder, written by `fusekit run` and `fusekit report` (fusekit.study):
     <out>/stages.jsonl                     wall time and peak memory of each stage, one line per stage run
     <out>/report.md, <out>/report/*.png    the report (`fusekit report`): lambda-sweep.png, weights-<joint>.png
 
+A published results folder, written by `fusekit report --publish DIR` (fusekit.study.publish), for git to keep:
+
+    report.md, report/*.png, recipe.yaml, stages.jsonl    copies of the study's
+    scores.json                            every stage's scores: stage name → its eval.json or baseline.json
+
 Folders are written under a temporary sibling `<name>.tmp-*` and renamed into place when complete; each holds
 `.fusekit.json` (what wrote it), and `<name>.lock` exists beside a folder while a command writes it.
 """
@@ -115,6 +120,7 @@ BASELINE = "baseline.json"
 STUDY_RECIPE = "recipe.yaml"
 TUNED_RECIPE = "recipe.tuned.yaml"  # the recipe with the settings its tune stages chose, ready to rerun
 STAGES = "stages.jsonl"
+PUBLISHED_SCORES = "scores.json"
 REPORT = "report.md"
 REPORT_FIGURES = "report"
 SWEEP_PLOT = "lambda-sweep.png"

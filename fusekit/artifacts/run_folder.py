@@ -126,7 +126,10 @@ def record_eval(folder: Path, task: str, metrics: dict) -> None:
 def load_adapter(folder: str | Path, task: str | None = None) -> tuple[AdaptedModel, object]:
     """A finished run, or one task of a merged or joint folder, as `(model, tokenizer)` ready for inference.
 
-    `model(batch)` returns the logits, with `batch = dict(tokenizer(first, second, return_tensors="pt",
+    On a generative model (text objective) `model(batch)` returns each label's answer-word log-probability,
+    with `batch` from the base model's encoding of a split (`load_base_model(...).encode(split, max_length)`, then
+    its `collate`): prompts, left padding and the task's answer tokens. On an encoder `model(batch)` returns the
+    head's logits, with `batch = dict(tokenizer(first, second, return_tensors="pt",
     padding=True))`; for a bi-encoder head (pair_encoding bi) tokenize each sentence apart and add the second's
     tensors with the suffix `_b` (`input_ids_b`, `attention_mask_b`). This is the way to load heads that plain
     peft's `AutoModelForSequenceClassification` cannot express (mean or max pooling, bi-encoders) and L-LoRA's

@@ -1,0 +1,50 @@
+"""`fusekit report --publish DIR`: a study's results in a folder git can keep, so that they outlive the run
+folders (which hold weights and are not kept): the report, its figures, the recipe as run, the stage costs, and
+every stage's scores in one JSON file (`scores.json`: stage name → its eval.json, or baseline.json). No weights.
+
+The folder is staged and renamed into place, like every output; publishing again replaces it, so two runs of a
+study can be compared with `git diff`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from fusekit.artifacts.atomic import atomic_write_json, staged_dir
+from fusekit.artifacts.layout import (
+    BASELINE,
+    EVAL,
+    PUBLISHED_SCORES,
+    REPORT,
+    REPORT_FIGURES,
+    STAGES,
+    STUDY_RECIPE,
+)
+from fusekit.artifacts.reading import read_json
+
+STAGE_KINDS = ("baseline", "train", "merge", "scaling", "joint", "disentangle")
+
+
+def stage_scores(study: Path) -> dict[str, dict]:
+    """Every finished stage's recorded scores, by stage name (e.g. `train/sst2-lora`)."""
+    scores = {}
+    for kind in STAGE_KINDS:
+        for folder in sorted((study / kind).glob("*")):
+            for name in (EVAL, BASELINE):
+                if (folder / name).is_file():
+                    scores[f"{kind}/{folder.name}"] = read_json(folder / name, "scores")
+    return scores
+
+
+def publish(study: Path, report: Path, out: Path) -> Path:
+    """Copy the written `report` and its figures, the recipe, the stage log and the scores of `study` to `out`."""
+    with staged_dir(out, overwrite=True, kind="published results") as stage:
+        shutil.copy2(report, stage / REPORT)
+        if (study / REPORT_FIGURES).is_dir():
+            shutil.copytree(study / REPORT_FIGURES, stage / REPORT_FIGURES)
+        for name in (STUDY_RECIPE, STAGES):
+            if (study / name).is_file():
+                shutil.copy2(study / name, stage / name)
+        atomic_write_json(stage / PUBLISHED_SCORES, stage_scores(study))
+    return out / REPORT
