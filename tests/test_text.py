@@ -4,6 +4,7 @@ of two text adapters and a joint CoBa run."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from fusekit.artifacts.run_folder import build_adapted_model, load_run
+from fusekit.artifacts.task_vector import TaskVector
 from fusekit.config import JointConfig, TrainConfig
 from fusekit.data.loading import Split, load_split, make_loader
 from fusekit.data.tasks import get_task
@@ -95,10 +97,9 @@ def test_answer_scores_and_text_loss_by_hand():
     assert math.isclose(float(loss), float(-(0.6 * log_p[0, 3] + 0.4 * log_p[0, 4])), rel_tol=1e-5)
 
 
-@pytest.mark.parametrize("task", [SST2, STSB])
-def test_left_padding_changes_no_score(tiny_llama, task):
+def assert_padding_changes_no_score(model_folder, task) -> None:
     """A batch of prompts of different lengths scores each row as that prompt alone."""
-    base = load_base_model(str(tiny_llama), task)
+    base = load_base_model(str(model_folder), task)
     model = add_lora(base, AdapterSpec(lora_init="nonzero")).eval()
     texts = [("the movie was good",) * 2, ("bad",) * 2, ("a very dull and tedious film , not fun at all",) * 2]
     data = base.encode(Split(task, [t[: len(task.text_columns)] for t in texts], [1, 0, 0]), 64)
@@ -107,6 +108,11 @@ def test_left_padding_changes_no_score(tiny_llama, task):
     with torch.no_grad():
         together, alone = model(batch), torch.cat([model(data.collate([data[i]])) for i in range(3)])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", [SST2, STSB])
+def test_left_padding_changes_no_score(tiny_llama, task):
+    assert_padding_changes_no_score(tiny_llama, task)
 
 
 def test_text_runs_learn_and_hold_no_head(text_runs):
@@ -233,6 +239,30 @@ def test_two_text_adapters_merge_into_one_model_for_both(text_runs, tiny_llama, 
         assert torch.allclose(plain_peft_scores(out / "peft" / task.name, tiny_llama, task, split), ours, atol=1e-4)
 
 
+@pytest.mark.parametrize(("method", "space"), [("ties", "delta-w"), ("dare", "factors"), ("regmean", "delta-w"),
+                                             ("fisher", "factors"), ("adamerging", "factors")])
+def test_every_merge_method_fuses_text_adapters(text_runs, tmp_path, method, space, monkeypatch):
+    """Data-aware merges read prompt tokens (RegMean's Gram matrices), the answer token's likelihood (Fisher) and
+    the answer words' distribution (AdaMerging's entropy)."""
+    from fusekit.merging import statistics
+    from fusekit.merging.merge import fuse
+
+    monkeypatch.setattr(statistics, "ADA_STEPS", 3)
+    out = tmp_path / method
+    fuse([text_runs["sst2"][0], text_runs["rte"][0]], out, method, {"lam": 0.5}, {}, None, space, None, 8, 0, "cpu",
+         False, "refuse")
+    vector = TaskVector.load(out / "task_vector.safetensors")
+    assert vector.norm() > 0 and all(torch.isfinite(v).all() for v in vector.delta.values())
+
+
+def test_disentanglement_of_two_text_adapters(text_runs, tmp_path):
+    from fusekit.evaluation.disentangle import disentangle_folders
+
+    rows = disentangle_folders([text_runs["sst2"][0], text_runs["rte"][0]], tmp_path / "d", [0.0, 1.0], 8,
+                               "factors", "cpu", 0, None, False)
+    assert len(rows) == 1 and (tmp_path / "d").is_dir()
+
+
 def test_a_joint_coba_run_balances_text_losses(tiny_llama, glue_dir, tmp_path):
     from fusekit.training.joint import train_joint
 
@@ -257,11 +287,33 @@ def test_an_encoder_cannot_be_asked_in_text(tiny_model):
         load_base_model(str(tiny_model), SST2, objective="text")
 
 
-def test_t5_writes_its_answers_too(tmp_path, glue_dir):
+def make_tiny_gpt2(folder):
+    """GPT-2: absolute positions (left padding must not shift them), Conv1D layers, no pad token."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.conftest import make_text_tokenizer
+
+    folder.mkdir(parents=True)
+    tokenizer = make_text_tokenizer(folder)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tokenizer), n_positions=128,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)) \
+        .save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("architecture", ["t5", "gpt2"])
+def test_other_generative_architectures_write_their_answers_too(tmp_path, glue_dir, architecture):
     from tests.conftest import make_tiny_t5
 
-    t5 = make_tiny_t5(tmp_path / "t5")
-    cfg = TrainConfig(task="sst2", model=str(t5), data=str(glue_dir), rank=4, alpha=8.0, lr=2e-2, epochs=4,
+    model = make_tiny_t5(tmp_path / "m") if architecture == "t5" else make_tiny_gpt2(tmp_path / "m")
+    if architecture == "gpt2":  # absolute positions: the position ids must count real tokens only
+        assert_padding_changes_no_score(model, SST2)
+    cfg = TrainConfig(task="sst2", model=str(model), data=str(glue_dir), rank=4, alpha=8.0, lr=2e-2, epochs=4,
                       batch_size=8, max_length=64, device="cpu", out=str(tmp_path / "run"))
-    assert train(cfg).metrics["accuracy"] >= 0.7
+    result = train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert sum(losses[-6:]) < sum(losses[:6])  # the answer-token loss falls (tiny GPT-2 learns the words slowly)
+    assert result.metrics["accuracy"] >= (0.7 if architecture == "t5" else 0.0)
     assert load_run(tmp_path / "run").head.spec.objective == "text"
