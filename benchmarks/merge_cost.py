@@ -72,12 +72,12 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
     else:
         from fusekit.artifacts.run_folder import load_run
         from fusekit.merging.methods.task_arithmetic import TaskArithmetic
-        from fusekit.merging.stream import merge
+        from fusekit.merging.stream import merge_vectors
 
         with usage_of() as usage:
             runs = [load_run(folder / f"a{i}") for i in range(n)]
             runs = [replace(r, head_task=f"task{i}") for i, r in enumerate(runs)]
-            merge(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
+            merge_vectors(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
     return usage
 
 

@@ -15,9 +15,9 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from fusekit.config import JointConfig, TrainConfig, load_recipe, with_overrides
+from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, with_overrides
 from fusekit.errors import FusekitError
-from fusekit.merging.params import DENSITY, DROP_RATE, LAMBDA, REGMEAN_ALPHA
+from fusekit.merging.config import MergeConfig
 
 DEBUG = "FUSEKIT_DEBUG"  # set to 1 (or pass --debug) to see the traceback of an unexpected error
 
@@ -137,7 +137,8 @@ def config_flags(cls: type, skip: tuple[str, ...] = (), names: dict[str, str] | 
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
-            kind = next((t for t in (int, float, str) if _accepts(hints[f.name], t)), str)
+            hint = hints[f.name]
+            kind = bool if hint is bool else next((t for t in (int, float, str) if _accepts(hint, t)), str)
             decls = (names[f.name],) if names and f.name in names else ()
             annotation = Annotated[Optional[kind], Opt(*decls, help=f.metadata.get("help"))]
             generated.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -155,11 +156,18 @@ def _accepts(hint, kind: type) -> bool:
     return hint is kind or kind in typing.get_args(hint)
 
 
-def _overrides(cls: type, settings: dict) -> dict:
-    """Flag values as config keys: comma-separated lists split."""
+def _overrides(cls: type, settings: dict, names: dict[str, str] | None = None) -> dict:
+    """Flag values as config keys: comma-separated lists split (into numbers for a list of numbers)."""
     hints = typing.get_type_hints(cls)
-    return {k: ([x.strip() for x in v.split(",")] if v else None) if _accepts(hints[k], list[str]) else v
-            for k, v in settings.items()}
+
+    def value(key: str, text):
+        if _accepts(hints[key], list[float]):
+            return _floats(text, (names or {}).get(key, "--" + key.replace("_", "-")))
+        if _accepts(hints[key], list[str]):
+            return [x.strip() for x in text.split(",")] if text else None
+        return text
+
+    return {k: value(k, v) for k, v in settings.items()}
 
 
 def _train_config(recipe: Optional[Path], settings: dict) -> TrainConfig:
@@ -306,49 +314,31 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
     return values
 
 
+MERGE_FLAGS = {"lam": "--lambda", "rate": "--drop-rate", "rates": "--drop-rates"}
+
+
 @app.command()
+@config_flags(MergeConfig, names=MERGE_FLAGS)
 @one_line_errors
 def merge(
     runs: Annotated[list[Path], typer.Argument(help="run folders (one per task) whose task vectors to fuse, or any "
                                                     "PEFT LoRA folders or Hub ids (merged in ΔW space)")],
     out: Annotated[Path, Opt(help="merged folder to write")],
-    method: Annotated[str, Opt(help="task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties; with data: "
-                                    "regmean (ΔW space), fisher, adamerging (factor space)")]
-    = "task-arithmetic",
-    lam: Annotated[str, Opt("--lambda", help=f"{LAMBDA.help}, or 'auto' to choose it on held-out training data")]
-    = str(LAMBDA.default),
-    lambdas: Annotated[Optional[str], Opt(help="λ grid for the search, e.g. 0.1,0.3,0.5 (implies a search)")] = None,
-    density: Annotated[Optional[float], Opt(help=f"{DENSITY.help} (default {DENSITY.default})")] = None,
-    densities: Annotated[Optional[str], Opt(help="TIES density grid for the search")] = None,
-    drop_rate: Annotated[Optional[float], Opt(help=f"{DROP_RATE.help} (default {DROP_RATE.default})")] = None,
-    drop_rates: Annotated[Optional[str], Opt(help="DARE drop-rate grid for the search")] = None,
-    regmean_alpha: Annotated[Optional[float], Opt(help=f"{REGMEAN_ALPHA.help} (default {REGMEAN_ALPHA.default})")]
-    = None,
-    weights: Annotated[Optional[str], Opt(help="per-run weights, comma-separated (default uniform)")] = None,
-    space: Annotated[str, Opt(help="LoRA: delta-w (exact B·A products) or factors (A and B apart)")] = "delta-w",
-    rank: Annotated[Optional[int], Opt(help="delta-w: truncate the merged ΔW to this rank by SVD")] = None,
-    val_examples: Annotated[int, Opt(help="held-out training examples per task for the search")] = 200,
-    seed: Annotated[int, Opt(help="DARE drops and held-out sampling")] = 0,
-    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     overwrite: Annotated[bool, Opt(help="replace an existing merged folder")] = False,
-    shared_modules: Annotated[str, Opt(help="PEFT inputs with modules_to_save: refuse, average or first")]
-    = "refuse",
     push_to_hub: Annotated[Optional[str], Opt(help="then upload the merged folder to this Hub repo (org/name)")]
     = None,
     as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
+    **settings,
 ) -> None:
     """Fuse task vectors into one multi-task adapter.
 
-    Example: fusekit merge runs/sst2-lora runs/rte-lora runs/mrpc-lora --method ties --lambda auto --out merged/ties
+    Example: fusekit merge runs/sst2-lora runs/rte-lora runs/mrpc-lora --method ties --search --out merged/ties
     """
-    from fusekit.merging.merge import fuse
+    from fusekit.merging.merge import run_merge
 
-    grid = {"lam": _floats(lambdas, "--lambdas"), "density": _floats(densities, "--densities"),
-            "rate": _floats(drop_rates, "--drop-rates")}
-    fixed = {"lam": None if lam == "auto" else _floats(lam, "--lambda")[0], "density": density, "rate": drop_rate,
-             "regmean_alpha": regmean_alpha}
-    summary = fuse(runs, out, method, fixed, grid, _floats(weights, "--weights"), space, rank, val_examples, seed,
-                   device, overwrite, shared_modules)
+    config = from_mapping(MergeConfig, {k: v for k, v in _overrides(MergeConfig, settings, MERGE_FLAGS).items()
+                                        if v is not None}, "command line")
+    summary = run_merge(config, runs, out, overwrite)
     if push_to_hub:
         from fusekit.artifacts.hub import push_to_hub as push
 

@@ -95,3 +95,15 @@ def test_the_merge_help_names_every_registered_method():
 
     text = next(p.help for p in get_command(app).commands["merge"].params if p.name == "method")
     assert all(name in text for name in METHODS)
+
+
+def test_the_merge_flags_are_generated_from_merge_config():
+    """One declaration: every MergeConfig field is a `fusekit merge` option with the field's own help."""
+    import dataclasses
+
+    from fusekit.merging.config import MergeConfig
+
+    params = {p.name: p for p in get_command(app).commands["merge"].params}
+    for field in dataclasses.fields(MergeConfig):
+        assert params[field.name].help == field.metadata["help"], field.name
+    assert "--lambda" in params["lam"].opts and "--drop-rates" in params["rates"].opts

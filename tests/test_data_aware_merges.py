@@ -102,17 +102,18 @@ def test_fisher_statistics_and_merge_on_the_tiny_model(two_runs, tmp_path):
     assert set(fishers[0]) == set(runs[0].vector.delta) and all((f >= 0).all() for f in fishers[0].values())
     assert any(f.max() > 0 for f in fishers[0].values())
     out = tmp_path / "fisher"
-    result = invoke("merge", *two_runs, "--method", "fisher", "--space", "factors", "--val-examples", "8",
-                    "--device", "cpu", "--out", out)
-    assert result.exit_code == 0, result.output
-    merged = load_merged(out)[1]
+    result = invoke("merge", *two_runs, "--method", "fisher", "--val-examples", "8", "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output  # the method's own space by default
+    manifest, merged, _ = load_merged(out)
+    assert manifest["space"] == "factors"
     reference = FisherMerge()
     key = max(runs[0].vector.delta, key=lambda k: float(fishers[0][k].mean()))
     reference.stats = {key: [f[key] for f in fishers]}
     expected = reference.merge([run.vector.delta[key] for run in runs], [1.0, 1.0], key)
     assert torch.allclose(merged.delta[key], expected, atol=1e-6)
     assert not torch.allclose(expected, (runs[0].vector.delta[key] + runs[1].vector.delta[key]) / 2)
-    result = invoke("merge", *two_runs, "--method", "fisher", "--device", "cpu", "--out", tmp_path / "x")
+    result = invoke("merge", *two_runs, "--method", "fisher", "--space", "delta-w", "--device", "cpu", "--out",
+                    tmp_path / "x")
     assert result.exit_code == 1 and "use --space factors" in result.stderr
 
 
@@ -150,9 +151,9 @@ def test_adamerging_learns_layer_coefficients_that_lower_the_entropy(two_runs, t
     def mean_entropy(coefficients) -> float:
         method = AdaMerging()
         method.stats = coefficients
-        from fusekit.merging.stream import merge
+        from fusekit.merging.stream import merge_vectors
 
-        vector, _ = merge(runs, method, None, "factors")
+        vector, _ = merge_vectors(runs, method, None, "factors")
         from fusekit.evaluation.eval import TaskScorer
         from fusekit.merging.search import held_out_split
 

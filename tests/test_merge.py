@@ -13,7 +13,7 @@ from fusekit.merging.methods.average import Average
 from fusekit.merging.methods.dare import Dare, drop_and_rescale
 from fusekit.merging.methods.task_arithmetic import TaskArithmetic
 from fusekit.merging.methods.ties import Ties, trim
-from fusekit.merging.stream import merge
+from fusekit.merging.stream import merge_vectors
 from fusekit.training.train import train
 
 T1, T2, T3 = torch.tensor([3.0, -2.0, 0.5, 1.0]), torch.tensor([-1.0, -4.0, 2.0, 0.2]), \
@@ -84,22 +84,22 @@ def delta_w(vector, layer: str) -> torch.Tensor:
 
 def test_delta_w_merge_equals_the_sum_of_products(runs):
     inputs = [runs["sst2"], runs["rte"]]
-    merged, report = merge(inputs, TaskArithmetic(0.7), space="delta-w")
+    merged, report = merge_vectors(inputs, TaskArithmetic(0.7), space="delta-w")
     layers = sorted({k.rsplit(".lora_", 1)[0] for k in merged.init})
     assert report.rank == 8 and report.truncation_error == 0.0  # factors concatenated: rank 4 + 4, exact
     for layer in layers:
         expected = 0.7 * (delta_w(inputs[0].vector, layer) + delta_w(inputs[1].vector, layer))
         assert torch.allclose(delta_w(merged, layer), expected, atol=1e-6)
-    factors, _ = merge(inputs, TaskArithmetic(0.7), space="factors")  # (ΣB)(ΣA) has cross terms
+    factors, _ = merge_vectors(inputs, TaskArithmetic(0.7), space="factors")  # (ΣB)(ΣA) has cross terms
     assert not torch.allclose(delta_w(factors, layers[0]),
                               0.7 * sum(delta_w(r.vector, layers[0]) for r in inputs), atol=1e-6)
 
 
 def test_svd_truncation_reports_its_error(runs):
     inputs = [runs["sst2"], runs["rte"], runs["mrpc"]]
-    full, exact = merge(inputs, Ties(1.0, 0.5), space="delta-w", rank=32)  # hidden size 32: no truncation
-    _, default = merge(inputs, Ties(1.0, 0.5), space="delta-w")  # TIES output is full rank: cut to Σ r_i = 12
-    _, truncated = merge(inputs, Ties(1.0, 0.5), space="delta-w", rank=2)
+    full, exact = merge_vectors(inputs, Ties(1.0, 0.5), space="delta-w", rank=32)  # hidden size 32: no truncation
+    _, default = merge_vectors(inputs, Ties(1.0, 0.5), space="delta-w")  # TIES output is full rank: cut to Σ r_i = 12
+    _, truncated = merge_vectors(inputs, Ties(1.0, 0.5), space="delta-w", rank=2)
     assert exact.truncation_error < 1e-6 and default.rank == 12 and truncated.rank == 2
     assert 0 < default.truncation_error < truncated.truncation_error < 1
     assert truncated.worst_layer_error >= truncated.truncation_error * 0.5
@@ -113,7 +113,7 @@ def test_single_vector_with_lambda_one_reproduces_the_adapter(runs, glue_dir, sp
     from fusekit.data.loading import EncodedSplit, load_split, make_loader
 
     run, task = runs["rte"], get_task("rte")
-    merged, _ = merge([run], TaskArithmetic(1.0), space=space)
+    merged, _ = merge_vectors([run], TaskArithmetic(1.0), space=space)
     base, own = model_for_run(run, task)
     _, fused = model_for_run(run, task, vector=merged)
     batch = next(iter(make_loader(EncodedSplit(load_split(task, "validation", str(glue_dir)), base.tokenizer, 32),
@@ -126,11 +126,11 @@ def test_incompatible_runs_are_refused(runs, tiny_config, tmp_path):
     other = tmp_path / "rank8"
     train(replace(tiny_config, task="cola", rank=8, epochs=1, max_train=16, out=str(other)))
     with pytest.raises(FusekitError, match="differ in rank"):
-        merge([runs["sst2"], load_run(other)], TaskArithmetic())
+        merge_vectors([runs["sst2"], load_run(other)], TaskArithmetic())
     with pytest.raises(FusekitError, match="two runs for task sst2"):
-        merge([runs["sst2"], runs["sst2"]], TaskArithmetic())
+        merge_vectors([runs["sst2"], runs["sst2"]], TaskArithmetic())
     with pytest.raises(FusekitError, match="--weights has 1 values for 2 runs"):
-        merge([runs["sst2"], runs["rte"]], TaskArithmetic(), weights=[1.0])
+        merge_vectors([runs["sst2"], runs["rte"]], TaskArithmetic(), weights=[1.0])
 
 
 def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_path):
@@ -177,8 +177,8 @@ def test_l_lora_vectors_merge_in_factor_space(tiny_config, tmp_path):
                       out=str(tmp_path / task)))
     inputs = [load_run(tmp_path / t) for t in ("sst2", "rte")]
     with pytest.raises(FusekitError, match="use --space factors"):
-        merge(inputs, TaskArithmetic(), space="delta-w")
-    merged, _ = merge(inputs, TaskArithmetic(0.5), space="factors")
+        merge_vectors(inputs, TaskArithmetic(), space="delta-w")
+    merged, _ = merge_vectors(inputs, TaskArithmetic(0.5), space="factors")
     assert merged.meta["kind"] == "l-lora" and merged.tasks == ["sst2", "rte"]
     _, model = model_for_run(inputs[1], get_task("rte"), vector=merged)
     assert type(model).__name__ == "LinearizedModel"
@@ -188,12 +188,12 @@ def test_a_run_merged_alone_at_lambda_1_keeps_exactly_its_own_score(tiny_config,
     """Regression: the own adapter's recorded score was reused whenever the example count matched, though a run
     trained with --seed 1 scored a different dev subset than the merged folder (seed 0): 0.87 instead of 1.0."""
     from fusekit.evaluation.eval import score_folders
-    from fusekit.merging.merge import fuse
+    from fusekit.merging.config import MergeConfig
+    from fusekit.merging.merge import run_merge
 
     run = tmp_path / "rte"
     train(replace(tiny_config, task="rte", seed=1, max_eval=16, epochs=2, out=str(run)))
     merged = tmp_path / "alone"
-    fuse([run], merged, "task-arithmetic", {"lam": 1.0, "density": None, "rate": None}, {}, None, "delta-w", None,
-         8, 0, "cpu", False)
+    run_merge(MergeConfig(lam=1.0, val_examples=8, device="cpu"), [run], merged)
     rows = score_folders([merged], None, None, 16, 128, "cpu", None)
     assert rows[0]["task"] == "rte" and rows[0]["normalized"] == pytest.approx(1.0)

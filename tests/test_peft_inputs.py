@@ -78,7 +78,7 @@ def test_what_cannot_be_merged_exactly_is_refused(base_dir, adapters, tmp_path):
     dora = make_adapter(base_dir, tmp_path / "dora", 3, r=4, target_modules=["c_attn"], use_dora=True)
     assert_one_line_error(invoke("merge", adapters[0], dora, "--lambda", "1", "--out", tmp_path / "x"),
                           "DoRA .*cannot be merged exactly")
-    assert_one_line_error(invoke("merge", *adapters, "--lambda", "auto", "--out", tmp_path / "x"),
+    assert_one_line_error(invoke("merge", *adapters, "--search", "--out", tmp_path / "x"),
                           "need fusekit runs")
     assert_one_line_error(invoke("merge", *adapters, "--space", "factors", "--out", tmp_path / "x"),
                           "only in ΔW space")
@@ -101,7 +101,7 @@ def test_the_python_api_merges_as_the_cli_does(base_dir, adapters, tmp_path):
     api_weights, cli_weights = merged_weights(base_dir, tmp_path / "api"), merged_weights(base_dir, cli)
     assert all(torch.equal(api_weights[k], cli_weights[k]) for k in api_weights)
     assert summary["method"] == "task-arithmetic" and summary["params"] == {"lam": 0.7}
-    with pytest.raises(fusekit.errors.FusekitError, match="unknown merge parameter 'densty'"):
+    with pytest.raises(fusekit.errors.FusekitError, match="unknown key 'densty'"):
         fusekit.merge([str(a) for a in adapters], out=tmp_path / "x", densty=0.3)
 
 

@@ -23,7 +23,8 @@ from fusekit.artifacts.merged_folder import load_merged
 from fusekit.artifacts.run_folder import load_run
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
-from fusekit.merging.merge import fuse
+from fusekit.merging.config import MergeConfig
+from fusekit.merging.merge import run_merge
 from fusekit.training.balancers import BALANCERS, make_balancer
 from fusekit.training.joint import train_joint
 from fusekit.training.train import train
@@ -276,8 +277,7 @@ def test_corrupt_run_files_are_named(reference, tmp_path, capsys):
 
 def test_corrupt_merged_files_are_named(reference, tmp_path):
     out = tmp_path / "merged"
-    fuse([reference], out, "task-arithmetic", {"lam": 0.5, "density": None, "rate": None}, {}, None, "delta-w",
-         None, 16, 0, "cpu", False)
+    run_merge(MergeConfig(lam=0.5, val_examples=16, device="cpu"), [reference], out)
     record = json.loads((out / "checksums.json").read_text())
     assert {"manifest.json", "task_vector.safetensors", "heads/rte.safetensors",
             "peft/rte/adapter_model.safetensors", "peft/rte/adapter_config.json"} <= set(record)

@@ -221,11 +221,12 @@ def test_two_text_adapters_merge_into_one_model_for_both(text_runs, tiny_llama, 
     from fusekit.artifacts.merged_folder import load_merged
     from fusekit.artifacts.run_folder import model_for_vector
     from fusekit.evaluation.eval import score_folders
-    from fusekit.merging.merge import fuse
+    from fusekit.merging.config import MergeConfig
+    from fusekit.merging.merge import run_merge
 
     out = tmp_path / "merged"
-    fuse([text_runs["sst2"][0], text_runs["rte"][0]], out, "task-arithmetic", {"lam": 1.0}, {}, None, "delta-w",
-         None, 8, 0, "cpu", False, "refuse")
+    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=8, device="cpu"),
+              [text_runs["sst2"][0], text_runs["rte"][0]], out)  # λ chosen on held-out examples
     rows = {r["task"]: r for r in score_folders([out], None, None, None, 16, "cpu", None)}
     assert set(rows) == {"sst2", "rte", "average"} and rows["sst2"]["accuracy"] > 0.55
     manifest, vector, heads = load_merged(out)
@@ -245,12 +246,13 @@ def test_every_merge_method_fuses_text_adapters(text_runs, tmp_path, method, spa
     """Data-aware merges read prompt tokens (RegMean's Gram matrices), the answer token's likelihood (Fisher) and
     the answer words' distribution (AdaMerging's entropy)."""
     from fusekit.merging import statistics
-    from fusekit.merging.merge import fuse
+    from fusekit.merging.config import MergeConfig
+    from fusekit.merging.merge import run_merge
 
     monkeypatch.setattr(statistics, "ADA_STEPS", 3)
     out = tmp_path / method
-    fuse([text_runs["sst2"][0], text_runs["rte"][0]], out, method, {"lam": 0.5}, {}, None, space, None, 8, 0, "cpu",
-         False, "refuse")
+    run_merge(MergeConfig(method=method, lam=0.5, space=space, val_examples=8, device="cpu"),
+              [text_runs["sst2"][0], text_runs["rte"][0]], out)
     vector = TaskVector.load(out / "task_vector.safetensors")
     assert vector.norm() > 0 and all(torch.isfinite(v).all() for v in vector.delta.values())
 

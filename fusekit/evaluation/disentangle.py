@@ -29,7 +29,7 @@ from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.eval import TaskScorer
 from fusekit.merging.methods.task_arithmetic import TaskArithmetic
-from fusekit.merging.stream import merge
+from fusekit.merging.stream import merge_vectors
 from fusekit.progress import console, progress_bar
 
 SIMILARITY_RANGE = 5.0  # STS-B's 0–5 scale
@@ -45,7 +45,7 @@ def distance(task: TaskSpec, reference: np.ndarray, logits: np.ndarray) -> float
 
 def combine(runs: list[Run], coefficients: list[float], space: str) -> TaskVector:
     """φ0 + Σ c_i τ_i, merged as `fusekit merge` merges (task arithmetic at λ = 1, weights c)."""
-    return merge(runs, TaskArithmetic(1.0), list(coefficients), space)[0]
+    return merge_vectors(runs, TaskArithmetic(1.0), list(coefficients), space)[0]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from fusekit.errors import FusekitError
 
 @dataclass(frozen=True)
 class Param:
-    """A hyperparameter a merge method declares: its keyword, its default, the grid `fusekit merge --lambda auto`
+    """A hyperparameter a merge method declares: its keyword, its default, the grid `fusekit merge --search`
     searches when it is not given, how tables, help and errors name it, and what values it accepts."""
 
     name: str  # constructor keyword of the method, key in manifests and search tables

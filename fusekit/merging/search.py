@@ -26,7 +26,7 @@ from fusekit.evaluation.metrics import (
     predictions,
 )
 from fusekit.merging.methods import make_method, method_parameters
-from fusekit.merging.stream import merge
+from fusekit.merging.stream import merge_vectors
 from fusekit.progress import console, progress_bar
 
 
@@ -92,7 +92,7 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
             candidate = make_method(method, seed=seed, **point)
             if statistics is not None:
                 candidate.stats = statistics
-            vector, _ = merge(runs, candidate, weights, space, rank)
+            vector, _ = merge_vectors(runs, candidate, weights, space, rank)
             preds, scores, _ = outputs([vector] * len(scorers))
             predicted.append(preds)
             average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])

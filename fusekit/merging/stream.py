@@ -23,11 +23,11 @@ from fusekit.artifacts.layout import TASK_VECTOR
 from fusekit.artifacts.run_folder import Run
 from fusekit.artifacts.task_vector import TaskVector, check_compatible
 from fusekit.errors import FusekitError
+from fusekit.merging.config import SPACES
 from fusekit.merging.methods import MergeMethod
 from fusekit.models.base import fingerprint
 from fusekit.progress import tracked
 
-SPACES = ("delta-w", "factors")
 
 
 @dataclass
@@ -56,7 +56,7 @@ def check_mergeable(runs: list[Run]) -> None:
                                f"{runs[0].config.model!r} (expected one base model)")
 
 
-def merge(runs: list[Run], method: MergeMethod, weights: list[float] | None = None, space: str = "delta-w",
+def merge_vectors(runs: list[Run], method: MergeMethod, weights: list[float] | None = None, space: str = "delta-w",
           rank: int | None = None, progress: bool = False) -> tuple[TaskVector, MergeReport]:
     """Merge the runs' task vectors with `method`, reading one tensor of each file at a time (`progress`: a bar
     over the tensors or layers; off inside a search, which shows its own)."""

@@ -273,7 +273,7 @@ def paired_merge_table(study: Path, rows: list[tuple[str, dict, dict]], tasks: l
     """Each merge setting minus the first adapter variant's setting of the same method (its first space), paired
     by seed: mean ± 95% CI of the per-seed differences of the average normalized and the average raw score (None
     unless some pair shares two or more seeds)."""
-    from fusekit.merging.stream import SPACES
+    from fusekit.merging.config import SPACES
 
     normalized: dict[str, dict[int, float | None]] = {}
     raw: dict[str, dict[int, float | None]] = {}

@@ -50,6 +50,7 @@ from fusekit.config import (
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.disentangle import ALPHAS, task_pairs
+from fusekit.merging.config import MergeConfig
 from fusekit.merging.search import searched
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
@@ -64,9 +65,9 @@ class MergeSettings:
     methods: list[str] = setting(["task-arithmetic", "average", "ties", "dare"], "merge methods",
                                  Allowed(choices=registry("fusekit.merging.methods", "METHODS"), unique=True))
     spaces: list[str] = setting(["delta-w", "factors"], "LoRA merge spaces (L-LoRA merges its factors)",
-                                Allowed(choices=registry("fusekit.merging.stream", "SPACES"), unique=True))
+                                Allowed(choices=registry("fusekit.merging.config", "SPACES"), unique=True))
     lambdas: list[float] = setting([0.3, 0.6, 1.0], "λ grid of the held-out search", Allowed(unique=True))
-    densities: list[float] | None = setting(None, "TIES density grid (None: `fusekit merge --lambda auto`'s)",
+    densities: list[float] | None = setting(None, "TIES density grid (None: `fusekit merge --search`'s)",
                                             Allowed(low=0, high=1, low_open=True, unique=True))
     drop_rates: list[float] | None = setting(None, "DARE drop-rate grid (None: likewise)",
                                              Allowed(low=0, high=1, high_open=True, unique=True))
@@ -105,7 +106,7 @@ class DisentangleSettings:
     alphas: list[float] = setting(list(ALPHAS), "α grid, used for both α1 and α2", Allowed(unique=True))
     examples: int = setting(200, "validation examples per task", AT_LEAST_ONE)
     spaces: list[str] = setting(["factors"], "LoRA spaces (L-LoRA combines its factors)",
-                                Allowed(choices=registry("fusekit.merging.stream", "SPACES"), unique=True))
+                                Allowed(choices=registry("fusekit.merging.config", "SPACES"), unique=True))
     variants: list[str] | None = setting(None, "adapter variants (None: all)", Allowed(unique=True))
 
 
@@ -162,11 +163,7 @@ class Stage:
 @dataclass
 class MergeJob:
     runs: list[str]
-    method: str
-    space: str
-    grid: dict[str, list[float]]
-    val_examples: int
-    seed: int
+    config: MergeConfig
 
 
 @dataclass
@@ -302,12 +299,15 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: 
             raise FusekitError(f"{source}: {prefix}.variants: {variant!r} is not one of the adapters")
         for space in ["factors"] if _linearized(study, variant) else merge.spaces:
             for method in [m for m in merge.methods if merge_space_fits(m, space)]:
-                grid = {"lam": merge.lambdas, "density": merge.densities, "rate": merge.drop_rates}
-                grid = {k: v for k, v in grid.items() if v and k in searched(method)}
+                taken = searched(method)
+                config = MergeConfig(method=method, space=space, search=True, val_examples=merge.val_examples,
+                                     seed=seed, lambdas=merge.lambdas if "lam" in taken else None,
+                                     densities=merge.densities if "density" in taken else None,
+                                     rates=merge.drop_rates if "rate" in taken else None)
                 for subset in subsets or [None]:
                     chosen = runs[variant] if subset is None else [runs[variant][tasks.index(t)] for t in subset]
                     suffix = "" if subset is None else f"-k{len(subset)}-{'+'.join(subset)}"
-                    job = MergeJob(chosen, method, space, grid, merge.val_examples, seed)
+                    job = MergeJob(chosen, config)
                     stages.append(Stage(f"{prefix}/{variant}-{space}-{method}{suffix}{tag}", "merge", job))
     return stages
 
@@ -463,13 +463,11 @@ def _train(stage: Stage, out: Path) -> None:
 
 def _merge(stage: Stage, out: Path) -> None:
     from fusekit.evaluation.eval import score_folders
-    from fusekit.merging.merge import fuse
+    from fusekit.merging.merge import run_merge
 
     job: MergeJob = stage.config
     folder = out / stage.name
-    fixed = {"lam": None, "density": None, "rate": None}
-    fuse([Path(r) for r in job.runs], folder, job.method, fixed, job.grid, None, job.space, None, job.val_examples,
-         job.seed, "auto", overwrite=True)
+    run_merge(job.config, [Path(r) for r in job.runs], folder, overwrite=True)
     score_folders([folder], None, None, None, 128, "auto", None)
 
 
