@@ -84,6 +84,7 @@ def one_line_errors(command):
     return wrapper
 
 
+Opt = typer.Option
 DEVICE_HELP = "auto (a GPU when present), cpu, cuda or cuda:N"
 JSON_HELP = "print the result as one JSON document on stdout (progress and tables stay on stderr)"
 
@@ -120,9 +121,6 @@ def options(
     if quiet and verbose:
         raise typer.BadParameter("--quiet and --verbose contradict each other")
     set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
-
-
-Opt = typer.Option
 
 
 def config_flags(cls: type, skip: tuple[str, ...] = (), names: dict[str, str] | None = None):

@@ -14,7 +14,7 @@ Two spaces for LoRA vectors:
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
@@ -37,7 +37,6 @@ class MergeReport:
     rank: int
     truncation_error: float = 0.0  # ‖ΔW − ΔW_R‖_F / ‖ΔW‖_F over all layers
     worst_layer_error: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def check_mergeable(runs: list[Run]) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from fusekit import __version__
+from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import CONFIG
 from fusekit.artifacts.merged_folder import write_multitask
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
@@ -166,7 +168,8 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
         log.close()
         vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), {
             **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [t.name for t in tasks],
-            "base_model": base.name, "base_fingerprint": base.fingerprint}, frozen=model.frozen_keys())
+            "base_model": base.name, "base_fingerprint": base.fingerprint, "fusekit_version": __version__},
+            frozen=model.frozen_keys())
         head_states = {n: TaskHead({k: v.detach().cpu() for k, v in h.items()}, base.head) for n, h in heads.items()}
         references = cfg.references or [None] * len(tasks)
         write_multitask(stage, vector, head_states, cfg.model, {
@@ -175,7 +178,7 @@ def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str
             "inputs": [{"task": t.name, "run": ref} for t, ref in zip(tasks, references)],
             "data": cfg.data, "max_length": cfg.max_length, "config": asdict(cfg),
         })
-        (stage / CONFIG).write_text(to_yaml(cfg))
+        atomic_write_text(stage / CONFIG, to_yaml(cfg))
         for name, metrics in results.items():
             record_eval(stage, name, metrics)
     console.print(f"wrote {session.out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
