@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import os
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 from typing import Annotated, Optional
@@ -31,13 +34,42 @@ def _one_line(text: str, limit: int = 300) -> str:
 CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler's stop, a closed terminal), handled as Ctrl-C: staged outputs are deleted,
+    locks released, one line printed; the exit code is 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.code = 128 + signum
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """While a command runs, SIGTERM and SIGHUP raise `Terminated` in the main thread (their default would end
+    the process at once, leaving `<out>.tmp-*` folders and `<out>.lock` files behind)."""
+    def interrupt(signum, frame):
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    previous = {name: signal.signal(getattr(signal, name), interrupt) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 class OneLineErrors(TyperGroup):
     """Usage errors (a flag that does not parse, an unknown option) as one `error:` line and exit code 1, like
     every other error, instead of click's framed usage block."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with signals_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except CLICK_ERROR as error:
             typer.echo(f"error: {_one_line(error.format_message())}", err=True)
             code = 1
@@ -65,9 +97,9 @@ def one_line_errors(command):
             return command(*args, **kwargs)
         except FusekitError as error:
             message = str(error)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             typer.echo("interrupted: nothing was written", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(getattr(interrupt, "code", 130)) from None
         except OSError as error:
             if os.environ.get(DEBUG) == "1":
                 raise

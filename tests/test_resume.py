@@ -86,6 +86,41 @@ def reference(cfg, tmp_path_factory):
     return out
 
 
+def test_sigterm_stops_a_command_like_ctrl_c(cfg, tmp_path):
+    """A scheduler's SIGTERM mid-run: one line, exit code 143, no staged folder or lock left beside the output."""
+    out = tmp_path / "run"
+    args = ["train", "--task", "rte", "--model", cfg.model, "--data", cfg.data, "--rank", "4", "--epochs", "3",
+            "--batch-size", "8", "--max-length", "32", "--max-train", "32", "--device", "cpu", "--checkpoint-every",
+            "2", "--out", str(out)]
+    hang_at_step_2 = (
+        "import sys, time\n"
+        "from fusekit.artifacts.checkpoint import Checkpoints\n"
+        "save = Checkpoints.save\n"
+        "def save_then_hang(self, state):\n"
+        "    save(self, state)\n"
+        "    time.sleep(600)\n"
+        "Checkpoints.save = save_then_hang\n"
+        "from cli.main import main\n"
+        "main()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", hang_at_step_2, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (checkpoint_dir(out) / "manifest.json").is_file():
+            assert child.poll() is None and time.monotonic() < deadline, "the child ended before its checkpoint"
+            time.sleep(0.05)
+        assert list(tmp_path.glob("run.tmp-*")) and (tmp_path / "run.lock").exists()  # mid-run
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 128 + signal.SIGTERM
+    assert [line for line in stderr.splitlines() if line.startswith("error") or "interrupted" in line] == [
+        "interrupted: nothing was written"]
+    assert not out.exists() and not list(tmp_path.glob("run.tmp-*")) and not (tmp_path / "run.lock").exists()
+
+
 def test_sigkilled_train_resumes_bit_for_bit(cfg, reference, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--task", "rte", "--model", cfg.model, "--data", cfg.data, "--rank", "4", "--alpha", "8",
