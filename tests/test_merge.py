@@ -197,3 +197,26 @@ def test_a_run_merged_alone_at_lambda_1_keeps_exactly_its_own_score(tiny_config,
     run_merge(MergeConfig(lam=1.0, val_examples=8, device="cpu"), [run], merged)
     rows = score_folders([merged], None, None, 16, 128, "cpu", None)
     assert rows[0]["task"] == "rte" and rows[0]["normalized"] == pytest.approx(1.0)
+
+
+def test_a_merge_never_writes_nan(runs, tmp_path):
+    """A second run whose task vector holds NaN (resealed, so that its checksum passes; the merge streams it
+    rather than loading it whole) merges into nothing: the merge checks what it is about to write."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from fusekit.artifacts.atomic import load_tensors
+    from fusekit.artifacts.checksums import reseal
+    from tests.test_cli import invoke
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["rte"].folder, damaged)
+    tensors, metadata = load_tensors(damaged / "task_vector.safetensors")
+    tensors[next(k for k in tensors if k.startswith("delta/"))][0, 0] = float("nan")
+    save_file(tensors, str(damaged / "task_vector.safetensors"), metadata=metadata)
+    reseal(damaged, "task_vector.safetensors")
+    result = invoke("merge", runs["sst2"].folder, damaged, "--lambda", "0.5", "--device", "cpu", "--out", tmp_path / "m")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert result.exit_code == 1 and len(errors) == 1 and "NaN or infinite" in errors[0]
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob("m.tmp-*"))

@@ -74,6 +74,19 @@ def test_ties_on_products_is_truncated_by_svd_and_still_loads(base_dir, adapters
     merged_weights(base_dir, out)  # plain peft loads it
 
 
+@pytest.mark.parametrize("alpha", [float("nan"), "16", -4])
+def test_a_scale_that_is_not_a_finite_positive_number_is_refused(adapters, tmp_path, alpha):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(adapters[1], bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": alpha}))
+    assert_one_line_error(invoke("merge", adapters[1], bad, "--lambda", "1", "--out", tmp_path / "m"),
+                          "adapter_config.json lora_alpha is .*expected a finite number > 0")
+    assert not (tmp_path / "m").exists()
+
+
 def test_what_cannot_be_merged_exactly_is_refused(base_dir, adapters, tmp_path):
     dora = make_adapter(base_dir, tmp_path / "dora", 3, r=4, target_modules=["c_attn"], use_dora=True)
     assert_one_line_error(invoke("merge", adapters[0], dora, "--lambda", "1", "--out", tmp_path / "x"),

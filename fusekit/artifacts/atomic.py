@@ -50,8 +50,19 @@ def atomic_write_json(path: Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN or infinite weights before they are written (a merge of a damaged input, a diverged scale):
+    checked in bulk, one pass over all the floating-point values, then the culprit named."""
+    floats = [t.detach().reshape(-1).float() for t in tensors.values() if t.is_floating_point()]
+    if floats and not bool(torch.cat(floats).isfinite().all()):
+        bad = next(k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
+        raise FusekitError(f"{what}: {bad} would hold NaN or infinite values (an input or a scale is not a finite "
+                           "number): nothing was written")
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors file written atomically (contiguous CPU copies, as safetensors requires)."""
+    """safetensors file written atomically (contiguous CPU copies, as safetensors requires), finite values only."""
+    check_finite(tensors, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -63,13 +63,16 @@ class PeftLora:
     def factors(self, layer: str) -> tuple[torch.Tensor, torch.Tensor, float]:
         a, b = self.tensors[f"{layer}.lora_A.weight"].float(), self.tensors[f"{layer}.lora_B.weight"].float()
         rank = a.shape[0]
-        alpha = float(self.config.get("lora_alpha", rank))
+        alpha, field = self.config.get("lora_alpha", rank), "lora_alpha"
         patterns = self.config.get("alpha_pattern") or {}
         name = layer.removeprefix(PREFIX)
         for pattern, value in patterns.items():
             if _matches(pattern, name):
-                alpha = float(value)
+                alpha, field = value, f"alpha_pattern[{pattern!r}]"
                 break
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise FusekitError(f"{self.source}: adapter_config.json {field} is {str(alpha)[:40]!r} (expected a finite "
+                               "number > 0)")
         scale = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
         return a, b, scale
 
