@@ -18,7 +18,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from fusekit.config import JointConfig, TrainConfig, from_mapping, load_recipe, with_overrides
+from fusekit.artifacts.reading import load_recipe
+from fusekit.config import JointConfig, TrainConfig, from_mapping, with_overrides
 from fusekit.errors import FusekitError
 from fusekit.merging.config import MergeConfig
 
@@ -405,7 +406,7 @@ def disentangle(
 
     A whole study: fusekit disentangle --study runs/glue-fusion --pairs all --out runs/glue-fusion/disentangle
     """
-    from fusekit.evaluation.disentangle import ALPHAS, disentangle_folders, study_pairs
+    from fusekit.study.disentangle import ALPHAS, disentangle_folders, study_pairs
 
     if examples < 1:
         raise FusekitError(f"--examples {examples}: expected an integer ≥ 1")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.artifacts.reading import read_yaml
 from fusekit.data.tasks import DEFAULT_HUB_DATASET
 from fusekit.errors import FusekitError
 
@@ -238,10 +237,6 @@ def from_mapping(cls: type, data: dict, source: str):
         if problem:
             raise FusekitError(f"{source}: key {f.name!r} is {short(data[f.name])}, expected {problem}")
     return cls(**data)
-
-
-def load_recipe(path: Path, cls: type):
-    return from_mapping(cls, read_yaml(path) or {}, str(path))
 
 
 def with_overrides(config, overrides: dict):

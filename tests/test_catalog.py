@@ -3,9 +3,10 @@ conversion cache is rebuilt rather than read."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from fusekit.artifacts.checksums import seal
 from fusekit.errors import FusekitError
 from fusekit.models import catalog
 from fusekit.models.base import portable_name
@@ -35,7 +36,7 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
         conversions.append(name)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.safetensors").write_bytes(b"weights")
-        seal(out)
+        (out / catalog.RECORD).write_text(json.dumps({"model.safetensors": catalog._sha256(out / "model.safetensors")}))
 
     monkeypatch.setattr(catalog, "_convert", convert)
     model = catalog.EMBEDDED["smollm2-135m"]
@@ -44,5 +45,6 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
     catalog.embedded_path(model)
     assert len(conversions) == 1  # intact: read, not converted again
     (folder / "model.safetensors").write_bytes(b"weightz")
+    catalog._VERIFIED.clear()  # a new process
     catalog.embedded_path(model)
     assert len(conversions) == 2

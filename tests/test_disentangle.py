@@ -10,7 +10,7 @@ import torch
 from fusekit.artifacts.run_folder import load_run, model_for_vector
 from fusekit.data.loading import EncodedSplit, load_split
 from fusekit.data.tasks import get_task
-from fusekit.evaluation.disentangle import disentangle, distance
+from fusekit.study.disentangle import disentangle, distance
 from tests.test_cli import invoke
 
 
@@ -72,7 +72,7 @@ def test_the_command_writes_the_grid_and_one_figure(pair, tmp_path):
 
 def test_a_studys_pairs_side_by_side_per_variant(tmp_path):
     from fusekit.errors import FusekitError
-    from fusekit.evaluation.disentangle import study_pairs
+    from fusekit.study.disentangle import study_pairs
 
     (tmp_path / "recipe.yaml").write_text("tasks: [sst2, rte, cola]\nadapters: {lora: {}, l-lora: {}}\n")
     for task in ("sst2", "rte", "cola"):
@@ -90,7 +90,7 @@ def test_a_studys_pairs_side_by_side_per_variant(tmp_path):
 def test_the_figure_titles_each_heatmap_with_its_kind_runs_and_mean_error():
     import numpy as np
 
-    from fusekit.evaluation.disentangle import Disentanglement
+    from fusekit.study.disentangle import Disentanglement
     from fusekit.study.plots import disentanglement_figure
 
     per_task = np.zeros((2, 2, 2))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fusekit.config import TrainConfig, load_recipe
+from fusekit.artifacts.reading import load_recipe
+from fusekit.config import TrainConfig
 from fusekit.study.run import load_study, plan, run_study
 from tests.conftest import make_tiny_t5
 

@@ -258,7 +258,7 @@ def test_every_merge_method_fuses_text_adapters(text_runs, tmp_path, method, spa
 
 
 def test_disentanglement_of_two_text_adapters(text_runs, tmp_path):
-    from fusekit.evaluation.disentangle import disentangle_folders
+    from fusekit.study.disentangle import disentangle_folders
 
     rows = disentangle_folders([text_runs["sst2"][0], text_runs["rte"][0]], tmp_path / "d", [0.0, 1.0], 8,
                                "factors", "cpu", 0, None, False)

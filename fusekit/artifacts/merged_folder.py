@@ -13,7 +13,7 @@ from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tenso
 from fusekit.artifacts.checksums import ChecksummedFolder, sha256
 from fusekit.artifacts.layout import EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
 from fusekit.artifacts.reading import read_json
-from fusekit.artifacts.run_folder import Run, load_run, model_for_vector
+from fusekit.artifacts.run_folder import Run, load_run, model_for_vector, write_peft_folder
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import TASKS, get_task
 from fusekit.errors import FusekitError
@@ -29,7 +29,7 @@ def write_multitask(stage: Path, vector: TaskVector, heads: dict[str, TaskHead],
     for name, head in heads.items():
         save_tensors(stage / head_file(name), head.weights, {"task": name, **head.spec.meta()})
         _, model = model_for_vector(model_name, vector, head, get_task(name), str(stage), nonlinear=True)
-        model.save_peft_folder(stage / PEFT / name)
+        write_peft_folder(stage / PEFT / name, model)
     atomic_write_json(stage / MANIFEST, {
         "format": FORMAT, "kind": vector.meta["kind"], "rank": vector.meta["rank"],
         "base_model": vector.meta["base_model"], "base_fingerprint": vector.meta["base_fingerprint"],

@@ -122,3 +122,11 @@ def read_yaml(path: Path, what: str = "recipe"):
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def load_recipe(path: Path, cls: type):
+    """A YAML recipe validated into config dataclass `cls` (unknown keys, wrong types and values out of range are
+    one-line errors naming the file and key)."""
+    from fusekit.config import from_mapping
+
+    return from_mapping(cls, read_yaml(path) or {}, str(path))

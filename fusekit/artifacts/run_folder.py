@@ -14,10 +14,11 @@ import torch
 from fusekit import __version__
 from fusekit.artifacts.atomic import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from fusekit.artifacts.checksums import ChecksummedFolder, reseal
-from fusekit.artifacts.layout import CONFIG, EVAL, HEAD, TASK_VECTOR
+from fusekit.artifacts.layout import CONFIG, EVAL, HEAD, PEFT_WEIGHTS, TASK_VECTOR
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.task_vector import TaskVector, VectorHeader
-from fusekit.config import TrainConfig, load_recipe, to_yaml
+from fusekit.artifacts.reading import load_recipe
+from fusekit.config import TrainConfig, to_yaml
 from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.errors import FusekitError
 from fusekit.models.adapters import AdaptedModel, AdapterSpec, add_lora
@@ -43,6 +44,13 @@ def build_adapted_model(base: BaseModel, spec: AdapterSpec, init: dict[str, torc
     return add_lora(base, spec, AdaptedModel if nonlinear else ADAPTERS[spec.kind], init)
 
 
+def write_peft_folder(folder: Path, model: AdaptedModel) -> None:
+    """A plain-peft folder (peft's config + PEFT_WEIGHTS) of `model`'s nonlinear forward at φ."""
+    config, tensors = model.peft_export()
+    config.save_pretrained(str(folder))
+    save_tensors(folder / PEFT_WEIGHTS, tensors, {"format": "pt"})
+
+
 def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedModel, task: TaskSpec) -> TaskVector:
     meta = {
         **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [task.name],
@@ -51,7 +59,7 @@ def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedMode
     vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), meta, frozen=model.frozen_keys())
     vector.save(folder / TASK_VECTOR)
     save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family, **base.head.meta()})
-    model.save_peft_folder(folder)
+    write_peft_folder(folder, model)
     atomic_write_text(folder / CONFIG, to_yaml(cfg))
     return vector
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -17,8 +16,6 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from torch.func import functional_call
 
-from fusekit.artifacts.atomic import save_tensors
-from fusekit.artifacts.layout import PEFT_WEIGHTS
 from fusekit.data.text import NOT_MODEL_INPUTS, answer_scores
 from fusekit.errors import FusekitError
 from fusekit.models.base import BaseModel, portable_name
@@ -165,8 +162,9 @@ class AdaptedModel(nn.Module):
     def target_modules(self) -> list[str]:
         return sorted(self.peft_model.peft_config["default"].target_modules)
 
-    def save_peft_folder(self, folder: Path) -> None:
-        """A plain-peft folder (peft's config + PEFT_WEIGHTS) of the nonlinear model at φ.
+    def peft_export(self) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+        """peft's config and the tensors of a plain-peft folder of the nonlinear model at φ (written by
+        fusekit.artifacts.run_folder.write_peft_folder).
 
         With a nonzero init the base weight was shifted by −s·B0·A0; plain peft loads the pretrained base, so
         the shift is folded into the adapter as rank r more: B' = [B, −B0], A' = [A; A0], alpha doubled so the
@@ -183,8 +181,7 @@ class AdaptedModel(nn.Module):
                 else:
                     weights[key] = torch.cat([weights[key], -init[key]], dim=1)
             config.r, config.lora_alpha = 2 * config.r, 2 * config.lora_alpha
-        config.save_pretrained(str(folder))
-        save_tensors(folder / PEFT_WEIGHTS, {**weights, **self.head_state()}, {"format": "pt"})
+        return config, {**weights, **self.head_state()}
 
 
 def _copy_into(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], what: str) -> None:

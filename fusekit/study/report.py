@@ -339,7 +339,7 @@ def similarity_matrices(study: Path, tasks: list[str]) -> list[tuple[str, np.nda
 
 def disentanglement_grids(study: Path) -> dict[str, dict[str, object]]:
     """Task pair → setting (`<variant>-<space>`) → its `Disentanglement`, from the study's disentangle stages."""
-    from fusekit.evaluation.disentangle import Disentanglement
+    from fusekit.study.disentangle import Disentanglement
 
     grids: dict[str, dict[str, object]] = {}
     for folder in _finished(study, "disentangle"):

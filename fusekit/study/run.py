@@ -32,7 +32,7 @@ from fusekit.artifacts.layout import (
     TUNED_RECIPE,
 )
 from fusekit.artifacts.output import check_output, claim_output, mark
-from fusekit.artifacts.reading import read_json, read_text, read_yaml
+from fusekit.artifacts.reading import load_recipe, read_json, read_text, read_yaml
 from fusekit.config import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -41,7 +41,6 @@ from fusekit.config import (
     JointConfig,
     TrainConfig,
     from_mapping,
-    load_recipe,
     registry,
     setting,
     short,
@@ -49,7 +48,7 @@ from fusekit.config import (
 )
 from fusekit.data.tasks import parse_tasks
 from fusekit.errors import FusekitError
-from fusekit.evaluation.disentangle import ALPHAS, task_pairs
+from fusekit.study.disentangle import ALPHAS, task_pairs
 from fusekit.merging.config import MergeConfig
 from fusekit.merging.search import searched
 from fusekit.progress import JsonlLog, console
@@ -472,7 +471,7 @@ def _merge(stage: Stage, out: Path) -> None:
 
 
 def _disentangle(stage: Stage, out: Path) -> None:
-    from fusekit.evaluation.disentangle import disentangle_folders
+    from fusekit.study.disentangle import disentangle_folders
 
     job: DisentangleJob = stage.config
     disentangle_folders([Path(r) for r in job.runs], out / stage.name, job.alphas, job.examples, job.space, "auto",
