@@ -15,7 +15,8 @@ from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
-from fusekit.models.base import load_base_model
+from fusekit.models.adapters import AdaptedModel
+from fusekit.models.base import BaseModel, load_base_model
 from fusekit.progress import console
 from fusekit.training.session import TrainingSession, seed_everything
 
@@ -56,21 +57,14 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     model = build_adapted_model(base, spec).to(device)
     seed_everything(cfg.seed)
 
-    train_data = base.encode(train_split, cfg.max_length)
-    eval_data = base.encode(eval_split, cfg.max_length)
+    train_data, eval_data = base.encode(train_split, cfg.max_length), base.encode(eval_split, cfg.max_length)
     loader = ResumableLoader(make_loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed))
     params = model.trainable_parameters()
     session.setup_optimizer(model.trainable_adapter_parameters(), cfg.epochs * len(loader),
                             heads=list(model.head_params.values()))
     session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
                    **{f"head/{k}": p for k, p in model.head_params.items()}}, {"train": loader})
-    reads = "text answers" if base.head.text else f"{base.head.pooling} pooling" + (
-        " · bi-encoder" if base.head.pair_encoding == "bi" else "")
-    session.announce(f"train {task.name} · {cfg.adapter} r={cfg.rank} · {reads} · {len(train_split)} examples · "
-                     f"{session.total} steps on {device}")
-    if model.frozen_keys():
-        console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
-                      " the linearized model gives them exactly zero gradient; --lora-init nonzero trains both")
+    _announce(session, cfg, base, model, len(train_split), device)
 
     metrics = {}
     step = session.resume()
@@ -109,3 +103,15 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     console.print(f"wrote {session.out} · {task.name} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                                   if k in (*task.metrics, "score")))
     return TrainResult(metrics, seconds, throughput, step)
+
+
+def _announce(session: TrainingSession, cfg: TrainConfig, base: BaseModel, model: AdaptedModel, examples: int,
+              device) -> None:
+    """What is about to be trained, and how the task reads the model."""
+    reads = "text answers" if base.head.text else f"{base.head.pooling} pooling" + (
+        " · bi-encoder" if base.head.pair_encoding == "bi" else "")
+    session.announce(f"train {cfg.task} · {cfg.adapter} r={cfg.rank} · {reads} · {examples} examples · "
+                     f"{session.total} steps on {device}")
+    if model.frozen_keys():
+        console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
+                      " the linearized model gives them exactly zero gradient; --lora-init nonzero trains both")
