@@ -24,7 +24,7 @@ from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.config import JointConfig, to_yaml
 from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
-from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
+from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model
@@ -54,135 +54,183 @@ def prior_loss(split: Split) -> float:
 
 
 def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str, float]]:
-    tasks = parse_tasks(cfg.tasks)
-    spec = adapter_spec(cfg)
-    session = TrainingSession(cfg, "joint", overwrite)
-    procs = session.procs
-    if cfg.references:
-        if len(cfg.references) != len(tasks):
-            raise FusekitError(f"references: {len(cfg.references)} run folders for {len(tasks)} tasks "
+    """Train, evaluate on dev and write the joint folder; each task's dev metrics."""
+    return JointTraining(cfg, overwrite).run()
+
+
+class JointTraining:
+    """`fusekit joint` in named steps, as torchtune writes a recipe: data, model and heads, balancer, loaders and
+    optimizer are set up in that order (the RNG is reseeded where an uninterrupted run and a resumed one must
+    agree), then the loop, the dev scores and the outputs."""
+
+    def __init__(self, cfg: JointConfig, overwrite: bool):
+        self.cfg, self.tasks = cfg, parse_tasks(cfg.tasks)
+        self.session = TrainingSession(cfg, "joint", overwrite)
+        self.procs = self.session.procs
+        self._check_references()
+        self.device = self.session.setup_device()
+        self._setup_data()
+        seed_everything(cfg.seed)
+        self._setup_model()
+        self._setup_balancer()
+        seed_everything(cfg.seed)
+        self._setup_optimizer()
+
+    def _check_references(self) -> None:
+        references = self.cfg.references
+        if not references:
+            return
+        if len(references) != len(self.tasks):
+            raise FusekitError(f"references: {len(references)} run folders for {len(self.tasks)} tasks "
                                "(expected one per task, in task order)")
-        for task, folder in zip(tasks, cfg.references):
+        for task, folder in zip(self.tasks, references):
             if get_task(load_run(Path(folder)).head_task).family != task.family:
                 raise FusekitError(f"references: {folder} is not a run of {task.name} (expected task order)")
-    device = session.setup_device()
-    splits = {t.name: load_split(t, "train", cfg.data) for t in tasks}
-    train = {n: s.capped(cfg.max_train, cfg.seed) for n, s in splits.items()}
-    held = {n: s.held_out(cfg.max_train, cfg.seed).capped(cfg.validation_examples, cfg.seed)
-            for n, s in splits.items()}
-    held = {n: (h if len(h) else train[n].capped(cfg.validation_examples, cfg.seed)) for n, h in held.items()}
-    dev = {t.name: load_split(t, "validation", cfg.data).capped(cfg.max_eval, cfg.seed) for t in tasks}
 
-    seed_everything(cfg.seed)
-    if cfg.pair_encoding != "cross":
-        raise FusekitError("joint training shares one forward among the tasks: pair_encoding must be cross")
-    base = load_base_model(cfg.model, tasks[0], cfg.pooling, objective=cfg.objective)
-    model = build_adapted_model(base, spec).to(device)
-    heads = {tasks[0].name: {k: torch.nn.Parameter(v.to(device)) for k, v in model.head_state().items()}}
-    for task in tasks[1:]:  # each head initialised as the model class initialises it for that task (text: none)
-        other = model if base.head.text else build_adapted_model(
-            load_base_model(cfg.model, task, cfg.pooling, objective=cfg.objective), spec)
-        heads[task.name] = {k: torch.nn.Parameter(v.to(device)) for k, v in other.head_state().items()}
-    shares = task_shares([len(train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
-    sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
-    total = math.ceil(cfg.epochs * sum(len(t) for t in train.values()) / sum(sizes))
-    options = {"priors": [prior_loss(train[t.name]) for t in tasks], "gamma": cfg.gamma, "alpha": cfg.gradnorm_alpha,
-               "seed": cfg.seed, "total_steps": total, "coba_interval": cfg.coba_interval,
-               "coba_warmup": cfg.coba_warmup, "coba_window": cfg.coba_window,
-               "coba_acs_history": cfg.coba_acs_history, "coba_loss_scale": cfg.coba_loss_scale, "famo_lr": cfg.famo_lr,
-               "famo_gamma": cfg.famo_gamma}
-    balancer = make_balancer(cfg.balancer, len(tasks), options)
-    balancer.across_processes = procs.sum
-    seed_everything(cfg.seed)
+    def _setup_data(self) -> None:
+        """Each task's training subset, its fixed held-out sample (CoBa's signal) and its dev split."""
+        cfg = self.cfg
+        splits = {t.name: load_split(t, "train", cfg.data) for t in self.tasks}
+        self.train = {n: s.capped(cfg.max_train, cfg.seed) for n, s in splits.items()}
+        held = {n: s.held_out(cfg.max_train, cfg.seed).capped(cfg.validation_examples, cfg.seed)
+                for n, s in splits.items()}
+        self.held = {n: (h if len(h) else self.train[n].capped(cfg.validation_examples, cfg.seed))
+                     for n, h in held.items()}
+        self.dev = {t.name: load_split(t, "validation", cfg.data).capped(cfg.max_eval, cfg.seed) for t in self.tasks}
 
-    encoded = {t.name: base.encode(train[t.name], cfg.max_length) for t in tasks}
-    loaders = {t.name: ResumableLoader(make_loader(encoded[t.name], b, True, cfg.seed + i))
-               for i, (t, b) in enumerate(zip(tasks, sizes))}
-    validation = {t.name: base.encode(held[t.name], cfg.max_length) for t in tasks}
-    batches = {name: loader.forever() for name, loader in loaders.items()}
-    shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
-    head_params = [p for head in heads.values() for p in head.values()]
-    # clipping acts on the combined gradient: tasks share one norm budget
-    session.setup_optimizer(shared + balancer.parameters(), total, clipped=shared + head_params, heads=head_params)
-    session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
-                   **{f"head/{n}/{k}": p for n, head in heads.items() for k, p in head.items()}},
-                  {f"train/{n}": x for n, x in loaders.items()}, balancer)
-    session.announce(f"joint {','.join(t.name for t in tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
-                     f"batch per task {sizes} · {total} steps on {device}")
+    def _setup_model(self) -> None:
+        """One adapter; a head per task, each initialised as the model class initialises it (text: none)."""
+        cfg, device = self.cfg, self.device
+        if cfg.pair_encoding != "cross":
+            raise FusekitError("joint training shares one forward among the tasks: pair_encoding must be cross")
+        spec = adapter_spec(cfg)
+        self.base = load_base_model(cfg.model, self.tasks[0], cfg.pooling, objective=cfg.objective)
+        self.model = build_adapted_model(self.base, spec).to(device)
+        self.heads = {}
+        for i, task in enumerate(self.tasks):
+            other = self.model if i == 0 or self.base.head.text else build_adapted_model(
+                load_base_model(cfg.model, task, cfg.pooling, objective=cfg.objective), spec)
+            self.heads[task.name] = {k: torch.nn.Parameter(v.to(device)) for k, v in other.head_state().items()}
 
-    def draw(batch_of: dict, tasks: list[TaskSpec]) -> list[tuple[dict, float]]:
-        """Each task's next batch: this process's rows of it and their weight in the global mean."""
-        return [procs.shard(to_device(next(batch_of[task.name]), device)) for task in tasks]
+    def _setup_balancer(self) -> None:
+        """Each task's batch size from the sampling shares, the number of steps, and the loss balancer."""
+        cfg, tasks = self.cfg, self.tasks
+        shares = task_shares([len(self.train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
+        self.sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
+        self.total = math.ceil(cfg.epochs * sum(len(t) for t in self.train.values()) / sum(self.sizes))
+        options = {"priors": [prior_loss(self.train[t.name]) for t in tasks], "gamma": cfg.gamma,
+                   "alpha": cfg.gradnorm_alpha, "seed": cfg.seed, "total_steps": self.total,
+                   "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup, "coba_window": cfg.coba_window,
+                   "coba_acs_history": cfg.coba_acs_history, "coba_loss_scale": cfg.coba_loss_scale,
+                   "famo_lr": cfg.famo_lr, "famo_gamma": cfg.famo_gamma}
+        self.balancer = make_balancer(cfg.balancer, len(tasks), options)
+        self.balancer.across_processes = self.procs.sum
 
-    def losses_of(step_batches: list[tuple[dict, float]], tasks: list[TaskSpec]) -> torch.Tensor:
+    def _setup_optimizer(self) -> None:
+        """Loaders (one per task, resumable), AdamW over the adapter, the heads and the balancer's own weights."""
+        cfg, model, session = self.cfg, self.model, self.session
+        loaders = {t.name: ResumableLoader(make_loader(self.base.encode(self.train[t.name], cfg.max_length), b, True,
+                                                       cfg.seed + i))
+                   for i, (t, b) in enumerate(zip(self.tasks, self.sizes))}
+        self.validation = {t.name: self.base.encode(self.held[t.name], cfg.max_length) for t in self.tasks}
+        self.batches = {name: loader.forever() for name, loader in loaders.items()}
+        self.shared = [p for k, p in model.adapter_params.items() if k not in model.frozen_keys()]
+        self.head_params = [p for head in self.heads.values() for p in head.values()]
+        # clipping acts on the combined gradient: tasks share one norm budget
+        session.setup_optimizer(self.shared + self.balancer.parameters(), self.total,
+                                clipped=self.shared + self.head_params, heads=self.head_params)
+        session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
+                       **{f"head/{n}/{k}": p for n, head in self.heads.items() for k, p in head.items()}},
+                      {f"train/{n}": x for n, x in loaders.items()}, self.balancer)
+        session.announce(f"joint {','.join(t.name for t in self.tasks)} · {cfg.adapter} · balancer {cfg.balancer} · "
+                         f"batch per task {self.sizes} · {self.total} steps on {self.device}")
+
+    def run(self) -> dict[str, dict[str, float]]:
+        session = self.session
+        done = session.resume()
+        with session.writing() as stage:
+            if self.balancer.validation_interval and not session.resumed:
+                start = self._validation_losses()  # ℓ_i(0), before training
+                self.balancer.start(start)
+                session.log.write({"step": 0, "validation_losses": start.tolist()})
+            job = session.bar.add_task("joint", total=self.total, completed=done, status="")
+            while session.step < self.total:
+                self._step(job)
+            results = self._evaluate()
+            self._save(stage, results)
+        console.print(f"wrote {session.out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
+        return results
+
+    def _step(self, job) -> None:
+        """One optimizer step on a batch of every task, balanced; logged, and checkpointed when due."""
+        session, balancer = self.session, self.balancer
+        began = time.perf_counter()
+        self.model.train()
+        # each task's next batch: this process's rows of it and their weight in the global mean
+        step_batches = [self.procs.shard(to_device(next(self.batches[t.name]), self.device)) for t in self.tasks]
+        losses = self._losses(step_batches)
+        weights = balancer.backward(losses, self.shared)
+        # gradients that flowed through the losses are per-process shares; balancer weights are not
+        self.procs.sum_gradients(self.head_params + ([] if balancer.combines_shared_gradients else self.shared))
+        step = session.optimizer_step()
+        if balancer.needs_loss_after_step:  # FAMO: the same batches at the new weights, same mode, no grad
+            with torch.no_grad():
+                balancer.after_step(self._losses(step_batches).detach())
+        del step_batches
+        record = {"step": step, "losses": losses.detach().tolist(), "weights": weights.tolist()}
+        session.check_finite(record["losses"])
+        if balancer.validation_interval and step % balancer.validation_interval == 0:
+            val = self._validation_losses()
+            balancer.observe(step, val)
+            record["validation_losses"] = val.tolist()
+        session.log.write({**record, "seconds": time.perf_counter() - began})
+        session.bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
+        if session.checkpoint_due():
+            session.save_checkpoint()
+
+    def _losses(self, step_batches: list[tuple[dict, float]]) -> torch.Tensor:
         values = []
-        for task, (batch, weight) in zip(tasks, step_batches):
-            with autocast(device):
-                loss = task_loss(task, model.forward_with_head(batch, heads[task.name]), batch, model.text)
-            values.append(procs.global_mean(loss, weight))
+        for task, (batch, weight) in zip(self.tasks, step_batches):
+            with autocast(self.device):
+                out = self.model.forward_with_head(batch, self.heads[task.name])
+                loss = task_loss(task, out, batch, self.model.text)
+            values.append(self.procs.global_mean(loss, weight))
         return torch.stack(values)
 
-    def validation_losses() -> torch.Tensor:
+    def _validation_losses(self) -> torch.Tensor:
         """Each task's mean loss on its whole fixed held-out sample: it changes only when the model does."""
-        return torch.tensor([evaluate(WithHead(model, heads[t.name]), validation[t.name], t, device,
-                                      cfg.eval_batch_size)["loss"] for t in tasks])
+        return torch.tensor([evaluate(WithHead(self.model, self.heads[t.name]), self.validation[t.name], t,
+                                      self.device, self.cfg.eval_batch_size)["loss"] for t in self.tasks])
 
-    done = session.resume()
-    with session.writing() as stage:
-        bar, log = session.bar, session.log
-        if balancer.validation_interval and not session.resumed:
-            start = validation_losses()  # ℓ_i(0), before training
-            balancer.start(start)
-            log.write({"step": 0, "validation_losses": start.tolist()})
-        job = bar.add_task("joint", total=total, completed=done, status="")
-        while session.step < total:
-            began = time.perf_counter()
-            model.train()
-            step_batches = draw(batches, tasks)
-            losses = losses_of(step_batches, tasks)
-            weights = balancer.backward(losses, shared)
-            # gradients that flowed through the losses are per-process shares; balancer weights are not
-            procs.sum_gradients(head_params + ([] if balancer.combines_shared_gradients else shared))
-            step = session.optimizer_step()
-            if balancer.needs_loss_after_step:  # FAMO: the same batches at the new weights, same mode, no grad
-                with torch.no_grad():
-                    balancer.after_step(losses_of(step_batches, tasks).detach())
-            del step_batches
-            record = {"step": step, "losses": losses.detach().tolist(), "weights": weights.tolist()}
-            session.check_finite(record["losses"])
-            if balancer.validation_interval and step % balancer.validation_interval == 0:
-                val = validation_losses()
-                balancer.observe(step, val)
-                record["validation_losses"] = val.tolist()
-            log.write({**record, "seconds": time.perf_counter() - began})
-            bar.update(job, advance=1, status=f"loss {losses.sum().item():.4f}")
-            if session.checkpoint_due():
-                session.save_checkpoint()
-        model.eval()
+    def _evaluate(self) -> dict[str, dict[str, float]]:
+        self.model.eval()
         results = {}
-        for task in tasks:
-            results[task.name] = evaluate(WithHead(model, heads[task.name]),
-                                          base.encode(dev[task.name], cfg.max_length), task,
-                                          device, cfg.eval_batch_size)
-            log.write({"step": total, "task": task.name, "eval": results[task.name]})
-        log.close()
+        for task in self.tasks:
+            data = self.base.encode(self.dev[task.name], self.cfg.max_length)
+            results[task.name] = evaluate(WithHead(self.model, self.heads[task.name]), data, task, self.device,
+                                          self.cfg.eval_batch_size)
+            self.session.log.write({"step": self.total, "task": task.name, "eval": results[task.name]})
+        self.session.log.close()
+        return results
+
+    def _save(self, stage: Path, results: dict[str, dict[str, float]]) -> None:
+        """The joint folder: the adapter as a task vector, every head, a PEFT folder per task, config, scores."""
+        cfg, model, base = self.cfg, self.model, self.base
         vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), {
-            **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [t.name for t in tasks],
+            **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [t.name for t in self.tasks],
             "base_model": base.name, "base_fingerprint": base.fingerprint, "fusekit_version": __version__},
             frozen=model.frozen_keys())
-        head_states = {n: TaskHead({k: v.detach().cpu() for k, v in h.items()}, base.head) for n, h in heads.items()}
-        references = cfg.references or [None] * len(tasks)
-        write_multitask(stage, vector, head_states, cfg.model, {
+        heads = {n: TaskHead({k: v.detach().cpu() for k, v in h.items()}, base.head) for n, h in self.heads.items()}
+        references = cfg.references or [None] * len(self.tasks)
+        write_multitask(stage, vector, heads, cfg.model, {
             "method": "joint", "params": {"balancer": cfg.balancer, "sampling": cfg.sampling,
                                           "temperature": cfg.temperature},
-            "inputs": [{"task": t.name, "run": ref} for t, ref in zip(tasks, references)],
+            "inputs": [{"task": t.name, "run": ref} for t, ref in zip(self.tasks, references)],
             "data": cfg.data, "max_length": cfg.max_length, "config": asdict(cfg),
         })
         atomic_write_text(stage / CONFIG, to_yaml(cfg))
         for name, metrics in results.items():
             record_eval(stage, name, metrics)
-    console.print(f"wrote {session.out} · " + " ".join(f"{n}={m['score']:.4f}" for n, m in results.items()))
-    return results
 
 
 class WithHead(torch.nn.Module):
