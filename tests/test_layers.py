@@ -1,4 +1,4 @@
-"""Data flows one way: no module imports a module of a stage above it (the README's layout, read bottom-up:
+"""The code reads from the top: no module imports a module of a stage above it (the README's layout, read bottom-up:
 data, config, models, artifacts, evaluation, training and merging, study, cli). Imports inside functions count."""
 
 from __future__ import annotations
@@ -37,3 +37,13 @@ def test_no_module_imports_a_stage_above_it():
             if STAGES[other] > STAGES[mine] or (STAGES[other] == STAGES[mine] and other != mine):
                 wrong.append(f"{module} imports {other}")
     assert not wrong, wrong
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Functions of at most 60 lines: a long one is split into named steps (as JointTraining is)."""
+    long = []
+    for path in sorted(ROOT.glob("fusekit/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not long, long

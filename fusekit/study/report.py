@@ -7,6 +7,8 @@ report can be rendered at any time, even of an unfinished study.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -408,67 +410,119 @@ def write_report(study: Path) -> Path:
     figures = study / REPORT_FIGURES
     figures.mkdir(exist_ok=True)
     individual, tasks = individual_table(study)
-    merged, joint = multitask_rows(study, "merge"), multitask_rows(study, "joint")
+    found = Found(study, figures, tasks, multitask_rows(study, "merge"), multitask_rows(study, "joint"))
     parts = [f"# fusekit report: {study.name}", "", "## Individually finetuned adapters (GLUE validation)", "",
              "Over several seeds: mean ± half-width of the 95% Student-t confidence interval.", "", individual, ""]
-    paired = paired_table(study, tasks)
-    if paired:
-        parts += ["### Differences between adapter variants, paired by seed (official score)", "", paired, ""]
-    if merged or joint:
-        parts += ["## Merged adapters and joint baselines: normalized score (score / own adapter's score)", "",
-                  "λ, TIES density and DARE rate chosen on held-out training examples, never on the reported split. "
-                  "– : the task's own adapter scored ≤ 0 (MCC or correlation), so there is nothing to normalize by; "
-                  f"the average leaves it out. ⚠ : the task keeps less than {FLAG_BELOW:.0%} of its own adapter's "
-                  "score; an average can hide it.",
-                  "", *search_precision([manifest for _, manifest, _ in merged]),
-                  multitask_table(merged + joint, tasks, normalized=True), "",
-                  "### The same, raw scores", "", multitask_table(merged + joint, tasks, normalized=False), ""]
-        paired_merges = paired_merge_table(study, merged, tasks)
-        if paired_merges:
-            parts += ["### Merge settings against the first adapter's, paired by seed", "", paired_merges, ""]
+    for section in SECTIONS:
+        parts += section(found)
+    path = study / REPORT
+    atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+@dataclass
+class Found:
+    """What the report's sections read: the study, where figures go, its tasks, its scored merges and joints."""
+
+    study: Path
+    figures: Path
+    tasks: list[str]
+    merged: list[tuple[str, dict, dict]]
+    joint: list[tuple[str, dict, dict]]
+
+
+def paired_section(found: Found) -> list[str]:
+    paired = paired_table(found.study, found.tasks)
+    return ["### Differences between adapter variants, paired by seed (official score)", "", paired, ""] if paired \
+        else []
+
+
+def multitask_section(found: Found) -> list[str]:
+    merged, joint, tasks = found.merged, found.joint, found.tasks
+    if not (merged or joint):
+        return []
+    parts = ["## Merged adapters and joint baselines: normalized score (score / own adapter's score)", "",
+             "λ, TIES density and DARE rate chosen on held-out training examples, never on the reported split. "
+             "– : the task's own adapter scored ≤ 0 (MCC or correlation), so there is nothing to normalize by; "
+             f"the average leaves it out. ⚠ : the task keeps less than {FLAG_BELOW:.0%} of its own adapter's "
+             "score; an average can hide it.",
+             "", *search_precision([manifest for _, manifest, _ in merged]),
+             multitask_table(merged + joint, tasks, normalized=True), "",
+             "### The same, raw scores", "", multitask_table(merged + joint, tasks, normalized=False), ""]
+    paired_merges = paired_merge_table(found.study, merged, tasks)
+    if paired_merges:
+        parts += ["### Merge settings against the first adapter's, paired by seed", "", paired_merges, ""]
+    return parts
+
+
+def sweep_section(found: Found) -> list[str]:
     sweeps: dict[tuple[str, str], list[dict]] = {}
-    for name, manifest, _ in merged:  # over several seeds, the first seed's sweep
+    for name, manifest, _ in found.merged:  # over several seeds, the first seed's sweep
         if manifest.get("search"):
             setting = seedless(name)[0].removesuffix(f"-{manifest['method']}")
             sweeps.setdefault((setting, manifest["method"]), manifest["search"])
-    if sweeps:
-        plot_sweeps(sweeps, tasks, figures / SWEEP_PLOT)
-        parts += ["## Hyperparameter sweeps on held-out training data", "",
-                  f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
-    for name, manifest, _ in merged:
+    if not sweeps:
+        return []
+    plot_sweeps(sweeps, found.tasks, found.figures / SWEEP_PLOT)
+    return ["## Hyperparameter sweeps on held-out training data", "", f"![λ sweep]({REPORT_FIGURES}/{SWEEP_PLOT})", ""]
+
+
+def coefficients_section(found: Found) -> list[str]:
+    parts = []
+    for name, manifest, _ in found.merged:
         if manifest.get("coefficients"):
-            png = figures / f"coefficients-{name}.png"
-            save(coefficients_figure(name, manifest["coefficients"], manifest_tasks(manifest, study)), png)
+            png = found.figures / f"coefficients-{name}.png"
+            save(coefficients_figure(name, manifest["coefficients"], manifest_tasks(manifest, found.study)), png)
             parts += [f"### AdaMerging's learned coefficients: {name}", "", f"![{name}]({REPORT_FIGURES}/{png.name})",
                       ""]
-    matrices = similarity_matrices(study, tasks)
-    if matrices:
-        save(similarity_figure(matrices, tasks), figures / SIMILARITY_PLOT)
-        means = ", ".join(f"{name} {np.abs(m[~np.eye(len(m), dtype=bool)]).mean():.3f}" for name, m in matrices)
-        parts += ["## Task-vector similarity", "",
-                  "Cosine similarity of the task vectors (LoRA: ΔW = s·(B·A − B0·A0); L-LoRA: its parameters φ). "
-                  f"Mean |similarity| between tasks: {means}.", "",
-                  f"![similarity]({REPORT_FIGURES}/{SIMILARITY_PLOT})", ""]
-    points = scaling_points(study)
-    if points:
-        plot_scaling(points, figures / SCALING_PLOT)
-        parts += ["## Fusion against the number of merged tasks", "",
-                  "Average normalized score of merges of k tasks, mean ± standard deviation over the subsets, and "
-                  "over the seeds of a multi-seed study (n counts both); hyperparameters chosen on held-out "
-                  "training data per subset.", "",
-                  scaling_table(points), "", f"![fusion vs k]({REPORT_FIGURES}/{SCALING_PLOT})", ""]
-    grids = disentanglement_grids(study)
-    if grids:
-        parts += disentanglement_section(study, grids, figures / DISENTANGLEMENT_PLOT)
-    for name, manifest, _ in joint:
-        metrics = study / "joint" / name / METRICS
-        png = figures / joint_plot(name)
-        noise = plot_joint(metrics, [item["task"] for item in manifest["inputs"]], png)
+    return parts
+
+
+def similarity_section(found: Found) -> list[str]:
+    matrices = similarity_matrices(found.study, found.tasks)
+    if not matrices:
+        return []
+    save(similarity_figure(matrices, found.tasks), found.figures / SIMILARITY_PLOT)
+    means = ", ".join(f"{name} {np.abs(m[~np.eye(len(m), dtype=bool)]).mean():.3f}" for name, m in matrices)
+    return ["## Task-vector similarity", "",
+            "Cosine similarity of the task vectors (LoRA: ΔW = s·(B·A − B0·A0); L-LoRA: its parameters φ). "
+            f"Mean |similarity| between tasks: {means}.", "", f"![similarity]({REPORT_FIGURES}/{SIMILARITY_PLOT})", ""]
+
+
+def scaling_section(found: Found) -> list[str]:
+    points = scaling_points(found.study)
+    if not points:
+        return []
+    plot_scaling(points, found.figures / SCALING_PLOT)
+    return ["## Fusion against the number of merged tasks", "",
+            "Average normalized score of merges of k tasks, mean ± standard deviation over the subsets, and over the "
+            "seeds of a multi-seed study (n counts both); hyperparameters chosen on held-out training data per "
+            "subset.", "", scaling_table(points), "", f"![fusion vs k]({REPORT_FIGURES}/{SCALING_PLOT})", ""]
+
+
+def disentangle_section(found: Found) -> list[str]:
+    grids = disentanglement_grids(found.study)
+    return disentanglement_section(found.study, grids, found.figures / DISENTANGLEMENT_PLOT) if grids else []
+
+
+def joint_section(found: Found) -> list[str]:
+    parts = []
+    for name, manifest, _ in found.joint:
+        png = found.figures / joint_plot(name)
+        noise = plot_joint(found.study / "joint" / name / METRICS, [item["task"] for item in manifest["inputs"]], png)
         moved = ("the weights never moved" if noise is None else
                  f"step-to-step noise is {noise:.0%} of the weights' movement (0%: a smooth trend, ~100%: white noise)")
         parts += [f"### Losses and balancer weights: {name}", "", f"{moved}.", "",
                   f"![{name}]({REPORT_FIGURES}/{png.name})", ""]
-    parts += ["## Stages: wall time and peak memory", "", stage_table(study), ""]
-    path = study / REPORT
-    atomic_write_text(path, "\n".join(parts))
-    return path
+    return parts
+
+
+def stage_section(found: Found) -> list[str]:
+    return ["## Stages: wall time and peak memory", "", stage_table(found.study), ""]
+
+
+# the report after its per-task table, in order: one function per section
+SECTIONS: list[Callable[[Found], list[str]]] = [
+    paired_section, multitask_section, sweep_section, coefficients_section, similarity_section, scaling_section,
+    disentangle_section, joint_section, stage_section,
+]
