@@ -1,5 +1,6 @@
 """The code reads from the top: no module imports a module of a stage above it (the README's layout, read bottom-up:
-data, config, models, artifacts, evaluation, training and merging, study, cli). Imports inside functions count."""
+data, config, models, artifacts, evaluation, training and merging, study, cli; imports inside functions count),
+and no function is longer than a screen."""
 
 from __future__ import annotations
 
