@@ -116,10 +116,15 @@ def test_left_padding_changes_no_score(tiny_llama, task):
 
 
 def test_text_runs_learn_and_hold_no_head(text_runs):
+    from fusekit.evaluation.eval import score_folders
+
     for folder, result in text_runs.values():
         run = load_run(folder)
         assert run.head.weights == {} and run.head.spec.objective == "text"
         assert result.metrics["accuracy"] >= 0.8, result.metrics  # the tiny data's word-sentiment signal
+    # no head ties a text adapter to its task: the SST-2 adapter answers RTE's prompt too (zero-shot transfer)
+    rows = score_folders([text_runs["sst2"][0]], "rte,sst2", None, None, 16, "cpu", None)
+    assert [r["task"] for r in rows] == ["rte", "sst2"]
 
 
 def plain_peft_scores(adapter, model_folder, task, split) -> torch.Tensor:

@@ -100,7 +100,7 @@ def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,
 
     `nonlinear` evaluates an L-LoRA vector with the plain LoRA forward at φ (what its PEFT folder holds).
     """
-    if get_task(run.head_task).family != task.family:
+    if get_task(run.head_task).family != task.family and not run.head.spec.text:  # a text adapter has no head
         raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
     return model_for_vector(run.config.model, vector or run.vector, run.head, task, str(run.folder), nonlinear)
 

@@ -90,7 +90,7 @@ def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> 
     run = load_run(folder)
     rows = []
     for task in parse_tasks(tasks) if tasks else parse_tasks(run.config.task):
-        if get_task(run.head_task).family != task.family:
+        if get_task(run.head_task).family != task.family and not run.head.spec.text:  # text: any task's prompt
             raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
         split = load_split(task, "validation", data or run.config.data).capped(max_eval, 0)
         scorer = TaskScorer(run.config.model, run.config.max_length, split, run.head, device, batch_size, str(folder))
