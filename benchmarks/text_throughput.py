@@ -10,9 +10,10 @@ against the machine's limit.
   decoded, compared with the label word.
 - The limit: the FLOPs the work needs, 2 · N · tokens for a forward (N the non-embedding parameters, prompt
   tokens counted without padding) plus 2 · hidden · vocabulary for the one answer position read per example, and
-  three times that for training (forward and backward); at each loop's speed, as a fraction of the float32
-  matmul peak measured in the same run (2048 × 2048, best of 5). Work a loop spends beyond that (padding, logits
-  nobody reads, generation's extra steps) lowers its fraction.
+  twice that for LoRA training (the backward pass carries gradients through the frozen weights to the
+  activations, as many FLOPs as the forward, but computes no gradient of those weights); at each loop's speed,
+  as a fraction of the float32 matmul peak measured in the same run (2048 × 2048, best of 5). Work a loop
+  spends beyond that (padding, logits nobody reads, generation's extra steps, attention, norms) lowers it.
 
     python benchmarks/text_throughput.py --model smollm2-135m --data ../shared/glue --task sst2 --examples 640
 """
@@ -101,11 +102,13 @@ def fusekit_training(args) -> float:
         return train(cfg).examples_per_second
 
 
-def fusekit_scoring(args, base, split) -> float:
+def fusekit_scoring(args, split) -> float:
     """Examples/s of fusekit's evaluation (of the untrained model: the same work)."""
     from fusekit.evaluation.loop import evaluate
     from fusekit.models.adapters import AdapterSpec, add_lora
+    from fusekit.models.base import load_base_model
 
+    base = load_base_model(args.model, split.task, objective="text")  # fresh: peft adds its layers in place
     model = add_lora(base, AdapterSpec(rank=args.rank, alpha=args.alpha))
     data = base.encode(split, args.max_length)
     start = time.perf_counter()
@@ -155,12 +158,12 @@ def main() -> None:
     dev = load_split(task, "validation", args.data).capped(args.examples, 0)
     base = load_base_model(args.model, task, objective="text")
     peak = matmul_peak()
-    flops = {"train": 3 * needed_flops(base, split, args.max_length) / len(split),
+    flops = {"train": 2 * needed_flops(base, split, args.max_length) / len(split),
              "score": needed_flops(base, dev, args.max_length) / len(dev)}  # per example
     runs = {"train: peft + Trainer (group_by_length)": lambda: trainer_training(args, base, split),
             "train: fusekit": lambda: fusekit_training(args),
             "score: generate, then compare": lambda: generate_scoring(args, base, dev),
-            "score: fusekit": lambda: fusekit_scoring(args, base, dev)}
+            "score: fusekit": lambda: fusekit_scoring(args, dev)}
     results: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
