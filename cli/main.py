@@ -312,7 +312,8 @@ def evaluate_lm(
     prompts: Annotated[Path, Opt(help="JSON lines of {\"prompt\": ..., \"answer\": ...}")],
     metric: Annotated[str, Opt(help="loglik (mean log-likelihood per answer token) or exact (greedy exact match)")]
     = "loglik",
-    base: Annotated[Optional[str], Opt(help="base model folder or hub id (default: the adapter's own)")] = None,
+    base: Annotated[Optional[str], Opt(help="base model folder, hub id or embedded name such as smollm2-135m "
+                                            "(default: the adapter's own)")] = None,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
 ) -> None:

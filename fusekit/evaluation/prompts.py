@@ -50,11 +50,12 @@ def load_causal_lm(adapter: Path, base: str | None, device: torch.device):
 
     from fusekit.artifacts.layout import PEFT_CONFIG
     from fusekit.artifacts.reading import read_json
+    from fusekit.models.base import resolve_model
 
     config = read_json(Path(adapter) / PEFT_CONFIG, "adapter config")
-    source = base or config.get("base_model_name_or_path")
-    if not source:
+    if not (base or config.get("base_model_name_or_path")):
         raise FusekitError(f"{adapter} names no base model: pass --base")
+    source = resolve_model(base) if base else config["base_model_name_or_path"]  # --base smollm2-135m works too
     try:
         model = AutoModelForCausalLM.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
