@@ -66,6 +66,17 @@ def test_symbolic_link_outputs_are_refused_before_any_work(two_runs, tmp_path):
     assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "nowhere").exists()
 
 
+def test_a_name_whose_staged_sibling_would_not_fit_is_refused_before_any_work(two_runs, tmp_path):
+    """250 bytes is a legal folder name, but `<name>.tmp-…` beside it would not be: refused at once, not after the
+    merge; the longest accepted name does the whole merge."""
+    from fusekit.artifacts.output import MAX_NAME_BYTES
+
+    runs = [two_runs / "sst2", two_runs / "rte"]
+    assert_one_line_error(merge(runs, "--out", tmp_path / ("m" * 250)), "bytes: at most")
+    assert merge(runs, "--out", tmp_path / ("m" * MAX_NAME_BYTES)).exit_code == 0
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
 def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(two_runs, tmp_path):
     out = tmp_path / "merged"
     runs = [two_runs / "sst2", two_runs / "rte"]

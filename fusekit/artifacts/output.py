@@ -16,7 +16,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from fusekit.artifacts.layout import CONFIG, LOCK_SUFFIX, MANIFEST, MARKER, STAGES, TASK_VECTOR, TUNE
+from fusekit.artifacts.layout import CONFIG, LOCK_SUFFIX, MANIFEST, MARKER, STAGES, STAGING, TASK_VECTOR, TUNE
 from fusekit.errors import FusekitError
 
 # what folders written before MARKER existed hold (run, merged or joint, study, tune)
@@ -43,6 +43,11 @@ def resolved(path: Path, what: str) -> Path:
         raise FusekitError(f"{what} {path} cannot be resolved ({error})") from None
 
 
+# the longest sibling fusekit makes beside an output: `<name>.tmp-old-<pid>` (pid up to 7 digits) or
+# `<name>.tmp-<8 random characters>`, within the 255 bytes of a file name
+MAX_NAME_BYTES = 255 - len(f"{STAGING}old-") - 7
+
+
 def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | str | None] = (),
                  what: str = "output folder", resumable: bool = False) -> None:
     """Refuse, before any work, every output that would lose something: see the module docstring. A `resumable`
@@ -50,6 +55,9 @@ def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | str | None]
     if out.is_symlink():
         raise FusekitError(f"{what} {out} is a symbolic link: give the folder's own path (fusekit replaces "
                            "folders whole)")
+    if len(out.name.encode()) > MAX_NAME_BYTES:  # before any work, not when the staged sibling is made
+        raise FusekitError(f"{what} name {out.name[:40]}… is {len(out.name.encode())} bytes: at most "
+                           f"{MAX_NAME_BYTES} (its staged sibling `<name>{STAGING}…` must fit a file system's 255)")
     target = resolved(out, what)
     if target.is_file():
         raise FusekitError(f"{what} {out} is a file (expected a folder)")
