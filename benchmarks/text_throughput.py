@@ -24,9 +24,9 @@ import argparse
 import math
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from train_throughput import _clock_class, fusekit_throughput  # this folder's script: the same fusekit run
 
 
 def matmul_peak() -> float:
@@ -57,18 +57,10 @@ def needed_flops(base, split, max_length: int) -> float:
 def trainer_training(args, base, split) -> float:
     """Examples/s of peft + Trainer on prompt + answer, the prompt's labels masked."""
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback, \
-        TrainingArguments
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from fusekit.data.text import verbalizer
     from fusekit.models.base import resolve_model
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            self.start = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            self.end = time.perf_counter()
 
     shared, choices = verbalizer(split.task, base.tokenizer)
     rows = []
@@ -79,7 +71,7 @@ def trainer_training(args, base, split) -> float:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model))
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=args.rank, lora_alpha=args.alpha))
-    clock = Clock()
+    clock = _clock_class()()
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(out, per_device_train_batch_size=args.batch_size, num_train_epochs=1,
                                   learning_rate=1e-3, lr_scheduler_type="linear", warmup_steps=0.06,
@@ -89,17 +81,6 @@ def trainer_training(args, base, split) -> float:
         Trainer(model=model, args=targs, train_dataset=rows, callbacks=[clock],
                 data_collator=DataCollatorForSeq2Seq(base.tokenizer, padding=True)).train()
     return len(rows) / (clock.end - clock.start)
-
-
-def fusekit_training(args) -> float:
-    from fusekit.config import TrainConfig
-    from fusekit.training.train import train
-
-    with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(task=args.task, model=args.model, data=args.data, out=str(Path(out) / "run"),
-                          rank=args.rank, alpha=args.alpha, lr=1e-3, epochs=1, batch_size=args.batch_size,
-                          max_length=args.max_length, max_train=args.examples, max_eval=16)
-        return train(cfg).examples_per_second
 
 
 def fusekit_scoring(args, split) -> float:
@@ -161,7 +142,7 @@ def main() -> None:
     flops = {"train": 2 * needed_flops(base, split, args.max_length) / len(split),
              "score": needed_flops(base, dev, args.max_length) / len(dev)}  # per example
     runs = {"train: peft + Trainer (group_by_length)": lambda: trainer_training(args, base, split),
-            "train: fusekit": lambda: fusekit_training(args),
+            "train: fusekit": lambda: fusekit_throughput(args),
             "score: generate, then compare": lambda: generate_scoring(args, base, dev),
             "score: fusekit": lambda: fusekit_scoring(args, dev)}
     results: dict[str, list[float]] = {name: [] for name in runs}

@@ -85,14 +85,17 @@ def _load_failed(name: str | None, source: str, error: Exception) -> FusekitErro
     return FusekitError(f"could not load model {name or DEFAULT_MODEL!r} from {source}: {first_line}")
 
 
-def is_generative(source: str, name: str | None) -> bool:
-    """Whether the checkpoint writes text (a causal LM or an encoder-decoder), from its config alone."""
+def _config(source: str, name: str | None):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError) as error:
         raise _load_failed(name, source, error) from None
+
+
+def is_generative(config) -> bool:
+    """Whether the checkpoint writes text (a causal LM or an encoder-decoder), from its config alone."""
     return bool(config.is_encoder_decoder) or any(a.endswith(GENERATIVE_ENDINGS) for a in config.architectures or ())
 
 
@@ -108,12 +111,13 @@ def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair
     source = resolve_model(name)
     if objective not in OBJECTIVES:
         raise FusekitError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    generative = is_generative(source, name)
+    config = _config(source, name)
+    generative = is_generative(config)
     if objective == "text" and not generative:
         raise FusekitError(f"objective text needs a generative model (a causal LM or an encoder-decoder); "
                            f"{name or DEFAULT_MODEL} is an encoder: use objective head")
     if objective == "text" or (objective == "auto" and generative):
-        return _load_text_model(name, source)
+        return _load_text_model(name, source, config)
     problem = "regression" if task.is_regression else "single_label_classification"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -139,12 +143,11 @@ def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair
     return BaseModel(model, tokenizer, heads, name or DEFAULT_MODEL, fingerprint(backbone), head)
 
 
-def _load_text_model(name: str | None, source: str) -> BaseModel:
+def _load_text_model(name: str | None, source: str, config) -> BaseModel:
     """The generative model whole (no head: the task vector is the adapter alone)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(source)
         model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = model_class.from_pretrained(source)
