@@ -65,6 +65,44 @@ def test_task_arithmetic_of_peft_adapters_is_exact_and_loads_in_plain_peft(base_
     assert summary["truncation_error"] == 0 and summary["rank"] == 12  # 4 + 8 where both adapt a layer
 
 
+@pytest.mark.parametrize("targets", [
+    (["q_proj", "v_proj"], ["q_proj", "k_proj", "up_proj", "down_proj"]),  # the first input adapts fewer layers
+    (["q_proj"], "model.layers.1.self_attn.(k|v)_proj"),  # a regex: the merged layers are named one by one
+    (["q_proj", "k_proj"], ["q_proj", "k_proj"]),  # the first adapts layer 0 only (layers_to_transform)
+])
+def test_a_merge_of_adapters_of_different_layers_keeps_every_layer(tiny_llama, tmp_path, targets):
+    """Plain peft builds the merged folder's every layer: its ΔW equals the sum of the inputs' ΔW, layer by
+    layer, where the config named only the first input's targets before."""
+    from transformers import AutoModelForCausalLM
+
+    extra = [{"layers_to_transform": [0]} if targets[0] == targets[1] else {}, {}]
+    folders = []
+    for i, (target, more) in enumerate(zip(targets, extra)):
+        torch.manual_seed(i)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=target, **more))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5)
+        model.save_pretrained(tmp_path / f"in{i}")
+        folders.append(tmp_path / f"in{i}")
+    result = invoke("merge", *folders, "--lambda", "1.0", "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+
+    def delta(folder):
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        before = {k: v.clone() for k, v in base.state_dict().items()}
+        merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload().state_dict()
+        return {k: merged[k] - before[k] for k in before}
+
+    inputs, merged = [delta(f) for f in folders], delta(tmp_path / "merged")
+    changed = [k for k in merged if inputs[0][k].abs().max() > 0 or inputs[1][k].abs().max() > 0]
+    assert len(changed) > len([k for k in changed if inputs[0][k].abs().max() > 0])  # the second adds layers
+    for key in merged:
+        assert torch.allclose(merged[key], inputs[0][key] + inputs[1][key], atol=1e-5), key
+
+
 def test_ties_on_products_is_truncated_by_svd_and_still_loads(base_dir, adapters, tmp_path):
     out = tmp_path / "ties"
     result = invoke("merge", *adapters, "--method", "ties", "--lambda", "1.0", "--density", "0.5", "--rank", "2",

@@ -178,7 +178,7 @@ def merge_peft(sources: list[str], out: Path, method: MergeMethod, weights: list
                    "base_model_name_or_path": adapters[0].config.get("base_model_name_or_path")}
         with staged_dir(out, overwrite, "peft-merge") as stage:
             save_tensors(stage / PEFT_WEIGHTS, tensors, {"format": "pt"})
-            atomic_write_json(stage / PEFT_CONFIG, _output_config(adapters[0].config, ranks))
+            atomic_write_json(stage / PEFT_CONFIG, _output_config([a.config for a in adapters], ranks))
             atomic_write_text(stage / "README.md", model_card(summary))
     note = f", SVD truncation error {error:.4f}" if error else ""
     console.print(f"wrote {out} · {method.name} {method.params()} · ΔW · rank {summary['rank']}{note}")
@@ -218,11 +218,22 @@ def _shared_modules(adapters: list[PeftLora], how: str) -> dict[str, torch.Tenso
     return {k: sum(a.shared[k].float() for a in adapters) / len(adapters) for k in keys}
 
 
-def _output_config(first: dict, ranks: dict[str, int]) -> dict:
-    """The first input's config with scale 1 everywhere (α = r per layer) and per-layer ranks."""
+LAYER_FILTERS = ("layers_to_transform", "layers_pattern", "exclude_modules")
+
+
+def _output_config(configs: list[dict], ranks: dict[str, int]) -> dict:
+    """The first input's config with scale 1 everywhere (α = r per layer), per-layer ranks, and targets that make
+    plain peft build every merged layer: the union of the inputs' target lists or, where an input names its
+    targets otherwise (a regex, `all-linear`, a layer filter), the merged layers themselves by full name."""
     default = max(set(ranks.values()), key=list(ranks.values()).count)
     pattern = {name: r for name, r in ranks.items() if r != default}
-    return {**first, "r": default, "lora_alpha": default, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
+    targets = [c.get("target_modules") for c in configs]
+    if all(isinstance(t, list) for t in targets) and not any(c.get(f) for c in configs for f in LAYER_FILTERS):
+        union = sorted(set().union(*targets))
+    else:
+        union = sorted(ranks)
+    return {**configs[0], "target_modules": union, **{f: None for f in LAYER_FILTERS if f in configs[0]},
+            "r": default, "lora_alpha": default, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
             "use_rslora": False, "inference_mode": True}
 
 
