@@ -192,6 +192,9 @@ def test_a_merged_causal_lm_adapter_is_scored_on_prompts(base_dir, adapters, tmp
     prompts.write_text('{"prompt": "w1"}\n')
     assert_one_line_error(invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir),
                           "task.jsonl:1: expected")
+    prompts.write_text('{"prompt": "w1 w2 w3", "answer": " w4"}\n{"prompt": "w7", "answ')  # a last line cut short
+    assert_one_line_error(invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir),
+                          "task.jsonl:2 is not a JSON record")
 
 
 def test_push_to_hub_uploads_the_folder_or_fails_in_one_line(adapters, tmp_path, monkeypatch):

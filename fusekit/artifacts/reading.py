@@ -49,9 +49,9 @@ def read_json(path: Path, what: str = "file", expect: type = dict):
     return data
 
 
-def read_jsonl(path: Path, what: str = "log") -> list[dict]:
-    """Every record of a JSON-lines file; a last line cut short by a kill is dropped, any other bad line is an
-    error naming its line number."""
+def read_jsonl(path: Path, what: str = "log", strict: bool = False) -> list[dict]:
+    """Every record of a JSON-lines file; any bad line is an error naming its line number, except, in a log fusekit
+    appends to (not `strict`), a last line cut short by a kill, which is dropped. A user's input file is strict."""
     lines = read_text(path, what).splitlines()
     records = []
     for number, line in enumerate(lines, 1):
@@ -60,7 +60,7 @@ def read_jsonl(path: Path, what: str = "log") -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):  # an append interrupted mid-line
+            if number == len(lines) and not strict:  # an append interrupted mid-line
                 break
             raise FusekitError(f"{what} {path}:{number} is not a JSON record") from None
         if not isinstance(record, dict):

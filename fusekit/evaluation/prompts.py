@@ -33,7 +33,7 @@ class Example:
 
 def read_prompts(path: Path) -> list[Example]:
     examples = []
-    for number, record in enumerate(read_jsonl(path, "prompts file"), 1):
+    for number, record in enumerate(read_jsonl(path, "prompts file", strict=True), 1):
         if not isinstance(record.get("prompt"), str) or not isinstance(record.get("answer"), str) \
                 or not record["answer"]:
             raise FusekitError(f"{path}:{number}: expected {{\"prompt\": text, \"answer\": non-empty text}}")
