@@ -161,7 +161,7 @@ def _nan(tensors, metadata):
 
 @pytest.mark.parametrize("change, pattern", [
     (_alpha_text, "metadata alpha='sixteen' is not a positive number"),
-    (_wrong_shape, "has a delta of shape .* but φ0 of shape"),
+    (_wrong_shape, "rank 4 recorded, task_vector.safetensors holds rank 1 tensors"),
     (_nan, "holds non-finite or non-float values"),
 ])
 def test_forged_task_vectors_are_refused(sst2_run, tmp_path, change, pattern):
@@ -169,6 +169,42 @@ def test_forged_task_vectors_are_refused(sst2_run, tmp_path, change, pattern):
     shutil.copytree(sst2_run[0], folder)
     forge_vector(folder, change)
     assert_one_line_error(invoke("eval", folder, "--device", "cpu"), pattern)
+
+
+def _config_rank(folder):
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "rank": 2}))
+
+
+def _peft_rank(folder):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 2}))
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (_config_rank, r"the records disagree: config\.yaml says rank 2, task_vector\.safetensors 4"),
+    (_peft_rank, r"the records disagree: adapter_config\.json says r=2, lora_alpha=8"),
+])
+def test_a_run_whose_records_disagree_is_refused_even_when_resealed(sst2_run, tmp_path, change, pattern):
+    from fusekit.artifacts.checksums import seal
+
+    folder = tmp_path / "run"
+    shutil.copytree(sst2_run[0], folder)
+    change(folder)
+    seal(folder)  # past the seal: the records themselves must agree
+    assert_one_line_error(invoke("eval", folder, "--device", "cpu"), pattern)
+
+
+def test_an_edited_score_record_is_refused_not_resealed(sst2_run, tmp_path):
+    """The next command that updates eval.json first checks it against the seal: an edit is never laundered."""
+    folder = tmp_path / "run"
+    shutil.copytree(sst2_run[0], folder)
+    scores = json.loads((folder / "eval.json").read_text())
+    scores["sst2"]["accuracy"] = 0.99
+    (folder / "eval.json").write_text(json.dumps(scores))
+    sealed = (folder / "checksums.json").read_text()
+    assert_one_line_error(invoke("eval", folder, "--device", "cpu"), r"eval\.json is corrupt or was edited")
+    assert (folder / "checksums.json").read_text() == sealed
 
 
 @pytest.mark.parametrize("damage, pattern", [

@@ -14,7 +14,7 @@ import torch
 from fusekit import __version__
 from fusekit.artifacts.atomic import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from fusekit.artifacts.checksums import ChecksummedFolder, reseal
-from fusekit.artifacts.layout import CONFIG, EVAL, HEAD, PEFT_WEIGHTS, TASK_VECTOR
+from fusekit.artifacts.layout import CHECKSUMS, CONFIG, EVAL, HEAD, PEFT_CONFIG, PEFT_WEIGHTS, TASK_VECTOR
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.task_vector import TaskVector, VectorHeader
 from fusekit.artifacts.reading import load_recipe
@@ -90,8 +90,33 @@ def load_run(folder: Path) -> Run:
     cfg = load_recipe(files.path(CONFIG), TrainConfig)
     head, head_meta = load_tensors(files.path(HEAD))
     run = Run(folder, cfg, TaskHead(head, HeadSpec.from_meta(head_meta)), head_meta.get("task", cfg.task), files)
-    run.header()  # a missing or corrupt task vector is reported now (and hashed once), not halfway through a job
+    check_records_agree(run)  # the task vector is hashed once here, not halfway through a job
+    if (folder / EVAL).is_file():
+        files.path(EVAL)  # an edited score record is refused before any command updates and re-seals it
     return run
+
+
+def check_records_agree(run: Run) -> None:
+    """config.yaml, the task vector's metadata and tensors, and the PEFT config describe one adapter: a folder
+    whose records disagree (edited, or files mixed from two runs) is refused, as plain peft would misread it."""
+    header, spec = run.header(), adapter_spec(run.config)
+    meta, where = header.meta, f"{run.folder}: the records disagree:"
+    for key, value in spec.meta().items():
+        if key in ("kind", "rank", "alpha", "lora_init", "linearize") and meta.get(key) != value:
+            raise FusekitError(f"{where} {CONFIG} says {key} {value!r}, {TASK_VECTOR} {meta.get(key)!r}")
+    if spec.target_modules and set(spec.target_modules) != set(meta.get("target_modules") or ()):
+        raise FusekitError(f"{where} {CONFIG} targets {list(spec.target_modules)}, {TASK_VECTOR} "
+                           f"{meta.get('target_modules')}")
+    ranks = {shape[0] for key, shape in header.shapes.items() if ".lora_A." in key}
+    if ranks - {spec.rank}:
+        raise FusekitError(f"{where} rank {spec.rank} recorded, {TASK_VECTOR} holds rank "
+                           f"{min(ranks - {spec.rank})} tensors")
+    if (run.folder / PEFT_CONFIG).is_file():
+        peft = read_json(run.files.path(PEFT_CONFIG), "PEFT config")
+        folded = 2 if spec.lora_init == "nonzero" else 1  # the export folds B0·A0 in as rank r more
+        if (peft.get("r"), peft.get("lora_alpha")) != (folded * spec.rank, folded * spec.alpha):
+            raise FusekitError(f"{where} {PEFT_CONFIG} says r={peft.get('r')!r}, lora_alpha="
+                               f"{peft.get('lora_alpha')!r} for a rank-{spec.rank} adapter of alpha {spec.alpha:g}")
 
 
 def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,
@@ -125,6 +150,8 @@ def model_for_vector(model_name: str | None, vector: TaskVector, head: TaskHead,
 def record_eval(folder: Path, task: str, metrics: dict) -> None:
     """Update the folder's EVAL file (run or merged folder) with this task's latest scores."""
     path = folder / EVAL
+    if path.is_file() and (folder / CHECKSUMS).is_file():
+        ChecksummedFolder.open(folder).path(EVAL)  # an edited record is refused, never re-sealed as fusekit's
     results = read_json(path, "scores") if path.is_file() else {}
     results[task] = metrics
     atomic_write_json(path, results)
