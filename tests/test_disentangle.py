@@ -83,8 +83,12 @@ def test_a_studys_pairs_side_by_side_per_variant(tmp_path):
     assert [f.name for f in folders[:4]] == ["sst2-lora", "rte-lora", "sst2-l-lora", "rte-l-lora"]
     assert [f.name for f in study_pairs(tmp_path, "rte+cola")[0]] == ["rte-lora", "cola-lora", "rte-l-lora",
                                                                       "cola-l-lora"]
+    (tmp_path / "recipe.yaml").write_text("tasks: [sst2, rte, cola, mrpc]\nadapters: {lora: {}, l-lora: {}}\n")
     with pytest.raises(FusekitError, match="mrpc-lora is missing"):
         study_pairs(tmp_path, "sst2+mrpc")
+    for pairs in ("sst2", "sst2+sst2", "sst2+qqp", "sst2+rte+cola"):
+        with pytest.raises(FusekitError, match=r"expected two different tasks of sst2, rte, cola, mrpc joined by"):
+            study_pairs(tmp_path, pairs)
 
 
 def test_the_figure_titles_each_heatmap_with_its_kind_runs_and_mean_error():

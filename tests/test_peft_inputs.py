@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tests.test_cli import assert_one_line_error, invoke
+from tests.test_cli import assert_error_line, assert_one_line_error, invoke
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,12 @@ def test_a_merged_causal_lm_adapter_is_scored_on_prompts(base_dir, adapters, tmp
     prompts.write_text('{"prompt": "w1 w2 w3", "answer": " w4"}\n{"prompt": "w7", "answ')  # a last line cut short
     assert_one_line_error(invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir),
                           "task.jsonl:2 is not a JSON record")
+    prompts.write_text('{"prompt": "", "answer": " w4"}\n')
+    assert_one_line_error(invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir),
+                          "task.jsonl:1: expected .*non-empty text")
+    prompts.write_text(json.dumps({"prompt": " ".join(["w1"] * 70), "answer": " w4"}) + "\n")  # 64 positions
+    assert_error_line(invoke("eval-lm", out, "--prompts", prompts, "--base", base_dir, "--device", "cpu"),
+                      "task.jsonl:1: prompt and answer are 71 tokens, more than the model's 64 positions")
 
 
 def test_push_to_hub_uploads_the_folder_or_fails_in_one_line(adapters, tmp_path, monkeypatch):

@@ -29,15 +29,17 @@ METRICS = ("loglik", "exact")
 class Example:
     prompt: str
     answer: str
+    where: str = "prompt"  # file:line, for errors
 
 
 def read_prompts(path: Path) -> list[Example]:
     examples = []
     for number, record in enumerate(read_jsonl(path, "prompts file", strict=True), 1):
         if not isinstance(record.get("prompt"), str) or not isinstance(record.get("answer"), str) \
-                or not record["answer"]:
-            raise FusekitError(f"{path}:{number}: expected {{\"prompt\": text, \"answer\": non-empty text}}")
-        examples.append(Example(record["prompt"], record["answer"]))
+                or not record["prompt"].strip() or not record["answer"].strip():
+            raise FusekitError(f"{path}:{number}: expected {{\"prompt\": non-empty text, \"answer\": non-empty "
+                               "text}")
+        examples.append(Example(record["prompt"], record["answer"], f"{path}:{number}"))
     if not examples:
         raise FusekitError(f"{path}: no examples")
     return examples
@@ -50,12 +52,13 @@ def load_causal_lm(adapter: Path, base: str | None, device: torch.device):
 
     from fusekit.artifacts.layout import PEFT_CONFIG
     from fusekit.artifacts.reading import read_json
-    from fusekit.models.base import resolve_model
+    from fusekit.models.base import quiet_transformers, resolve_model
 
     config = read_json(Path(adapter) / PEFT_CONFIG, "adapter config")
     if not (base or config.get("base_model_name_or_path")):
         raise FusekitError(f"{adapter} names no base model: pass --base")
     source = resolve_model(base) if base else config["base_model_name_or_path"]  # --base smollm2-135m works too
+    quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -66,6 +69,15 @@ def load_causal_lm(adapter: Path, base: str | None, device: torch.device):
     return model, tokenizer
 
 
+def _check_length(model, length: int, example: Example) -> None:
+    """A prompt and answer the model has positions for (past them, position embeddings index out of range)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and length > limit:
+        raise FusekitError(f"{example.where}: prompt and answer are {length} tokens, more than the model's {limit} "
+                           "positions (shorten the prompt)")
+
+
 @torch.inference_mode()
 def score_prompts(model, tokenizer, examples: list[Example], metric: str, device: torch.device) -> dict:
     if metric not in METRICS:
@@ -74,6 +86,7 @@ def score_prompts(model, tokenizer, examples: list[Example], metric: str, device
     for example in tracked(examples, f"eval-lm {metric}", len(examples)):
         prompt = tokenizer(example.prompt, return_tensors="pt").input_ids.to(device)
         answer = tokenizer(example.answer, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+        _check_length(model, prompt.shape[1] + answer.shape[1], example)
         if metric == "loglik":
             ids = torch.cat([prompt, answer], dim=1)
             logits = model(input_ids=ids).logits[0, prompt.shape[1] - 1:-1].float()

@@ -112,8 +112,15 @@ def disentangle(runs: list[Run], alphas: list[float], examples: int, space: str,
 
 
 def task_pairs(tasks: list[str], wanted: list[str] | None) -> list[tuple[str, ...]]:
-    """The task pairs `wanted` (each `sst2+mrpc`), or every pair of `tasks` in their order."""
-    return [tuple(p.split("+")) for p in wanted] if wanted else list(combinations(tasks, 2))
+    """The task pairs `wanted` (each `sst2+mrpc`, two different tasks of `tasks`), or every pair of `tasks`."""
+    if not wanted:
+        return list(combinations(tasks, 2))
+    pairs = [tuple(p.strip().split("+")) for p in wanted]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(tasks):
+            raise FusekitError(f"pair {'+'.join(pair)!r}: expected two different tasks of {', '.join(tasks)} joined "
+                               "by '+', such as sst2+rte")
+    return pairs
 
 
 def study_pairs(study: Path, pairs: str) -> tuple[list[Path], int]:
