@@ -60,6 +60,7 @@ def test_task_arithmetic_of_peft_adapters_is_exact_and_loads_in_plain_peft(base_
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(base_dir) and not config["use_rslora"]
     card = (out / "README.md").read_text()
+    assert "base_model:" not in card and f"the local folder `{base_dir.name}`" in card  # the Hub takes ids only
     assert "task-arithmetic" in card and str(adapters[0]) in card
     summary = json.loads(result.stdout)
     assert summary["truncation_error"] == 0 and summary["rank"] == 12  # 4 + 8 where both adapt a layer
@@ -139,6 +140,10 @@ def test_what_cannot_be_merged_exactly_is_refused(base_dir, adapters, tmp_path):
                           "modules_to_save .*--shared-modules average or first")
     result = invoke("merge", head, head2, "--lambda", "1", "--shared-modules", "average", "--out", tmp_path / "y")
     assert result.exit_code == 0, result.output
+    assert_one_line_error(invoke("merge", adapters[0], head, "--lambda", "1", "--shared-modules", "first", "--out",
+                                 tmp_path / "w"), "first adapter's modules_to_save, and it has no .*lm_head")
+    assert invoke("merge", head, adapters[0], "--lambda", "1", "--shared-modules", "first", "--out",
+                  tmp_path / "w").exit_code == 0
     assert_one_line_error(invoke("merge", tmp_path / "missing", "--lambda", "1", "--out", tmp_path / "z"),
                           "missing is not a folder \\(expected a run folder, a PEFT adapter folder or a Hub id")
 

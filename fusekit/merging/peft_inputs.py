@@ -27,6 +27,7 @@ from fusekit.artifacts.checksums import sha256
 from fusekit.artifacts.layout import PEFT_CONFIG, PEFT_WEIGHTS
 from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.reading import read_json
+from fusekit.data.loading import looks_like_path
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import MergeMethod
 from fusekit.progress import console, tracked
@@ -211,6 +212,10 @@ def _shared_modules(adapters: list[PeftLora], how: str) -> dict[str, torch.Tenso
         raise FusekitError(f"the adapters hold modules_to_save ({keys[0]}, …): pass --shared-modules average or "
                            "first to say how they combine")
     if how == "first":
+        dropped = next((k for a in adapters[1:] for k in a.shared if k not in adapters[0].shared), None)
+        if dropped:
+            raise FusekitError(f"--shared-modules first keeps only the first adapter's modules_to_save, and it has no "
+                               f"{dropped}, which a later one trained: put that adapter first, or use average")
         return dict(adapters[0].shared)
     missing = [k for k in keys if any(k not in a.shared for a in adapters)]
     if missing:
@@ -242,10 +247,12 @@ def model_card(summary: dict) -> str:
     rows = "\n".join(f"| {item['adapter']} | `{item['sha256'][:16]}…` | {w:g} |"
                      for item, w in zip(summary["inputs"], summary["weights"]))
     params = ", ".join(f"{k}={v}" for k, v in summary["params"].items() if k != "seed") or "–"
+    base = summary["base_model_name_or_path"]
+    hub_base = f"base_model: {base}\n" if base and not looks_like_path(base) else ""  # the Hub takes ids, not paths
+    local = f"\nBase model: the local folder `{Path(base).name}`.\n" if base and not hub_base else ""
     return f"""---
 library_name: peft
-base_model: {summary['base_model_name_or_path']}
-tags: [lora, merge, fusekit]
+{hub_base}tags: [lora, merge, fusekit]
 ---
 
 # Merged LoRA adapter
@@ -253,7 +260,7 @@ tags: [lora, merge, fusekit]
 Merged by fusekit with **{summary['method']}** ({params}) in ΔW space: each input's
 change to the weights, ΔW = s·B·A, combined exactly{' and written back by truncated SVD' if summary['truncation_error']
 else ''}. Rank {summary['rank']}; relative truncation error {summary['truncation_error']:.4g}.
-
+{local}
 | input adapter | sha256 of adapter_model.safetensors | weight |
 |---|---|---|
 {rows}

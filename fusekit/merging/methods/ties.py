@@ -17,7 +17,8 @@ from fusekit.merging.params import DENSITY, LAMBDA
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero all but the ⌈density·n⌉ largest-magnitude entries."""
+    """Zero all but the ⌈density·n⌉ largest-magnitude entries: rounded up, so that any density > 0 keeps at least
+    one entry of a tensor (peft's magnitude_prune keeps ⌊density·n⌋, one fewer where density·n is fractional)."""
     keep = math.ceil(density * delta.numel())
     if keep >= delta.numel():
         return delta
