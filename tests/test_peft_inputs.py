@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from fusekit.errors import FusekitError
 from tests.test_cli import assert_error_line, assert_one_line_error, invoke
 
 
@@ -152,6 +153,8 @@ def test_the_python_api_merges_as_the_cli_does(base_dir, adapters, tmp_path):
     import fusekit
 
     summary = fusekit.merge([str(a) for a in adapters], out=tmp_path / "api", lam=0.7)
+    with pytest.raises(FusekitError, match=r"api is a plain PEFT adapter .*PeftModel\.from_pretrained"):
+        fusekit.load_adapter(tmp_path / "api")
     cli = tmp_path / "cli"
     assert invoke("merge", *adapters, "--lambda", "0.7", "--out", cli).exit_code == 0
     api_weights, cli_weights = merged_weights(base_dir, tmp_path / "api"), merged_weights(base_dir, cli)

@@ -85,6 +85,9 @@ class Run:
 def load_run(folder: Path) -> Run:
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
+        if (folder / PEFT_CONFIG).is_file():
+            raise FusekitError(f"{folder} is a plain PEFT adapter (no {CONFIG}: not trained or merged from fusekit "
+                               "runs): load it with peft, PeftModel.from_pretrained(base_model, folder)")
         raise FusekitError(f"{folder} is not a fusekit run (expected {CONFIG} written by fusekit train)")
     files = ChecksummedFolder.open(folder)
     cfg = load_recipe(files.path(CONFIG), TrainConfig)
