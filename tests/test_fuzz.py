@@ -24,14 +24,16 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 30
 runner = CliRunner()
 
 
-def assert_clean_outcome(result) -> None:
-    """Success, or one `error:` line and exit code 1; never a traceback."""
+def assert_clean_outcome(result, after_progress: bool = False) -> None:
+    """Success, or one `error:` line and exit code 1 (`after_progress`: the last line, after the progress of work
+    done before the input's fault could be seen); never a traceback."""
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
     if result.exit_code == 0:
         return
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and (after_progress or len(lines) == 1), result.stderr
 
 
 numbers = st.one_of(
@@ -85,6 +87,55 @@ def test_merge_options(sst2_run, second_run, tmp_path, option, value):
                                  "--val-examples", "4", option, value])
     assert_clean_outcome(result)
     assert tree_hash(*runs) == before
+
+
+@pytest.fixture(scope="module")
+def peft_pair(tmp_path_factory):
+    """Two plain-peft LoRA adapters of a tiny GPT-2, of different targets and ranks."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("fuzz-peft")
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=32)).save_pretrained(
+        folder / "base")
+    for name, config in (("a", LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"])),
+                         ("b", LoraConfig(r=4, lora_alpha=4, target_modules=["c_attn", "c_proj"]))):
+        get_peft_model(GPT2LMHeadModel.from_pretrained(folder / "base"), config).save_pretrained(folder / name)
+    return folder
+
+
+PEFT_FIELDS = ["lora_alpha", "r", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern", "use_dora",
+               "lora_bias", "bias", "modules_to_save", "layers_to_transform", "peft_type", "fan_in_fan_out"]
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+              st.text(max_size=10)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6)
+
+
+@FUZZ
+@given(field=st.sampled_from(PEFT_FIELDS), value=json_values, weight=numbers)
+def test_merges_of_foreign_peft_configs(peft_pair, tmp_path, field, value, weight):
+    """Any value in any field of a foreign adapter's config, any --weights: a finite, loadable merge or one
+    `error:` line; the inputs untouched."""
+    import json
+
+    from safetensors.torch import load_file
+
+    second = tmp_path / "b"
+    shutil.rmtree(second, ignore_errors=True)
+    shutil.copytree(peft_pair / "b", second)
+    config = json.loads((second / "adapter_config.json").read_text())
+    (second / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+    before = tree_hash(peft_pair / "a", second)
+    out = tmp_path / "merged"
+    shutil.rmtree(out, ignore_errors=True)
+    result = runner.invoke(app, ["merge", str(peft_pair / "a"), str(second), "--weights", f"1,{weight}",
+                                 "--out", str(out)])
+    assert_clean_outcome(result, after_progress=True)
+    assert tree_hash(peft_pair / "a", second) == before
+    if result.exit_code == 0:
+        assert all(bool(t.isfinite().all()) for t in load_file(out / "adapter_model.safetensors").values())
 
 
 @FUZZ

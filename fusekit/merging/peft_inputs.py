@@ -75,6 +75,9 @@ class PeftLora:
             raise FusekitError(f"{self.source}: adapter_config.json {field} is {str(alpha)[:40]!r} (expected a finite "
                                "number > 0)")
         scale = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
+        if not math.isfinite(float(torch.tensor(scale, dtype=torch.float32))):
+            raise FusekitError(f"{self.source}: adapter_config.json {field} {alpha!r} gives a scale beyond float32's "
+                               "range (expected a LoRA alpha of a trained adapter, such as 16)")
         return a, b, scale
 
 
@@ -233,7 +236,8 @@ def _output_config(configs: list[dict], ranks: dict[str, int]) -> dict:
     default = max(set(ranks.values()), key=list(ranks.values()).count)
     pattern = {name: r for name, r in ranks.items() if r != default}
     targets = [c.get("target_modules") for c in configs]
-    if all(isinstance(t, list) for t in targets) and not any(c.get(f) for c in configs for f in LAYER_FILTERS):
+    named = all(isinstance(t, list) and all(isinstance(n, str) for n in t) for t in targets)
+    if named and not any(c.get(f) for c in configs for f in LAYER_FILTERS):
         union = sorted(set().union(*targets))
     else:
         union = sorted(ranks)
