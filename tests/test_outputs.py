@@ -64,6 +64,13 @@ def test_symbolic_link_outputs_are_refused_before_any_work(two_runs, tmp_path):
     assert_one_line_error(merge(runs, "--out", tmp_path / "dangling"), "is a symbolic link")
     assert_one_line_error(merge(runs, "--out", tmp_path / "loop" / "x"), "cannot be resolved")
     assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "nowhere").exists()
+    assert_one_line_error(merge([runs[0], tmp_path / "loop"], "--out", tmp_path / "m"),
+                          r"loop is a symbolic link that leads nowhere")
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text("{}")
+    assert_one_line_error(merge([runs[0], peft], "--out", tmp_path / "m"),
+                          r"a mix of fusekit runs and other PEFT adapters: .*sst2 \(fusekit run\), .*peft \(PEFT")
 
 
 def test_a_name_whose_staged_sibling_would_not_fit_is_refused_before_any_work(two_runs, tmp_path):

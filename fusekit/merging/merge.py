@@ -27,10 +27,14 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
     (out, method, params, space, rank, truncation error, search)."""
     config = from_mapping(MergeConfig, dataclasses.asdict(config), "merge settings")  # also when built in Python
     method = make_method(config.method)
+    for item in inputs:
+        if Path(item).is_symlink() and not Path(item).exists():
+            raise FusekitError(f"{item} is a symbolic link that leads nowhere (a loop, or its target is gone)")
     plain = [is_peft_folder(Path(f)) or not Path(f).exists() for f in inputs]
     if any(plain):
         if not all(plain):
-            raise FusekitError("mix of fusekit runs and other PEFT adapters: merge one kind at a time")
+            kinds = ", ".join(f"{f} ({'PEFT adapter or Hub id' if p else 'fusekit run'})" for f, p in zip(inputs, plain))
+            raise FusekitError(f"a mix of fusekit runs and other PEFT adapters: {kinds}; merge one kind at a time")
         return _merge_peft(config, method, inputs, out, overwrite)
     runs = [load_run(folder) for folder in inputs]
     space = config.space or method.space or ("delta-w" if runs[0].vector.meta["kind"] == "lora" else "factors")
