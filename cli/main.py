@@ -22,6 +22,7 @@ from fusekit.artifacts.reading import load_recipe
 from fusekit.config import JointConfig, TrainConfig, from_mapping, with_overrides
 from fusekit.errors import FusekitError
 from fusekit.merging.config import MergeConfig
+from fusekit.models.defaults import default_help
 
 DEBUG = "FUSEKIT_DEBUG"  # set to 1 (or pass --debug) to see the traceback of an unexpected error
 
@@ -156,9 +157,10 @@ def options(
     set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
 
 
-def config_flags(cls: type, skip: tuple[str, ...] = (), names: dict[str, str] | None = None):
+def config_flags(cls: type, skip: tuple[str, ...] = (), names: dict[str, str] | None = None,
+                 defaults: typing.Callable[[str], str | None] | None = None):
     """Give a command one flag per field of config dataclass `cls`, named after the field (or `names`), with the
-    field's help text: flags and config cannot drift. A flag left out keeps the recipe's value (None); list
+    field's help text and, from `defaults`, what it defaults to: flags and config cannot drift. A flag left out keeps the recipe's value (None); list
     fields take comma-separated values. The command receives them as keyword arguments."""
     hints = typing.get_type_hints(cls)
 
@@ -171,7 +173,9 @@ def config_flags(cls: type, skip: tuple[str, ...] = (), names: dict[str, str] | 
             hint = hints[f.name]
             kind = bool if hint is bool else next((t for t in (int, float, str) if _accepts(hint, t)), str)
             decls = (names[f.name],) if names and f.name in names else ()
-            annotation = Annotated[Optional[kind], Opt(*decls, help=f.metadata.get("help"))]
+            extra = defaults(f.name) if defaults else None
+            text = f.metadata.get("help") + (f"; {extra}" if extra else "")
+            annotation = Annotated[Optional[kind], Opt(*decls, help=text)]
             generated.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                                annotation=annotation))
         fixed = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
@@ -207,23 +211,61 @@ def _train_config(recipe: Optional[Path], settings: dict) -> TrainConfig:
     return with_overrides(base, _overrides(TrainConfig, settings))
 
 
+def _settings_table(recipe: Optional[Path], settings: dict) -> list[dict]:
+    """Every setting a run of these flags and recipe would use, and where its value comes from."""
+    from fusekit.artifacts.reading import read_yaml
+    from fusekit.models.defaults import resolve_defaults
+
+    resolved = resolve_defaults(_train_config(recipe, settings))
+    in_recipe = set(read_yaml(recipe, "recipe") or {}) if recipe else set()
+    flagged = {k for k, v in settings.items() if v is not None}
+
+    def source(key: str) -> str:
+        if key in flagged:
+            return "flag"
+        if key in in_recipe:
+            return f"recipe {recipe}"
+        return resolved.sources.get(key, "fusekit default")
+
+    return [{"setting": f.name, "value": getattr(resolved.config, f.name), "source": source(f.name)}
+            for f in dataclasses.fields(TrainConfig)]
+
+
+def _print_settings(rows: list[dict], as_json: bool) -> None:
+    from rich.table import Table
+
+    from fusekit.progress import console
+
+    table = Table("setting", "value", "from", title="settings of this run (nothing runs with --dry-run)")
+    for row in rows:
+        table.add_row(row["setting"], str(row["value"]), row["source"])
+    console.print(table)
+    _emit({row["setting"]: {"value": row["value"], "from": row["source"]} for row in rows}, as_json)
+
+
 @app.command()
-@config_flags(TrainConfig)
+@config_flags(TrainConfig, defaults=default_help)
 @one_line_errors
 def train(
     recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe; flags override its keys")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing run folder (and discard its checkpoint)")] = False,
+    dry_run: Annotated[bool, Opt(help="print every setting the run would use and where it comes from (flag, "
+                                      "recipe, task default, model default); train nothing")] = False,
     as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
     **settings,
 ) -> None:
-    """Finetune one adapter on one GLUE task.
+    """Finetune one adapter on one GLUE task. Settings not given take the task's and the model family's defaults
+    (chosen on held-out data); --dry-run shows each value and where it comes from.
 
-    Example: fusekit train --task sst2 --adapter lora --data ../shared/glue --max-train 10000 --out runs/sst2-lora
+    Example: fusekit train --task sst2 --data ../shared/glue --max-train 2000 --epochs 1
 
     L-LoRA: fusekit train --task rte --adapter l-lora --linearize module --lora-init nonzero --data ../shared/glue
     """
     from fusekit.training.train import train as run_training
 
+    if dry_run:
+        _print_settings(_settings_table(recipe, settings), as_json)
+        return
     cfg = _train_config(recipe, settings)
     result = run_training(cfg, overwrite=overwrite)
     _emit({"out": str(cfg.output_dir()), **dataclasses.asdict(result)}, as_json)

@@ -101,7 +101,9 @@ def registry(module: str, name: str) -> Callable[[], Iterable[str]]:
 
 @dataclass
 class TrainConfig:
-    """One adapter finetuned on one task (`fusekit train`)."""
+    """One adapter finetuned on one task (`fusekit train`). Settings left None (step sizes, epochs, batch sizes,
+    max length, pair encoding, targets) take the task's and the model family's defaults when the run starts
+    (fusekit.training.defaults)."""
 
     task: str = setting("sst2", "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli",
                          Allowed(choices=registry("fusekit.data.tasks", "TASKS")))
@@ -114,7 +116,7 @@ class TrainConfig:
     rank: int = setting(8, "LoRA rank r", AT_LEAST_ONE)
     alpha: float = setting(16.0, "LoRA alpha (scale s = alpha / r)", POSITIVE)
     dropout: float = setting(0.0, "LoRA dropout", FRACTION)
-    target_modules: list[str] | None = setting(None, "comma-separated module names to adapt (default: the model's)")
+    target_modules: list[str] | None = setting(None, "comma-separated module names to adapt")
     init_seed: int = setting(0, "seed of φ0, shared by tasks to be merged", SEED)
     lora_init: str = setting("default", "default (B0 = 0) or nonzero (random B0, W0 compensated)",
                               Allowed(choices=registry("fusekit.models.adapters", "LORA_INITS")))
@@ -127,18 +129,21 @@ class TrainConfig:
     pooling: str = setting("auto", "how a sentence becomes one vector: auto (the checkpoint's own, from a "
                                    "sentence-transformers 1_Pooling/config.json; else cls), cls, mean or max",
                            Allowed(choices=registry("fusekit.models.heads", "POOLINGS")))
-    pair_encoding: str = setting("cross", "sentence pairs: cross (one input) or bi (each sentence apart; a "
+    pair_encoding: str | None = setting(None, "sentence pairs: cross (one input) or bi (each sentence apart; a "
                                           "Sentence-BERT head over u, v, |u-v|, u*v, or a scaled cosine for STS-B)",
                                  Allowed(choices=registry("fusekit.models.heads", "PAIR_ENCODINGS")))
-    lr: float = setting(5e-4, "peak learning rate of the adapter (AdamW, linear decay)", POSITIVE)
-    head_lr: float | None = setting(None, "peak learning rate of the task head (default: lr)", POSITIVE)
+    head_init: str | None = setting(None, "how a head starts: fresh (the model class's random init) or probe (first "
+                                          "fitted on the frozen model's features, then finetuned with the adapter: "
+                                          "LP-FT)", Allowed(choices=("fresh", "probe")))
+    lr: float | None = setting(None, "peak learning rate of the adapter (AdamW, linear decay)", POSITIVE)
+    head_lr: float | None = setting(None, "peak learning rate of the task head", POSITIVE)
     weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
     warmup_ratio: float = setting(0.06, "fraction of the steps spent warming the learning rate up", FRACTION)
     max_grad_norm: float = setting(1.0, "gradient-norm clipping (0: none)", NON_NEGATIVE)
-    epochs: int = setting(3, "passes over the training examples", AT_LEAST_ONE)
-    batch_size: int = setting(32, "training examples per step", AT_LEAST_ONE)
-    eval_batch_size: int = setting(128, "examples per evaluation batch", AT_LEAST_ONE)
-    max_length: int = setting(128, "tokens per example (truncation)", Allowed(low=4))
+    epochs: int | None = setting(None, "passes over the training examples", AT_LEAST_ONE)
+    batch_size: int | None = setting(None, "training examples per step", AT_LEAST_ONE)
+    eval_batch_size: int | None = setting(None, "examples per evaluation batch", AT_LEAST_ONE)
+    max_length: int | None = setting(None, "tokens per example (truncation)", Allowed(low=4))
     max_train: int | None = setting(None, "cap on training examples (seeded subset)", AT_LEAST_ONE)
     max_eval: int | None = setting(None, "cap on validation examples", AT_LEAST_ONE)
     eval_on: str = setting("dev", "what the run is scored on: dev, or held-out (training examples outside the "
@@ -214,6 +219,12 @@ def _type_ok(value: object, hint: object) -> bool:
     return isinstance(value, hint)  # type: ignore[arg-type]
 
 
+def _accepts_float_only(hint: object) -> bool:
+    """A float setting (optional or not), into which an integer from YAML is converted (`lr: 1` → 1.0)."""
+    kinds = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+    return float in kinds and int not in kinds
+
+
 def _type_name(hint: object) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
@@ -227,7 +238,7 @@ def from_mapping(cls: type, data: dict, source: str):
     for key, value in data.items():
         if key not in known:
             raise FusekitError(f"{source}: unknown key {key!r} (expected one of {', '.join(sorted(known))})")
-        if isinstance(value, int) and not isinstance(value, bool) and hints[key] is float:
+        if isinstance(value, int) and not isinstance(value, bool) and _accepts_float_only(hints[key]):
             data[key] = float(value)
         elif not _type_ok(value, hints[key]):
             raise FusekitError(f"{source}: key {key!r} is {short(value)}, expected {_type_name(hints[key])}")

@@ -29,7 +29,8 @@ def test_prior_losses():
 @pytest.fixture(scope="module")
 def joint_config(tiny_model, glue_dir):
     return JointConfig(tasks="sst2,cola,stsb", model=str(tiny_model), data=str(glue_dir), rank=4, alpha=8.0,
-                       lr=2e-2, epochs=8, batch_size=8, max_length=32, device="cpu",
+                       target_modules=["query", "value"],
+                       lr=2e-2, head_lr=2e-2, epochs=8, batch_size=8, max_length=32, device="cpu",
                        validation_examples=16)
 
 

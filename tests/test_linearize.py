@@ -170,7 +170,7 @@ def test_default_init_freezes_lora_a_and_nonzero_does_not(tiny_model, batch, sco
 
 @pytest.mark.parametrize("scope, init", [("module", "default"), ("network", "nonzero")])
 def test_training_lowers_the_loss_and_saves_what_it_should(tiny_config, tmp_path, scope, init):
-    cfg = replace(tiny_config, task="sst2", adapter="l-lora", linearize=scope, lora_init=init, lr=0.1,
+    cfg = replace(tiny_config, task="sst2", adapter="l-lora", linearize=scope, lora_init=init, lr=0.1, head_lr=0.1,
                   out=str(tmp_path / "run"))  # the tangent model of a tiny random BERT needs a large step
     train(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -23,6 +23,7 @@ from fusekit.artifacts.merged_folder import load_merged
 from fusekit.artifacts.run_folder import load_run
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
+from fusekit.models.defaults import resolve_defaults
 from fusekit.merging.config import MergeConfig
 from fusekit.merging.merge import run_merge
 from fusekit.training.balancers import BALANCERS, make_balancer
@@ -124,7 +125,7 @@ def test_sigterm_stops_a_command_like_ctrl_c(cfg, tmp_path):
 def test_sigkilled_train_resumes_bit_for_bit(cfg, reference, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--task", "rte", "--model", cfg.model, "--data", cfg.data, "--rank", "4", "--alpha", "8",
-            "--lr", str(cfg.lr), "--epochs", "3", "--batch-size", "8", "--max-length", "32", "--max-train", "32",
+            "--lr", str(cfg.lr), "--head-lr", str(cfg.head_lr), "--target-modules", "query,value", "--epochs", "3", "--batch-size", "8", "--max-length", "32", "--max-train", "32",
             "--device", "cpu", "--checkpoint-every", "2", "--out", str(out)]
     hang_after_step_6 = (  # the child stops after its third checkpoint (mid-epoch 2) until it is killed
         "import sys, time\n"
@@ -265,7 +266,8 @@ def test_failed_save_keeps_the_previous_checkpoint(cfg, reference, tmp_path, mon
     with pytest.raises(FusekitError, match=r"could not write checkpoint .*step-000004\.pt .*No space left"):
         train(replace(cfg, out=str(out)))
     monkeypatch.undo()
-    assert Checkpoints(out, replace(cfg, out=str(out)), overwrite=False).load()["step"] == 2
+    resolved = resolve_defaults(replace(cfg, out=str(out))).config  # what the run recorded
+    assert Checkpoints(out, resolved, overwrite=False).load()["step"] == 2
     assert not any(p.name.endswith(".tmp") for p in checkpoint_dir(out).iterdir())
     train(replace(cfg, out=str(out)))
     assert_same_outputs(reference, out, RUN_FILES)

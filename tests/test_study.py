@@ -48,7 +48,7 @@ def write_recipe(path: Path, tiny_model, glue_dir, out: Path, **changes) -> Path
     ({"merge": {"lambda": [0.3]}}, "merge: unknown key 'lambda'"),
     ({"joint": {"balancers": ["uniform"], "settings": {"T": 2}}}, "joint/lora-uniform: unknown key 'T'"),
     ({"task_settings": {"qqp": {"lr": 0.1}}}, "task_settings key 'qqp'"),
-    ({"disentangle": {"pairs": ["sst2+qqp"]}}, "disentangle.pairs: 'sst2.qqp' is not two different tasks"),
+    ({"disentangle": {"pairs": ["sst2+qqp"]}}, "disentangle.pairs: pair 'sst2.qqp': expected two different tasks"),
     ({"disentangle": {"alphas": [0.0, float("inf")]}}, "disentangle: key 'alphas' is [0.0, inf], expected a finite"),
 ])
 def test_bad_recipe_is_refused_before_any_work(tmp_path, tiny_model, glue_dir, changes, message):

@@ -41,6 +41,8 @@ def test_tune_picks_the_best_held_out_point_and_never_reads_dev(tiny_config, tmp
         recorded = json.loads((folder / "eval.json").read_text())["sst2"]
         assert recorded["score"] == row["score"] and recorded["examples"] == 32
     assert json.loads((tmp_path / "tune" / "tune.json").read_text())["chosen"] == result["chosen"]
+    with pytest.raises(FusekitError, match=r"lr=1e-06-epochs=8 was trained with different max_train than this tune"):
+        tune(replace(cfg, max_train=48), {"lr": [1e-6, 2e-2], "epochs": [8]}, tmp_path / "tune", 32)
 
 
 def test_held_out_examples_are_outside_the_training_subset(glue_dir):
@@ -58,6 +60,23 @@ def test_grid_parsing_and_checks(tiny_config, tmp_path):
         tune(tiny_config, {"learning_rate": [1e-3]}, tmp_path, 8)
     with pytest.raises(FusekitError, match="leaves no training example"):
         tune(replace(tiny_config, task="sst2", max_train=None), {"lr": [1e-3]}, tmp_path / "t", 8)
+
+
+@pytest.mark.parametrize("tune_section, expected", [
+    ({"grid": {"lr": [1e-3, -1]}}, r"r\.yaml: tune grid of sst2 point lr=-1: key 'lr' is -1.0, expected a finite"),
+    ({"grid": {"learning_rate": [1e-3]}}, r"r\.yaml: tune grid of sst2: unknown setting 'learning_rate'"),
+    ({"grid": {"lr": [1e-3]}, "task_grids": {"sst2": {"pair_encoding": ["tri"]}}},
+     r"r\.yaml: tune grid of sst2 point lr=0\.001-pair_encoding=tri: key 'pair_encoding'"),
+])
+def test_a_dry_run_refuses_the_tune_grid_the_run_would_refuse(tmp_path, tune_section, expected):
+    """Each grid point is checked when the study is planned, naming the recipe file."""
+    from fusekit.study.run import load_study, plan
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"out": str(tmp_path / "s"), "tasks": ["sst2"], "train": {"max_train": 64},
+                                    "tune": tune_section}))
+    with pytest.raises(FusekitError, match=expected):
+        plan(load_study(path), str(path))
 
 
 def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny_model, glue_dir):
@@ -91,3 +110,22 @@ def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny
     report = (out / "report.md").read_text()
     assert "| head-only (frozen checkpoint) |" in report and "| zero-shot | – |" in report
     run_study(path)  # a rerun finds every stage finished
+    recipe["tune"]["grid"]["lr"] = [1e-6, 1e-2]
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusekitError, match=r"sst2-lora was tuned on another grid or held-out size than the recipe"):
+        run_study(path)
+
+
+def test_task_grids_add_keys_for_a_task_or_one_variant_of_it(tmp_path):
+    from fusekit.study.run import load_study, plan
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "s"), "tasks": ["sst2", "stsb"], "train": {"max_train": 64},
+        "adapters": {"lora": {"adapter": "lora"}, "l-lora": {"adapter": "l-lora"}},
+        "tune": {"grid": {"lr": [1e-3]}, "task_grids": {"stsb": {"pair_encoding": ["cross", "bi"]},
+                                                        "sst2:l-lora": {"lr": [3e-3, 1e-2]}}}}))
+    grids = {s.name: s.config.grid for s in plan(load_study(path), str(path)) if s.kind == "tune"}
+    assert grids == {"tune/sst2-lora": {"lr": [1e-3]}, "tune/sst2-l-lora": {"lr": [3e-3, 1e-2]},
+                     "tune/stsb-lora": {"lr": [1e-3], "pair_encoding": ["cross", "bi"]},
+                     "tune/stsb-l-lora": {"lr": [1e-3], "pair_encoding": ["cross", "bi"]}}

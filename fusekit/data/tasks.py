@@ -11,7 +11,7 @@ similarity rounded to a whole number, ` 0` … ` 5` (fusekit.data.text reads the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fusekit.errors import FusekitError
 
@@ -33,6 +33,9 @@ class TaskSpec:
     head_family: str = ""  # tasks with one family share a head (MNLI matched / mismatched)
     prompt: str = ""  # text objective: the template, {0} and {1} the example's sentences
     answers: tuple[str, ...] = ()  # text objective: the answer per label id (regression: per whole number)
+    # model family (head, text) → training settings chosen for this task by `fusekit tune` on held-out training
+    # data (recipes/defaults-*.yaml); what fusekit.models.defaults fills a run's unset settings with
+    defaults: dict[str, dict[str, object]] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def is_regression(self) -> bool:
@@ -69,12 +72,17 @@ TASKS: dict[str, TaskSpec] = {
     for t in [
         TaskSpec("cola", "CoLA", (3,), 1, _BINARY, ("matthews_correlation",), "cola", ("sentence",),
                  has_header=False, prompt="Sentence: {0}\nIs this sentence grammatically acceptable? Answer:",
-                 answers=_NO_YES),
+                 answers=_NO_YES, defaults={"head": {"lr": 5e-4, "head_lr": 2e-2, "max_length": 64},
+                                            "text": {"lr": 3e-3, "max_length": 64}}),
         TaskSpec("sst2", "SST-2", ("sentence",), "label", _BINARY, ("accuracy",), "sst2", ("sentence",),
-                 prompt="Review: {0}\nSentiment:", answers=(" negative", " positive")),
+                 prompt="Review: {0}\nSentiment:", answers=(" negative", " positive"),
+                 defaults={"head": {"lr": 1e-3, "head_lr": 5e-3, "max_length": 64},
+                           "text": {"lr": 1e-3, "max_length": 96}}),
         TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, ("f1", "accuracy"), "mrpc",
                  ("sentence1", "sentence2"), prompt=_PAIR + "Do both sentences mean the same thing? Answer:",
-                 answers=_NO_YES),
+                 answers=_NO_YES, defaults={"head": {"lr": 1e-3, "head_lr": 5e-3, "pair_encoding": "cross",
+                                                     "max_length": 128},
+                                            "text": {"max_length": 160}}),
         TaskSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", _BINARY, ("f1", "accuracy"), "qqp",
                  ("question1", "question2"),
                  prompt="Question 1: {0}\nQuestion 2: {1}\nDo both questions ask the same thing? Answer:",
@@ -82,7 +90,9 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "stsb",
                  ("sentence1", "sentence2"),
                  prompt=_PAIR + "How similar are the two sentences, from 0 (unrelated) to 5 (same meaning)? Answer:",
-                 answers=(" 0", " 1", " 2", " 3", " 4", " 5")),
+                 answers=(" 0", " 1", " 2", " 3", " 4", " 5"),
+                 defaults={"head": {"lr": 5e-4, "head_lr": 2e-2, "pair_encoding": "bi", "max_length": 160},
+                           "text": {"max_length": 160}}),
         TaskSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", _MNLI, ("accuracy",), "mnli",
                  ("premise", "hypothesis"), files=(_MNLI_TRAIN, ("validation", "dev_matched.tsv")),
                  head_family="mnli", prompt=_NLI, answers=(" yes", " maybe", " no")),
@@ -94,9 +104,11 @@ TASKS: dict[str, TaskSpec] = {
                  prompt="Question: {0}\nSentence: {1}\nDoes the sentence answer the question? Answer:",
                  answers=_YES_NO),
         TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label", _NLI2, ("accuracy",), "rte",
-                 ("sentence1", "sentence2"), prompt=_NLI, answers=_YES_NO),
+                 ("sentence1", "sentence2"), prompt=_NLI, answers=_YES_NO,
+                 defaults={"head": {"max_length": 320}, "text": {"max_length": 320}}),
         TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",), "wnli",
-                 ("sentence1", "sentence2"), prompt=_NLI, answers=_NO_YES),
+                 ("sentence1", "sentence2"), prompt=_NLI, answers=_NO_YES,
+                 defaults={"head": {"max_length": 128}, "text": {"max_length": 128}}),
     ]
 }
 

@@ -31,6 +31,7 @@ from fusekit.evaluation.loop import evaluate, task_loss
 from fusekit.evaluation.metrics import compute_metrics, predictions
 from fusekit.models.adapters import AdapterSpec, add_lora
 from fusekit.models.base import BaseModel, load_base_model, resolve_device
+from fusekit.models.defaults import resolve_defaults
 from fusekit.progress import console
 
 PROBE_EPOCHS = 20  # passes over the cached head inputs: a linear probe converges long before this
@@ -39,7 +40,7 @@ PROBE_LR = 1e-3
 
 def run_baselines(cfg: TrainConfig, path: Path) -> dict:
     """Every baseline of `cfg`'s task on its training subset and dev split; written to `path` (JSON)."""
-    task = get_task(cfg.task)
+    cfg, task = resolve_defaults(cfg).config, get_task(cfg.task)
     check_output_file(path, [cfg.data, cfg.model])  # before any work
     train = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
     dev = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
@@ -95,10 +96,20 @@ def zero_shot(model: str | None, task: TaskSpec, dev: Split, pooling: str, max_l
 def head_only(base: BaseModel, task: TaskSpec, train: Split, dev: Split, max_length: int, batch_size: int,
               seed: int, lr: float = PROBE_LR, epochs: int = PROBE_EPOCHS) -> dict[str, float]:
     """Train `base`'s fresh head alone on cached head inputs, score it on `dev`."""
-    encoding = base.head.pair_encoding
-    train_inputs, train_labels = _head_inputs(base, EncodedSplit(train, base.tokenizer, max_length, encoding),
-                                              batch_size)
-    dev_inputs, dev_labels = _head_inputs(base, EncodedSplit(dev, base.tokenizer, max_length, encoding), batch_size)
+    head = fit_head(base, task, train, max_length, batch_size, seed, lr, epochs)
+    dev_inputs, dev_labels = _head_inputs(base, EncodedSplit(dev, base.tokenizer, max_length,
+                                                             base.head.pair_encoding), batch_size)
+    with torch.inference_mode():
+        logits = torch.cat([head(*x) for x in dev_inputs]).float().numpy()
+    return compute_metrics(task, np.concatenate(dev_labels), predictions(task, logits))
+
+
+def fit_head(base: BaseModel, task: TaskSpec, train: Split, max_length: int, batch_size: int, seed: int,
+             lr: float = PROBE_LR, epochs: int = PROBE_EPOCHS) -> nn.Module:
+    """Fit `base`'s head, in place, on the frozen model's features of `train` (a linear probe): the head-only
+    baseline, and the first half of LP-FT (`head_init: probe`), which then finetunes from it."""
+    train_inputs, train_labels = _head_inputs(base, EncodedSplit(train, base.tokenizer, max_length,
+                                                                 base.head.pair_encoding), batch_size)
     head = _head(base)
     head.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
@@ -113,9 +124,7 @@ def head_only(base: BaseModel, task: TaskSpec, train: Split, dev: Split, max_len
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     head.eval()
-    with torch.inference_mode():
-        logits = torch.cat([head(*x) for x in dev_inputs]).float().numpy()
-    return compute_metrics(task, np.concatenate(dev_labels), predictions(task, logits))
+    return head
 
 
 def _head(base: BaseModel) -> nn.Module:

@@ -3,6 +3,7 @@ encoder with a task head, or a generative model asked in text), fingerprint it."
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -71,7 +72,7 @@ class BaseModel:
         return EncodedSplit(split, self.tokenizer, max_length, self.head.pair_encoding)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     import transformers
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 deprecations raised inside peft
@@ -85,9 +86,12 @@ def _load_failed(name: str | None, source: str, error: Exception) -> FusekitErro
     return FusekitError(f"could not load model {name or DEFAULT_MODEL!r} from {source}: {first_line}")
 
 
+@functools.lru_cache(maxsize=8)
 def _config(source: str, name: str | None):
+    """The checkpoint's config, read once per process (settings are resolved from it before the model loads)."""
     from transformers import AutoConfig
 
+    quiet_transformers()
     try:
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError) as error:
@@ -99,6 +103,15 @@ def is_generative(config) -> bool:
     return bool(config.is_encoder_decoder) or any(a.endswith(GENERATIVE_ENDINGS) for a in config.architectures or ())
 
 
+def model_kind(name: str | None, objective: str = "auto") -> tuple[str, str | None]:
+    """How the model learns a task, `head` or `text` (what `auto` means for it), and its architecture's
+    model_type (`bert`, `llama`): what its default settings depend on."""
+    config = _config(resolve_model(name), name)
+    if objective == "auto":
+        objective = "text" if is_generative(config) else "head"
+    return objective, getattr(config, "model_type", None)
+
+
 def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair_encoding: str = "cross",
                     objective: str = "auto") -> BaseModel:
     """Load the model for `task`: with the `text` objective (the default for a generative model) the LM itself,
@@ -107,7 +120,7 @@ def load_base_model(name: str | None, task: TaskSpec, pooling: str = "cls", pair
     `PooledClassifier` (models.heads)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     source = resolve_model(name)
     if objective not in OBJECTIVES:
         raise FusekitError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")

@@ -1,6 +1,7 @@
 """`fusekit report --publish DIR`: a study's results in a folder git can keep, so that they outlive the run
 folders (which hold weights and are not kept): the report, its figures, the recipe as run, the stage costs, and
-every stage's scores in one JSON file (`scores.json`: stage name → its eval.json, or baseline.json). No weights.
+every stage's scores in one JSON file (`scores.json`: stage name → its eval.json, baseline.json or tune.json).
+No weights.
 
 The folder is staged and renamed into place, like every output; publishing again replaces it, so two runs of a
 study can be compared with `git diff`.
@@ -20,10 +21,11 @@ from fusekit.artifacts.layout import (
     REPORT_FIGURES,
     STAGES,
     STUDY_RECIPE,
+    TUNE,
 )
 from fusekit.artifacts.reading import read_json
 
-STAGE_KINDS = ("baseline", "train", "merge", "scaling", "joint", "disentangle")
+STAGE_KINDS = ("tune", "baseline", "train", "merge", "scaling", "joint", "disentangle")
 
 
 def stage_scores(study: Path) -> dict[str, dict]:
@@ -31,7 +33,7 @@ def stage_scores(study: Path) -> dict[str, dict]:
     scores = {}
     for kind in STAGE_KINDS:
         for folder in sorted((study / kind).glob("*")):
-            for name in (EVAL, BASELINE):
+            for name in (EVAL, BASELINE, TUNE):
                 if (folder / name).is_file():
                     scores[f"{kind}/{folder.name}"] = read_json(folder / name, "scores")
     return scores

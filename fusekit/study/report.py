@@ -30,6 +30,7 @@ from fusekit.artifacts.layout import (
     STAGING,
     STUDY_RECIPE,
     SWEEP_PLOT,
+    TUNE,
     is_checkpoint_dir,
     joint_plot,
 )
@@ -517,12 +518,37 @@ def joint_section(found: Found) -> list[str]:
     return parts
 
 
+def tune_section(found: Found) -> list[str]:
+    """Each tune's grid on held-out training examples, the chosen point in bold: how the settings were chosen."""
+    tables = []
+    for folder in _finished(found.study, "tune"):
+        table = _json(folder / TUNE)
+        if not table.get("rows"):
+            continue
+        keys = list(table["rows"][0].keys() - {"score", "held_out", "seconds"})
+        keys.sort(key=list(table["rows"][0]).index)
+        rows = []
+        for row in table["rows"]:
+            chosen = all(row[k] == table["chosen"].get(k) for k in keys)
+            cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+            cells += [f"{row['score']:.4f}", f"{row['seconds']:.0f}" if row.get("seconds") is not None else "–"]
+            rows.append([f"**{c}**" for c in cells] if chosen else cells)
+        tables += [f"### {folder.name} ({table['held_out_examples']} held-out training examples)", "",
+                   _table([*keys, "held-out score", "train (s)"], rows), ""]
+    if not tables:
+        return []
+    return ["## Settings chosen on held-out training data (`fusekit tune`)", "",
+            "Each grid point trains one adapter on the run's training subset and is scored on training examples "
+            "outside it; the best point (bold) is what the task's runs use. The dev split is never read.", "",
+            *tables]
+
+
 def stage_section(found: Found) -> list[str]:
     return ["## Stages: wall time and peak memory", "", stage_table(found.study), ""]
 
 
 # the report after its per-task table, in order: one function per section
 SECTIONS: list[Callable[[Found], list[str]]] = [
-    paired_section, multitask_section, sweep_section, coefficients_section, similarity_section, scaling_section,
+    tune_section, paired_section, multitask_section, sweep_section, coefficients_section, similarity_section, scaling_section,
     disentangle_section, joint_section, stage_section,
 ]

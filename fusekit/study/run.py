@@ -51,10 +51,11 @@ from fusekit.errors import FusekitError
 from fusekit.study.disentangle import ALPHAS, task_pairs
 from fusekit.merging.config import MergeConfig
 from fusekit.merging.search import searched
+from fusekit.models.defaults import resolve_defaults
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
 from fusekit.training.parallel import processes
-from fusekit.training.tune import chosen_settings, grid_points, tune
+from fusekit.training.tune import chosen_settings, point_configs, tune
 
 
 @dataclass
@@ -124,6 +125,8 @@ class TuneSettings:
     """Training settings chosen per task and variant on held-out training examples (`fusekit tune`)."""
 
     grid: dict = setting({"lr": [2e-4, 5e-4, 1e-3]}, "train keys → values to try")
+    task_grids: dict = setting({}, "task (or task:variant) → train keys → values, added to the grid for that task "
+                                   "(pair_encoding for sentence-pair tasks) or that task's variant")
     held_out_examples: int = setting(500, "training examples outside each run's subset, scored per grid point",
                                      AT_LEAST_ONE)
     variants: list[str] | None = setting(None, "adapter variants to tune (None: all)", Allowed(unique=True))
@@ -252,7 +255,11 @@ def _train_keys(study: StudyConfig, task: str, variant: str, seed: int, tuned: b
 
 
 def _tune_stages(tune: TuneSettings, study: StudyConfig, tasks: list[str], source: str) -> list[Stage]:
-    grid_points(tune.grid)  # unknown keys and empty lists fail now
+    for key, grid in tune.task_grids.items():
+        task, _, variant = str(key).partition(":")
+        if task not in tasks or (variant and variant not in study.adapters) or not isinstance(grid, dict):
+            raise FusekitError(f"{source}: tune.task_grids.{key}: expected a task (or task:variant) of the study "
+                               "mapped to a grid")
     stages = []
     for variant in tune.variants or list(study.adapters):
         if variant not in study.adapters:
@@ -264,7 +271,9 @@ def _tune_stages(tune: TuneSettings, study: StudyConfig, tasks: list[str], sourc
             name = str(folder.relative_to(study.out))
             keys = {**_train_keys(study, task, variant, study.seeds[0], tuned=False), "out": str(folder)}
             config = from_mapping(TrainConfig, keys, f"{source}: {name}")
-            stages.append(Stage(name, "tune", TuneJob(config, variant, tune.grid, tune.held_out_examples)))
+            grid = {**tune.grid, **tune.task_grids.get(task, {}), **tune.task_grids.get(f"{task}:{variant}", {})}
+            point_configs(config, grid, folder, tune.held_out_examples, f"{source}: tune grid of {task}")
+            stages.append(Stage(name, "tune", TuneJob(config, variant, grid, tune.held_out_examples)))
     return stages
 
 
@@ -317,11 +326,10 @@ def _linearized(study: StudyConfig, variant: str) -> bool:
 
 def _disentangle_stages(settings: DisentangleSettings, study, runs, tasks, tag, seed, source) -> list[Stage]:
     """One stage per task pair, variant and space: `disentangle/<variant>-<space>-<task>+<task>`."""
-    pairs = task_pairs(tasks, settings.pairs)
-    for pair in pairs:
-        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(tasks):
-            raise FusekitError(f"{source}: disentangle.pairs: {'+'.join(pair)!r} is not two different tasks of the "
-                               "study joined by '+'")
+    try:
+        pairs = task_pairs(tasks, settings.pairs)
+    except FusekitError as error:
+        raise FusekitError(f"{source}: disentangle.pairs: {error}") from None
     stages = []
     for variant in settings.variants or list(study.adapters):
         if variant not in runs:
@@ -369,12 +377,17 @@ def check_unchanged(stage: Stage, out: Path) -> None:
         if [(r.get("alphas"), r.get("space")) for r in recorded] != [(job.alphas, job.space)]:
             raise FusekitError(f"{out / stage.name} was computed on another α grid or space than the recipe asks "
                                "(delete the folder to rerun it, or change `out`)")
+    if stage.kind == "tune":
+        recorded, job = read_json(out / stage.name / TUNE, "tune table"), stage.config
+        if (recorded.get("grid"), recorded.get("held_out_examples")) != (job.grid, job.held_out_examples):
+            raise FusekitError(f"{out / stage.name} was tuned on another grid or held-out size than the recipe asks "
+                               "(delete the folder to tune again, or change `out`)")
     if stage.kind not in ("train", "joint"):
         return
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
     if not isinstance(recorded, dict):
         raise FusekitError(f"{out / stage.name / CONFIG} is not a mapping of settings: delete the folder to rerun")
-    wanted = dataclasses.asdict(stage.config)
+    wanted = dataclasses.asdict(resolve_defaults(stage.config).config)
     changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
     if changed:
         raise FusekitError(f"{out / stage.name} was run with different {', '.join(changed)} than the recipe asks "

@@ -28,6 +28,7 @@ from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model
+from fusekit.models.defaults import resolve_defaults
 from fusekit.models.heads import TaskHead
 from fusekit.progress import console
 from fusekit.training.balancers import make_balancer
@@ -64,7 +65,8 @@ class JointTraining:
     agree), then the loop, the dev scores and the outputs."""
 
     def __init__(self, cfg: JointConfig, overwrite: bool):
-        self.cfg, self.tasks = cfg, parse_tasks(cfg.tasks)
+        self.cfg, self.tasks = resolve_defaults(cfg).config, parse_tasks(cfg.tasks)
+        cfg = self.cfg
         self.session = TrainingSession(cfg, "joint", overwrite)
         self.procs = self.session.procs
         self._check_references()

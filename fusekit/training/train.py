@@ -14,10 +14,12 @@ from fusekit.config import TrainConfig
 from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
+from fusekit.evaluation.baselines import fit_head
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.adapters import AdaptedModel
 from fusekit.models.base import BaseModel, load_base_model
 from fusekit.progress import console
+from fusekit.models.defaults import Resolved, describe_defaults, resolve_defaults
 from fusekit.training.session import TrainingSession, seed_everything
 
 
@@ -44,16 +46,17 @@ def evaluation_split(cfg: TrainConfig, full_train: Split) -> Split:
 
 
 def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
-    task = get_task(cfg.task)
+    """Finetune, score and write the run folder; settings `cfg` leaves None take the task's and model's defaults."""
+    resolved = resolve_defaults(cfg)
+    cfg, task = resolved.config, get_task(cfg.task)
     spec = adapter_spec(cfg)
     session = TrainingSession(cfg, "run", overwrite)
     procs, device = session.procs, session.setup_device()
     full_train = load_split(task, "train", cfg.data)
     train_split = full_train.capped(cfg.max_train, cfg.seed)
     eval_split = evaluation_split(cfg, full_train)
-
     seed_everything(cfg.seed)
-    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding, cfg.objective)
+    base = _load_base(cfg, task, train_split)
     model = build_adapted_model(base, spec).to(device)
     seed_everything(cfg.seed)
 
@@ -64,11 +67,10 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                             heads=list(model.head_params.values()))
     session.track({**{f"adapter/{k}": p for k, p in model.adapter_params.items()},
                    **{f"head/{k}": p for k, p in model.head_params.items()}}, {"train": loader})
-    _announce(session, cfg, base, model, len(train_split), device)
+    _announce(session, resolved, base, model, len(train_split), device)
 
     metrics = {}
-    step = session.resume()
-    seconds = session.seconds
+    step, seconds = session.resume(), session.seconds  # in this order: resuming restores the seconds
     with session.writing() as stage:
         bar, log = session.bar, session.log
         job = bar.add_task(f"{task.name}", total=session.total, completed=step, status="")
@@ -105,13 +107,26 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     return TrainResult(metrics, seconds, throughput, step)
 
 
-def _announce(session: TrainingSession, cfg: TrainConfig, base: BaseModel, model: AdaptedModel, examples: int,
+def _load_base(cfg: TrainConfig, task, train_split: Split) -> BaseModel:
+    """The base model for the task, its head fitted first on the frozen features with `head_init: probe` (LP-FT:
+    linear probing, then finetuning, Kumar et al. 2022: the adapter starts under a head that already reads the
+    features, instead of being pulled by a random one)."""
+    base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding, cfg.objective)
+    if cfg.head_init == "probe" and not base.head.text:
+        fit_head(base, task, train_split, cfg.max_length, cfg.eval_batch_size, cfg.seed, cfg.head_lr)
+    return base
+
+
+def _announce(session: TrainingSession, resolved: Resolved, base: BaseModel, model: AdaptedModel, examples: int,
               device) -> None:
-    """What is about to be trained, and how the task reads the model."""
+    """What is about to be trained, how the task reads the model, and which settings came from defaults."""
+    cfg = resolved.config
     reads = "text answers" if base.head.text else f"{base.head.pooling} pooling" + (
         " · bi-encoder" if base.head.pair_encoding == "bi" else "")
     session.announce(f"train {cfg.task} · {cfg.adapter} r={cfg.rank} · {reads} · {examples} examples · "
                      f"{session.total} steps on {device}")
+    if resolved.sources:
+        console.print("defaults: " + describe_defaults(resolved))
     if model.frozen_keys():
         console.print(f"note: {len(model.frozen_keys())} lora_A weights are frozen: with lora_init=default (B0 = 0)"
                       " the linearized model gives them exactly zero gradient; --lora-init nonzero trains both")

@@ -18,21 +18,30 @@ from pathlib import Path
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.layout import CONFIG, EVAL, MARKER, METRICS, TUNE
 from fusekit.artifacts.output import claim_output, mark
-from fusekit.artifacts.reading import read_json, read_jsonl
+from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
 from fusekit.config import TrainConfig, from_mapping
 from fusekit.errors import FusekitError
+from fusekit.models.defaults import resolve_defaults
 from fusekit.progress import console
 
 
-def grid_points(grid: dict[str, list]) -> list[dict]:
+def grid_points(grid: dict[str, list], source: str = "tune grid") -> list[dict]:
     """Every combination of the grid's values, in the order the grid lists them."""
     known = {f.name for f in fields(TrainConfig)}
     for key, values in grid.items():
         if key not in known:
-            raise FusekitError(f"tune grid: unknown setting {key!r} (expected keys of fusekit train)")
+            raise FusekitError(f"{source}: unknown setting {key!r} (expected keys of fusekit train)")
         if not isinstance(values, list) or not values:
-            raise FusekitError(f"tune grid: {key} must be a non-empty list of values, got {values!r}")
+            raise FusekitError(f"{source}: {key} must be a non-empty list of values, got {values!r}")
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def point_configs(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: int,
+                  source: str = "tune grid") -> list[TrainConfig]:
+    """One run config per grid point, each checked as a run checks it (a dry run refuses what the run would)."""
+    return [from_mapping(TrainConfig, {**asdict(cfg), **point, "out": str(out / point_name(point)),
+                                       "eval_on": "held-out", "held_out_examples": held_out_examples},
+                         f"{source} point {point_name(point)}") for point in grid_points(grid, source)]
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -68,9 +77,7 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
     from fusekit.training.train import train
 
     points = grid_points(grid)
-    configs = [from_mapping(TrainConfig, {**asdict(cfg), **point, "out": str(out / point_name(point)),
-                                          "eval_on": "held-out", "held_out_examples": held_out_examples},
-                            f"tune point {point}") for point in points]  # every point checked before any work
+    configs = point_configs(cfg, grid, out, held_out_examples)  # every point checked before any work
     rows = []
     with claim_output(out, False, [cfg.data, cfg.model], "tune folder", resumable=True):
         out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +88,8 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
             console.print(f"tune {cfg.task} [{number}/{len(points)}] {point_name(point)}")
             if not (folder / CONFIG).is_file():
                 train(run_cfg)
+            else:
+                check_point_unchanged(folder, run_cfg)
             scores = read_json(folder / EVAL, "scores").get(run_cfg.task)
             if not isinstance(scores, dict) or "score" not in scores:
                 raise FusekitError(f"{folder / EVAL} has no score of {run_cfg.task}: delete {folder} to rerun it")
@@ -91,6 +100,17 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
         atomic_write_json(out / TUNE, result)
     console.print(f"tune {cfg.task}: chose {point_name(points[best])} (held-out score {rows[best]['score']:.4f})")
     return result
+
+
+def check_point_unchanged(folder: Path, cfg: TrainConfig) -> None:
+    """A finished grid point is reused only if it was trained with the settings asked now (defaults resolved)."""
+    recorded = read_yaml(folder / CONFIG, "recorded config")
+    wanted = asdict(resolve_defaults(cfg).config)
+    changed = sorted(k for k in wanted if isinstance(recorded, dict) and k in recorded and recorded[k] != wanted[k]
+                     and k != "checkpoint_every")
+    if not isinstance(recorded, dict) or changed:
+        raise FusekitError(f"{folder} was trained with different {', '.join(changed) or 'settings'} than this tune "
+                           "asks (delete it to train the point again)")
 
 
 def _train_seconds(folder: Path) -> float | None:

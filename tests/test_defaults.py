@@ -1,0 +1,155 @@
+"""Settings a run leaves unset come from its task and model family; a recipe key wins over them and a flag over
+everything; the declared task defaults are the ones the published tunes chose."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli.main import app
+from fusekit.config import JointConfig, TrainConfig
+from fusekit.data.tasks import TASKS
+from fusekit.models.defaults import DEFAULTED, MODEL_DEFAULTS, default_help, resolve_defaults
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = {"head": ROOT / "docs/results/defaults-encoder/scores.json",
+             "text": ROOT / "docs/results/defaults-text/scores.json"}
+
+
+def dry_run(*args: str) -> dict:
+    result = CliRunner().invoke(app, ["train", *args, "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def a_task_default(family: str) -> tuple[str, str, object]:
+    """A (task, setting, value) whose task default differs from its family's."""
+    return next((task, key, value) for task, spec in TASKS.items()
+                for key, value in spec.defaults.get(family, {}).items() if value != MODEL_DEFAULTS[family].get(key))
+
+
+def test_a_task_default_is_used_unless_a_recipe_or_flag_sets_it(tiny_model, glue_dir, tmp_path):
+    task, key, value = a_task_default("head")
+    flag, base = "--" + key.replace("_", "-"), ["--task", task, "--model", str(tiny_model), "--data", str(glue_dir)]
+    shown = dry_run(*base)[key]
+    assert shown == {"value": value, "from": f"task default ({task}'s, head)"}
+    other = "bi" if value == "cross" else "cross" if isinstance(value, str) else value * 2
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({key: other}))
+    assert dry_run(str(recipe), *base)[key] == {"value": other, "from": f"recipe {recipe}"}
+    third = other if isinstance(value, str) else value * 3
+    assert dry_run(str(recipe), *base, flag, str(third))[key] == {"value": third, "from": "flag"}
+
+
+def test_a_family_default_fills_what_the_task_leaves_and_the_rest_keeps_the_config_default(tiny_model, tiny_llama,
+                                                                                           glue_dir):
+    for model, family in ((tiny_model, "head"), (tiny_llama, "text")):
+        shown = dry_run("--task", "wnli", "--model", str(model), "--data", str(glue_dir))
+        for key in DEFAULTED:
+            if key not in TASKS["wnli"].defaults.get(family, {}) and key != "target_modules":
+                assert shown[key]["value"] == MODEL_DEFAULTS[family][key] and shown[key]["from"].startswith("model")
+        assert shown["rank"] == {"value": 8, "from": "fusekit default"}
+    assert shown["head_lr"]["value"] is None  # text: no head
+
+
+def test_targets_default_to_every_projection_on_bert_style_encoders_and_to_peft_elsewhere(tiny_model, tiny_llama):
+    assert resolve_defaults(TrainConfig(model=str(tiny_model))).config.target_modules == [
+        "query", "key", "value", "dense"]
+    assert resolve_defaults(TrainConfig(model=str(tiny_llama))).config.target_modules is None
+
+
+def test_a_joint_run_takes_the_family_defaults_and_its_longest_task(tiny_model):
+    resolved = resolve_defaults(JointConfig(tasks="sst2,rte", model=str(tiny_model)))
+    assert resolved.config.pair_encoding == "cross" and resolved.config.lr == MODEL_DEFAULTS["head"]["lr"]
+    lengths = [TASKS[t].defaults["head"].get("max_length", MODEL_DEFAULTS["head"]["max_length"]) for t in ("sst2", "rte")]
+    assert resolved.config.max_length == max(lengths)
+
+
+def test_resolution_never_overrides_what_is_set(tiny_model):
+    cfg = TrainConfig(task="stsb", model=str(tiny_model), **{k: v for k, v in [
+        ("lr", 7e-4), ("head_lr", 7e-3), ("head_init", "probe"), ("epochs", 5), ("batch_size", 3), ("eval_batch_size", 9),
+        ("max_length", 17), ("pair_encoding", "cross"), ("target_modules", ["query"])]})
+    resolved = resolve_defaults(cfg)
+    assert resolved.config == cfg and resolved.sources == {}
+
+
+def test_help_lists_each_family_default_and_the_tasks_that_differ():
+    task, key, value = a_task_default("head")
+    text = default_help(key)
+    assert text.startswith("default by model family and task: head ") and f"{task} " in text
+    assert default_help("rank") is None
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"})
+    assert "default by model family and task" in result.output
+
+
+@pytest.mark.parametrize("family", ["head", "text"])
+def test_declared_task_defaults_are_what_the_published_tune_chose(family):
+    scores = json.loads(PUBLISHED[family].read_text())
+    tunes = {name.split("/")[1].removesuffix("-lora"): table for name, table in scores.items()
+             if name.startswith("tune/")}
+    assert tunes, f"{PUBLISHED[family]} holds no tune"
+    for task, table in tunes.items():
+        declared = TASKS[task].defaults[family]
+        assert {k: declared[k] for k in table["chosen"]} == table["chosen"], task
+
+
+def test_a_run_records_the_resolved_settings(sst2_run):
+    out, _ = sst2_run
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert all(recorded[key] is not None for key in ("lr", "head_lr", "epochs", "batch_size", "max_length"))
+
+
+def test_a_study_rerun_compares_resolved_settings(tiny_config, tmp_path):
+    """A stage planned with unset keys matches the run folder that recorded their resolved values; a changed
+    default is a changed stage."""
+    from fusekit.config import to_yaml
+    from fusekit.errors import FusekitError
+    from fusekit.study.run import Stage, check_unchanged
+
+    stage = Stage("train/x", "train", replace(tiny_config, task="rte", max_length=None, eval_batch_size=None))
+    (tmp_path / "train/x").mkdir(parents=True)
+    recorded = resolve_defaults(stage.config).config
+    (tmp_path / "train/x/config.yaml").write_text(to_yaml(recorded))
+    check_unchanged(stage, tmp_path)
+    (tmp_path / "train/x/config.yaml").write_text(to_yaml(replace(recorded, max_length=recorded.max_length + 1)))
+    with pytest.raises(FusekitError, match="different max_length"):
+        check_unchanged(stage, tmp_path)
+
+
+def test_lp_ft_starts_the_head_at_the_linear_probe(tiny_config, glue_dir, tmp_path):
+    """head_init probe: the head the adapter trains under is the probe fitted on the frozen features; fresh: the
+    model class's own init. A run with it trains end to end."""
+    import torch
+
+    from fusekit.data.loading import load_split
+    from fusekit.data.tasks import get_task
+    from fusekit.evaluation.baselines import fit_head
+    from fusekit.models.base import load_base_model
+    from fusekit.training.train import _load_base, train
+
+    cfg = resolve_defaults(replace(tiny_config, task="sst2", head_init="probe", max_train=32)).config
+    task = get_task("sst2")
+    split = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
+
+    def head_state(base):
+        return {k: v.clone() for k, v in base.model.get_submodule(base.head_modules[0]).state_dict().items()}
+
+    torch.manual_seed(0)
+    fresh = head_state(load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding))
+    torch.manual_seed(0)
+    probed = head_state(_load_base(cfg, task, split))
+    torch.manual_seed(0)
+    reference = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding)
+    fit_head(reference, task, split, cfg.max_length, cfg.eval_batch_size, cfg.seed, cfg.head_lr)
+    assert all(torch.equal(probed[k], v) for k, v in head_state(reference).items())
+    assert any(not torch.equal(probed[k], v) for k, v in fresh.items())
+    torch.manual_seed(0)
+    assert all(torch.equal(v, fresh[k]) for k, v in head_state(_load_base(replace(cfg, head_init="fresh"), task,
+                                                                            split)).items())
+    result = train(replace(cfg, epochs=1, out=str(tmp_path / "lpft")))
+    assert 0 <= result.metrics["accuracy"] <= 1
