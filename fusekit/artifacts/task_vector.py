@@ -158,7 +158,9 @@ class TaskVector:
             if value.shape != init[key].shape:
                 raise FusekitError(f"{path}: {key} has a delta of shape {tuple(value.shape)} but φ0 of shape "
                                    f"{tuple(init[key].shape)}")
-        for key, value in tensors.items():
-            if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
-                raise FusekitError(f"{path}: {key} holds non-finite or non-float values (a corrupt or forged vector)")
+        bad = next((k for k, v in tensors.items() if not v.is_floating_point()), None)
+        if bad is None and not bool(torch.cat([v.reshape(-1).float() for v in tensors.values()]).isfinite().all()):
+            bad = next(k for k, v in tensors.items() if not bool(v.isfinite().all()))  # one pass, then the culprit
+        if bad is not None:
+            raise FusekitError(f"{path}: {bad} holds non-finite or non-float values (a corrupt or forged vector)")
         return cls(delta, init, meta)
