@@ -192,6 +192,9 @@ class JointConfig(TrainConfig):
                                     Allowed(choices=("window", "all")))
     coba_loss_scale: str = setting("paper", "CoBa: paper (Σ ω_i L_i, Σ ω = 1) or uniform (K times that: the scale "
                                             "of uniform weighting)", Allowed(choices=("paper", "uniform")))
+    coba_weighting: str = setting("paper", "CoBa: paper (ω = DF·RCS + (1 − DF)·ACS, as the paper writes it) or "
+                                           "mftcoder (MFTCoder's code: softmax(K·ω), floored at 0.1/K)",
+                                  Allowed(choices=registry("fusekit.training.balancers.coba", "WEIGHTINGS")))
     famo_lr: float = setting(0.025, "FAMO: Adam learning rate of the task logits ξ", POSITIVE)
     famo_gamma: float = setting(0.001, "FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward "
                                        "uniform)", NON_NEGATIVE)

@@ -24,32 +24,39 @@ def test_slope_is_the_least_squares_fit():
     assert slope(x, y).item() == pytest.approx(11 / 5)  # Σ(x−x̄)(y−ȳ) / Σ(x−x̄)²
 
 
-def test_coba_weights_by_hand():
+@pytest.mark.parametrize("weighting", ["paper", "mftcoder"])
+def test_coba_weights_by_hand(weighting):
+    """The paper's ω = DF·RCS + (1 − DF)·ACS; MFTCoder's code sharpens and floors it."""
     alpha = torch.tensor([-0.02, -0.01, 0.03])
     history = torch.tensor([[-0.01, -0.01, 0.01], [-0.02, -0.01, 0.03]])  # M = 2
     max_history = torch.tensor([0.01, 0.03])
-    weights, parts = coba_weights(alpha, history, max_history, tau=5.0)
+    weights, parts = coba_weights(alpha, history, max_history, tau=5.0, weighting=weighting)
     rcs = softmax([3 * a / 0.06 for a in (-0.02, -0.01, 0.03)])
     acs = softmax([-2 * a / s for a, s in zip((-0.02, -0.01, 0.03), (0.03, 0.02, 0.04))])
     df = min(2 * softmax([-5 * 2 * 0.01 / 0.04, -5 * 2 * 0.03 / 0.04])[-1], 1.0)
-    expected = softmax([3 * (df * r + (1 - df) * a) for r, a in zip(rcs, acs)])
-    if min(expected) < 1 / 30:
-        expected = [0.9 * w + 0.1 / 3 for w in expected]
+    expected = [df * r + (1 - df) * a for r, a in zip(rcs, acs)]
+    if weighting == "mftcoder":
+        expected = softmax([3 * w for w in expected])
+        if min(expected) < 1 / 30:
+            expected = [0.9 * w + 0.1 / 3 for w in expected]
+    assert sum(expected) == pytest.approx(1.0)
     assert parts["rcs"].tolist() == pytest.approx(rcs, abs=1e-6)
     assert parts["acs"].tolist() == pytest.approx(acs, abs=1e-6)
     assert parts["df"].item() == pytest.approx(df, abs=1e-6)
     assert weights.tolist() == pytest.approx(expected, abs=1e-6)
 
 
-def test_coba_lowers_the_weight_of_a_diverging_task():
-    coba = CoBa(3, warmup=5, window=10)
+@pytest.mark.parametrize("weighting", ["paper", "mftcoder"])
+def test_coba_lowers_the_weight_of_a_diverging_task(weighting):
+    coba = CoBa(3, warmup=5, window=10, weighting=weighting)
     coba.start(torch.tensor([2.0, 1.0, 1.0]))
     for step in range(1, 31):
         diverging = 1.0 if step <= 10 else 1.0 + 0.02 * (step - 10)
         coba.observe(step, torch.tensor([2.0 * (1 - 0.01 * step), 1 - 0.005 * step, diverging]))
     assert coba.weights.sum().item() == pytest.approx(3.0)
     assert coba.weights[2] < 1.0 and coba.weights[2] < coba.weights[0] and coba.weights[2] < coba.weights[1]
-    assert coba.weights.min() >= 3 * 0.9 / 30  # the floor keeps every task in play
+    if weighting == "mftcoder":
+        assert coba.weights.min() >= 3 * 0.9 / 30  # the floor keeps every task in play
 
 
 def test_coba_schedule_scales_with_the_run(capsys):
@@ -206,13 +213,14 @@ def test_unknown_balancer():
         make_balancer("magic", 2, {})
 
 
+@pytest.mark.parametrize("weighting", ["paper", "mftcoder"])
 @pytest.mark.parametrize("acs_history", ["window", "all"])
-def test_coba_three_tasks_by_hand_under_both_histories(acs_history):
+def test_coba_three_tasks_by_hand_under_both_histories(acs_history, weighting):
     """Seven validations of three tasks; with warm-up 1 and a 3-point window, five slopes are fitted, so the
     window (3 slopes) and all-since-warm-up (5 slopes) histories give different absolute convergence scores."""
     losses = np.array([[2.0, 1.0, 4.0], [1.8, 0.95, 3.9], [1.5, 0.93, 3.7], [1.4, 0.92, 3.8], [1.2, 0.90, 4.0],
                        [1.1, 0.91, 4.3], [1.0, 0.90, 4.6]])
-    coba = CoBa(3, interval=1, warmup=1, window=3, acs_history=acs_history)
+    coba = CoBa(3, interval=1, warmup=1, window=3, acs_history=acs_history, weighting=weighting)
     coba.start(torch.tensor(losses[0]))
     for step, row in enumerate(losses[1:], 1):
         coba.observe(step, torch.tensor(row))
@@ -235,9 +243,11 @@ def test_coba_three_tasks_by_hand_under_both_histories(acs_history):
     m = len(alpha_max)
     scores = softmax(-5.0 * m * np.array(alpha_max) / np.abs(alpha_max).sum())
     df = min(m * scores[-1], 1.0)
-    weights = np.array(softmax(k * (df * rcs + (1 - df) * acs)))
-    if weights.min() < 1 / (10 * k):
-        weights = 0.9 * weights + 0.1 / k
+    weights = df * rcs + (1 - df) * acs
+    if weighting == "mftcoder":
+        weights = np.array(softmax(k * weights))
+        if weights.min() < 1 / (10 * k):
+            weights = 0.9 * weights + 0.1 / k
     assert coba.weights.numpy() == pytest.approx(3 * weights, rel=1e-4)
     task_losses = torch.tensor([0.5, 1.0, 2.0])
     assert coba.combine(task_losses).item() == pytest.approx(float((weights * task_losses.numpy()).sum()), rel=1e-4)

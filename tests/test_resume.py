@@ -201,7 +201,7 @@ def test_every_balancer_state_round_trips(name):
     """A balancer restored from its state (through a weights-only file) takes the next step exactly alike."""
     options = {"priors": [0.7, 1.0, 0.4], "gamma": 0.5, "alpha": 1.5, "seed": 0, "total_steps": 20, "coba_interval": 1,
                "coba_warmup": 1, "coba_window": 4, "coba_acs_history": "window", "coba_loss_scale": "paper",
-               "famo_lr": 0.025, "famo_gamma": 0.001}
+               "coba_weighting": "paper", "famo_lr": 0.025, "famo_gamma": 0.001}
     scales = torch.tensor([[1.0, 2.0], [-3.0, 0.5], [0.2, -1.0]])
 
     def step(balancer, shared, number):

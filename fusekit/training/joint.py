@@ -124,6 +124,7 @@ class JointTraining:
                    "alpha": cfg.gradnorm_alpha, "seed": cfg.seed, "total_steps": self.total,
                    "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup, "coba_window": cfg.coba_window,
                    "coba_acs_history": cfg.coba_acs_history, "coba_loss_scale": cfg.coba_loss_scale,
+                   "coba_weighting": cfg.coba_weighting,
                    "famo_lr": cfg.famo_lr, "famo_gamma": cfg.famo_gamma}
         self.balancer = make_balancer(cfg.balancer, len(tasks), options)
         self.balancer.across_processes = self.procs.sum

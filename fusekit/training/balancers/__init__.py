@@ -14,7 +14,7 @@ from fusekit.training.balancers.weighting import InitNorm, PowerMean, PriorNorm,
 BALANCERS = {
     "uniform": lambda k, o: Uniform(k),
     "coba": lambda k, o: CoBa.for_run(k, o["total_steps"], o["coba_interval"], o["coba_warmup"], o["coba_window"],
-                                      o["coba_acs_history"], o["coba_loss_scale"]),
+                                      o["coba_acs_history"], o["coba_loss_scale"], o["coba_weighting"]),
     "init-norm": lambda k, o: InitNorm(k),
     "prior-norm": lambda k, o: PriorNorm(k, o["priors"]),
     "realtime": lambda k, o: RealTime(k),

@@ -10,8 +10,12 @@ After `warmup` steps of uniform weights, with the last `window` points:
     RCS_i   = softmax_i(K · α_i / Σ_j |α_j|)                     relative convergence: slower tasks weigh more
     ACS_i   = softmax_i(−N · α_i(t) / Σ_s |α_i(s)|)              absolute convergence: diverging tasks weigh less
     DF(t)   = min(M · softmax_s(−τ · M · α_max(s) / Σ_s' |α_max(s')|)|_{s=t}, 1)   divergence factor
-    ω       = softmax_i(K · (DF · RCS_i + (1 − DF) · ACS_i)),  floored: ω ← 0.9ω + 0.1/K if any ω_i < 1/(10K)
+    ω       = DF · RCS_i + (1 − DF) · ACS_i                      the paper's weights (Σ ω = 1)
     loss    = Σ ω_i L_i / Σ ω_i
+
+`weighting: mftcoder` applies what MFTCoder's public code adds on top, a sharpening and a floor:
+ω ← softmax_i(K · ω_i), then ω ← 0.9ω + 0.1/K if any ω_i < 1/(10K) (fusekit's default before it followed the
+paper; 0.015–0.079 away from the paper's ω on a three-task history).
 
 For ACS, s runs over the last N = `window` slopes (the paper's history; `acs_history: all` uses every slope
 since the warm-up, fusekit's earlier variant, and N is then their number); for DF, over the M slopes of the max
@@ -19,7 +23,8 @@ curve since the warm-up. t is the latest. The loss is the paper's Σ ω_i L_i wi
 uniform` multiplies it by K, the scale of uniform weighting's Σ L_i, so that one learning rate means the same
 step for both (fusekit's earlier variant; the README's CoBa runs used both earlier variants). The warm-up:
 uniform weights while the optimizer step is ≤ `warmup`; points are recorded from the first validation, so the
-first fit after the warm-up already has a full window. Other choices, where the public code differs: the slope
+first fit after the warm-up has a full window only when warmup ≥ window × interval (at the defaults, a 10%
+warm-up and a window of a fifth of 100 validations, it has 11 of its 20 points). Other choices, where the public code differs: the slope
 histories are Python lists indexed by position (the code sliced them with a step count); no point is dropped
 before a fit, so x and y stay aligned (the code dropped zero entries from y alone); DF is clamped to at most 1,
 as the formula says. The x of a fit is the optimizer step of each point.
@@ -43,18 +48,23 @@ def slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((y - y.mean(dim=-1, keepdim=True)) * xc).sum(dim=-1) / xc.pow(2).sum().clamp(min=1e-12)
 
 
+WEIGHTINGS = ("paper", "mftcoder")
+
+
 def coba_weights(alpha: torch.Tensor, alpha_history: torch.Tensor, alpha_max_history: torch.Tensor,
-                 tau: float = 5.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ω from the current slopes α (K), the task slopes ACS looks back over (N × K) and the max curve's slopes
-    since the warm-up (M)."""
+                 tau: float = 5.0, weighting: str = "paper") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ω (Σ ω = 1) from the current slopes α (K), the task slopes ACS looks back over (N × K) and the max curve's
+    slopes since the warm-up (M)."""
     k, n, m = alpha.numel(), alpha_history.shape[0], alpha_max_history.shape[0]
     rcs = torch.softmax(k * alpha / alpha.abs().sum().clamp(min=1e-12), dim=0)
     acs = torch.softmax(-n * alpha / alpha_history.abs().sum(dim=0).clamp(min=1e-12), dim=0)
     scores = torch.softmax(-tau * m * alpha_max_history / alpha_max_history.abs().sum().clamp(min=1e-12), dim=0)
     df = torch.clamp(m * scores[-1], max=1.0)
-    weights = torch.softmax(k * (df * rcs + (1 - df) * acs), dim=0)
-    if weights.min() < 1.0 / (10 * k):
-        weights = 0.9 * weights + 0.1 / k
+    weights = df * rcs + (1 - df) * acs
+    if weighting == "mftcoder":
+        weights = torch.softmax(k * weights, dim=0)
+        if weights.min() < 1.0 / (10 * k):
+            weights = 0.9 * weights + 0.1 / k
     return weights, {"rcs": rcs, "acs": acs, "df": df}
 
 
@@ -75,10 +85,10 @@ class CoBa(Balancer):
     name = "coba"
 
     def __init__(self, num_tasks: int, interval: int = 1, warmup: int = 100, window: int = 200, tau: float = 5.0,
-                 acs_history: str = "window", loss_scale: str = "paper"):
+                 acs_history: str = "window", loss_scale: str = "paper", weighting: str = "paper"):
         super().__init__(num_tasks)
         self.validation_interval, self.warmup, self.window, self.tau = interval, warmup, window, tau
-        self.acs_history, self.loss_scale = acs_history, loss_scale
+        self.acs_history, self.loss_scale, self.weighting = acs_history, loss_scale, weighting
         self.initial: torch.Tensor | None = None
         self.steps: list[int] = []
         self.points: list[torch.Tensor] = []  # ℓ̃(t), one K-vector per observation
@@ -88,7 +98,8 @@ class CoBa(Balancer):
 
     @classmethod
     def for_run(cls, num_tasks: int, total_steps: int, interval: int | None, warmup: int | None,
-                window: int | None, acs_history: str = "window", loss_scale: str = "paper") -> CoBa:
+                window: int | None, acs_history: str = "window", loss_scale: str = "paper",
+                weighting: str = "paper") -> CoBa:
         """CoBa with `coba_schedule`'s settings; warns when the run is too short for its slopes to say much."""
         interval, warmup, window = coba_schedule(total_steps, interval, warmup, window)
         fits = max(0, (total_steps - warmup) // interval)
@@ -96,7 +107,8 @@ class CoBa(Balancer):
             console.print(f"warning: CoBa fits {fits} slopes of {window} points after a {warmup}-step warm-up "
                           f"in a {total_steps}-step run: too short for its weights to follow convergence "
                           "(they stay near uniform or follow noise)")
-        return cls(num_tasks, interval, warmup, window, acs_history=acs_history, loss_scale=loss_scale)
+        return cls(num_tasks, interval, warmup, window, acs_history=acs_history, loss_scale=loss_scale,
+                   weighting=weighting)
 
     def start(self, validation_losses: torch.Tensor) -> None:
         self.initial = validation_losses.detach().cpu().clamp(min=1e-8)
@@ -114,7 +126,8 @@ class CoBa(Balancer):
         self.alpha_history.append(alpha)
         self.alpha_max_history.append(slope(x, y.max(dim=0).values))
         history = self.alpha_history[-self.window:] if self.acs_history == "window" else self.alpha_history
-        self.weights, _ = coba_weights(alpha, torch.stack(history), torch.stack(self.alpha_max_history), self.tau)
+        self.weights, _ = coba_weights(alpha, torch.stack(history), torch.stack(self.alpha_max_history), self.tau,
+                                       self.weighting)
         self.weights = self.weights * self.num_tasks  # Σ ω = K, so that uniform is ω = 1
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
