@@ -149,6 +149,23 @@ def test_what_cannot_be_merged_exactly_is_refused(base_dir, adapters, tmp_path):
                           "missing is not a folder \\(expected a run folder, a PEFT adapter folder or a Hub id")
 
 
+def test_bases_of_one_name_are_compared_by_their_weights(base_dir, tmp_path):
+    """Two local bases called alike are one base only if the adapted layers' weights agree."""
+    import shutil
+
+    twin, other = tmp_path / "a" / base_dir.name, tmp_path / "b" / base_dir.name
+    shutil.copytree(base_dir, twin)
+    torch.manual_seed(7)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(other)
+    first = make_adapter(base_dir, tmp_path / "first", 1, r=4, target_modules=["c_attn"])
+    for base, folder in ((twin, "same"), (other, "differs")):
+        make_adapter(base, tmp_path / folder, 2, r=4, target_modules=["c_attn"])
+    assert invoke("merge", first, tmp_path / "same", "--lambda", "1", "--out", tmp_path / "m1").exit_code == 0
+    assert_one_line_error(invoke("merge", first, tmp_path / "differs", "--lambda", "1", "--out", tmp_path / "m2"),
+                          "name bases of one name whose weights differ")
+
+
 def test_the_python_api_merges_as_the_cli_does(base_dir, adapters, tmp_path):
     import fusekit
 

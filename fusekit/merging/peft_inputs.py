@@ -15,6 +15,7 @@ averaged, taken from the first input, or refused (the default). The output is a 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -134,6 +135,28 @@ def load_peft_lora(source: str | Path) -> PeftLora:
     return adapter
 
 
+def base_weights_digest(base: object, layers: list[str]) -> str | None:
+    """sha256 of the base model's weights of `layers` (up to four), where the base is a local folder of
+    safetensors files; None where it cannot be read (a hub id, another format): names are then all there is."""
+    folder = Path(str(base)).expanduser() if base else None
+    files = sorted(folder.glob("*.safetensors")) if folder and folder.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    for layer in sorted(layers)[:4]:
+        name = layer.removeprefix(PREFIX) + ".weight"
+        found = [(h, k) for h in handles for k in h.keys() if k == name or name.endswith("." + k) or
+                 k.endswith("." + name)]
+        if not found:
+            return None
+        handle, key = found[0]
+        digest.update(handle.get_tensor(key).float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_peft_compatible(adapters: list[PeftLora]) -> None:
     first = adapters[0]
     for other in adapters[1:]:
@@ -141,6 +164,11 @@ def check_peft_compatible(adapters: list[PeftLora]) -> None:
         if base and theirs and Path(str(base)).name != Path(str(theirs)).name:
             raise FusekitError(f"{other.source} was trained on {theirs!r}, {first.source} on {base!r} "
                                "(expected one base model)")
+        shared = sorted(set(first.layers) & set(other.layers))
+        digests = {base_weights_digest(b, shared) for b in (base, theirs)} if base != theirs and shared else set()
+        if None not in digests and len(digests) > 1:
+            raise FusekitError(f"{other.source} and {first.source} name bases of one name whose weights differ "
+                               f"({theirs!r} and {base!r}, compared on the adapted layers): expected one base model")
         if base and theirs and first.config.get("revision") != other.config.get("revision"):
             raise FusekitError(f"{other.source} and {first.source} name different revisions of {base!r}")
         for layer in set(first.layers) & set(other.layers):
