@@ -146,11 +146,15 @@ def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_
     out = tmp_path / "merged"
     folders = [runs[t].folder for t in ("sst2", "rte", "mrpc")]
     result = invoke("merge", *folders, "--method", "task-arithmetic", "--lambdas", "0.5,1.0", "--out", out,
-                    "--device", "cpu", "--val-examples", "16")
+                    "--device", "cpu", "--val-examples", "16", "--criterion", "worst")
     assert result.exit_code == 0, result.output
     assert "held-out" in result.stderr
     manifest, vector, heads = load_merged(out)
     assert [row["lam"] for row in manifest["search"]] == [0.5, 1.0] and manifest["rank"] == 12
+    assert manifest["search_criterion"] == "worst"
+    assert all(set(row["criteria"]) == {"normalized", "above-chance", "raw", "worst"} for row in manifest["search"])
+    best = max(manifest["search"], key=lambda row: row["criteria"]["worst"])
+    assert manifest["params"]["lam"] == best["lam"]  # chosen by the criterion asked
     assert manifest["search_examples"] == {"sst2": 16, "rte": 16, "mrpc": 16}
     assert set(manifest["search_own"]) == {"sst2", "rte", "mrpc"} and "own" in result.stderr
     assert manifest["search_standard_error"] is None or manifest["search_standard_error"] >= 0
@@ -220,3 +224,25 @@ def test_a_merge_never_writes_nan(runs, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert result.exit_code == 1 and len(errors) == 1 and "NaN or infinite" in errors[0]
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob("m.tmp-*"))
+
+
+def test_selection_criteria_by_hand():
+    """Three tasks, merged against own and chance scores: each criterion from its formula."""
+    import numpy as np
+
+    from fusekit.data.tasks import get_task
+    from fusekit.merging.criteria import chance_score, criterion_values
+
+    merged, own, chance = [0.80, 0.05, 0.40], [0.90, 0.20, 0.50], [0.50, 0.0, 0.45]
+    values = criterion_values(merged, own, chance)
+    assert values["normalized"] == pytest.approx((0.80 / 0.90 + 0.05 / 0.20 + 0.40 / 0.50) / 3)
+    # the third task fell below chance: it counts 0, not a negative share
+    assert values["above-chance"] == pytest.approx(((0.80 - 0.50) / (0.90 - 0.50) + 0.05 / 0.20 + 0.0) / 3)
+    assert values["raw"] == pytest.approx(1.25 / 3)
+    assert values["worst"] == pytest.approx(0.05 / 0.20)
+    assert criterion_values([0.1], [-0.1], [0.0]) == {"normalized": 0.1, "above-chance": 0.1, "raw": 0.1,
+                                                      "worst": 0.1}  # nothing defined: the raw mean
+    labels = np.array([1, 1, 1, 0])
+    assert chance_score(get_task("sst2"), labels) == pytest.approx(0.75)
+    assert chance_score(get_task("mrpc"), labels) == pytest.approx((2 * 0.75 / 1.75 + 0.75) / 2)  # F1, accuracy
+    assert chance_score(get_task("cola"), labels) == 0.0

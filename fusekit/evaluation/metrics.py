@@ -49,16 +49,19 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
 
 
 def bootstrap_standard_error(tasks: Sequence[TaskSpec], labels: Sequence[np.ndarray], own: Sequence[np.ndarray],
-                             merged: Sequence[np.ndarray], resamples: int = 200, seed: int = 0) -> float | None:
-    """Standard error of the average normalized score that a held-out search maximises: each task's examples are
+                             merged: Sequence[np.ndarray], resamples: int = 200, seed: int = 0,
+                             value: Callable | None = None) -> float | None:
+    """Standard error of the score a held-out search maximises (by default the average normalized score; `value`
+    maps (tasks, labels, own scores, merged scores) of a resample to another criterion): each task's examples are
     resampled with replacement (the own adapter's and the merge's predictions together, as they are paired), the
-    average recomputed, and half the width of the central 68% of those averages returned — the standard error of a
+    score recomputed, and half the width of the central 68% of those scores returned — the standard error of a
     normal distribution, but not decided by the few resamples where a task's own score nears 0 and its ratio
     explodes (their standard deviation can exceed 1). None when no resample defines it."""
     rng = np.random.default_rng(seed)
+    value = value or _average_normalized
     with warnings.catch_warnings():  # a resample may hold one class only; compute_metrics scores that 0
         warnings.simplefilter("ignore")
-        draws = [_resampled_average(rng, tasks, labels, own, merged) for _ in range(resamples)]
+        draws = [_resampled(rng, tasks, labels, own, merged, value) for _ in range(resamples)]
     defined = [d for d in draws if d is not None]
     if len(defined) < 2:
         return None
@@ -66,13 +69,16 @@ def bootstrap_standard_error(tasks: Sequence[TaskSpec], labels: Sequence[np.ndar
     return float(high - low) / 2
 
 
-def _resampled_average(rng: np.random.Generator, tasks, labels, own, merged) -> float | None:
-    ratios = []
-    for task, y, mine, theirs in zip(tasks, labels, own, merged):
-        index = rng.integers(0, len(y), len(y))
-        ratios.append(normalized_score(compute_metrics(task, y[index], theirs[index])["score"],
-                                       compute_metrics(task, y[index], mine[index])["score"]))
-    return mean_defined(ratios)
+def _average_normalized(tasks, labels, own: list[float], merged: list[float]) -> float | None:
+    return mean_defined([normalized_score(m, o) for m, o in zip(merged, own)])
+
+
+def _resampled(rng: np.random.Generator, tasks, labels, own, merged, value: Callable) -> float | None:
+    indices = [rng.integers(0, len(y), len(y)) for y in labels]
+    ys = [y[i] for y, i in zip(labels, indices)]
+    own_scores = [compute_metrics(t, y, p[i])["score"] for t, y, p, i in zip(tasks, ys, own, indices)]
+    merged_scores = [compute_metrics(t, y, p[i])["score"] for t, y, p, i in zip(tasks, ys, merged, indices)]
+    return value(tasks, ys, own_scores, merged_scores)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:

@@ -41,6 +41,10 @@ class MergeConfig:
                                             DENSITY.allowed)
     rates: list[float] | None = setting(None, "DARE drop-rate grid of the search (implies --search)",
                                         DROP_RATE.allowed)
+    criterion: str = setting("normalized", "what the search maximises: normalized (mean of merged / own), "
+                                           "above-chance (mean share of each adapter's skill above the majority "
+                                           "class), raw (mean score) or worst (the lowest normalized task)",
+                             Allowed(choices=registry("fusekit.merging.criteria", "CRITERIA")))
     weights: list[float] | None = setting(None, "per-run weights, comma-separated (default uniform)", NON_NEGATIVE)
     space: str | None = setting(None, "LoRA: delta-w (exact B·A products) or factors (A and B apart); default: the "
                                       "method's own space, else factors for L-LoRA and delta-w for LoRA",

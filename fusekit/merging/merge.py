@@ -14,6 +14,7 @@ from fusekit.artifacts.run_folder import load_run
 from fusekit.config import from_mapping
 from fusekit.errors import FusekitError
 from fusekit.merging.config import MergeConfig
+from fusekit.merging.criteria import CRITERIA
 from fusekit.merging.methods import MergeMethod, make_method, method_parameters
 from fusekit.merging.peft_inputs import is_peft_folder, merge_peft
 from fusekit.merging.search import search, searched
@@ -49,11 +50,11 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         params, searched_on = {name: v[0] for name, v in values.items()}, {"search": None}
         if any(len(v) > 1 for v in values.values()):
             result = search(runs, config.method, values, space, config.rank, config.weights, config.val_examples,
-                            device, config.seed, statistics)
+                            device, config.seed, statistics, config.criterion)
             params = {**params, **result.best}
             searched_on = {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
-                           "search_standard_error": result.standard_error}
-            _print_search(result.rows, result.own, searched(config.method))
+                           "search_standard_error": result.standard_error, "search_criterion": config.criterion}
+            _print_search(result.rows, result.own, searched(config.method), config.criterion)
             best = ", ".join(f"{k}={v}" for k, v in result.best.items())
             error = "" if result.standard_error is None else f" (standard error {result.standard_error:.3f})"
             console.print(f"chose {best} on held-out training data{error}")
@@ -105,12 +106,14 @@ def _statistics(runs, method: str, kind: str | None, examples: int, device, seed
     return {key: [stats[key] for stats in per_run] for key in per_run[0]}
 
 
-def _print_search(rows: list[dict], own: dict[str, float], names: tuple[str, ...]) -> None:
-    """The search table, with the own adapters' scores that normalize it as its last row."""
+def _print_search(rows: list[dict], own: dict[str, float], names: tuple[str, ...], criterion: str) -> None:
+    """The search table: every criterion (the one that chooses marked), the own adapters' scores last."""
     table = Table(title="hyperparameter search on held-out training data")
-    for column in (*names, *own, "avg normalized"):
+    for column in (*names, *own, *(f"{c} *" if c == criterion else c for c in CRITERIA)):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(f"{row[n]:g}" for n in names), *(f"{row[t]:.4f}" for t in own), f"{row['normalized']:.4f}")
-    table.add_row(*(["own"] + [""] * (len(names) - 1)), *(f"{v:.4f}" for v in own.values()), "1", style="dim")
+        table.add_row(*(f"{row[n]:g}" for n in names), *(f"{row[t]:.4f}" for t in own),
+                      *(f"{row['criteria'][c]:.4f}" for c in CRITERIA))
+    table.add_row(*(["own"] + [""] * (len(names) - 1)), *(f"{v:.4f}" for v in own.values()), *[""] * len(CRITERIA),
+                  style="dim")
     console.print(table)

@@ -1,9 +1,9 @@
 """Choosing merge hyperparameters (λ, TIES density, DARE drop rate) on held-out training data.
 
 The held-out examples are training examples the runs never saw (the complement of their `max_train`
-subset), never the validation split that results are reported on. Each grid point is scored by the average
-normalized score (merged metric / the task's own adapter's metric on the same examples) over the tasks where it is
-defined; by the average raw score if it is defined for none.
+subset), never the validation split that results are reported on. Each grid point records every criterion of
+fusekit.merging.criteria (the average normalized score, the average share of each adapter's skill above chance,
+the raw average, the worst task's normalized score) and the search chooses by one of them.
 """
 
 from __future__ import annotations
@@ -18,13 +18,8 @@ from fusekit.artifacts.run_folder import Run
 from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.eval import TaskScorer
-from fusekit.evaluation.metrics import (
-    bootstrap_standard_error,
-    compute_metrics,
-    mean_defined,
-    normalized_score,
-    predictions,
-)
+from fusekit.evaluation.metrics import bootstrap_standard_error, compute_metrics, predictions
+from fusekit.merging.criteria import chance_score, criterion_values
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge_vectors
 from fusekit.progress import console, progress_bar
@@ -33,7 +28,7 @@ from fusekit.progress import console, progress_bar
 @dataclass
 class SearchResult:
     best: dict[str, float]
-    rows: list[dict]  # one per grid point: hyperparameters, per-task scores, average normalized score
+    rows: list[dict]  # one per grid point: hyperparameters, per-task scores, every criterion
     examples: dict[str, int]  # held-out examples per task
     own: dict[str, float]  # each task's own adapter on them: the denominators of the normalized scores
     standard_error: float | None  # of the selection score at the chosen point (bootstrap over the examples)
@@ -69,7 +64,7 @@ def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed:
 
 def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: str, rank: int | None,
            weights: list[float] | None, examples: int, device: torch.device, seed: int = 0,
-           statistics: dict | None = None) -> SearchResult:
+           statistics: dict | None = None, criterion: str = "normalized") -> SearchResult:
     scorers = held_out_scorers(runs, examples, device, seed)
     points = grid_points(method, grid)
     rows, predicted = [], []  # predicted[p][t]: point p's predictions on task t's examples
@@ -88,6 +83,7 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
             return preds, scores, labels
 
         own_preds, own, labels = outputs([run.vector for run in runs])
+        chance = [chance_score(scorer.task, y) for scorer, y in zip(scorers, labels)]
         for point in points:
             candidate = make_method(method, seed=seed, **point)
             if statistics is not None:
@@ -95,11 +91,16 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
             vector, _ = merge_vectors(runs, candidate, weights, space, rank)
             preds, scores, _ = outputs([vector] * len(scorers))
             predicted.append(preds)
-            average = mean_defined([normalized_score(s, o) for s, o in zip(scores, own)])
+            values = criterion_values(scores, own, chance)
             rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
-                         "normalized": average if average is not None else sum(scores) / len(scores)})
-    chosen = max(range(len(rows)), key=lambda k: rows[k]["normalized"])
-    error = bootstrap_standard_error([s.task for s in scorers], labels, own_preds, predicted[chosen], seed=seed)
+                         "normalized": values["normalized"], "criteria": values})
+    chosen = max(range(len(rows)), key=lambda k: rows[k]["criteria"][criterion])
+
+    def selection_score(tasks, ys, own_scores, merged_scores):
+        return criterion_values(merged_scores, own_scores, [chance_score(t, y) for t, y in zip(tasks, ys)])[criterion]
+
+    error = bootstrap_standard_error([s.task for s in scorers], labels, own_preds, predicted[chosen], seed=seed,
+                                     value=selection_score)
     return SearchResult({k: rows[chosen][k] for k in searched(method)}, rows,
                         {run.head_task: len(y) for run, y in zip(runs, labels)},
                         {run.head_task: score for run, score in zip(runs, own)}, error)

@@ -72,6 +72,8 @@ class MergeSettings:
     drop_rates: list[float] | None = setting(None, "DARE drop-rate grid (None: likewise)",
                                              Allowed(low=0, high=1, high_open=True, unique=True))
     val_examples: int = setting(100, "held-out training examples per task for the search", AT_LEAST_ONE)
+    criterion: str = setting("normalized", "what the search maximises (every criterion is recorded either way)",
+                             Allowed(choices=registry("fusekit.merging.criteria", "CRITERIA")))
     variants: list[str] | None = setting(None, "adapter variants to merge (None: all)", Allowed(unique=True))
 
 
@@ -311,7 +313,7 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: 
                 config = MergeConfig(method=method, space=space, search=True, val_examples=merge.val_examples,
                                      seed=seed, lambdas=merge.lambdas if "lam" in taken else None,
                                      densities=merge.densities if "density" in taken else None,
-                                     rates=merge.drop_rates if "rate" in taken else None)
+                                     rates=merge.drop_rates if "rate" in taken else None, criterion=merge.criterion)
                 for subset in subsets or [None]:
                     chosen = runs[variant] if subset is None else [runs[variant][tasks.index(t)] for t in subset]
                     suffix = "" if subset is None else f"-k{len(subset)}-{'+'.join(subset)}"
