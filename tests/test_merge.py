@@ -246,3 +246,35 @@ def test_selection_criteria_by_hand():
     assert chance_score(get_task("sst2"), labels) == pytest.approx(0.75)
     assert chance_score(get_task("mrpc"), labels) == pytest.approx((2 * 0.75 / 1.75 + 0.75) / 2)  # F1, accuracy
     assert chance_score(get_task("cola"), labels) == 0.0
+
+
+def test_per_task_coefficients_are_chosen_by_coordinate_ascent_and_merged_as_recorded(runs, tmp_path):
+    """--per-task: after the shared λ, each task's coefficient from the grid, the others held; the merged vector is
+    φ0 + Σ λ_i τ_i with the recorded λ_i, and the held-out criterion never falls below the shared choice's."""
+    import json
+
+    from fusekit.artifacts.merged_folder import load_merged
+    from fusekit.artifacts.task_vector import TaskVector
+    from tests.test_cli import invoke
+
+    out = tmp_path / "per-task"
+    folders = [runs[t].folder for t in ("sst2", "rte")]
+    result = invoke("merge", *folders, "--lambdas", "0.5,1.0,2.0", "--per-task", "--space", "factors", "--out", out,
+                    "--device", "cpu", "--val-examples", "16")
+    assert result.exit_code == 0, result.output
+    manifest, vector, _ = load_merged(out)
+    lam, weights = manifest["params"]["lam"], manifest["weights"]
+    shared = max(row["criteria"]["normalized"] for row in manifest["search"])
+    tried = manifest["per_task_search"]
+    assert len(tried) == 2 * 2 and {row["task"] for row in tried} == {"sst2", "rte"}  # 2 tasks × 2 other λ
+    best_tried = max(tried, key=lambda row: row["criteria"]["normalized"])
+    if best_tried["criteria"]["normalized"] > shared:  # the ascent only climbs: it ends at its best row
+        assert [lam * w for w in weights] == pytest.approx(best_tried["coefficients"])
+    else:
+        assert weights == [1.0, 1.0]
+    vectors = [TaskVector.load(f / "task_vector.safetensors") for f in folders]
+    expected = sum((lam * w * v for w, v in zip(weights, vectors)), start=0 * vectors[0])
+    for key, delta in expected.delta.items():
+        assert torch.allclose(vector.delta[key], delta, atol=1e-6), key
+    assert json.loads((out / "manifest.json").read_text())["search_criterion"] == "normalized"
+    assert "per task λ" in result.stderr

@@ -41,6 +41,8 @@ class MergeConfig:
                                             DENSITY.allowed)
     rates: list[float] | None = setting(None, "DARE drop-rate grid of the search (implies --search)",
                                         DROP_RATE.allowed)
+    per_task: bool = setting(False, "then one coefficient per task: coordinate ascent over the λ grid, each task in "
+                                    "turn with the others held, on the same held-out examples (implies --search)")
     criterion: str = setting("normalized", "what the search maximises: normalized (mean of merged / own), "
                                            "above-chance (mean share of each adapter's skill above the majority "
                                            "class), raw (mean score) or worst (the lowest normalized task)",
@@ -63,7 +65,7 @@ class MergeConfig:
 
     @property
     def searching(self) -> bool:
-        return self.search or any((self.lambdas, self.densities, self.rates))
+        return self.search or self.per_task or any((self.lambdas, self.densities, self.rates))
 
     def given(self) -> dict[str, float]:
         """The hyperparameters set to one value, by their method keyword."""

@@ -48,23 +48,29 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         values = config.candidates(method_parameters(config.method))
         statistics = _statistics(runs, config.method, method.statistics, config.val_examples, device, config.seed)
         params, searched_on = {name: v[0] for name, v in values.items()}, {"search": None}
+        weights = config.weights
+        if config.per_task and "lam" not in values:
+            raise FusekitError(f"--per-task chooses one λ per task: {config.method} has no λ")
         if any(len(v) > 1 for v in values.values()):
             result = search(runs, config.method, values, space, config.rank, config.weights, config.val_examples,
-                            device, config.seed, statistics, config.criterion)
-            params = {**params, **result.best}
+                            device, config.seed, statistics, config.criterion, config.per_task)
+            params, weights = {**params, **result.best}, result.weights or weights
             searched_on = {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
-                           "search_standard_error": result.standard_error, "search_criterion": config.criterion}
+                           "search_standard_error": result.standard_error, "search_criterion": config.criterion,
+                           **({"per_task_search": result.task_rows} if config.per_task else {})}
             _print_search(result.rows, result.own, searched(config.method), config.criterion)
             best = ", ".join(f"{k}={v}" for k, v in result.best.items())
             error = "" if result.standard_error is None else f" (standard error {result.standard_error:.3f})"
-            console.print(f"chose {best} on held-out training data{error}")
+            per_task = "" if not config.per_task else " · per task λ " + ", ".join(
+                f"{run.head_task} {params['lam'] * w:g}" for run, w in zip(runs, weights))
+            console.print(f"chose {best}{per_task} on held-out training data{error}")
         chosen = make_method(config.method, seed=config.seed, **params)
         if statistics is not None:
             chosen.stats = statistics
-        vector, report = merge_vectors(runs, chosen, config.weights, space, config.rank, progress=True)
+        vector, report = merge_vectors(runs, chosen, weights, space, config.rank, progress=True)
         summary = {
             "method": chosen.name, "params": chosen.params(), "space": space,
-            "weights": config.weights or [1.0] * len(runs), "rank": report.rank,
+            "weights": weights or [1.0] * len(runs), "rank": report.rank,
             "truncation_error": report.truncation_error,
             "worst_layer_truncation_error": report.worst_layer_error, **searched_on,
         }

@@ -9,7 +9,7 @@ the raw average, the worst task's normalized score) and the search chooses by on
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ class SearchResult:
     examples: dict[str, int]  # held-out examples per task
     own: dict[str, float]  # each task's own adapter on them: the denominators of the normalized scores
     standard_error: float | None  # of the selection score at the chosen point (bootstrap over the examples)
+    weights: list[float] | None = None  # per-task search: each run's weight (its coefficient is λ · weight)
+    task_rows: list[dict] = field(default_factory=list)  # per-task search: one row per task and λ tried
 
 
 def searched(method: str) -> tuple[str, ...]:
@@ -62,45 +64,90 @@ def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed:
                        device, source=str(run.folder)) for run in runs]
 
 
+class HeldOut:
+    """The runs' held-out examples, their own adapters' scores and the chance scores: what every candidate merge is
+    scored against, each task on its own examples."""
+
+    def __init__(self, runs: list[Run], examples: int, device: torch.device, seed: int, bar, job):
+        self.runs, self.scorers, self.bar, self.job = runs, held_out_scorers(runs, examples, device, seed), bar, job
+        self.own_preds, self.own, self.labels = self.outputs([run.vector for run in runs])
+        self.chance = [chance_score(scorer.task, y) for scorer, y in zip(self.scorers, self.labels)]
+
+    def outputs(self, vectors: list) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
+        """Each task's predictions, score and labels under its vector."""
+        preds, scores, labels = [], [], []
+        for scorer, vector in zip(self.scorers, vectors):
+            logits, y = scorer.outputs(vector)
+            preds.append(predictions(scorer.task, logits))
+            scores.append(compute_metrics(scorer.task, y, preds[-1])["score"])
+            labels.append(y)
+            self.bar.update(self.job, advance=1, status=f"{scorer.task.name} {scores[-1]:.3f}")
+        return preds, scores, labels
+
+    def row(self, vector, settings: dict) -> tuple[dict, list[np.ndarray]]:
+        """A merged vector's grid row (settings, per-task scores, every criterion) and its predictions."""
+        preds, scores, _ = self.outputs([vector] * len(self.scorers))
+        values = criterion_values(scores, self.own, self.chance)
+        return {**settings, **{run.head_task: s for run, s in zip(self.runs, scores)},
+                "normalized": values["normalized"], "criteria": values}, preds
+
+    def standard_error(self, predicted: list[np.ndarray], criterion: str, seed: int) -> float | None:
+        def selection_score(tasks, ys, own_scores, merged_scores):
+            chance = [chance_score(t, y) for t, y in zip(tasks, ys)]
+            return criterion_values(merged_scores, own_scores, chance)[criterion]
+
+        return bootstrap_standard_error([s.task for s in self.scorers], self.labels, self.own_preds, predicted,
+                                        seed=seed, value=selection_score)
+
+
+def _candidate(method: str, seed: int, point: dict, statistics: dict | None):
+    candidate = make_method(method, seed=seed, **point)
+    if statistics is not None:
+        candidate.stats = statistics
+    return candidate
+
+
 def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: str, rank: int | None,
            weights: list[float] | None, examples: int, device: torch.device, seed: int = 0,
-           statistics: dict | None = None, criterion: str = "normalized") -> SearchResult:
-    scorers = held_out_scorers(runs, examples, device, seed)
+           statistics: dict | None = None, criterion: str = "normalized", per_task: bool = False) -> SearchResult:
+    """Every grid point scored on held-out examples; the best by `criterion`. With `per_task`, then one coefficient
+    per task (λ_i = λ·w_i) by coordinate ascent over the λ grid: each task in turn, the others held, one sweep."""
     points = grid_points(method, grid)
+    tries = (len(grid.get("lam", [])) - 1) * len(runs) if per_task else 0
     rows, predicted = [], []  # predicted[p][t]: point p's predictions on task t's examples
     with progress_bar() as bar:
-        job = bar.add_task(f"search {method}", total=(len(points) + 1) * len(runs), status="")
-
-        def outputs(vectors: list) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
-            """Each task's predictions, score and labels under its vector."""
-            preds, scores, labels = [], [], []
-            for scorer, vector in zip(scorers, vectors):
-                logits, y = scorer.outputs(vector)
-                preds.append(predictions(scorer.task, logits))
-                scores.append(compute_metrics(scorer.task, y, preds[-1])["score"])
-                labels.append(y)
-                bar.update(job, advance=1, status=f"{scorer.task.name} {scores[-1]:.3f}")
-            return preds, scores, labels
-
-        own_preds, own, labels = outputs([run.vector for run in runs])
-        chance = [chance_score(scorer.task, y) for scorer, y in zip(scorers, labels)]
+        job = bar.add_task(f"search {method}", total=(len(points) + tries + 1) * len(runs), status="")
+        held = HeldOut(runs, examples, device, seed, bar, job)
         for point in points:
-            candidate = make_method(method, seed=seed, **point)
-            if statistics is not None:
-                candidate.stats = statistics
-            vector, _ = merge_vectors(runs, candidate, weights, space, rank)
-            preds, scores, _ = outputs([vector] * len(scorers))
+            vector, _ = merge_vectors(runs, _candidate(method, seed, point, statistics), weights, space, rank)
+            row, preds = held.row(vector, point)
+            rows.append(row)
             predicted.append(preds)
-            values = criterion_values(scores, own, chance)
-            rows.append({**point, **{run.head_task: s for run, s in zip(runs, scores)},
-                         "normalized": values["normalized"], "criteria": values})
-    chosen = max(range(len(rows)), key=lambda k: rows[k]["criteria"][criterion])
+        chosen = max(range(len(rows)), key=lambda k: rows[k]["criteria"][criterion])
+        best, best_preds, task_rows = {k: rows[chosen][k] for k in searched(method)}, predicted[chosen], []
+        if per_task:
+            weights, best_preds, task_rows = _per_task(runs, held, method, best, grid["lam"], space, rank, weights,
+                                                       rows[chosen], best_preds, criterion, seed, statistics)
+    return SearchResult(best, rows, {run.head_task: len(y) for run, y in zip(runs, held.labels)},
+                        {run.head_task: score for run, score in zip(runs, held.own)},
+                        held.standard_error(best_preds, criterion, seed), weights, task_rows)
 
-    def selection_score(tasks, ys, own_scores, merged_scores):
-        return criterion_values(merged_scores, own_scores, [chance_score(t, y) for t, y in zip(tasks, ys)])[criterion]
 
-    error = bootstrap_standard_error([s.task for s in scorers], labels, own_preds, predicted[chosen], seed=seed,
-                                     value=selection_score)
-    return SearchResult({k: rows[chosen][k] for k in searched(method)}, rows,
-                        {run.head_task: len(y) for run, y in zip(runs, labels)},
-                        {run.head_task: score for run, score in zip(runs, own)}, error)
+def _per_task(runs, held: HeldOut, method: str, best: dict, lambdas: list[float], space: str, rank: int | None,
+              weights: list[float] | None, best_row: dict, best_preds, criterion: str, seed: int, statistics):
+    """Coordinate ascent over each task's coefficient from the shared choice: (weights, predictions, rows)."""
+    current = list(weights or [1.0] * len(runs))
+    score, rows = best_row["criteria"][criterion], []
+    candidate = _candidate(method, seed, best, statistics)
+    for i, run in enumerate(runs):
+        start = kept = current[i]
+        for lam in (value for value in lambdas if value != best["lam"]):  # the shared λ is scored already
+            trial = [*current[:i], start * lam / best["lam"], *current[i + 1:]]
+            vector, _ = merge_vectors(runs, candidate, trial, space, rank)
+            row, preds = held.row(vector, {"task": run.head_task, "lam": lam,
+                                           "coefficients": [best["lam"] * w for w in trial]})
+            rows.append(row)
+            if row["criteria"][criterion] > score:
+                score, best_preds, kept = row["criteria"][criterion], preds, trial[i]
+        current[i] = kept
+    return current, best_preds, rows
