@@ -362,3 +362,21 @@ def test_report_states_how_precisely_the_searches_chose():
     assert "above 0.02" in text and "below 0.02" in search_precision(manifests[:1])[0]
     assert search_precision([{"search": None}]) == []
     assert "an unrecorded number of examples" in search_precision([{"search_standard_error": 0.01}])[0]
+
+
+def test_a_study_merges_a_method_a_second_time_with_one_lambda_per_task(tmp_path):
+    from fusekit.study.run import load_study, plan
+
+    path = tmp_path / "r.yaml"
+    recipe = {"out": str(tmp_path / "s"), "tasks": ["sst2", "rte"], "train": {"max_train": 64},
+              "merge": {"methods": ["task-arithmetic", "ties"], "spaces": ["delta-w"], "per_task": ["task-arithmetic"]}}
+    path.write_text(yaml.safe_dump(recipe))
+    merges = {s.name: s.config.config for s in plan(load_study(path), str(path)) if s.kind == "merge"}
+    assert set(merges) == {"merge/lora-delta-w-task-arithmetic", "merge/lora-delta-w-task-arithmetic-per-task",
+                           "merge/lora-delta-w-ties"}
+    assert merges["merge/lora-delta-w-task-arithmetic-per-task"].per_task
+    assert not merges["merge/lora-delta-w-task-arithmetic"].per_task
+    recipe["merge"]["per_task"] = ["dare"]  # not one of the merge's methods
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusekitError, match="merge.per_task: 'dare' is not one of the merge's methods with a λ"):
+        plan(load_study(path), str(path))

@@ -74,6 +74,8 @@ class MergeSettings:
     val_examples: int = setting(100, "held-out training examples per task for the search", AT_LEAST_ONE)
     criterion: str = setting("normalized", "what the search maximises (every criterion is recorded either way)",
                              Allowed(choices=registry("fusekit.merging.criteria", "CRITERIA")))
+    per_task: list[str] = setting([], "methods merged a second time with one λ per task (`fusekit merge --per-task`; "
+                                      "stage names end in -per-task)", Allowed(unique=True))
     variants: list[str] | None = setting(None, "adapter variants to merge (None: all)", Allowed(unique=True))
 
 
@@ -303,6 +305,9 @@ def merge_space_fits(method: str, space: str) -> bool:
 def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: str = "merge",
                   tasks: list[str] | None = None, subsets: list[tuple[str, ...]] | None = None) -> list[Stage]:
     """A merge per variant, space and method of all the runs, or (`subsets` of `tasks`) of each subset's runs."""
+    wrong = [m for m in merge.per_task if m not in merge.methods or "lam" not in searched(m)]
+    if wrong:
+        raise FusekitError(f"{source}: {prefix}.per_task: {wrong[0]!r} is not one of the merge's methods with a λ")
     stages = []
     for variant in merge.variants or list(study.adapters):
         if variant not in runs:
@@ -314,11 +319,13 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: 
                                      seed=seed, lambdas=merge.lambdas if "lam" in taken else None,
                                      densities=merge.densities if "density" in taken else None,
                                      rates=merge.drop_rates if "rate" in taken else None, criterion=merge.criterion)
+                kinds = [("", config)] + ([("-per-task", dataclasses.replace(config, per_task=True))]
+                                          if method in merge.per_task else [])
                 for subset in subsets or [None]:
                     chosen = runs[variant] if subset is None else [runs[variant][tasks.index(t)] for t in subset]
                     suffix = "" if subset is None else f"-k{len(subset)}-{'+'.join(subset)}"
-                    job = MergeJob(chosen, config)
-                    stages.append(Stage(f"{prefix}/{variant}-{space}-{method}{suffix}{tag}", "merge", job))
+                    stages += [Stage(f"{prefix}/{variant}-{space}-{method}{kind}{suffix}{tag}", "merge",
+                                     MergeJob(chosen, kind_config)) for kind, kind_config in kinds]
     return stages
 
 
