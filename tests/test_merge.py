@@ -278,3 +278,49 @@ def test_per_task_coefficients_are_chosen_by_coordinate_ascent_and_merged_as_rec
         assert torch.allclose(vector.delta[key], delta, atol=1e-6), key
     assert json.loads((out / "manifest.json").read_text())["search_criterion"] == "normalized"
     assert "per task λ" in result.stderr
+
+
+def test_tsv_m_by_hand():
+    """Task singular vectors (CVPR 2025) on two full-rank 4×6 changes: each keeps ⌊4/2⌋ = 2 singular triplets, U
+    and V are replaced by their nearest orthonormal matrices (Procrustes), ΔW = λ U⊥ Σ V⊥ᵀ. Computed in numpy."""
+    import numpy as np
+
+    from fusekit.merging.methods import make_method
+
+    rng = np.random.default_rng(0)
+    deltas = [rng.normal(size=(4, 6)), rng.normal(size=(4, 6))]
+    weights, lam = [1.0, 0.5], 0.7
+    us, ss, vs = [], [], []
+    for w, d in zip(weights, deltas):
+        u, s, vh = np.linalg.svd(w * d, full_matrices=False)
+        us.append(u[:, :2]), ss.append(s[:2]), vs.append(vh[:2].T)
+    u, s, v = np.hstack(us), np.concatenate(ss), np.hstack(vs)
+
+    def orthonormal(m):
+        p, _, qh = np.linalg.svd(m, full_matrices=False)
+        return p @ qh
+
+    expected = lam * orthonormal(u) @ np.diag(s) @ orthonormal(v).T
+    method = make_method("tsv-m", lam=lam)
+    merged = method.merge([torch.tensor(d) for d in deltas], weights)
+    assert np.allclose(merged.numpy(), expected, atol=1e-10)
+    assert np.allclose(orthonormal(u).T @ orthonormal(u), np.eye(4), atol=1e-10)  # 4 orthonormal columns
+    # a low-rank change keeps only its nonzero singular values; a vector (bias) is task arithmetic
+    low = [torch.tensor(np.outer(rng.normal(size=4), rng.normal(size=6))) for _ in range(2)]
+    assert torch.linalg.matrix_rank(method.merge(low, [1.0, 1.0])) == 2
+    bias = [torch.ones(3), 2 * torch.ones(3)]
+    assert torch.allclose(method.merge(bias, [1.0, 1.0]), lam * 3 * torch.ones(3))
+    assert method.space == "delta-w"
+
+
+def test_tsv_m_merges_runs_and_peft_adapters_end_to_end(runs, tmp_path):
+    from fusekit.artifacts.merged_folder import load_merged
+    from tests.test_cli import invoke
+
+    out = tmp_path / "tsv"
+    result = invoke("merge", runs["sst2"].folder, runs["rte"].folder, "--method", "tsv-m", "--lambda", "1.0",
+                    "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    manifest, vector, _ = load_merged(out)
+    assert manifest["method"] == "tsv-m" and manifest["space"] == "delta-w"
+    assert invoke("eval", out, "--device", "cpu").exit_code == 0

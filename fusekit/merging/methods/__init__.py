@@ -17,6 +17,7 @@ from fusekit.merging.methods.fisher import FisherMerge
 from fusekit.merging.methods.regmean import RegMean
 from fusekit.merging.methods.task_arithmetic import TaskArithmetic
 from fusekit.merging.methods.ties import Ties
+from fusekit.merging.methods.tsv import TaskSingularVectors
 from fusekit.merging.params import DROP_RATE, PARAMETERS, Param
 
 # name → (builder from the seed and the method's hyperparameters, those hyperparameters in table order)
@@ -30,6 +31,7 @@ METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {
     "regmean": (lambda seed, regmean_alpha: RegMean(regmean_alpha), RegMean.parameters),
     "fisher": (lambda seed: FisherMerge(), FisherMerge.parameters),
     "adamerging": (lambda seed: AdaMerging(), AdaMerging.parameters),
+    "tsv-m": (lambda seed, lam: TaskSingularVectors(lam), TaskSingularVectors.parameters),
 }
 
 
