@@ -313,14 +313,41 @@ def test_tsv_m_by_hand():
     assert method.space == "delta-w"
 
 
-def test_tsv_m_merges_runs_and_peft_adapters_end_to_end(runs, tmp_path):
+@pytest.mark.parametrize("method", ["tsv-m", "knots-ties"])
+def test_svd_based_merges_run_end_to_end_in_their_space(runs, tmp_path, method):
     from fusekit.artifacts.merged_folder import load_merged
     from tests.test_cli import invoke
 
-    out = tmp_path / "tsv"
-    result = invoke("merge", runs["sst2"].folder, runs["rte"].folder, "--method", "tsv-m", "--lambda", "1.0",
+    out = tmp_path / method
+    result = invoke("merge", runs["sst2"].folder, runs["rte"].folder, "--method", method, "--lambda", "1.0",
                     "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
     manifest, vector, _ = load_merged(out)
-    assert manifest["method"] == "tsv-m" and manifest["space"] == "delta-w"
+    assert manifest["method"] == method and manifest["space"] == "delta-w"
     assert invoke("eval", out, "--device", "cpu").exit_code == 0
+
+
+def test_knots_ties_by_hand():
+    """KnOTS on two rank-2 changes of a 3×4 weight: one SVD of [ΔW_1 ΔW_2] gives the shared basis U Σ and each
+    task's V_i; TIES (density 1: elect each entry's sign by the sum, average the agreeing entries, scale by λ)
+    merges the V_i; ΔW = U Σ V*ᵀ. Computed in numpy, signs of the singular vectors whatever numpy chose."""
+    import numpy as np
+
+    from fusekit.merging.methods import make_method
+
+    rng = np.random.default_rng(1)
+    deltas = [rng.normal(size=(3, 2)) @ rng.normal(size=(2, 4)) for _ in range(2)]
+    weights, lam = [1.0, 2.0], 0.6
+    u, s, vh = np.linalg.svd(np.hstack([w * d for w, d in zip(weights, deltas)]), full_matrices=False)
+    keep = int((s > 1e-6 * s[0]).sum())
+    u, s, vh = u[:, :keep], s[:keep], vh[:keep]
+    blocks = np.stack([vh[:, :4].T, vh[:, 4:].T])  # V_i: 4 × keep
+    elected = np.sign(blocks.sum(axis=0))
+    agree = (np.sign(blocks) == elected) & (blocks != 0)
+    merged_v = lam * (blocks * agree).sum(axis=0) / np.maximum(agree.sum(axis=0), 1)
+    expected = u @ np.diag(s) @ merged_v.T
+    merged = make_method("knots-ties", lam=lam, density=1.0).merge([torch.tensor(d) for d in deltas], weights)
+    assert keep == 3 and np.allclose(merged.numpy(), expected, atol=1e-10)
+    # with one task, TIES of one V is λ V: KnOTS gives back λ ΔW exactly
+    one = make_method("knots-ties", lam=lam, density=1.0).merge([torch.tensor(deltas[0])], [1.0])
+    assert np.allclose(one.numpy(), lam * deltas[0], atol=1e-10)

@@ -27,8 +27,8 @@ class MergeConfig:
     examples, never on the reported split), the space, and the data a data-aware method reads."""
 
     method: str = setting("task-arithmetic", "task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties, "
-                                             "tsv-m (ΔW space); with data: regmean (ΔW space), fisher, adamerging "
-                                             "(factor space)",
+                                             "tsv-m, knots-ties (ΔW space); with data: regmean (ΔW space), fisher, "
+                                             "adamerging (factor space)",
                           Allowed(choices=registry("fusekit.merging.methods", "METHODS")))
     lam: float | None = setting(None, _value(LAMBDA), LAMBDA.allowed)
     density: float | None = setting(None, _value(DENSITY), DENSITY.allowed)

@@ -14,6 +14,7 @@ from fusekit.merging.methods.average import Average
 from fusekit.merging.methods.base import MergeMethod
 from fusekit.merging.methods.dare import Dare
 from fusekit.merging.methods.fisher import FisherMerge
+from fusekit.merging.methods.knots import KnotsTies
 from fusekit.merging.methods.regmean import RegMean
 from fusekit.merging.methods.task_arithmetic import TaskArithmetic
 from fusekit.merging.methods.ties import Ties
@@ -32,6 +33,7 @@ METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {
     "fisher": (lambda seed: FisherMerge(), FisherMerge.parameters),
     "adamerging": (lambda seed: AdaMerging(), AdaMerging.parameters),
     "tsv-m": (lambda seed, lam: TaskSingularVectors(lam), TaskSingularVectors.parameters),
+    "knots-ties": (lambda seed, lam, density: KnotsTies(lam, density), KnotsTies.parameters),
 }
 
 
