@@ -3,7 +3,8 @@
 
 The adapters are N random LoRA adapters (r = 8, query/value) of the real model, written both as fusekit run
 folders and as PEFT folders. Two merges are compared: the exact concatenation (fusekit task arithmetic in ΔW space
-vs peft `combination_type="cat"`) and a rank-8 SVD of the summed ΔW (fusekit `--rank 8` vs peft `"svd"`). Each
+vs peft `combination_type="cat"`) and a rank-8 SVD of the summed ΔW (fusekit `--rank 8` vs peft `"svd"`); then
+fusekit's other ΔW-space methods (TIES, DARE, TSV-M, KnOTS-TIES) against its task arithmetic. Each
 measurement runs in its own process; the time covers loading the N adapters and merging them (the base model
 peft needs is loaded before the clock starts, so peft is not charged for it). Memory is the growth of the
 process's RSS high-water mark during the measurement (the mark is reset when it starts, so imports and the
@@ -71,14 +72,20 @@ def measure(tool: str, combination: str, folder: Path, n: int, model: str | None
                                             combination_type=combination, **extra)
     else:
         from fusekit.artifacts.run_folder import load_run
-        from fusekit.merging.methods.task_arithmetic import TaskArithmetic
+        from fusekit.merging.methods import make_method
         from fusekit.merging.stream import merge_vectors
 
+        method = combination if combination in METHOD_ROWS else "task-arithmetic"
+        rank = 8 if combination == "svd" else None
         with usage_of() as usage:
             runs = [load_run(folder / f"a{i}") for i in range(n)]
             runs = [replace(r, head_task=f"task{i}") for i, r in enumerate(runs)]
-            merge_vectors(runs, TaskArithmetic(1.0), space="delta-w", rank=8 if combination == "svd" else None)
+            merge_vectors(runs, make_method(method, lam=1.0), space="delta-w", rank=rank)
     return usage
+
+
+# fusekit's ΔW-space methods, each timed against task arithmetic's exact merge of the same adapters
+METHOD_ROWS = ("ties", "dare", "tsv-m", "knots-ties")
 
 
 def main() -> None:
@@ -100,16 +107,29 @@ def main() -> None:
             for n in sizes:
                 result = {}
                 for tool in ("fusekit", "peft"):
-                    extra = ["--model", args.model] if args.model else []
-                    done = subprocess.run([sys.executable, __file__, "--measure", tool, combination, tmp, str(n),
-                                           *extra], capture_output=True, text=True, check=True)
-                    result[tool] = json.loads(done.stdout.splitlines()[-1])
+                    result[tool] = run_measure(tool, combination, tmp, n, args.model)
                 f, p = result["fusekit"], result["peft"]
                 label = "exact concat (cat)" if combination == "cat" else "rank-8 SVD (svd)"
                 fm, pm = f["rss_growth_mb"], p["rss_growth_mb"]
                 print(f"| {label} | {n} | {f['seconds']:.2f} | {p['seconds']:.2f} | "
                       f"{p['seconds'] / f['seconds']:.1f}x | {fm:.1f} | {pm:.1f} | {pm / max(fm, 0.1):.1f}x |",
                       flush=True)
+        print("\n| fusekit method (ΔW space) | N | seconds | × task arithmetic | MB |")
+        print("|---|---|---|---|---|")
+        for n in sizes:
+            reference = run_measure("fusekit", "cat", tmp, n, args.model)
+            for method in METHOD_ROWS:
+                m = run_measure("fusekit", method, tmp, n, args.model)
+                print(f"| {method} | {n} | {m['seconds']:.2f} | {m['seconds'] / reference['seconds']:.1f}x | "
+                      f"{m['rss_growth_mb']:.1f} |", flush=True)
+
+
+def run_measure(tool: str, combination: str, folder: str, n: int, model: str | None) -> dict:
+    """One measurement in its own process (imports and caches of one never flatter another)."""
+    extra = ["--model", model] if model else []
+    done = subprocess.run([sys.executable, __file__, "--measure", tool, combination, folder, str(n), *extra],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 if __name__ == "__main__":
