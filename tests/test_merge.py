@@ -351,3 +351,22 @@ def test_knots_ties_by_hand():
     # with one task, TIES of one V is λ V: KnOTS gives back λ ΔW exactly
     one = make_method("knots-ties", lam=lam, density=1.0).merge([torch.tensor(deltas[0])], [1.0])
     assert np.allclose(one.numpy(), lam * deltas[0], atol=1e-10)
+
+
+def test_selecting_on_examples_a_run_trained_on_is_refused_unless_asked(tiny_config, tmp_path):
+    """A run trained on its task's whole training split leaves no held-out example: a search or a data-aware merge
+    stops before any work, unless --select-on-seen accepts selecting on seen examples."""
+    from fusekit.training.train import train
+    from tests.test_cli import assert_one_line_error, invoke
+
+    folders = []
+    for task in ("sst2", "rte"):
+        folders.append(tmp_path / task)
+        train(replace(tiny_config, task=task, epochs=1, max_train=None if task == "rte" else 16, out=str(folders[-1])))
+    assert_one_line_error(invoke("merge", *folders, "--search", "--out", tmp_path / "m", "--device", "cpu"),
+                          r"rte trained on every rte training example: a search .*--select-on-seen")
+    assert not (tmp_path / "m").exists()
+    assert invoke("merge", *folders, "--lambda", "0.5", "--out", tmp_path / "fixed", "--device", "cpu").exit_code == 0
+    result = invoke("merge", *folders, "--search", "--select-on-seen", "--val-examples", "8", "--out", tmp_path / "m",
+                    "--device", "cpu")
+    assert result.exit_code == 0 and "selecting on a sample of it" in result.stderr

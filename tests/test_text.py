@@ -230,7 +230,7 @@ def test_two_text_adapters_merge_into_one_model_for_both(text_runs, tiny_llama, 
     from fusekit.merging.merge import run_merge
 
     out = tmp_path / "merged"
-    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=8, device="cpu"),
+    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=8, device="cpu", select_on_seen=True),
               [text_runs["sst2"][0], text_runs["rte"][0]], out)  # λ chosen on held-out examples
     rows = {r["task"]: r for r in score_folders([out], None, None, None, 16, "cpu", None)}
     assert set(rows) == {"sst2", "rte", "average"} and rows["sst2"]["accuracy"] > 0.55
@@ -256,7 +256,7 @@ def test_every_merge_method_fuses_text_adapters(text_runs, tmp_path, method, spa
 
     monkeypatch.setattr(statistics, "ADA_STEPS", 3)
     out = tmp_path / method
-    run_merge(MergeConfig(method=method, lam=0.5, space=space, val_examples=8, device="cpu"),
+    run_merge(MergeConfig(method=method, lam=0.5, space=space, val_examples=8, device="cpu", select_on_seen=True),
               [text_runs["sst2"][0], text_runs["rte"][0]], out)
     vector = TaskVector.load(out / "task_vector.safetensors")
     assert vector.norm() > 0 and all(torch.isfinite(v).all() for v in vector.delta.values())

@@ -42,6 +42,8 @@ class MergeConfig:
                                             DENSITY.allowed)
     rates: list[float] | None = setting(None, "DARE drop-rate grid of the search (implies --search)",
                                         DROP_RATE.allowed)
+    select_on_seen: bool = setting(False, "let a search or data-aware merge select on training examples a run "
+                                          "trained on, when it trained on all of them (refused otherwise)")
     per_task: bool = setting(False, "then one coefficient per task: coordinate ascent over the λ grid, each task in "
                                     "turn with the others held, on the same held-out examples (implies --search)")
     criterion: str = setting("normalized", "what the search maximises: normalized (mean of merged / own), "

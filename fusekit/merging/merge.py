@@ -17,7 +17,7 @@ from fusekit.merging.config import MergeConfig
 from fusekit.merging.criteria import CRITERIA
 from fusekit.merging.methods import MergeMethod, make_method, method_parameters
 from fusekit.merging.peft_inputs import is_peft_folder, merge_peft
-from fusekit.merging.search import search, searched
+from fusekit.merging.search import search, searched, trained_on_everything
 from fusekit.merging.stream import merge_vectors
 from fusekit.models.base import resolve_device
 from fusekit.progress import console, tracked
@@ -46,6 +46,7 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
     claimed = [*inputs, *(r.config.data for r in runs), *(r.config.model for r in runs)]
     with claim_output(out, overwrite, claimed):  # never over an input (runs, their data and model), one writer
         values = config.candidates(method_parameters(config.method))
+        _check_held_out(runs, config, any(len(v) > 1 for v in values.values()) or method.statistics is not None)
         statistics = _statistics(runs, config.method, method.statistics, config.val_examples, device, config.seed)
         params, searched_on = {name: v[0] for name, v in values.items()}, {"search": None}
         weights = config.weights
@@ -95,6 +96,16 @@ def _merge_peft(config: MergeConfig, method: MergeMethod, sources: list[Path], o
     chosen = make_method(config.method, seed=config.seed, **{name: v[0] for name, v in params.items()})
     return merge_peft([str(s) for s in sources], out, chosen, config.weights, config.rank, config.shared_modules,
                       overwrite)
+
+
+def _check_held_out(runs: list, config: MergeConfig, selecting: bool) -> None:
+    """A search or a data-aware merge reads held-out training examples: a run that trained on all of its task's
+    leaves none, and selecting on what it trained on is refused unless `select_on_seen` says so."""
+    seen = next((run for run in runs if selecting and trained_on_everything(run)), None)
+    if seen is not None and not config.select_on_seen:
+        raise FusekitError(f"{seen.folder} trained on every {seen.head_task} training example: a search or a "
+                           "data-aware merge would select on examples it trained on (retrain with a smaller "
+                           "--max-train, or pass --select-on-seen to accept that)")
 
 
 def _statistics(runs, method: str, kind: str | None, examples: int, device, seed: int) -> dict | None:

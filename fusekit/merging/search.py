@@ -46,9 +46,16 @@ def grid_points(method: str, grid: dict[str, list[float]]) -> list[dict[str, flo
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
+def trained_on_everything(run: Run) -> bool:
+    """Whether the run trained on every training example of its task (no held-out example is left to select on)."""
+    train = load_split(get_task(run.head_task), "train", run.config.data)
+    return len(train.held_out(run.config.max_train, run.config.seed)) == 0
+
+
 def held_out_split(run: Run, examples: int, seed: int) -> Split:
     """`examples` training examples of the run's task that it never trained on (all of them, with a warning, when
-    it trained on every one): what searches and data-aware merges may look at, never the reported split."""
+    it trained on every one and the merge was told `select_on_seen`): what searches and data-aware merges may look
+    at, never the reported split."""
     task = get_task(run.head_task)
     train = load_split(task, "train", run.config.data)
     unseen = train.held_out(run.config.max_train, run.config.seed)

@@ -74,6 +74,8 @@ class MergeSettings:
     val_examples: int = setting(100, "held-out training examples per task for the search", AT_LEAST_ONE)
     criterion: str = setting("normalized", "what the search maximises (every criterion is recorded either way)",
                              Allowed(choices=registry("fusekit.merging.criteria", "CRITERIA")))
+    select_on_seen: bool = setting(False, "let searches select on training examples a run trained on, when it "
+                                          "trained on all of them (refused otherwise)")
     per_task: list[str] = setting([], "methods merged a second time with one λ per task (`fusekit merge --per-task`; "
                                       "stage names end in -per-task)", Allowed(unique=True))
     variants: list[str] | None = setting(None, "adapter variants to merge (None: all)", Allowed(unique=True))
@@ -318,7 +320,8 @@ def _merge_stages(merge: MergeSettings, study, runs, tag, seed, source, prefix: 
                 config = MergeConfig(method=method, space=space, search=True, val_examples=merge.val_examples,
                                      seed=seed, lambdas=merge.lambdas if "lam" in taken else None,
                                      densities=merge.densities if "density" in taken else None,
-                                     rates=merge.drop_rates if "rate" in taken else None, criterion=merge.criterion)
+                                     rates=merge.drop_rates if "rate" in taken else None, criterion=merge.criterion,
+                                     select_on_seen=merge.select_on_seen)
                 kinds = [("", config)] + ([("-per-task", dataclasses.replace(config, per_task=True))]
                                           if method in merge.per_task else [])
                 for subset in subsets or [None]:
