@@ -246,7 +246,8 @@ def test_two_text_adapters_merge_into_one_model_for_both(text_runs, tiny_llama, 
 
 
 @pytest.mark.parametrize(("method", "space"), [("ties", "delta-w"), ("dare", "factors"), ("regmean", "delta-w"),
-                                             ("fisher", "factors"), ("adamerging", "factors")])
+                                             ("fisher", "factors"), ("adamerging", "factors"), ("tsv-m", "delta-w"),
+                                             ("knots-ties", "delta-w")])
 def test_every_merge_method_fuses_text_adapters(text_runs, tmp_path, method, space, monkeypatch):
     """Data-aware merges read prompt tokens (RegMean's Gram matrices), the answer token's likelihood (Fisher) and
     the answer words' distribution (AdaMerging's entropy)."""
