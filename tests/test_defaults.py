@@ -153,3 +153,18 @@ def test_lp_ft_starts_the_head_at_the_linear_probe(tiny_config, glue_dir, tmp_pa
                                                                             split)).items())
     result = train(replace(cfg, epochs=1, out=str(tmp_path / "lpft")))
     assert 0 <= result.metrics["accuracy"] <= 1
+
+
+def test_l_lora_takes_its_own_step_size_not_the_task_s_lora_one(tiny_model, tiny_llama):
+    """A task's step size was tuned for LoRA; L-LoRA's comes from its own family value (or a task's
+    `<family>:l-lora` entry), while the task's other defaults (max length) still apply."""
+    from fusekit.models.defaults import ADAPTER_STEP
+
+    for model, family in ((tiny_model, "head"), (tiny_llama, "text")):
+        resolved = resolve_defaults(TrainConfig(task="sst2", adapter="l-lora", model=str(model)))
+        assert resolved.config.lr == ADAPTER_STEP[(family, "l-lora")] != TASKS["sst2"].defaults[family]["lr"]
+        assert resolved.sources["lr"].endswith("; l-lora)")
+        assert resolved.config.max_length == TASKS["sst2"].defaults[family]["max_length"]
+        assert resolve_defaults(TrainConfig(task="sst2", model=str(model))).config.lr == \
+            TASKS["sst2"].defaults[family]["lr"]
+    assert "l-lora 0.005" in default_help("lr") and "l-lora 0.01" in default_help("lr")

@@ -31,6 +31,13 @@ MODEL_DEFAULTS: dict[str, dict[str, object]] = {
     "text": {"lr": 1e-3, "head_lr": None, "head_init": None, "epochs": 1, "batch_size": 16, "eval_batch_size": 64,
              "max_length": 256, "pair_encoding": "cross"},
 }
+# L-LoRA moves less per step than LoRA (its tangent model's gradient is the Jacobian at φ0 alone): a task's step
+# size tuned for LoRA does not carry over, so L-LoRA's comes from a task's `<family>:l-lora` entry, else from here.
+# Encoder: the encoder studies' held-out diagnosis (five times LoRA's, docs/results/minilm.md); generative: the
+# SmolLM2 study's held-out tune on CoLA (1e-2 over 3e-3 and 1e-3, docs/results/smollm2.md).
+ADAPTER_STEP = {("head", "l-lora"): 5e-3, ("text", "l-lora"): 1e-2}
+STEP_KEYS = ("lr",)  # what is tuned per adapter kind; max length, pair encoding and the head's step are not
+
 # Encoders whose attention and feed-forward layers bear BERT's names get LoRA on all of them (the README's
 # studies); any other architecture keeps peft's own targets for it.
 BERT_STYLE = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert"})
@@ -59,21 +66,27 @@ def resolve_defaults(cfg: Config) -> Resolved:
 
     family, model_type = model_kind(cfg.model, cfg.objective)
     family_values = model_defaults(family, model_type)
+    kind = f"{family}:{cfg.adapter}" if cfg.adapter != "lora" else family
+    if (family, cfg.adapter) in ADAPTER_STEP:
+        family_values["lr"] = ADAPTER_STEP[(family, cfg.adapter)]
     if isinstance(cfg, JointConfig):
         lengths = [t.defaults.get(family, {}).get("max_length") for t in parse_tasks(cfg.tasks)]
         task_values = {"max_length": max(v for v in lengths if v)} if all(lengths) else {}
         task_label = "longest of the tasks'"
     else:
-        task_values = get_task(cfg.task).defaults.get(family, {})
+        spec = get_task(cfg.task)
+        task_values = {k: v for k, v in spec.defaults.get(family, {}).items()
+                       if kind == family or k not in STEP_KEYS} | spec.defaults.get(kind, {})
         task_label = f"{cfg.task}'s"
     changes, sources = {}, {}
     for key in DEFAULTED:
         if getattr(cfg, key) is not None:
             continue
         if key in task_values:
-            changes[key], sources[key] = task_values[key], f"task default ({task_label}, {family})"
+            changes[key], sources[key] = task_values[key], f"task default ({task_label}, {kind})"
         else:
-            changes[key], sources[key] = family_values[key], f"model default ({FAMILY_NAMES[family]})"
+            adapter = f"; {cfg.adapter}" if key in STEP_KEYS and kind != family else ""
+            changes[key], sources[key] = family_values[key], f"model default ({FAMILY_NAMES[family]}{adapter})"
     return Resolved(dataclasses.replace(cfg, **changes), family, sources)
 
 
@@ -101,7 +114,9 @@ def default_help(key: str) -> str | None:
             shown = "none" if values.get(key) is None else _show(values[key])
         special = [f"{task} {_show(spec.defaults[family][key])}" for task, spec in TASKS.items()
                    if key in spec.defaults.get(family, {}) and spec.defaults[family][key] != values.get(key)]
-        parts.append(f"{family} {shown}" + (f" ({', '.join(special)})" if special else ""))
+        adapters = [f"{adapter} {_show(step)}" for (fam, adapter), step in ADAPTER_STEP.items()
+                    if fam == family and key in STEP_KEYS]
+        parts.append(f"{family} {shown}" + (f" ({', '.join(special + adapters)})" if special or adapters else ""))
     return "default by model family and task: " + "; ".join(parts)
 
 
