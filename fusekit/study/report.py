@@ -412,8 +412,10 @@ def write_report(study: Path) -> Path:
     figures.mkdir(exist_ok=True)
     individual, tasks = individual_table(study)
     found = Found(study, figures, tasks, multitask_rows(study, "merge"), multitask_rows(study, "joint"))
+    explained = ("Over several seeds: mean ± half-width of the 95% Student-t confidence interval." if tasks else
+                 "No adapter has finished training yet: the study is in progress (`fusekit run` resumes it).")
     parts = [f"# fusekit report: {study.name}", "", "## Individually finetuned adapters (GLUE validation)", "",
-             "Over several seeds: mean ± half-width of the 95% Student-t confidence interval.", "", individual, ""]
+             explained, "", *([individual, ""] if tasks else [])]
     for section in SECTIONS:
         parts += section(found)
     path = study / REPORT
