@@ -268,3 +268,22 @@ def test_result_files_and_merges_never_land_on_user_files_or_inside_data(two_run
     scores = tmp_path / "scores.json"
     assert invoke("eval", runs[0], "--device", "cpu", "--out", scores).exit_code == 0
     assert invoke("eval", runs[0], "--device", "cpu", "--out", scores).exit_code == 0  # its own file: replaced
+
+
+def test_a_full_disk_names_the_output_not_a_temp_file(sst2_run, tmp_path, monkeypatch):
+    """Writes go to a temp file beside the output; a disk that fills up mid-write is reported with the output's
+    name, the temp file removed, the previous file kept."""
+    import fusekit.artifacts.atomic as atomic
+
+    folder = tmp_path / "run"
+    shutil.copytree(sst2_run[0], folder)
+    before = (folder / "eval.json").read_text()
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    result = invoke("eval", folder, "--device", "cpu")
+    assert_error_line(result, r"could not use .*run/eval\.json: No space left on device")
+    assert ".tmp" not in result.stderr and not list(folder.glob(".*.tmp"))
+    assert (folder / "eval.json").read_text() == before
