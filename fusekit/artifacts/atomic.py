@@ -65,12 +65,19 @@ def atomic_write_json(path: Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor holding NaN or an infinity, or None. One sum per tensor (a NaN or an infinity makes it
+    non-finite), copying nothing; only where a sum is not finite are entries checked (a huge sum may overflow)."""
+    floats = {k: t.detach() for k, t in tensors.items() if t.is_floating_point()}
+    if not floats or bool(torch.stack([t.sum(dtype=torch.float64) for t in floats.values()]).isfinite().all()):
+        return None
+    return next((k for k, t in floats.items() if not bool(t.isfinite().all())), None)
+
+
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Refuse NaN or infinite weights before they are written (a merge of a damaged input, a diverged scale):
-    checked in bulk, one pass over all the floating-point values, then the culprit named."""
-    floats = [t.detach().reshape(-1).float() for t in tensors.values() if t.is_floating_point()]
-    if floats and not bool(torch.cat(floats).isfinite().all()):
-        bad = next(k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
+    """Refuse NaN or infinite weights before they are written (a merge of a damaged input, a diverged scale)."""
+    bad = first_non_finite(tensors)
+    if bad is not None:
         raise FusekitError(f"{what}: {bad} would hold NaN or infinite values (an input or a scale is not a finite "
                            "number): nothing was written")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fusekit.artifacts.atomic import load_tensors, save_tensors
+from fusekit.artifacts.atomic import first_non_finite, load_tensors, save_tensors
 from fusekit.errors import FusekitError
 from fusekit.models.base import fingerprint
 
@@ -158,9 +158,7 @@ class TaskVector:
             if value.shape != init[key].shape:
                 raise FusekitError(f"{path}: {key} has a delta of shape {tuple(value.shape)} but φ0 of shape "
                                    f"{tuple(init[key].shape)}")
-        bad = next((k for k, v in tensors.items() if not v.is_floating_point()), None)
-        if bad is None and not bool(torch.cat([v.reshape(-1).float() for v in tensors.values()]).isfinite().all()):
-            bad = next(k for k, v in tensors.items() if not bool(v.isfinite().all()))  # one pass, then the culprit
+        bad = next((k for k, v in tensors.items() if not v.is_floating_point()), None) or first_non_finite(tensors)
         if bad is not None:
             raise FusekitError(f"{path}: {bad} holds non-finite or non-float values (a corrupt or forged vector)")
         return cls(delta, init, meta)
