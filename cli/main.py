@@ -25,6 +25,11 @@ from fusekit.merging.config import MergeConfig
 from fusekit.models.defaults import default_help
 
 DEBUG = "FUSEKIT_DEBUG"  # set to 1 (or pass --debug) to see the traceback of an unexpected error
+_debug = False  # --debug of the command being run: set by every command, so it never leaks into the next one
+
+
+def debugging() -> bool:
+    return _debug or os.environ.get(DEBUG) == "1"
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -103,12 +108,12 @@ def one_line_errors(command):
             typer.echo("interrupted: nothing was written", err=True)
             raise typer.Exit(getattr(interrupt, "code", 130)) from None
         except OSError as error:
-            if os.environ.get(DEBUG) == "1":
+            if debugging():
                 raise
             where = f" {error.filename}" if error.filename else ""
             message = f"{doing} could not use{where}: {error.strerror or error}"
         except Exception as error:  # noqa: BLE001 — the last line of defence between a bug and the user
-            if os.environ.get(DEBUG) == "1":
+            if debugging():
                 raise
             message = (f"{doing} failed unexpectedly: {type(error).__name__}: {error} (rerun with --debug for the "
                        "traceback, and please report it)")
@@ -150,8 +155,8 @@ def options(
     """Multi-task adaptation of pretrained transformers by adapter fusion."""
     from fusekit.progress import set_verbosity
 
-    if debug:
-        os.environ[DEBUG] = "1"
+    global _debug
+    _debug = debug
     if quiet and verbose:
         raise typer.BadParameter("--quiet and --verbose contradict each other")
     set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
