@@ -129,3 +129,25 @@ def test_task_grids_add_keys_for_a_task_or_one_variant_of_it(tmp_path):
     assert grids == {"tune/sst2-lora": {"lr": [1e-3]}, "tune/sst2-l-lora": {"lr": [3e-3, 1e-2]},
                      "tune/stsb-lora": {"lr": [1e-3], "pair_encoding": ["cross", "bi"]},
                      "tune/stsb-l-lora": {"lr": [1e-3], "pair_encoding": ["cross", "bi"]}}
+
+
+def test_a_stage_is_not_trained_before_its_tune_has_chosen(tmp_path, tiny_model, glue_dir):
+    """Selecting train/ while the tune that sets its step size has not run would train at the defaults: refused,
+    naming the tune to run first; once it has run, training goes ahead with its choice."""
+    from fusekit.study.run import run_study
+
+    recipe = {
+        "out": str(tmp_path / "study"), "tasks": ["sst2"], "checkpoint_every": 0,
+        "train": {"model": str(tiny_model), "data": str(glue_dir), "rank": 4, "alpha": 8.0, "epochs": 1,
+                  "batch_size": 16, "max_length": 32, "device": "cpu", "max_train": 64},
+        "tune": {"grid": {"lr": [1e-6, 2e-2]}, "held_out_examples": 16},
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusekitError, match=r"train/sst2-lora waits for tune/sst2-lora to choose its settings"):
+        run_study(path, only="train/")
+    assert not (tmp_path / "study" / "train").exists()
+    run_study(path, only="tune/")
+    run_study(path, only="train/")
+    chosen = json.loads((tmp_path / "study/tune/sst2-lora/tune.json").read_text())["chosen"]
+    assert yaml.safe_load((tmp_path / "study/train/sst2-lora/config.yaml").read_text())["lr"] == chosen["lr"]

@@ -225,7 +225,7 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
         runs: dict[str, list[str]] = {}
         for variant in study.adapters:
             for task in tasks:
-                name = f"train/{task}-{variant}{tag}"
+                name = train_stage_name(task, variant, tag)
                 keys = {**_train_keys(study, task, variant, seed), "out": str(Path(study.out) / name)}
                 stages.append(Stage(name, "train", from_mapping(TrainConfig, keys, f"{source}: {name}")))
                 runs.setdefault(variant, []).append(keys["out"])
@@ -246,6 +246,28 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
             settings = from_mapping(DisentangleSettings, dict(study.disentangle), f"{source}: disentangle")
             stages += _disentangle_stages(settings, study, runs, tasks, tag, seed, source)
     return stages
+
+
+def train_stage_name(task: str, variant: str, tag: str) -> str:
+    """The one place a training stage's name is made (`tag`: `-seed<N>` in a multi-seed study, else empty)."""
+    return f"train/{task}-{variant}{tag}"
+
+
+def waiting_for_tunes(study: StudyConfig, stages: list[Stage], out: Path, only: str | None) -> None:
+    """Refuse to train (or score a baseline) with settings a selected stage's tune has not chosen yet: it would
+    train at the defaults, and the finished tune would then find the stage run with other settings."""
+    first = next(iter(study.adapters))
+    tags = [f"-seed{seed}" if len(study.seeds) > 1 else "" for seed in study.seeds]
+    for stage in stages:
+        if stage.kind != "tune" or is_done(stage, out):
+            continue
+        task, variant = stage.config.config.task, stage.config.variant
+        waiting = [train_stage_name(task, variant, tag) for tag in tags] + ([f"baseline/{task}"] if variant == first
+                                                                            else [])
+        blocked = next((name for name in waiting if selected(name, only)), None)
+        if blocked:
+            raise FusekitError(f"{blocked} waits for {stage.name} to choose its settings: run that first "
+                               f"(--only {stage.name}) or select both")
 
 
 def _tune_folder(study: StudyConfig, task: str, variant: str) -> Path:
@@ -438,6 +460,7 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
             stages = plan(study, str(recipe))
             if procs.is_main:
                 atomic_write_text(out / TUNED_RECIPE, tuned_recipe(study, stages))
+            waiting_for_tunes(study, stages, out, only)
         _run_stages([s for s in stages if s.kind != "tune"], out, only)
     finally:
         if procs.is_main:
