@@ -105,7 +105,7 @@ TASKS: dict[str, TaskSpec] = {
                  answers=_YES_NO),
         TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label", _NLI2, ("accuracy",), "rte",
                  ("sentence1", "sentence2"), prompt=_NLI, answers=_YES_NO,
-                 defaults={"head": {"max_length": 320}, "text": {"max_length": 320}}),
+                 defaults={"head": {"max_length": 320}, "text": {"lr": 1e-3, "max_length": 320}}),
         TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",), "wnli",
                  ("sentence1", "sentence2"), prompt=_NLI, answers=_NO_YES,
                  defaults={"head": {"max_length": 128}, "text": {"max_length": 128}}),
