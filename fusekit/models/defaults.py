@@ -50,7 +50,6 @@ FAMILY_NAMES = {"head": "encoder with a head", "text": "generative, text to text
 class Resolved:
     config: TrainConfig  # every DEFAULTED setting filled (head_lr stays None without a head, target_modules
     # None for peft's own targets)
-    family: str
     sources: dict[str, str]  # setting → where its value came from, for those this resolution filled
 
 
@@ -87,7 +86,14 @@ def resolve_defaults(cfg: Config) -> Resolved:
         else:
             adapter = f"; {cfg.adapter}" if key in STEP_KEYS and kind != family else ""
             changes[key], sources[key] = family_values[key], f"model default ({FAMILY_NAMES[family]}{adapter})"
-    return Resolved(dataclasses.replace(cfg, **changes), family, sources)
+    return Resolved(dataclasses.replace(cfg, **changes), sources)
+
+
+def changed_settings(recorded: dict, cfg: Config) -> list[str]:
+    """The settings a finished run recorded (its config.yaml, resolved) that differ from what `cfg` asks once its
+    defaults are resolved: what decides whether the run may be reused (the checkpoint interval never matters)."""
+    wanted = dataclasses.asdict(resolve_defaults(cfg).config)
+    return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
 
 
 def describe_defaults(resolved: Resolved) -> str:

@@ -51,7 +51,7 @@ from fusekit.errors import FusekitError
 from fusekit.study.disentangle import ALPHAS, task_pairs
 from fusekit.merging.config import MergeConfig
 from fusekit.merging.search import searched
-from fusekit.models.defaults import resolve_defaults
+from fusekit.models.defaults import changed_settings
 from fusekit.progress import JsonlLog, console
 from fusekit.study.resources import measure
 from fusekit.training.parallel import processes
@@ -421,8 +421,7 @@ def check_unchanged(stage: Stage, out: Path) -> None:
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
     if not isinstance(recorded, dict):
         raise FusekitError(f"{out / stage.name / CONFIG} is not a mapping of settings: delete the folder to rerun")
-    wanted = dataclasses.asdict(resolve_defaults(stage.config).config)
-    changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
+    changed = changed_settings(recorded, stage.config)
     if changed:
         raise FusekitError(f"{out / stage.name} was run with different {', '.join(changed)} than the recipe asks "
                            "(delete the folder to rerun it, or change `out`)")

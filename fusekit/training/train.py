@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.config import TrainConfig
 from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
-from fusekit.data.tasks import get_task
+from fusekit.data.tasks import TaskSpec, get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.baselines import fit_head
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.adapters import AdaptedModel
 from fusekit.models.base import BaseModel, load_base_model
-from fusekit.progress import console
 from fusekit.models.defaults import Resolved, describe_defaults, resolve_defaults
+from fusekit.progress import console
 from fusekit.training.session import TrainingSession, seed_everything
 
 
@@ -107,7 +107,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     return TrainResult(metrics, seconds, throughput, step)
 
 
-def _load_base(cfg: TrainConfig, task, train_split: Split) -> BaseModel:
+def _load_base(cfg: TrainConfig, task: TaskSpec, train_split: Split) -> BaseModel:
     """The base model for the task, its head fitted first on the frozen features with `head_init: probe` (LP-FT:
     linear probing, then finetuning, Kumar et al. 2022: the adapter starts under a head that already reads the
     features, instead of being pulled by a random one)."""

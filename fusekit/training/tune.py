@@ -21,7 +21,7 @@ from fusekit.artifacts.output import claim_output, mark
 from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
 from fusekit.config import TrainConfig, from_mapping
 from fusekit.errors import FusekitError
-from fusekit.models.defaults import resolve_defaults
+from fusekit.models.defaults import changed_settings
 from fusekit.progress import console
 
 
@@ -105,9 +105,7 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
 def check_point_unchanged(folder: Path, cfg: TrainConfig) -> None:
     """A finished grid point is reused only if it was trained with the settings asked now (defaults resolved)."""
     recorded = read_yaml(folder / CONFIG, "recorded config")
-    wanted = asdict(resolve_defaults(cfg).config)
-    changed = sorted(k for k in wanted if isinstance(recorded, dict) and k in recorded and recorded[k] != wanted[k]
-                     and k != "checkpoint_every")
+    changed = changed_settings(recorded, cfg) if isinstance(recorded, dict) else []
     if not isinstance(recorded, dict) or changed:
         raise FusekitError(f"{folder} was trained with different {', '.join(changed) or 'settings'} than this tune "
                            "asks (delete it to train the point again)")
