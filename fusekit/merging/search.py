@@ -145,6 +145,9 @@ def _per_task(runs, held: HeldOut, method: str, best: dict, lambdas: list[float]
     """Coordinate ascent over each task's coefficient from the shared choice: (weights, predictions, rows)."""
     current = list(weights or [1.0] * len(runs))
     score, rows = best_row["criteria"][criterion], []
+    if best["lam"] == 0:  # λ_i = λ·w_i: a shared λ of 0 leaves nothing for a weight to scale
+        console.print("note: the shared search chose λ = 0 (no task vector helps): no per-task coefficients")
+        return current, best_preds, rows
     candidate = _candidate(method, seed, best, statistics)
     for i, run in enumerate(runs):
         start = kept = current[i]
