@@ -53,7 +53,7 @@ def run_baselines(cfg: TrainConfig, path: Path) -> dict:
     else:
         started = time.perf_counter()
         probe = head_only(base, task, train, dev, cfg.max_length, cfg.batch_size, cfg.seed,
-                          lr=PROBE_LR if cfg.head_lr is None else cfg.head_lr)
+                          lr=cfg.head_lr)  # resolved: an encoder's defaults always give its head a step
         result |= {"zero_shot": zero_shot(cfg.model, task, dev, cfg.pooling, cfg.max_length, cfg.eval_batch_size),
                    "head_only": {**probe, "seconds": time.perf_counter() - started, "epochs": PROBE_EPOCHS}}
     path.parent.mkdir(parents=True, exist_ok=True)
