@@ -454,7 +454,8 @@ def disentangle(
 
     A whole study: fusekit disentangle --study runs/glue-fusion --pairs all --out runs/glue-fusion/disentangle
     """
-    from fusekit.study.disentangle import ALPHAS, disentangle_folders, study_pairs
+    from fusekit.study.disentangle import ALPHAS, disentangle_folders
+    from fusekit.study.plan import study_pairs
 
     if examples < 1:
         raise FusekitError(f"--examples {examples}: expected an integer ≥ 1")
@@ -507,7 +508,9 @@ def run_recipe(
 
     Example: fusekit run recipes/quickstart.yaml && fusekit report runs/quickstart
     """
-    from fusekit.study.run import describe, load_study, plan, run_study
+    from fusekit.study.plan import describe, plan
+    from fusekit.study.recipe import load_study
+    from fusekit.study.run import run_study
 
     if dry_run:
         typer.echo(describe(plan(load_study(recipe), str(recipe))))

@@ -9,7 +9,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 
 # the Python API, imported on first use (plain `import fusekit` stays free of torch)
-_API = {"load_adapter": "fusekit.artifacts.run_folder", "merge": "fusekit.merging.api",
+_API = {"load_adapter": "fusekit.artifacts.inference", "merge": "fusekit.merging.api",
         "TaskVector": "fusekit.artifacts.task_vector"}
 
 

@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 from cli.main import app
 from fusekit.config import JointConfig, TrainConfig
 from fusekit.data.tasks import TASKS
-from fusekit.models.defaults import DEFAULTED, MODEL_DEFAULTS, default_help, resolve_defaults
+from fusekit.models.defaults import (
+    DEFAULTED,
+    MODEL_DEFAULTS,
+    default_help,
+    resolve_defaults,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = {"head": [ROOT / "docs/results/defaults-encoder/scores.json"],
@@ -114,14 +119,16 @@ def test_a_study_rerun_compares_resolved_settings(tiny_config, tmp_path):
     default is a changed stage."""
     from fusekit.config import to_yaml
     from fusekit.errors import FusekitError
-    from fusekit.study.run import Stage, check_unchanged
+    from fusekit.study.plan import Stage, StageId
+    from fusekit.study.run import check_unchanged
 
-    stage = Stage("train/x", "train", replace(tiny_config, task="rte", max_length=None, eval_batch_size=None))
-    (tmp_path / "train/x").mkdir(parents=True)
+    stage = Stage(StageId("train", "rte", "x"), "train",
+                  replace(tiny_config, task="rte", max_length=None, eval_batch_size=None))
+    (tmp_path / "train/rte-x").mkdir(parents=True)
     recorded = resolve_defaults(stage.config).config
-    (tmp_path / "train/x/config.yaml").write_text(to_yaml(recorded))
+    (tmp_path / "train/rte-x/config.yaml").write_text(to_yaml(recorded))
     check_unchanged(stage, tmp_path)
-    (tmp_path / "train/x/config.yaml").write_text(to_yaml(replace(recorded, max_length=recorded.max_length + 1)))
+    (tmp_path / "train/rte-x/config.yaml").write_text(to_yaml(replace(recorded, max_length=recorded.max_length + 1)))
     with pytest.raises(FusekitError, match="different max_length"):
         check_unchanged(stage, tmp_path)
 

@@ -72,8 +72,9 @@ def test_the_command_writes_the_grid_and_one_figure(pair, tmp_path):
 
 def test_a_studys_pairs_side_by_side_per_variant(tmp_path):
     from fusekit.errors import FusekitError
-    from fusekit.study.disentangle import study_pairs
+    from fusekit.study.plan import study_pairs
 
+    (tmp_path / ".fusekit.json").write_text('{"kind": "study"}')
     (tmp_path / "recipe.yaml").write_text("tasks: [sst2, rte, cola]\nadapters: {lora: {}, l-lora: {}}\n")
     for task in ("sst2", "rte", "cola"):
         for variant in ("lora", "l-lora"):

@@ -10,7 +10,9 @@ import yaml
 
 from fusekit.artifacts.reading import load_recipe
 from fusekit.config import TrainConfig
-from fusekit.study.run import load_study, plan, run_study
+from fusekit.study.plan import plan
+from fusekit.study.recipe import load_study
+from fusekit.study.run import run_study
 from tests.conftest import make_tiny_t5
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))

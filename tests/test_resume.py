@@ -335,7 +335,7 @@ def test_corrupt_merged_files_are_named(reference, tmp_path):
 
 
 def test_a_killed_runs_temp_folder_is_cleared_by_the_next_write(tmp_path):
-    from fusekit.artifacts.atomic import staged_dir
+    from fusekit.artifacts.staging import staged_dir
 
     stale = tmp_path / "run.tmp-abc123"
     stale.mkdir()

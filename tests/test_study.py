@@ -10,9 +10,11 @@ import yaml
 
 from fusekit.errors import FusekitError
 from fusekit.study import run as study_module
+from fusekit.study.plan import plan
 from fusekit.study.publish import publish
+from fusekit.study.recipe import load_study
 from fusekit.study.report import write_report
-from fusekit.study.run import load_study, plan, run_study
+from fusekit.study.run import run_study
 
 
 def write_recipe(path: Path, tiny_model, glue_dir, out: Path, **changes) -> Path:
@@ -29,6 +31,12 @@ def write_recipe(path: Path, tiny_model, glue_dir, out: Path, **changes) -> Path
     recipe.update(changes)
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def study_folder(folder: Path, recipe: str) -> None:
+    """A study folder as `fusekit run` leaves it, for report tests that write its stages by hand."""
+    (folder / ".fusekit.json").write_text('{"kind": "study"}')
+    (folder / "recipe.yaml").write_text(recipe)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -207,7 +215,7 @@ def test_confidence_interval_by_hand():
 def test_seeds_are_reported_as_mean_and_ci_and_variants_paired_by_seed(tmp_path):
     from fusekit.study.report import individual_table, paired_table
 
-    (tmp_path / "recipe.yaml").write_text("tasks: [sst2]\nseeds: [0, 1, 2]\nadapters: {lora: {}, l-lora: {}}\n")
+    study_folder(tmp_path, "tasks: [sst2]\nseeds: [0, 1, 2]\nadapters: {lora: {}, l-lora: {}}\n")
     scores = {("lora", 0): 0.80, ("lora", 1): 0.84, ("lora", 2): 0.82,
               ("l-lora", 0): 0.82, ("l-lora", 1): 0.85, ("l-lora", 2): 0.85}
     for (variant, seed), score in scores.items():
@@ -222,7 +230,7 @@ def test_seeds_are_reported_as_mean_and_ci_and_variants_paired_by_seed(tmp_path)
 
 
 def test_task_subsets_by_hand():
-    from fusekit.study.run import task_subsets
+    from fusekit.study.plan import task_subsets
 
     tasks = ["sst2", "rte", "mrpc", "cola", "stsb"]
     assert len(task_subsets(tasks, 2, None, 0)) == 10 and task_subsets(tasks, 5, 3, 0) == [tuple(tasks)]
@@ -277,20 +285,21 @@ def test_similarity_by_hand_in_each_space(sst2_run, tiny_config, tmp_path):
 
 
 def test_merge_settings_are_paired_by_seed_against_the_first_adapters_same_method(tmp_path):
+    from fusekit.study.plan import StageId
     from fusekit.study.report import paired_merge_table
 
-    (tmp_path / "recipe.yaml").write_text("tasks: [sst2, cola]\nadapters: {lora: {}, l-lora: {}}\n")
+    study_folder(tmp_path, "tasks: [sst2, cola]\nadapters: {lora: {}, l-lora: {}}\n")
     own = {"sst2": 0.8, "cola": 0.2}
 
-    def row(setting, method, seed, sst2, cola):
+    def row(variant, space, method, seed, sst2, cola):
         scores = {"sst2": {"score": sst2, "normalized": sst2 / own["sst2"]},
                   "cola": {"score": cola, "normalized": cola / own["cola"] if cola > 0 else None}}
-        return f"{setting}-{method}-seed{seed}", {"method": method}, scores
+        return StageId("merge", None, variant, seed, space, method), {"method": method}, scores
 
     ta = "task-arithmetic"
-    rows = [row("lora-delta-w", ta, 0, 0.72, 0.10), row("lora-delta-w", ta, 1, 0.76, 0.12),
-            row("l-lora-factors", ta, 0, 0.76, 0.08), row("l-lora-factors", ta, 1, 0.72, 0.0),
-            row("lora-delta-w", "ties", 0, 0.8, 0.1)]  # one seed of TIES: nothing to pair
+    rows = [row("lora", "delta-w", ta, 0, 0.72, 0.10), row("lora", "delta-w", ta, 1, 0.76, 0.12),
+            row("l-lora", "factors", ta, 0, 0.76, 0.08), row("l-lora", "factors", ta, 1, 0.72, 0.0),
+            row("lora", "delta-w", "ties", 0, 0.8, 0.1)]  # one seed of TIES: nothing to pair
     table = paired_merge_table(tmp_path, rows, ["sst2", "cola"])
     # normalized averages: LoRA (0.9 + 0.5)/2 = 0.7, (0.95 + 0.6)/2 = 0.775; L-LoRA (0.95 + 0.4)/2 = 0.675 and 0.9
     # (its CoLA is undefined): differences -0.025, 0.125, mean 0.05, s = 0.106066. Raw: 0.42 - 0.41, 0.36 - 0.44.
@@ -326,7 +335,8 @@ def test_disentanglement_is_planned_per_pair_variant_and_space_run_and_reported(
 def test_disentanglement_table_by_hand(tmp_path):
     from fusekit.study.report import disentanglement_grids, disentanglement_section
 
-    (tmp_path / "recipe.yaml").write_text("tasks: [sst2, mrpc, cola]\nadapters: {lora: {}, l-lora: {}}\n")
+    study_folder(tmp_path, "tasks: [sst2, mrpc, cola]\nseeds: [0, 1]\nadapters: {lora: {}, l-lora: {}}\n"
+                           "disentangle: {}\n")
     alphas = [-1.0, 0.0, 1.0]
     base = [[0.2, 0.1, 0.3], [0.0, 0.0, 0.1], [0.4, 0.2, 0.6]]  # task 1's term; task 2's is twice it
 
@@ -365,7 +375,8 @@ def test_report_states_how_precisely_the_searches_chose():
 
 
 def test_a_study_merges_a_method_a_second_time_with_one_lambda_per_task(tmp_path):
-    from fusekit.study.run import load_study, plan
+    from fusekit.study.plan import plan
+    from fusekit.study.recipe import load_study
 
     path = tmp_path / "r.yaml"
     recipe = {"out": str(tmp_path / "s"), "tasks": ["sst2", "rte"], "train": {"max_train": 64},

@@ -70,7 +70,8 @@ def test_grid_parsing_and_checks(tiny_config, tmp_path):
 ])
 def test_a_dry_run_refuses_the_tune_grid_the_run_would_refuse(tmp_path, tune_section, expected):
     """Each grid point is checked when the study is planned, naming the recipe file."""
-    from fusekit.study.run import load_study, plan
+    from fusekit.study.plan import plan
+    from fusekit.study.recipe import load_study
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"out": str(tmp_path / "s"), "tasks": ["sst2"], "train": {"max_train": 64},
@@ -80,7 +81,9 @@ def test_a_dry_run_refuses_the_tune_grid_the_run_would_refuse(tmp_path, tune_sec
 
 
 def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny_model, glue_dir):
-    from fusekit.study.run import load_study, plan, run_study
+    from fusekit.study.plan import plan
+    from fusekit.study.recipe import load_study
+    from fusekit.study.run import run_study
 
     recipe = {
         "out": str(tmp_path / "study"), "tasks": ["sst2", "stsb"], "checkpoint_every": 0, "baselines": True,
@@ -117,7 +120,8 @@ def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny
 
 
 def test_task_grids_add_keys_for_a_task_or_one_variant_of_it(tmp_path):
-    from fusekit.study.run import load_study, plan
+    from fusekit.study.plan import plan
+    from fusekit.study.recipe import load_study
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({

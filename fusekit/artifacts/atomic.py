@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,13 +13,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from fusekit.artifacts.checksums import seal
-from fusekit.artifacts.layout import STAGING
-from fusekit.artifacts.output import check_output, mark
 from fusekit.errors import FusekitError
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -28,7 +25,7 @@ def _umask() -> int:
 
 def publish(tmp: str, path: Path, mode: int = 0o666) -> None:
     """Give a temp file the permissions a plain open() would have, then rename it into place."""
-    os.chmod(tmp, mode & ~_umask())
+    os.chmod(tmp, mode & ~umask())
     os.replace(tmp, path)
 
 
@@ -100,29 +97,3 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise FusekitError(f"{path} is not a readable safetensors file ({error})") from None
-
-
-@contextmanager
-def staged_dir(final: Path, overwrite: bool, kind: str) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success mark it as fusekit's `kind`, seal it (checksums of every
-    file) and swap it in for `final`; on failure delete it."""
-    check_output(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{final.name}{STAGING}*"):  # left by a killed process: never a finished run
-        shutil.rmtree(stale, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}{STAGING}"))
-    os.chmod(stage, 0o777 & ~_umask())
-    try:
-        yield stage
-        mark(stage, kind)
-        seal(stage)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    trash = None
-    if final.exists():
-        trash = final.with_name(f"{final.name}{STAGING}old-{os.getpid()}")
-        os.replace(final, trash)
-    os.replace(stage, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)

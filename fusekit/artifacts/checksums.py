@@ -13,6 +13,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.layout import CHECKSUMS, MANIFEST, MARKER
 from fusekit.artifacts.reading import read_json
 from fusekit.errors import FusekitError
@@ -32,8 +33,6 @@ def sha256(path: Path) -> str:
 
 def seal(folder: Path) -> None:
     """Record the sha256 of every file under `folder` (a finished output) in its CHECKSUMS."""
-    from fusekit.artifacts.atomic import atomic_write_json
-
     record = {path.relative_to(folder).as_posix(): sha256(path) for path in sorted(folder.rglob("*"))
               if path.is_file() and path.name != CHECKSUMS}
     atomic_write_json(folder / CHECKSUMS, record)
@@ -42,8 +41,6 @@ def seal(folder: Path) -> None:
 def reseal(folder: Path, name: str, create: bool = False) -> None:
     """Update the entry of file `name` after fusekit (re)wrote it (a sealed folder's eval.json, a new cached
     statistic); `create` starts a record (and seals the marker) where there is none yet."""
-    from fusekit.artifacts.atomic import atomic_write_json
-
     path = folder / CHECKSUMS
     if path.is_file() or create:
         record = _record(path) if path.is_file() else {}

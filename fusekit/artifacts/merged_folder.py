@@ -9,11 +9,17 @@ from pathlib import Path
 
 import torch
 
-from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors, staged_dir
+from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors
 from fusekit.artifacts.checksums import ChecksummedFolder, sha256
 from fusekit.artifacts.layout import EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
 from fusekit.artifacts.reading import read_json
-from fusekit.artifacts.run_folder import Run, load_run, model_for_vector, write_peft_folder
+from fusekit.artifacts.run_folder import (
+    Run,
+    load_run,
+    model_for_vector,
+    write_peft_folder,
+)
+from fusekit.artifacts.staging import staged_dir
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import TASKS, get_task
 from fusekit.errors import FusekitError

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from fusekit.config import from_mapping
 from fusekit.errors import FusekitError
 
 MAX_BYTES = 4 << 20  # a recipe or record larger than this is not one fusekit wrote or a person typed
@@ -127,6 +128,4 @@ def read_yaml(path: Path, what: str = "recipe"):
 def load_recipe(path: Path, cls: type):
     """A YAML recipe validated into config dataclass `cls` (unknown keys, wrong types and values out of range are
     one-line errors naming the file and key)."""
-    from fusekit.config import from_mapping
-
     return from_mapping(cls, read_yaml(path) or {}, str(path))

@@ -23,11 +23,17 @@ from pathlib import Path
 
 import torch
 
-from fusekit.artifacts.atomic import atomic_write_json, atomic_write_text, load_tensors, save_tensors, staged_dir
+from fusekit.artifacts.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    save_tensors,
+)
 from fusekit.artifacts.checksums import sha256
 from fusekit.artifacts.layout import PEFT_CONFIG, PEFT_WEIGHTS
 from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.reading import read_json
+from fusekit.artifacts.staging import staged_dir
 from fusekit.data.loading import looks_like_path
 from fusekit.errors import FusekitError
 from fusekit.merging.methods import MergeMethod

@@ -123,38 +123,16 @@ def task_pairs(tasks: list[str], wanted: list[str] | None) -> list[tuple[str, ..
     return pairs
 
 
-def study_pairs(study: Path, pairs: str) -> tuple[list[Path], int]:
-    """Run folders in pairs for every task pair (`all`, or `sst2+rte,mrpc+cola`) of a study, each pair once per
-    adapter variant (the recipe's order, its first seed): the folders and the number of variants."""
-    from fusekit.artifacts.layout import STUDY_RECIPE
-    from fusekit.artifacts.reading import read_yaml
-
-    recipe = read_yaml(study / STUDY_RECIPE) if (study / STUDY_RECIPE).is_file() else None
-    if not isinstance(recipe, dict):
-        raise FusekitError(f"{study} is not a study folder (expected {STUDY_RECIPE} written by fusekit run)")
-    tasks, variants = list(recipe.get("tasks") or []), list(recipe.get("adapters") or {"lora": {}})
-    seeds = recipe.get("seeds") or [0]
-    tag = f"-seed{seeds[0]}" if len(seeds) > 1 else ""
-    chosen = task_pairs(tasks, None if pairs == "all" else pairs.split(","))
-    folders = []
-    for first, second in chosen:
-        for variant in variants:
-            folders += [study / "train" / f"{first}-{variant}{tag}", study / "train" / f"{second}-{variant}{tag}"]
-    missing = [f for f in folders if not f.is_dir()]
-    if missing:
-        raise FusekitError(f"{missing[0]} is missing: run the study's train stages first (or choose --pairs)")
-    return folders, len(variants)
-
-
 def disentangle_folders(folders: list[Path], out: Path, alphas: list[float], examples: int, space: str,
                         device: str, seed: int, data: str | None, overwrite: bool,
                         columns: int | None = None) -> list[dict]:
     """`fusekit disentangle`: one ξ grid per pair of run folders, written as JSON and one heatmap figure (every
     pair on one colour scale, so LoRA and L-LoRA compare at a glance)."""
-    from fusekit.artifacts.atomic import atomic_write_json, staged_dir
+    from fusekit.artifacts.atomic import atomic_write_json
     from fusekit.artifacts.layout import DISENTANGLEMENT, DISENTANGLEMENT_PLOT
     from fusekit.artifacts.output import claim_output
     from fusekit.artifacts.run_folder import load_run
+    from fusekit.artifacts.staging import staged_dir
     from fusekit.models.base import resolve_device
     from fusekit.study.plots import disentanglement_figure, save
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fusekit.artifacts.atomic import atomic_write_json, staged_dir
+from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.layout import (
     BASELINE,
     EVAL,
@@ -24,6 +24,7 @@ from fusekit.artifacts.layout import (
     TUNE,
 )
 from fusekit.artifacts.reading import read_json
+from fusekit.artifacts.staging import staged_dir
 
 STAGE_KINDS = ("tune", "baseline", "train", "merge", "scaling", "joint", "disentangle")
 

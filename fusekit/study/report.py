@@ -6,7 +6,7 @@ report can be rendered at any time, even of an unfinished study.
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +27,19 @@ from fusekit.artifacts.layout import (
     SCALING_PLOT,
     SIMILARITY_PLOT,
     STAGES,
-    STAGING,
     STUDY_RECIPE,
     SWEEP_PLOT,
     TUNE,
-    is_checkpoint_dir,
     joint_plot,
 )
 from fusekit.artifacts.merged_folder import manifest_tasks
 from fusekit.artifacts.output import written_by_fusekit
-from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
+from fusekit.artifacts.reading import read_json, read_jsonl
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
 from fusekit.merging.params import PARAMETERS
+from fusekit.study.plan import StageId, recorded_plan, recorded_study
 from fusekit.study.plots import (
     coefficients_figure,
     disentanglement_figure,
@@ -61,46 +60,30 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _finished(study: Path, kind: str) -> list[Path]:
-    """Stage folders of one kind, without checkpoints and half-written temp folders beside them."""
-    return [f for f in sorted((study / kind).glob("*"))
-            if f.is_dir() and STAGING not in f.name and not is_checkpoint_dir(f)]
+def stage_ids(study: Path, folder: str) -> list[StageId]:
+    """The planned stages of one folder kind (train, merge, …) that have a folder: identities from the plan of the
+    recorded recipe, never parsed from a name."""
+    return [s.id for s in recorded_plan(study) if s.id.folder == folder and (study / s.name).is_dir()]
 
 
-def _runs(study: Path) -> dict[tuple[str, str], dict]:
-    """(task, variant) → the run's recorded scores for its task, from train/<task>-<variant>."""
+def _runs(study: Path) -> dict[StageId, dict]:
+    """Each finished training stage → its recorded scores for its task."""
     found = {}
-    for folder in _finished(study, "train"):
-        if not (folder / CONFIG).is_file():
-            continue
-        config = read_yaml(folder / CONFIG, "run config")
-        task = config.get("task") if isinstance(config, dict) else None
-        if task is None:
-            raise FusekitError(f"{folder / CONFIG} records no task")
-        scores = _json(folder / EVAL)
-        if task in scores:
-            found[(task, folder.name[len(task) + 1:])] = scores[task]
+    for stage_id in stage_ids(study, "train"):
+        scores = _json(study / stage_id.name / EVAL)
+        if (study / stage_id.name / CONFIG).is_file() and stage_id.task in scores:
+            found[stage_id] = scores[stage_id.task]
     return found
-
-
-SEED_SUFFIX = re.compile(r"^(?P<name>.+)-seed(?P<seed>\d+)$")
-
-
-def seedless(name: str) -> tuple[str, int | None]:
-    """A stage name without its `-seed<n>` suffix (multi-seed studies), and the seed."""
-    match = SEED_SUFFIX.match(name)
-    return (match["name"], int(match["seed"])) if match else (name, None)
 
 
 def individual_table(study: Path) -> tuple[str, list[str]]:
     """Per-task scores of each adapter variant; over several seeds, mean ± 95% CI."""
     runs = _runs(study)
-    ordered = declared_tasks(study)
-    found = {t for t, _ in runs}
-    tasks = [t for t in ordered if t in found] + sorted(found - set(ordered))  # the recipe's order
+    found = {stage_id.task for stage_id in runs}
+    tasks = [t for t in declared_tasks(study) if t in found]  # the recipe's order
     grouped: dict[tuple[str, str], list[dict]] = {}
-    for (task, variant), scores in runs.items():
-        grouped.setdefault((task, seedless(variant)[0]), []).append(scores)
+    for stage_id, scores in runs.items():
+        grouped.setdefault((stage_id.task, stage_id.variant), []).append(scores)
     variants = list(dict.fromkeys(v for _, v in grouped))
     rows = []
     for variant in variants:
@@ -119,15 +102,12 @@ def individual_table(study: Path) -> tuple[str, list[str]]:
 
 def declared_variants(study: Path) -> list[str]:
     """The adapter variants in the order the recipe declares them (the first is the reference)."""
-    recipe = read_yaml(study / STUDY_RECIPE)
-    return list(recipe.get("adapters") or {}) if isinstance(recipe, dict) else []
+    return list(recorded_study(study).adapters)
 
 
 def declared_tasks(study: Path) -> list[str]:
     """The study's tasks in the recipe's order."""
-    recipe = read_yaml(study / STUDY_RECIPE)
-    tasks = recipe.get("tasks") if isinstance(recipe, dict) else None
-    return [t for t in tasks if isinstance(t, str)] if isinstance(tasks, list) else []
+    return list(recorded_study(study).tasks)
 
 
 def in_recipe_order(study: Path, variants: list[str]) -> list[str]:
@@ -146,10 +126,9 @@ def paired_table(study: Path, tasks: list[str]) -> str | None:
     """Each variant minus the first, task by task, paired by seed: mean ± 95% CI of the per-seed differences
     (None unless some variant has two or more seeds in common with the first)."""
     by_seed: dict[str, dict[int, dict[str, float]]] = {}
-    for (task, name), scores in _runs(study).items():
-        variant, seed = seedless(name)
-        if seed is not None:
-            by_seed.setdefault(variant, {}).setdefault(seed, {})[task] = scores["score"]
+    for stage_id, scores in _runs(study).items():
+        if stage_id.seed is not None:
+            by_seed.setdefault(stage_id.variant, {}).setdefault(stage_id.seed, {})[stage_id.task] = scores["score"]
     if len(by_seed) < 2:
         return None
     first, *others = in_recipe_order(study, list(by_seed))
@@ -182,14 +161,15 @@ def baseline_rows(study: Path, tasks: list[str]) -> list[list[str]]:
     return rows
 
 
-def multitask_rows(study: Path, kind: str) -> list[tuple[str, dict, dict]]:
+def multitask_rows(study: Path, kind: str) -> list[tuple[StageId, dict, dict]]:
     """(name, manifest, scores) of each scored merged (kind=merge) or joint (kind=joint) folder; scores hold
     each task's raw score and its normalized score against the task's own adapter (None where undefined)."""
     rows = []
-    for folder in _finished(study, kind):
+    for stage_id in stage_ids(study, kind):
+        folder = study / stage_id.name
         manifest, scores = _json(folder / MANIFEST), _json(folder / EVAL)
         if manifest and all(task in scores for task in manifest_tasks(manifest, folder)):
-            rows.append((folder.name, manifest, normalize(study, manifest, scores)))
+            rows.append((stage_id, manifest, normalize(study, manifest, scores)))
     return rows
 
 
@@ -248,14 +228,14 @@ def task_average(scores: dict, tasks: list[str], key: str) -> float | None:
 FLAG_BELOW = 0.9  # a task keeping less than this share of its own adapter's score is flagged in the tables
 
 
-def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normalized: bool) -> str:
+def multitask_table(rows: list[tuple[StageId, dict, dict]], tasks: list[str], normalized: bool) -> str:
     """One row per merged/joint folder (per folder name across seeds: mean ± 95% CI): per-task normalized (or raw)
     scores and their average; '–' marks a task whose own adapter has no skill to normalize by, left out of the
     average; ⚠ a task that keeps less than FLAG_BELOW of its own adapter's score."""
     key = "normalized" if normalized else "score"
     groups: dict[str, list[tuple[dict, dict]]] = {}
-    for name, manifest, scores in rows:
-        groups.setdefault(seedless(name)[0], []).append((manifest, scores))
+    for stage_id, manifest, scores in rows:
+        groups.setdefault(stage_id.setting, []).append((manifest, scores))
     body = []
     for name, members in groups.items():
         cells = []
@@ -272,48 +252,42 @@ def multitask_table(rows: list[tuple[str, dict, dict]], tasks: list[str], normal
     return _table(["adapter", "chosen", *tasks, "**average**"], body)
 
 
-def paired_merge_table(study: Path, rows: list[tuple[str, dict, dict]], tasks: list[str]) -> str | None:
+def paired_merge_table(study: Path, rows: list[tuple[StageId, dict, dict]], tasks: list[str]) -> str | None:
     """Each merge setting minus the first adapter variant's setting of the same method (its first space), paired
     by seed: mean ± 95% CI of the per-seed differences of the average normalized and the average raw score (None
     unless some pair shares two or more seeds)."""
     from fusekit.merging.config import SPACES
 
-    normalized: dict[str, dict[int, float | None]] = {}
-    raw: dict[str, dict[int, float | None]] = {}
-    methods: dict[str, str] = {}
-    for name, manifest, scores in rows:
-        setting, seed = seedless(name)
-        if seed is not None:
-            normalized.setdefault(setting, {})[seed] = task_average(scores, tasks, "normalized")
-            raw.setdefault(setting, {})[seed] = task_average(scores, tasks, "score")
-            methods[setting] = manifest["method"]
+    normalized: dict[StageId, dict[int, float | None]] = {}
+    raw: dict[StageId, dict[int, float | None]] = {}
+    for stage_id, _, scores in rows:
+        if stage_id.seed is not None:
+            setting = dataclasses.replace(stage_id, seed=None)
+            normalized.setdefault(setting, {})[stage_id.seed] = task_average(scores, tasks, "normalized")
+            raw.setdefault(setting, {})[stage_id.seed] = task_average(scores, tasks, "score")
     first = declared_variants(study)[:1]
     body = []
-    for setting, method in methods.items():
-        reference = next((r for r in (f"{v}-{space}-{method}" for v in first for space in SPACES) if r in raw), None)
+    for setting in raw:
+        candidates = (dataclasses.replace(setting, variant=v, space=space) for v in first for space in SPACES)
+        reference = next((r for r in candidates if r in raw), None)
         if reference is None or setting == reference:
             continue
         raw_differences = seed_differences(raw[setting], raw[reference])
         normalized_differences = seed_differences(normalized[setting], normalized[reference])
         if len(raw_differences) > 1:
-            body.append([f"{setting} − {reference}",
+            body.append([f"{setting.leaf} − {reference.leaf}",
                          format_ci(normalized_differences) if len(normalized_differences) > 1 else "–",
                          format_ci(raw_differences), str(len(raw_differences))])
     return _table(["paired by seed", "Δ average normalized", "Δ average raw", "seeds"], body) if body else None
 
 
-SUBSET_SUFFIX = re.compile(r"^(?P<name>.+)-k(?P<k>\d+)-[a-z0-9+-]+$")
-
-
 def scaling_points(study: Path) -> dict[str, dict[int, list[float]]]:
     """Fusion vs the number of tasks: merge setting → k → the average normalized score of each scored subset."""
     points: dict[str, dict[int, list[float]]] = {}
-    for folder in _finished(study, "scaling"):
-        base, _ = seedless(folder.name)
-        match = SUBSET_SUFFIX.match(base)
-        average = _json(folder / EVAL).get("average_normalized", {}).get("normalized") if match else None
+    for stage_id in stage_ids(study, "scaling"):
+        average = _json(study / stage_id.name / EVAL).get("average_normalized", {}).get("normalized")
         if average is not None:
-            points.setdefault(match["name"], {}).setdefault(int(match["k"]), []).append(average)
+            points.setdefault(stage_id.setting, {}).setdefault(len(stage_id.tasks), []).append(average)
     return points
 
 
@@ -330,14 +304,12 @@ def similarity_matrices(study: Path, tasks: list[str]) -> list[tuple[str, np.nda
     from fusekit.merging.similarity import similarity_matrix
 
     folders: dict[str, dict[str, Path]] = {}
-    for folder in _finished(study, "train"):
-        for task in tasks:
-            if folder.name.startswith(f"{task}-") and (folder / CONFIG).is_file():
-                variant, _ = seedless(folder.name[len(task) + 1:])
-                folders.setdefault(variant, {}).setdefault(task, folder)
+    for stage_id in stage_ids(study, "train"):  # planned seed by seed: the first seed's run comes first
+        if (study / stage_id.name / CONFIG).is_file():
+            folders.setdefault(stage_id.variant, {}).setdefault(stage_id.task, study / stage_id.name)
     return [(variant, similarity_matrix([load_run(folders[variant][t]) for t in tasks]))
             for variant in in_recipe_order(study, list(folders))
-            if len(tasks) > 1 and set(folders[variant]) == set(tasks)]
+            if len(tasks) > 1 and set(folders[variant]) >= set(tasks)]
 
 
 def disentanglement_grids(study: Path) -> dict[str, dict[str, object]]:
@@ -345,10 +317,11 @@ def disentanglement_grids(study: Path) -> dict[str, dict[str, object]]:
     from fusekit.study.disentangle import Disentanglement
 
     grids: dict[str, dict[str, object]] = {}
-    for folder in _finished(study, "disentangle"):
-        if (folder / DISENTANGLEMENT).is_file():
-            setting, _, pair = seedless(folder.name)[0].rpartition("-")
-            for record in read_json(folder / DISENTANGLEMENT, "disentanglement", expect=list):
+    for stage_id in stage_ids(study, "disentangle"):
+        path = study / stage_id.name / DISENTANGLEMENT
+        if path.is_file():
+            for record in read_json(path, "disentanglement", expect=list):
+                pair, setting = "+".join(stage_id.tasks), f"{stage_id.variant}-{stage_id.space}"
                 grids.setdefault(pair, {})[setting] = Disentanglement.from_json(record)
     return grids
 
@@ -430,8 +403,8 @@ class Found:
     study: Path
     figures: Path
     tasks: list[str]
-    merged: list[tuple[str, dict, dict]]
-    joint: list[tuple[str, dict, dict]]
+    merged: list[tuple[StageId, dict, dict]]
+    joint: list[tuple[StageId, dict, dict]]
 
 
 def paired_section(found: Found) -> list[str]:
@@ -460,10 +433,10 @@ def multitask_section(found: Found) -> list[str]:
 
 def sweep_section(found: Found) -> list[str]:
     sweeps: dict[tuple[str, str], list[dict]] = {}
-    for name, manifest, _ in found.merged:  # over several seeds, the first seed's sweep
+    for stage_id, manifest, _ in found.merged:  # over several seeds, the first seed's sweep
         if manifest.get("search"):
-            setting = seedless(name)[0].removesuffix(f"-{manifest['method']}")
-            sweeps.setdefault((setting, manifest["method"]), manifest["search"])
+            setting = f"{stage_id.variant}-{stage_id.space}" + ("-per-task" if stage_id.per_task else "")
+            sweeps.setdefault((setting, stage_id.method), manifest["search"])
     if not sweeps:
         return []
     plot_sweeps(sweeps, found.tasks, found.figures / SWEEP_PLOT)
@@ -472,7 +445,8 @@ def sweep_section(found: Found) -> list[str]:
 
 def coefficients_section(found: Found) -> list[str]:
     parts = []
-    for name, manifest, _ in found.merged:
+    for stage_id, manifest, _ in found.merged:
+        name = stage_id.leaf
         if manifest.get("coefficients"):
             png = found.figures / f"coefficients-{name}.png"
             save(coefficients_figure(name, manifest["coefficients"], manifest_tasks(manifest, found.study)), png)
@@ -510,9 +484,10 @@ def disentangle_section(found: Found) -> list[str]:
 
 def joint_section(found: Found) -> list[str]:
     parts = []
-    for name, manifest, _ in found.joint:
+    for stage_id, manifest, _ in found.joint:
+        name = stage_id.leaf
         png = found.figures / joint_plot(name)
-        noise = plot_joint(found.study / "joint" / name / METRICS, [item["task"] for item in manifest["inputs"]], png)
+        noise = plot_joint(found.study / stage_id.name / METRICS, [item["task"] for item in manifest["inputs"]], png)
         moved = ("the weights never moved" if noise is None else
                  f"step-to-step noise is {noise:.0%} of the weights' movement (0%: a smooth trend, ~100%: white noise)")
         parts += [f"### Losses and balancer weights: {name}", "", f"{moved}.", "",
@@ -523,8 +498,8 @@ def joint_section(found: Found) -> list[str]:
 def tune_section(found: Found) -> list[str]:
     """Each tune's grid on held-out training examples, the chosen point in bold: how the settings were chosen."""
     tables = []
-    for folder in _finished(found.study, "tune"):
-        table = _json(folder / TUNE)
+    for stage_id in stage_ids(found.study, "tune"):
+        table = _json(found.study / stage_id.name / TUNE)
         if not table.get("rows"):
             continue
         keys = list(table["rows"][0].keys() - {"score", "held_out", "seconds"})
@@ -535,7 +510,7 @@ def tune_section(found: Found) -> list[str]:
             cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
             cells += [f"{row['score']:.4f}", f"{row['seconds']:.0f}" if row.get("seconds") is not None else "–"]
             rows.append([f"**{c}**" for c in cells] if chosen else cells)
-        tables += [f"### {folder.name} ({table['held_out_examples']} held-out training examples)", "",
+        tables += [f"### {stage_id.leaf} ({table['held_out_examples']} held-out training examples)", "",
                    _table([*keys, "held-out score", "train (s)"], rows), ""]
     if not tables:
         return []

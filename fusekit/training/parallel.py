@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from fusekit.artifacts.atomic import staged_dir
+from fusekit.artifacts.staging import staged_dir
 from fusekit.errors import FusekitError
 from fusekit.progress import console
 
