@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from fusekit.study.diagnostics import noise_fraction
-from fusekit.training.balancers import make_balancer
+from fusekit.config import JointConfig
+from fusekit.training.balancers import RunFacts, make_balancer
 from fusekit.training.balancers.coba import CoBa, coba_schedule, coba_weights, slope
 from fusekit.training.balancers.famo import FAMO, logit_gradient
 from fusekit.training.balancers.gradients import GradNormalize, PCGrad, pcgrad
 from fusekit.training.balancers.weighting import PowerMean, Uncertainty
+
+RUN = RunFacts(total_steps=100, priors=[1.0, 1.0])  # what a joint run tells its balancer
 
 
 def softmax(values):
@@ -63,9 +66,9 @@ def test_coba_schedule_scales_with_the_run(capsys):
     assert coba_schedule(300) == (3, 30, 20)  # ~100 validations, 10% warm-up, a fifth of them per fit
     assert coba_schedule(50) == (1, 5, 10)
     assert coba_schedule(300, interval=1, warmup=0, window=7) == (1, 0, 7)
-    CoBa.for_run(2, 300, None, None, None)
+    CoBa.for_run(2, JointConfig(), RunFacts(300, []))
     assert capsys.readouterr().err == ""
-    CoBa.for_run(2, 50, 1, 10, 30)  # 40 slopes: fewer than two windows of points
+    CoBa.for_run(2, JointConfig(coba_interval=1, coba_warmup=10, coba_window=30), RunFacts(50, []))  # 40 slopes: fewer than two windows of points
     assert "warning: CoBa fits 40 slopes" in capsys.readouterr().err
 
 
@@ -155,7 +158,7 @@ def test_uncertainty_weighting_reaches_sigma_squared_equal_to_the_loss():
 def test_realtime_weights_are_inverse_losses_and_backward_reports_them():
     theta = torch.tensor([1.0, 2.0], requires_grad=True)
     losses = theta ** 2  # 1, 4
-    weights = make_balancer("realtime", 2, {}).backward(losses, [theta])
+    weights = make_balancer("realtime", 2, JointConfig(), RUN).backward(losses, [theta])
     assert weights.tolist() == pytest.approx([1.0, 0.25])
     assert theta.grad.tolist() == pytest.approx([2.0, 1.0])  # ∂/∂θ Σ log θ² = 2/θ
 
@@ -163,12 +166,12 @@ def test_realtime_weights_are_inverse_losses_and_backward_reports_them():
 def test_gradient_balancer_replaces_the_shared_gradient():
     shared = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     losses = torch.stack([3 * shared[0] + 4 * shared[1], 2 * shared[1]])  # gradients (3, 4) and (0, 2)
-    make_balancer("grad-normalize", 2, {}).backward(losses, [shared])
+    make_balancer("grad-normalize", 2, JointConfig(), RUN).backward(losses, [shared])
     assert shared.grad.tolist() == pytest.approx([0.6, 1.8])
 
 
 def test_famo_weights_and_gradient_by_hand():
-    famo = make_balancer("famo", 2, {"famo_lr": 0.025, "famo_gamma": 0.001})
+    famo = make_balancer("famo", 2, JointConfig(famo_lr=0.025, famo_gamma=0.001), RUN)
     with torch.no_grad():
         famo.logits.copy_(torch.tensor([0.0, math.log(3)]))  # z = (0.25, 0.75)
     theta = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
@@ -201,7 +204,7 @@ def test_famo_logit_update_lowers_the_weight_of_the_task_that_improved():
 
 
 def test_famo_needs_the_losses_after_the_step():
-    assert FAMO.needs_loss_after_step and not make_balancer("uniform", 2, {}).needs_loss_after_step
+    assert FAMO.needs_loss_after_step and not make_balancer("uniform", 2, JointConfig(), RUN).needs_loss_after_step
     with pytest.raises(RuntimeError, match="before the step's losses"):
         FAMO(2).after_step(torch.ones(2))
 
@@ -210,7 +213,7 @@ def test_unknown_balancer():
     from fusekit.errors import FusekitError
 
     with pytest.raises(FusekitError, match="unknown balancer 'magic'"):
-        make_balancer("magic", 2, {})
+        make_balancer("magic", 2, JointConfig(), RUN)
 
 
 @pytest.mark.parametrize("weighting", ["paper", "mftcoder"])

@@ -23,9 +23,9 @@ from fusekit.artifacts.merged_folder import load_merged
 from fusekit.artifacts.run_folder import load_run
 from fusekit.config import JointConfig
 from fusekit.errors import FusekitError
-from fusekit.models.defaults import resolve_defaults
 from fusekit.merging.config import MergeConfig
 from fusekit.merging.merge import run_merge
+from fusekit.models.defaults import resolve_defaults
 from fusekit.training.balancers import BALANCERS, make_balancer
 from fusekit.training.joint import train_joint
 from fusekit.training.train import train
@@ -199,9 +199,11 @@ def test_joint_famo_resumes_bit_for_bit(tiny_model, glue_dir, tmp_path, monkeypa
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_every_balancer_state_round_trips(name):
     """A balancer restored from its state (through a weights-only file) takes the next step exactly alike."""
-    options = {"priors": [0.7, 1.0, 0.4], "gamma": 0.5, "alpha": 1.5, "seed": 0, "total_steps": 20, "coba_interval": 1,
-               "coba_warmup": 1, "coba_window": 4, "coba_acs_history": "window", "coba_loss_scale": "paper",
-               "coba_weighting": "paper", "famo_lr": 0.025, "famo_gamma": 0.001}
+    from fusekit.config import JointConfig
+    from fusekit.training.balancers import RunFacts
+
+    cfg = JointConfig(coba_interval=1, coba_warmup=1, coba_window=4)
+    run = RunFacts(total_steps=20, priors=[0.7, 1.0, 0.4])
     scales = torch.tensor([[1.0, 2.0], [-3.0, 0.5], [0.2, -1.0]])
 
     def step(balancer, shared, number):
@@ -214,14 +216,14 @@ def test_every_balancer_state_round_trips(name):
                 balancer.after_step(((scales * (shared - 0.05 * shared.grad)).sum(dim=1) - number) ** 2)
         return weights, shared.grad.clone()
 
-    first, shared = make_balancer(name, 3, options), torch.nn.Parameter(torch.tensor([0.5, -0.5]))
+    first, shared = make_balancer(name, 3, cfg, run), torch.nn.Parameter(torch.tensor([0.5, -0.5]))
     for number in range(1, 4):
         step(first, shared, number)
         shared.grad = None
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    second = make_balancer(name, 3, options)
+    second = make_balancer(name, 3, cfg, run)
     second.load_state_dict(torch.load(buffer, weights_only=True))
     copy = torch.nn.Parameter(shared.detach().clone())
     for number in (4, 5):  # step 5 sees what step 4 learned from the restored state (FAMO: ξ's Adam moments)

@@ -31,7 +31,7 @@ from fusekit.models.base import load_base_model
 from fusekit.models.defaults import resolve_defaults
 from fusekit.models.heads import TaskHead
 from fusekit.progress import console
-from fusekit.training.balancers import make_balancer
+from fusekit.training.balancers import RunFacts, make_balancer
 from fusekit.training.session import TrainingSession, seed_everything
 
 SAMPLING = ("temperature", "proportional", "uniform")
@@ -120,13 +120,8 @@ class JointTraining:
         shares = task_shares([len(self.train[t.name]) for t in tasks], cfg.sampling, cfg.temperature)
         self.sizes = [max(1, round(len(tasks) * cfg.batch_size * p)) for p in shares]
         self.total = math.ceil(cfg.epochs * sum(len(t) for t in self.train.values()) / sum(self.sizes))
-        options = {"priors": [prior_loss(self.train[t.name]) for t in tasks], "gamma": cfg.gamma,
-                   "alpha": cfg.gradnorm_alpha, "seed": cfg.seed, "total_steps": self.total,
-                   "coba_interval": cfg.coba_interval, "coba_warmup": cfg.coba_warmup, "coba_window": cfg.coba_window,
-                   "coba_acs_history": cfg.coba_acs_history, "coba_loss_scale": cfg.coba_loss_scale,
-                   "coba_weighting": cfg.coba_weighting,
-                   "famo_lr": cfg.famo_lr, "famo_gamma": cfg.famo_gamma}
-        self.balancer = make_balancer(cfg.balancer, len(tasks), options)
+        run = RunFacts(self.total, [prior_loss(self.train[t.name]) for t in tasks])
+        self.balancer = make_balancer(cfg.balancer, len(tasks), cfg, run)
         self.balancer.across_processes = self.procs.sum
 
     def _setup_optimizer(self) -> None:

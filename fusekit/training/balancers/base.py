@@ -17,9 +17,20 @@ per-balancer code.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from fusekit.config import JointConfig
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a balancer may need to know of its run beyond its settings."""
+
+    total_steps: int
+    priors: list[float]  # each task's loss at its label prior (prior-norm)
 
 
 class Balancer:
@@ -34,6 +45,12 @@ class Balancer:
 
     def __init__(self, num_tasks: int):
         self.num_tasks = num_tasks
+
+    @classmethod
+    def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> Balancer:
+        """The balancer a joint run asks for: each balancer reads its own settings from the config here, so that
+        the trainer knows none of them."""
+        return cls(num_tasks)
 
     def parameters(self) -> list[nn.Parameter]:
         """Learnable balancer weights, optimised with the model (uncertainty weighting, GradNorm)."""

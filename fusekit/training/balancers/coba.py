@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import torch
 
+from fusekit.config import JointConfig
 from fusekit.progress import console
-from fusekit.training.balancers.base import Balancer
+from fusekit.training.balancers.base import Balancer, RunFacts
 
 OBSERVATIONS = 100  # validations per run when the interval is not given: the cost is ~100 × K × sample forwards
 WARMUP_SHARE = 0.1  # of the run's steps, uniform weights while the first slopes would rest on too few points
@@ -97,18 +98,17 @@ class CoBa(Balancer):
         self.weights = torch.ones(num_tasks)
 
     @classmethod
-    def for_run(cls, num_tasks: int, total_steps: int, interval: int | None, warmup: int | None,
-                window: int | None, acs_history: str = "window", loss_scale: str = "paper",
-                weighting: str = "paper") -> CoBa:
+    def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> CoBa:
         """CoBa with `coba_schedule`'s settings; warns when the run is too short for its slopes to say much."""
-        interval, warmup, window = coba_schedule(total_steps, interval, warmup, window)
+        total_steps = run.total_steps
+        interval, warmup, window = coba_schedule(total_steps, cfg.coba_interval, cfg.coba_warmup, cfg.coba_window)
         fits = max(0, (total_steps - warmup) // interval)
         if fits < 2 * window:
             console.print(f"warning: CoBa fits {fits} slopes of {window} points after a {warmup}-step warm-up "
                           f"in a {total_steps}-step run: too short for its weights to follow convergence "
                           "(they stay near uniform or follow noise)")
-        return cls(num_tasks, interval, warmup, window, acs_history=acs_history, loss_scale=loss_scale,
-                   weighting=weighting)
+        return cls(num_tasks, interval, warmup, window, acs_history=cfg.coba_acs_history,
+                   loss_scale=cfg.coba_loss_scale, weighting=cfg.coba_weighting)
 
     def start(self, validation_losses: torch.Tensor) -> None:
         self.initial = validation_losses.detach().cpu().clamp(min=1e-8)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fusekit.config import JointConfig
-from fusekit.training.balancers.base import Balancer
+from fusekit.training.balancers.base import Balancer, RunFacts
 
 EPSILON = 1e-8
 
@@ -47,6 +47,10 @@ class FAMO(Balancer):
         self.logits = nn.Parameter(torch.zeros(num_tasks))  # ξ; its own optimizer, not the model's
         self.optimizer = torch.optim.Adam([self.logits], lr=lr, weight_decay=gamma)
         self.previous: torch.Tensor | None = None  # L(t), kept for after_step
+
+    @classmethod
+    def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> FAMO:
+        return cls(num_tasks, cfg.famo_lr, cfg.famo_gamma)
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         shifted = losses + EPSILON

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fusekit.config import JointConfig
-from fusekit.training.balancers.base import Balancer
+from fusekit.training.balancers.base import Balancer, RunFacts
 
 
 def task_gradients(losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
@@ -78,6 +78,10 @@ class PCGrad(GradientBalancer):
         super().__init__(num_tasks)
         self.generator = torch.Generator().manual_seed(seed)
 
+    @classmethod
+    def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> PCGrad:
+        return cls(num_tasks, cfg.seed)
+
     def combine_gradients(self, grads, losses):
         orders = [torch.randperm(self.num_tasks, generator=self.generator).tolist() for _ in range(self.num_tasks)]
         return pcgrad(grads, orders), torch.ones(self.num_tasks)
@@ -98,6 +102,10 @@ class GradNorm(GradientBalancer):
         self.alpha, self.lr = alpha, lr
         self.w = torch.ones(num_tasks)
         self.initial: torch.Tensor | None = None
+
+    @classmethod
+    def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> GradNorm:
+        return cls(num_tasks, cfg.gradnorm_alpha)
 
     def combine_gradients(self, grads, losses):
         losses = losses.cpu()

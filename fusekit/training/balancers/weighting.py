@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fusekit.config import JointConfig
-from fusekit.training.balancers.base import Balancer
+from fusekit.training.balancers.base import Balancer, RunFacts
 
 
 class Uniform(Balancer):
@@ -40,6 +40,10 @@ class PriorNorm(Balancer):
         super().__init__(num_tasks)
         self.priors = torch.tensor(priors).clamp(min=1e-8)
 
+    @classmethod
+    def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> PriorNorm:
+        return cls(num_tasks, run.priors)
+
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         return (losses / self.priors.to(losses.device)).sum()
 
@@ -62,6 +66,10 @@ class PowerMean(Balancer):
     def __init__(self, num_tasks: int, gamma: float = JointConfig.gamma):
         super().__init__(num_tasks)
         self.gamma = gamma
+
+    @classmethod
+    def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> PowerMean:
+        return cls(num_tasks, cfg.gamma)
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         losses = losses.clamp(min=1e-8)
