@@ -503,19 +503,28 @@ def run_recipe(
     only: Annotated[Optional[str], Opt(help="comma-separated stage-name prefixes or globs: train/,merge/lora-*")]
     = None,
     dry_run: Annotated[bool, Opt(help="validate the recipe and print the plan, run nothing")] = False,
+    executor: Annotated[str, Opt(help="local (one stage after another, here) or ray (each stage a Ray task, "
+                                      "started once the stages it needs are finished)")] = "local",
+    address: Annotated[Optional[str], Opt(help="ray: address of a running cluster (default: $RAY_ADDRESS, else a "
+                                               "local one for this run)")] = None,
+    stage_cpus: Annotated[float, Opt(help="ray: CPU cores each stage asks for (its torch threads)")] = 1.0,
+    stage_gpus: Annotated[Optional[float], Opt(help="ray: GPUs each stage asks for (default: 1 where this machine "
+                                                    "has a GPU, else 0)")] = None,
 ) -> None:
     """Run a whole study; rerunning skips finished stages and resumes an interrupted training.
 
     Example: fusekit run recipes/quickstart.yaml && fusekit report runs/quickstart
     """
+    from fusekit.study.executors import make_executor
     from fusekit.study.plan import describe, plan
     from fusekit.study.recipe import load_study
     from fusekit.study.run import run_study
 
+    chosen = make_executor(executor, address, stage_cpus, stage_gpus)
     if dry_run:
         typer.echo(describe(plan(load_study(recipe), str(recipe))))
         return
-    run_study(recipe, only)
+    run_study(recipe, only, chosen)
 
 
 @app.command()

@@ -86,6 +86,7 @@ class Stage:
     id: StageId
     kind: str  # what runs it: tune | baseline | train | merge | joint | disentangle
     config: object  # TuneJob | TrainConfig | MergeJob | JointConfig | DisentangleJob
+    needs: tuple[str, ...] = ()  # the stages that write its inputs (a merge's runs), by name
 
     @property
     def name(self) -> str:
@@ -130,6 +131,16 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
                                 from_mapping(TrainConfig, keys, f"{source}: baseline")))
     for seed in study.seeds:
         stages += _seed_stages(study, tasks, seed, source)
+    return _linked(stages, study)
+
+
+def _linked(stages: list[Stage], study: StudyConfig) -> list[Stage]:
+    """Each stage's `needs`: the training stages whose folders it reads (merges and disentangle pairs their
+    runs, joint runs their references), so that an executor can start it as soon as those are finished."""
+    writers = {str(Path(study.out) / s.name): s.name for s in stages if s.kind == "train"}
+    for stage in stages:
+        reads = stage.config.references if stage.kind == "joint" else getattr(stage.config, "runs", None)
+        stage.needs = tuple(writers[r] for r in reads or [] if r in writers)
     return stages
 
 

@@ -31,6 +31,7 @@ from fusekit.artifacts.reading import read_json, read_text, read_yaml
 from fusekit.errors import FusekitError
 from fusekit.models.defaults import changed_settings
 from fusekit.progress import JsonlLog, console
+from fusekit.study.executors import Executor, LocalExecutor
 from fusekit.study.plan import (
     DisentangleJob,
     MergeJob,
@@ -105,13 +106,17 @@ def selected(name: str, only: str | None) -> bool:
     return only is None or any(name.startswith(p) or fnmatch(name, p) for p in only.split(","))
 
 
-def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
-    """Run every unfinished stage of the recipe that `only` selects: the tune stages first, then the rest as
-    planned again, so that training uses what the tunes chose."""
+def run_study(recipe: Path, only: str | None = None, executor: Executor | None = None) -> list[Stage]:
+    """Run every unfinished stage of the recipe that `only` selects, with `executor` (default: here, one after
+    another): the tune stages first, then the rest as planned again, so that training uses what the tunes chose."""
     study = load_study(recipe)
     stages = plan(study, str(recipe))
     out = Path(study.out)
+    executor = executor or LocalExecutor()
     procs = processes()  # training stages run data parallel; merges on the main process alone
+    if procs.active and not isinstance(executor, LocalExecutor):
+        raise FusekitError("a study under torchrun runs its stages here (--executor local): each process is one "
+                           "of a stage's data-parallel workers")
     inputs = [recipe, study.train.get("data"), study.train.get("model")]
     if procs.is_main:
         lock = claim_output(out, overwrite=False, inputs=inputs, what="study folder", resumable=True)
@@ -128,19 +133,19 @@ def run_study(recipe: Path, only: str | None = None) -> list[Stage]:
             atomic_write_text(out / STUDY_RECIPE, read_text(recipe, "recipe"))
         procs.barrier()
         if study.tune is not None:
-            _run_stages([s for s in stages if s.kind == "tune"], out, only)
+            _run_stages([s for s in stages if s.kind == "tune"], out, only, executor)
             stages = plan(study, str(recipe))
             if procs.is_main:
                 atomic_write_text(out / TUNED_RECIPE, tuned_recipe(study, stages))
             waiting_for_tunes(study, stages, out, only)
-        _run_stages([s for s in stages if s.kind != "tune"], out, only)
+        _run_stages([s for s in stages if s.kind != "tune"], out, only, executor)
     finally:
         if procs.is_main:
             lock.release()
     return stages
 
 
-def _run_stages(stages: list[Stage], out: Path, only: str | None) -> None:
+def _run_stages(stages: list[Stage], out: Path, only: str | None, executor: Executor) -> None:
     procs = processes()
     todo = [s for s in stages if selected(s.name, only)]
     for stage in todo:
@@ -150,17 +155,21 @@ def _run_stages(stages: list[Stage], out: Path, only: str | None) -> None:
     console.print(f"study {out}: {len(todo)} stages, {len(todo) - len(pending)} finished, {len(pending)} to run")
     log = JsonlLog(out / STAGES) if procs.is_main else None
     try:
-        for number, stage in enumerate(pending, 1):
-            console.rule(f"[{number}/{len(pending)}] {stage.name}")
-            with measure() as usage:
-                if stage.kind != "merge" or procs.is_main:
-                    RUNNERS[stage.kind](stage, out)
-            procs.barrier()
-            if log:
-                log.write({"stage": stage.name, "kind": stage.kind, **usage})
+        executor.run(pending, out, run_stage, log)
     finally:
         if log:
             log.close()
+
+
+def run_stage(stage: Stage, out: Path) -> dict:
+    """One stage, wherever the executor runs it; returns its wall time and peak memory. Training stages run data
+    parallel under torchrun; merges on the main process alone."""
+    procs = processes()
+    with measure() as usage:
+        if stage.kind != "merge" or procs.is_main:
+            RUNNERS[stage.kind](stage, out)
+    procs.barrier()
+    return usage
 
 
 def _tune(stage: Stage, out: Path) -> None:

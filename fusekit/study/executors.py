@@ -1,0 +1,154 @@
+"""Where a study's stages run: one after another in this process (`local`, the default), or fanned out over a Ray
+cluster (`ray`), each stage a task with its own resource request, started as soon as the stages it needs are
+finished. Either way each stage writes its own folder (staged, then renamed), so the results, the resume rules and
+the folders are the same; another scheduler (SLURM through submitit, Dask) is one more class with `run`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from fusekit.errors import FusekitError
+from fusekit.progress import JsonlLog, console
+from fusekit.study.plan import Stage
+
+# runs one stage in whatever process the executor chose and returns its cost (seconds, peak memory …)
+StageRunner = Callable[[Stage, Path], dict]
+
+
+class Executor(Protocol):
+    def run(self, stages: list[Stage], out: Path, run_one: StageRunner, log: JsonlLog | None) -> None:
+        """Run `stages` (each with `run_one`), writing one record per finished or failed stage to `log`."""
+
+
+class LocalExecutor:
+    """The stages in plan order, in this process (and its data-parallel peers under torchrun); the first error
+    stops the study."""
+
+    def run(self, stages: list[Stage], out: Path, run_one: StageRunner, log: JsonlLog | None) -> None:
+        for number, stage in enumerate(stages, 1):
+            console.rule(f"[{number}/{len(stages)}] {stage.name}")
+            usage = run_one(stage, out)
+            if log:
+                log.write({"stage": stage.name, "kind": stage.kind, **usage})
+
+
+@dataclass
+class RayExecutor:
+    """Each stage a Ray task asking for `cpus` cores and `gpus` GPUs, submitted once the stages it needs are
+    finished. A stage whose worker dies is retried once and resumes from its checkpoint; a stage that fails fails
+    its dependants only, and the study ends with one line per failed stage."""
+
+    address: str | None = None  # an existing cluster (`ray start --head`), or None: a local one for this run
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def run(self, stages: list[Stage], out: Path, run_one: StageRunner, log: JsonlLog | None) -> None:
+        ray = _ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, configure_logging=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(self.cpus)))}})
+        try:
+            failed = self._schedule(ray, stages, out, run_one, log)
+        finally:
+            if started:
+                ray.shutdown()
+        if failed:
+            lines = "; ".join(f"{name}: {why}" for name, why in failed.items())
+            raise FusekitError(f"{len(failed)} of {len(stages)} stages failed ({lines})")
+
+    def _schedule(self, ray, stages: list[Stage], out: Path, run_one: StageRunner,
+                  log: JsonlLog | None) -> dict[str, str]:
+        task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=1)(_in_worker)
+        planned = {s.name for s in stages}
+        waiting, running, done, failed = list(stages), {}, set(), {}
+        while waiting or running:
+            for stage in list(waiting):
+                broken = next((n for n in stage.needs if n in failed), None)
+                if broken:
+                    waiting.remove(stage)
+                    failed[stage.name] = f"needs {broken}, which failed"
+                    self._record(log, stage, {"status": "failed", "error": failed[stage.name]})
+                elif all(n in done or n not in planned for n in stage.needs):
+                    waiting.remove(stage)
+                    running[task.remote(run_one, stage, out, self.cpus)] = stage
+            if not running:
+                if waiting:  # every waiting stage needs one that never runs: a plan cannot do that
+                    raise FusekitError(f"{waiting[0].name} waits for stages that never ran")
+                break
+            self._status(waiting, running, done, failed)
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            stage = running.pop(ready)
+            try:
+                usage = ray.get(ready)
+            except Exception as error:  # the stage's own error, re-raised by Ray: recorded, the study goes on
+                failed[stage.name] = _one_line(error)
+                self._record(log, stage, {"status": "failed", "error": failed[stage.name]})
+                console.print(f"[red]failed[/red] {stage.name}: {failed[stage.name]}")
+            else:
+                done.add(stage.name)
+                self._record(log, stage, usage)
+                console.print(f"done {stage.name} ({usage['seconds'] / 60:.1f} min)")
+        self._status(waiting, running, done, failed)
+        return failed
+
+    @staticmethod
+    def _record(log: JsonlLog | None, stage: Stage, fields: dict) -> None:
+        if log:
+            log.write({"stage": stage.name, "kind": stage.kind, **fields})
+
+    @staticmethod
+    def _status(waiting, running, done, failed) -> None:
+        names = ", ".join(s.name for s in running.values())
+        console.print(f"study: {len(waiting)} queued · {len(running)} running{f' ({names})' if names else ''} · "
+                      f"{len(done)} done · {len(failed)} failed")
+
+
+def _in_worker(run_one: StageRunner, stage: Stage, out: Path, cpus: float) -> dict:
+    """A stage on a Ray worker, with as many torch threads as cores it asked for."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    return run_one(stage, out)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise FusekitError("--executor ray needs Ray: pip install -e \".[ray]\" (or pip install ray)") from None
+    return ray
+
+
+def _one_line(error: BaseException) -> str:
+    """What went wrong, in one line: a FusekitError's message, else the exception's type and first line."""
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, FusekitError):
+        return str(cause).splitlines()[0]
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str, address: str | None, cpus: float, gpus: float | None) -> LocalExecutor | RayExecutor:
+    """`--executor`: local, or ray with each stage's request (GPUs: one per stage when this machine has any)."""
+    if name == "local":
+        if address is not None:
+            raise FusekitError("--address names a Ray cluster: use it with --executor ray")
+        return LocalExecutor()
+    if name != "ray":
+        raise FusekitError(f"--executor {name!r}: expected one of {', '.join(EXECUTORS)}")
+    if cpus <= 0 or (gpus is not None and gpus < 0):
+        raise FusekitError("--stage-cpus must be > 0 and --stage-gpus ≥ 0")
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    return RayExecutor(address or os.environ.get("RAY_ADDRESS"), cpus, gpus)

@@ -1,0 +1,125 @@
+"""`fusekit run --executor ray`: the same study folders as the local executor, a dead worker's stage resumed from
+its checkpoint, a failed stage failing its dependants only (a local Ray cluster of two single-thread workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusekit.artifacts.checkpoint import Checkpoints
+from fusekit.artifacts.layout import CHECKPOINT_GLOB, checkpoint_dir
+from fusekit.errors import FusekitError
+from fusekit.study.executors import RayExecutor, make_executor
+from fusekit.study.plan import plan
+from fusekit.study.recipe import load_study
+from fusekit.study.run import run_stage, run_study
+from tests.test_resume import RUN_FILES, tensors
+from tests.test_study import write_recipe
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, object_store_memory=80 * 2**20,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """The local executor on one thread, as each Ray worker is: the same arithmetic, bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def study_recipe(tmp_path: Path, tiny_model, glue_dir, name: str, **changes) -> Path:
+    return write_recipe(tmp_path / f"{name}.yaml", tiny_model, glue_dir, tmp_path / name, checkpoint_every=2,
+                        **changes)
+
+
+def assert_same_study(a: Path, b: Path) -> None:
+    """Every training and merge stage: the same tensors exactly and the same scores."""
+    stages = sorted(p.relative_to(a) for kind in ("train", "merge", "joint") for p in (a / kind).iterdir())
+    assert stages == sorted(p.relative_to(b) for kind in ("train", "merge", "joint") for p in (b / kind).iterdir())
+    for stage in stages:
+        for name in ["task_vector.safetensors"] + (RUN_FILES if stage.parts[0] == "train" else []):
+            x, y = tensors(a / stage / name), tensors(b / stage / name)
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f"{stage}/{name}"
+        assert json.loads((a / stage / "eval.json").read_text()) == json.loads((b / stage / "eval.json").read_text())
+
+
+def crash_once_after_a_checkpoint(stage, out: Path) -> dict:
+    """sst2's training stage: on the first try its worker process dies right after its first checkpoint."""
+    marker = out / "sst2-crashed"
+    if stage.name == "train/sst2-lora" and marker.exists():  # the retry: what it starts from
+        checkpoints = list(checkpoint_dir(out / stage.name).glob(CHECKPOINT_GLOB))
+        (out / "sst2-retried").write_text(json.dumps([p.name for p in checkpoints]))
+    if stage.name == "train/sst2-lora" and not marker.exists():
+        save = Checkpoints.save
+
+        def save_then_die(self, state):
+            save(self, state)
+            marker.touch()
+            os._exit(1)
+
+        Checkpoints.save = save_then_die
+    return run_stage(stage, out)
+
+
+def test_ray_gives_the_local_studys_folders(cluster, one_thread, tmp_path, tiny_model, glue_dir):
+    run_study(study_recipe(tmp_path, tiny_model, glue_dir, "local"))
+    run_study(study_recipe(tmp_path, tiny_model, glue_dir, "ray"), executor=RayExecutor())
+    assert_same_study(tmp_path / "local", tmp_path / "ray")
+    records = [json.loads(line) for line in (tmp_path / "ray" / "stages.jsonl").read_text().splitlines()]
+    assert sorted(r["stage"] for r in records) == sorted(
+        ["train/sst2-lora", "train/mrpc-lora", "merge/lora-delta-w-task-arithmetic", "merge/lora-delta-w-average",
+         "joint/lora-uniform"])
+    run_study(study_recipe(tmp_path, tiny_model, glue_dir, "ray"), executor=RayExecutor())  # all finished: skipped
+    assert len((tmp_path / "ray" / "stages.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_a_dead_workers_stage_is_retried_and_resumes_from_its_checkpoint(cluster, one_thread, tmp_path, tiny_model,
+                                                                         glue_dir):
+    recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", merge=None, joint=None, tasks=["sst2"],
+                          task_settings={})
+    run_study(recipe)
+    stages = plan(load_study(recipe), str(recipe))
+    again = tmp_path / "again"
+    for stage in stages:
+        stage.config = replace(stage.config, out=str(again / stage.name))
+    RayExecutor().run(stages, again, crash_once_after_a_checkpoint, None)
+    assert (again / "sst2-crashed").exists()  # the worker died after a checkpoint; Ray's retry finished the stage
+    for name in RUN_FILES:
+        x, y = tensors(tmp_path / "study/train/sst2-lora" / name), tensors(again / "train/sst2-lora" / name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    assert json.loads((again / "sst2-retried").read_text())  # the retry found the dead worker's checkpoint
+
+
+def test_a_failed_stage_fails_its_dependants_only(cluster, tmp_path, tiny_model, glue_dir):
+    recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", task_settings={"mrpc": {"data": str(tmp_path / "no-glue")}})
+    with pytest.raises(FusekitError) as error:
+        run_study(recipe, executor=RayExecutor())
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("4 of 5 stages failed")
+    assert "train/mrpc-lora: " in message and "merge/lora-delta-w-average: needs train/mrpc-lora, which failed" in message
+    assert (tmp_path / "study" / "train" / "sst2-lora" / "eval.json").is_file()  # the independent stage finished
+    assert not (tmp_path / "study" / "merge").exists()
+
+
+def test_executor_choices_are_checked():
+    with pytest.raises(FusekitError, match="--executor 'slurm': expected one of local, ray"):
+        make_executor("slurm", None, 1, None)
+    with pytest.raises(FusekitError, match="--address names a Ray cluster"):
+        make_executor("local", "ray://head:10001", 1, None)
+    assert make_executor("ray", None, 2, None) == RayExecutor(None, 2.0, 0.0)
