@@ -173,10 +173,12 @@ def test_l_lora_takes_its_own_step_size_not_the_task_s_lora_one(tiny_model, tiny
     from fusekit.models.defaults import ADAPTER_STEP
 
     for model, family in ((tiny_model, "head"), (tiny_llama, "text")):
-        resolved = resolve_defaults(TrainConfig(task="sst2", adapter="l-lora", model=str(model)))
-        assert resolved.config.lr == ADAPTER_STEP[(family, "l-lora")] != TASKS["sst2"].defaults[family]["lr"]
+        resolved = resolve_defaults(TrainConfig(task="mrpc", adapter="l-lora", model=str(model)))
+        assert resolved.config.lr == ADAPTER_STEP[(family, "l-lora")] != TASKS["mrpc"].defaults[family]["lr"]
         assert resolved.sources["lr"].endswith("; l-lora)")
-        assert resolved.config.max_length == TASKS["sst2"].defaults[family]["max_length"]
-        assert resolve_defaults(TrainConfig(task="sst2", model=str(model))).config.lr == \
-            TASKS["sst2"].defaults[family]["lr"]
+        assert resolved.config.max_length == TASKS["mrpc"].defaults[family]["max_length"]
+        assert resolve_defaults(TrainConfig(task="mrpc", model=str(model))).config.lr == \
+            TASKS["mrpc"].defaults[family]["lr"]
+    tuned = resolve_defaults(TrainConfig(task="sst2", adapter="l-lora", model=str(tiny_llama)))
+    assert tuned.config.lr == TASKS["sst2"].defaults["text:l-lora"]["lr"]  # a published tune's choice wins
     assert "l-lora 0.005" in default_help("lr") and "l-lora 0.01" in default_help("lr")
