@@ -195,6 +195,9 @@ class JointConfig(TrainConfig):
     coba_weighting: str = setting("paper", "CoBa: paper (ω = DF·RCS + (1 − DF)·ACS, as the paper writes it) or "
                                            "mftcoder (MFTCoder's code: softmax(K·ω), floored at 0.1/K)",
                                   Allowed(choices=registry("fusekit.training.balancers.coba", "WEIGHTINGS")))
+    coba_slope_floor: float = setting(0.0, "CoBa: RCS divides by Σ|α| floored at this share of the largest Σ|α| so "
+                                           "far (0: the paper; 0.1 keeps flat, noisy slopes from swinging the "
+                                           "weights)", Allowed(low=0, high=1))
     famo_lr: float = setting(0.025, "FAMO: Adam learning rate of the task logits ξ", POSITIVE)
     famo_gamma: float = setting(0.001, "FAMO: weight decay γ of ξ (the paper's regulariser, which pulls z toward "
                                        "uniform)", NON_NEGATIVE)

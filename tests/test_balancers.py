@@ -72,14 +72,14 @@ def test_coba_schedule_scales_with_the_run(capsys):
     assert "warning: CoBa fits 40 slopes" in capsys.readouterr().err
 
 
-def synthetic_coba(estimate: str, rise_at: int | None = None, steps: int = 300) -> np.ndarray:
+def synthetic_coba(estimate: str, rise_at: int | None = None, steps: int = 300, slope_floor: float = 0.0) -> np.ndarray:
     """CoBa's weights (steps × 2) when task 0 converges fast and task 1 slowly (exponential decay of 2,000 examples'
     losses), each validation scored on a fixed 200-example sample or on a fresh 8-example mini-batch; from
     `rise_at` on, task 1 overfits (its loss rises linearly)."""
     generator = torch.Generator().manual_seed(0)
     spread = torch.rand(2, 2000, generator=generator) * 2
     rates = torch.tensor([[0.01], [0.002]])
-    coba, weights = CoBa(2, interval=1, warmup=30, window=60), []
+    coba, weights = CoBa(2, interval=1, warmup=30, window=60, slope_floor=slope_floor), []
     for step in range(steps + 1):
         true = spread * torch.exp(-rates * step)
         if rise_at is not None and step > rise_at:
@@ -104,6 +104,46 @@ def test_an_overfitting_task_is_turned_down_and_stays_down():
     weights = synthetic_coba("fixed", rise_at=150)
     assert weights[140, 1] > 1.0  # converging slowly: more weight
     assert np.all(weights[185:, 1] < 0.6)  # rising loss: down within a third of the window, and it stays down
+
+
+def plateau_coba(floor: float, steps: int = 400) -> np.ndarray:
+    """CoBa's weights (steps × 3) when three tasks converge at different rates to a plateau at step ~150, each
+    validation with 0.2% jitter (a fixed sample's loss still moves a little as the model does)."""
+    generator = torch.Generator().manual_seed(0)
+    rates = torch.tensor([0.05, 0.03, 0.02])
+    coba, weights = CoBa(3, interval=1, warmup=40, window=80, slope_floor=floor), []
+    for step in range(steps + 1):
+        losses = (0.2 + 0.8 * torch.exp(-rates * step)) * (1 + 0.002 * torch.randn(3, generator=generator))
+        if step == 0:
+            coba.start(losses)
+        else:
+            coba.observe(step, losses)
+            weights.append(coba.weights.clone())
+    return torch.stack(weights).numpy()
+
+
+def test_a_slope_floor_keeps_a_plateau_from_swinging_the_weights_and_leaves_convergence_alone():
+    paper, floored = plateau_coba(0.0), plateau_coba(0.1)
+    assert paper[250:].min() < 0.3 and paper[250:].max() > 2.0  # flat, jittering slopes: the weights swing
+    assert floored[250:].min() > 0.8 and floored[250:].max() < 1.25  # a tenth of the run's slopes: near uniform
+    assert np.array_equal(paper[:140], floored[:140])  # while the tasks converge the floor never binds
+    assert np.abs(paper[:150] - floored[:150]).max() < 1e-3  # and barely as the first one flattens
+    assert synthetic_coba("fixed", rise_at=150, slope_floor=0.1)[185:, 1].max() < 0.6  # overfitting: still down
+
+
+def test_the_floors_by_hand():
+    alpha = torch.tensor([0.001, -0.001])
+    history = torch.tensor([[0.001, -0.001], [0.003, 0.001]])  # Σ_s |α_i(s)| = 0.004, 0.002
+    max_history = torch.tensor([-0.02, 0.001])
+    _, paper = coba_weights(alpha, history, max_history)
+    _, floored = coba_weights(alpha, history, max_history, rcs_floor=0.01, acs_floor=torch.tensor([0.01, 0.01]))
+    # RCS = softmax(K·α / max(Σ|α|, floor)): 2·(±0.001)/0.002 = ±1 against 2·(±0.001)/0.01 = ±0.2
+    assert paper["rcs"].tolist() == pytest.approx([math.exp(1) / (math.exp(1) + math.exp(-1)), math.exp(-1) /
+                                                   (math.exp(1) + math.exp(-1))])
+    assert floored["rcs"].tolist() == pytest.approx([1 / (1 + math.exp(-0.4)), 1 / (1 + math.exp(0.4))])
+    # ACS = softmax(−N·α_i / max(Σ_s|α_i(s)|, floor)): −2·0.001/0.004 = −0.5, 2·0.001/0.002 = 1 against ∓0.2
+    assert paper["acs"].tolist() == pytest.approx([1 / (1 + math.exp(1.5)), 1 / (1 + math.exp(-1.5))])
+    assert floored["acs"].tolist() == pytest.approx([1 / (1 + math.exp(0.4)), 1 / (1 + math.exp(-0.4))])
 
 
 def test_noise_fraction_by_hand():

@@ -13,6 +13,13 @@ After `warmup` steps of uniform weights, with the last `window` points:
     ω       = DF · RCS_i + (1 − DF) · ACS_i                      the paper's weights (Σ ω = 1)
     loss    = Σ ω_i L_i / Σ ω_i
 
+`slope_floor` bounds the scores where the paper's formula amplifies noise: once every slope is near zero (the
+losses have flattened), both normalisers, RCS's Σ_j|α_j| and ACS's Σ_s|α_i(s)| (a plateau's window holds only
+flat slopes), are tiny, and small differences between slopes become large differences in the weights (0.3–3.6 on
+the 5-task study's CoBa run). With a floor f > 0 each normaliser is at least f times its largest value of any fit
+so far, so that slopes a hundredth of the run's real convergence count as a hundredth, not as all of it, and the
+weights return toward uniform on a plateau. 0 (the default) is the paper's formula.
+
 `weighting: mftcoder` applies what MFTCoder's public code adds on top, a sharpening and a floor:
 ω ← softmax_i(K · ω_i), then ω ← 0.9ω + 0.1/K if any ω_i < 1/(10K) (fusekit's default before it followed the
 paper; 0.015–0.079 away from the paper's ω on a three-task history).
@@ -53,12 +60,17 @@ WEIGHTINGS = ("paper", "mftcoder")
 
 
 def coba_weights(alpha: torch.Tensor, alpha_history: torch.Tensor, alpha_max_history: torch.Tensor,
-                 tau: float = 5.0, weighting: str = "paper") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 tau: float = 5.0, weighting: str = "paper", rcs_floor: float = 0.0,
+                 acs_floor: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ω (Σ ω = 1) from the current slopes α (K), the task slopes ACS looks back over (N × K) and the max curve's
-    slopes since the warm-up (M)."""
+    slopes since the warm-up (M). RCS's normaliser Σ_j|α_j| is floored at `rcs_floor`, ACS's Σ_s|α_i(s)| at
+    `acs_floor` (K; None and 0: the paper)."""
     k, n, m = alpha.numel(), alpha_history.shape[0], alpha_max_history.shape[0]
-    rcs = torch.softmax(k * alpha / alpha.abs().sum().clamp(min=1e-12), dim=0)
-    acs = torch.softmax(-n * alpha / alpha_history.abs().sum(dim=0).clamp(min=1e-12), dim=0)
+    rcs = torch.softmax(k * alpha / alpha.abs().sum().clamp(min=max(rcs_floor, 1e-12)), dim=0)
+    acs_scale = alpha_history.abs().sum(dim=0)
+    if acs_floor is not None:
+        acs_scale = torch.maximum(acs_scale, acs_floor)
+    acs = torch.softmax(-n * alpha / acs_scale.clamp(min=1e-12), dim=0)
     scores = torch.softmax(-tau * m * alpha_max_history / alpha_max_history.abs().sum().clamp(min=1e-12), dim=0)
     df = torch.clamp(m * scores[-1], max=1.0)
     weights = df * rcs + (1 - df) * acs
@@ -86,10 +98,14 @@ class CoBa(Balancer):
     name = "coba"
 
     def __init__(self, num_tasks: int, interval: int = 1, warmup: int = 100, window: int = 200, tau: float = 5.0,
-                 acs_history: str = "window", loss_scale: str = "paper", weighting: str = "paper"):
+                 acs_history: str = "window", loss_scale: str = "paper", weighting: str = "paper",
+                 slope_floor: float = 0.0):
         super().__init__(num_tasks)
         self.validation_interval, self.warmup, self.window, self.tau = interval, warmup, window, tau
         self.acs_history, self.loss_scale, self.weighting = acs_history, loss_scale, weighting
+        self.slope_floor = slope_floor
+        self.largest_rcs_scale = torch.zeros(())  # the largest Σ_j |α_j| of any fit so far
+        self.largest_acs_scale = torch.zeros(num_tasks)  # per task, the largest Σ_s |α_i(s)| of any fit so far
         self.initial: torch.Tensor | None = None
         self.steps: list[int] = []
         self.points: list[torch.Tensor] = []  # ℓ̃(t), one K-vector per observation
@@ -108,7 +124,7 @@ class CoBa(Balancer):
                           f"in a {total_steps}-step run: too short for its weights to follow convergence "
                           "(they stay near uniform or follow noise)")
         return cls(num_tasks, interval, warmup, window, acs_history=cfg.coba_acs_history,
-                   loss_scale=cfg.coba_loss_scale, weighting=cfg.coba_weighting)
+                   loss_scale=cfg.coba_loss_scale, weighting=cfg.coba_weighting, slope_floor=cfg.coba_slope_floor)
 
     def start(self, validation_losses: torch.Tensor) -> None:
         self.initial = validation_losses.detach().cpu().clamp(min=1e-8)
@@ -126,8 +142,12 @@ class CoBa(Balancer):
         self.alpha_history.append(alpha)
         self.alpha_max_history.append(slope(x, y.max(dim=0).values))
         history = self.alpha_history[-self.window:] if self.acs_history == "window" else self.alpha_history
-        self.weights, _ = coba_weights(alpha, torch.stack(history), torch.stack(self.alpha_max_history), self.tau,
-                                       self.weighting)
+        history = torch.stack(history)
+        self.largest_rcs_scale = torch.maximum(self.largest_rcs_scale, alpha.abs().sum())
+        self.largest_acs_scale = torch.maximum(self.largest_acs_scale, history.abs().sum(dim=0))
+        self.weights, _ = coba_weights(alpha, history, torch.stack(self.alpha_max_history), self.tau, self.weighting,
+                                       self.slope_floor * float(self.largest_rcs_scale),
+                                       self.slope_floor * self.largest_acs_scale)
         self.weights = self.weights * self.num_tasks  # Σ ω = K, so that uniform is ω = 1
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
