@@ -194,3 +194,30 @@ def test_statistics_are_cached_beside_the_run_and_checked(two_runs, monkeypatch)
     cached.write_bytes(cached.read_bytes()[:-4] + b"xxxx")
     with pytest.raises(statistics.FusekitError, match="corrupt or was edited"):
         statistics.run_statistics(run, "gram", 6, torch.device("cpu"))
+
+
+def test_adamerging_objective_by_hand():
+    """Σ_i H_i (the paper); Σ_i H_i / H_i(own) + anchor · mean((λ − 0.3)²) (the normalized variant)."""
+    from fusekit.merging.statistics import ada_objective
+
+    entropies, own = torch.tensor([0.2, 0.6]), torch.tensor([0.1, 0.5])
+    coefficients = torch.tensor([[0.3, 0.5], [0.1, 0.3]])  # deviations 0, 0.2, −0.2, 0: mean square 0.02
+    assert ada_objective(entropies, None, coefficients, 0.0).item() == pytest.approx(0.8)
+    assert ada_objective(entropies, own, coefficients, 1.0).item() == pytest.approx(0.2 / 0.1 + 0.6 / 0.5 + 0.02)
+
+
+def test_normalized_adamerging_merges_and_differs_from_the_papers(two_runs, tmp_path, monkeypatch):
+    from fusekit.artifacts.merged_folder import load_merged
+    from fusekit.merging import statistics
+
+    monkeypatch.setattr(statistics, "ADA_LR", 0.05)
+    monkeypatch.setattr(statistics, "ADA_STEPS", 5)
+    coefficients = {}
+    for method in ("adamerging", "adamerging-normalized"):
+        result = invoke("merge", *two_runs, "--select-on-seen", "--method", method, "--val-examples", "16",
+                        "--device", "cpu", "--out", tmp_path / method)
+        assert result.exit_code == 0, result.output
+        manifest = load_merged(tmp_path / method)[0]
+        assert manifest["method"] == method
+        coefficients[method] = manifest["coefficients"]
+    assert coefficients["adamerging"] != coefficients["adamerging-normalized"]

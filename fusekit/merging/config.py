@@ -28,7 +28,7 @@ class MergeConfig:
 
     method: str = setting("task-arithmetic", "task-arithmetic, average, ties, dare (+ task arithmetic), dare-ties, "
                                              "tsv-m, knots-ties (ΔW space); with data: regmean (ΔW space), fisher, "
-                                             "adamerging (factor space)",
+                                             "adamerging, adamerging-normalized (factor space)",
                           Allowed(choices=registry("fusekit.merging.methods", "METHODS")))
     lam: float | None = setting(None, _value(LAMBDA), LAMBDA.allowed)
     density: float | None = setting(None, _value(DENSITY), DENSITY.allowed)

@@ -47,7 +47,7 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
     with claim_output(out, overwrite, claimed):  # never over an input (runs, their data and model), one writer
         values = config.candidates(method_parameters(config.method))
         _check_held_out(runs, config, any(len(v) > 1 for v in values.values()) or method.statistics is not None)
-        statistics = _statistics(runs, config.method, method.statistics, config.val_examples, device, config.seed)
+        statistics = _statistics(runs, method, config.val_examples, device, config.seed)
         params, searched_on = {name: v[0] for name, v in values.items()}, {"search": None}
         weights = config.weights
         if config.per_task and "lam" not in values:
@@ -108,18 +108,19 @@ def _check_held_out(runs: list, config: MergeConfig, selecting: bool) -> None:
                            "--max-train, or pass --select-on-seen to accept that)")
 
 
-def _statistics(runs, method: str, kind: str | None, examples: int, device, seed: int) -> dict | None:
+def _statistics(runs, method: MergeMethod, examples: int, device, seed: int) -> dict | None:
     """key → each run's statistic, for methods that merge with data (`kind`): input Gram matrices per layer
     (RegMean, ΔW space), diagonal Fishers per parameter (Fisher merging, factor space) or AdaMerging's learned
     coefficients; None for the others."""
+    kind = method.statistics
     if kind is None:
         return None
     from fusekit.merging.statistics import learn_coefficients, run_statistics
 
     if kind == "coefficients":  # learned jointly over the runs, not one run at a time
-        return learn_coefficients(runs, examples, device, seed)
+        return learn_coefficients(runs, examples, device, seed, normalized=method.normalized, anchor=method.anchor)
     per_run = [run_statistics(run, kind, examples, device, seed)
-               for run in tracked(runs, f"{method} statistics", len(runs))]
+               for run in tracked(runs, f"{method.name} statistics", len(runs))]
     return {key: [stats[key] for stats in per_run] for key in per_run[0]}
 
 

@@ -86,14 +86,25 @@ def fisher_diagonals(run: Run, examples: int, device: torch.device, seed: int = 
 
 
 ADA_STEPS, ADA_LR, ADA_INIT, ADA_BATCH = 300, 1e-3, 0.3, 16  # the paper's lr and init; 100 steps moved λ ≤ 0.1
+OWN_BATCHES = 8  # batches of each task's held-out inputs its own adapter's entropy is averaged over
+
+
+def ada_objective(entropies: torch.Tensor, own: torch.Tensor | None, coefficients: torch.Tensor,
+                  anchor: float) -> torch.Tensor:
+    """What AdaMerging minimises: Σ_i H_i (the paper), or Σ_i H_i / H_i(own adapter) when `own` is given, so that a
+    task whose own adapter is already unsure weighs as much as one whose adapter is confident; plus anchor ·
+    mean((λ − λ_0)²), which keeps the coefficients near the task-arithmetic start λ_0 = ADA_INIT."""
+    terms = entropies if own is None else entropies / own.clamp(min=1e-6)
+    return terms.sum() + anchor * (coefficients - ADA_INIT).pow(2).mean()
 
 
 def learn_coefficients(runs: list[Run], examples: int, device: torch.device, seed: int = 0,
-                       steps: int | None = None) -> dict[str, list[torch.Tensor]]:
-    """AdaMerging's λ_{i,l}: Adam on the summed prediction entropy of the classification tasks, each on its own
-    unlabeled held-out training inputs (regression tasks have no predictive entropy and add nothing to the
+                       steps: int | None = None, normalized: bool = False,
+                       anchor: float = 0.0) -> dict[str, list[torch.Tensor]]:
+    """AdaMerging's λ_{i,l}: Adam on `ada_objective` over the classification tasks' prediction entropies, each on
+    its own unlabeled held-out training inputs (regression tasks have no predictive entropy and add nothing to the
     objective; their λ still moves with the others'). Returns tensor key → [λ_1, …, λ_K] of its layer, and logs
-    the entropy as it falls."""
+    the objective as it falls."""
     from torch.func import functional_call
 
     tasks = [get_task(run.head_task) for run in runs]
@@ -120,8 +131,8 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
     heads = {i: {k: v.to(device) for k, v in runs[i].head.weights.items()} for i in classified}
     names = {key: f"peft_model.{model.param_names[key]}" for key in init}
 
-    def entropy(i: int) -> torch.Tensor:
-        phi = {key: init[key] + sum(coefficients[j, layer_of[key]] * deltas[j][key]
+    def entropy(i: int, weights: torch.Tensor) -> torch.Tensor:
+        phi = {key: init[key] + sum(weights[j, layer_of[key]] * deltas[j][key]
                                     for j in range(len(runs)) if key in deltas[j]) for key in init}
         saved, model.adapter_params = model.adapter_params, phi  # linearized forwards read φ from here
         try:
@@ -133,15 +144,21 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
         probabilities = logits.softmax(dim=-1)
         return -(probabilities * probabilities.clamp(min=1e-12).log()).sum(dim=-1).mean()
 
+    own = None
+    if normalized:  # each task's own adapter alone: λ_i = 1 on its own vector, 0 on the others
+        with torch.no_grad():
+            own = torch.stack([torch.stack([entropy(i, torch.eye(len(runs), device=device)[i][:, None].expand(
+                -1, len(layers))) for _ in range(OWN_BATCHES)]).mean() for i in classified])
     steps = ADA_STEPS if steps is None else steps
     with progress_bar() as bar:
         job = bar.add_task("adamerging", total=steps, status="")
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss = sum(entropy(i) for i in classified)
+            loss = ada_objective(torch.stack([entropy(i, coefficients) for i in classified]), own, coefficients,
+                                 anchor)
             loss.backward()
             optimizer.step()
-            bar.update(job, advance=1, status=f"entropy {loss.item():.4f}")
+            bar.update(job, advance=1, status=f"objective {loss.item():.4f}")
     learned = coefficients.detach().cpu()
     return {key: [learned[i, layer_of[key]] for i in range(len(runs))] for key in init}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fusekit.errors import FusekitError
-from fusekit.merging.methods.adamerging import AdaMerging
+from fusekit.merging.methods.adamerging import AdaMerging, NormalizedAdaMerging
 from fusekit.merging.methods.average import Average
 from fusekit.merging.methods.base import MergeMethod
 from fusekit.merging.methods.dare import Dare
@@ -32,6 +32,7 @@ METHODS: dict[str, tuple[Callable[..., MergeMethod], tuple[Param, ...]]] = {
     "regmean": (lambda seed, regmean_alpha: RegMean(regmean_alpha), RegMean.parameters),
     "fisher": (lambda seed: FisherMerge(), FisherMerge.parameters),
     "adamerging": (lambda seed: AdaMerging(), AdaMerging.parameters),
+    "adamerging-normalized": (lambda seed: NormalizedAdaMerging(), NormalizedAdaMerging.parameters),
     "tsv-m": (lambda seed, lam: TaskSingularVectors(lam), TaskSingularVectors.parameters),
     "knots-ties": (lambda seed, lam, density: KnotsTies(lam, density), KnotsTies.parameters),
 }
