@@ -370,3 +370,19 @@ def test_selecting_on_examples_a_run_trained_on_is_refused_unless_asked(tiny_con
     result = invoke("merge", *folders, "--search", "--select-on-seen", "--val-examples", "8", "--out", tmp_path / "m",
                     "--device", "cpu")
     assert result.exit_code == 0 and "selecting on a sample of it" in result.stderr
+
+
+def test_a_criterion_is_judged_on_the_half_its_choice_did_not_read():
+    from fusekit.merging.criteria import cross_fitted
+
+    def half(normalized, worst, t1, t2):
+        return {"criteria": {"normalized": normalized, "worst": worst}, "normalized": {"t1": t1, "t2": t2}}
+
+    rows = [{"lam": 0.3, "halves": [half(0.9, 0.5, 1.0, 0.8), half(0.85, 0.6, 0.9, 0.8)]},
+            {"lam": 1.0, "halves": [half(0.8, 0.7, 0.9, 0.7), half(0.95, 0.65, 1.0, 0.9)]}]
+    # normalized: chooses λ 0.3 on the first half, scored on the second (0.85, worst 0.8); λ 1.0 on the second,
+    # scored on the first (0.8, worst 0.7)
+    assert cross_fitted(rows, "normalized") == pytest.approx({"average": 0.825, "worst": 0.75})
+    # worst: λ 1.0 on both halves: (0.95, 0.9) and (0.8, 0.7)
+    assert cross_fitted(rows, "worst") == pytest.approx({"average": 0.875, "worst": 0.8})
+    assert cross_fitted([{"lam": 0.3}], "worst") is None  # a search recorded before halves

@@ -45,3 +45,20 @@ def criterion_values(scores: Sequence[float], own: Sequence[float], chance: Sequ
     values = {"normalized": mean_defined(ratios), "above-chance": mean_defined(above), "raw": raw,
               "worst": min(defined) if defined else None}
     return {name: raw if value is None else value for name, value in values.items()}
+
+
+def cross_fitted(rows: list[dict], criterion: str) -> dict[str, float] | None:
+    """How well `criterion` chooses, judged on examples its choice did not read: the grid point it prefers on one
+    half of the held-out examples, scored on the other half (average normalized score over the tasks and the worst
+    task's), both directions averaged. None for rows recorded without halves."""
+    if not rows or not all(len(row.get("halves", [])) == 2 for row in rows):
+        return None
+    averages, worsts = [], []
+    for chooser, judge in ((0, 1), (1, 0)):
+        best = max(rows, key=lambda row: row["halves"][chooser]["criteria"][criterion])
+        kept = [v for v in best["halves"][judge]["normalized"].values() if v is not None]
+        averages.append(float(np.mean(kept)) if kept else None)
+        worsts.append(min(kept) if kept else None)
+    if None in averages:
+        return None
+    return {"average": float(np.mean(averages)), "worst": float(np.mean(worsts))}

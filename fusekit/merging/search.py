@@ -18,7 +18,7 @@ from fusekit.artifacts.run_folder import Run
 from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.eval import TaskScorer
-from fusekit.evaluation.metrics import bootstrap_standard_error, compute_metrics, predictions
+from fusekit.evaluation.metrics import bootstrap_standard_error, compute_metrics, normalized_score, predictions
 from fusekit.merging.criteria import chance_score, criterion_values
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge_vectors
@@ -92,11 +92,29 @@ class HeldOut:
         return preds, scores, labels
 
     def row(self, vector, settings: dict) -> tuple[dict, list[np.ndarray]]:
-        """A merged vector's grid row (settings, per-task scores, every criterion) and its predictions."""
+        """A merged vector's grid row (settings, per-task scores, every criterion, and both on each half of the
+        examples) and its predictions."""
         preds, scores, _ = self.outputs([vector] * len(self.scorers))
         values = criterion_values(scores, self.own, self.chance)
         return {**settings, **{run.head_task: s for run, s in zip(self.runs, scores)},
-                "normalized": values["normalized"], "criteria": values}, preds
+                "normalized": values["normalized"], "criteria": values, "halves": self.halves(preds)}, preds
+
+    def halves(self, preds: list[np.ndarray]) -> list[dict]:
+        """Every criterion and each task's normalized score on the even-numbered and on the odd-numbered examples:
+        what `fusekit report` cross-fits the choice of a criterion on (choose on one half, score on the other)."""
+        found = []
+        if min(len(y) for y in self.labels) < 4:  # too few to halve (a correlation needs two points a half)
+            return found
+        for start in (0, 1):
+            tasks = [(s.task, y[start::2], p[start::2], o[start::2])
+                     for s, y, p, o in zip(self.scorers, self.labels, preds, self.own_preds)]
+            scores = [compute_metrics(t, y, p)["score"] for t, y, p, _ in tasks]
+            own = [compute_metrics(t, y, o)["score"] for t, y, _, o in tasks]
+            chance = [chance_score(t, y) for t, y, _, _ in tasks]
+            found.append({"criteria": criterion_values(scores, own, chance),
+                          "normalized": {run.head_task: normalized_score(s, o)
+                                         for run, s, o in zip(self.runs, scores, own)}})
+        return found
 
     def standard_error(self, predicted: list[np.ndarray], criterion: str, seed: int) -> float | None:
         def selection_score(tasks, ys, own_scores, merged_scores):

@@ -107,27 +107,15 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
     the objective as it falls."""
     from torch.func import functional_call
 
-    tasks = [get_task(run.head_task) for run in runs]
-    classified = [i for i, task in enumerate(tasks) if not task.is_regression]
-    if not classified:
-        raise FusekitError("AdaMerging needs a classification task: it minimises the entropy of predictions")
-    encodings = {runs[i].head.spec.pair_encoding for i in classified}
-    if len(encodings) > 1:
-        raise FusekitError("AdaMerging shares one forward among the tasks: their pair encodings must agree")
-    base, model = model_for_run(runs[classified[0]], tasks[classified[0]])
+    classified = _classified(runs)
+    base, model = model_for_run(runs[classified[0]], get_task(runs[classified[0]].head_task))
     model = model.to(device).eval()
     init = {k: v.to(device) for k, v in runs[0].vector.init.items()}
     deltas = [{k: v.to(device) for k, v in run.vector.delta.items()} for run in runs]
     layers = sorted({key.rsplit(".lora_", 1)[0] for key in init})
     layer_of = {key: layers.index(key.rsplit(".lora_", 1)[0]) for key in init}
     coefficients = torch.full((len(runs), len(layers)), ADA_INIT, device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([coefficients], lr=ADA_LR)
-    loaders = {}
-    for i in classified:
-        inputs = held_out_split(runs[i], examples, seed)
-        unlabeled = Split(inputs.task, inputs.texts, [0] * len(inputs))  # the labels are never read
-        data = base.encode(unlabeled, runs[i].config.max_length)
-        loaders[i] = ResumableLoader(make_loader(data, ADA_BATCH, True, seed + i)).forever()
+    loaders = _unlabeled_batches(runs, classified, base, examples, seed)
     heads = {i: {k: v.to(device) for k, v in runs[i].head.weights.items()} for i in classified}
     names = {key: f"peft_model.{model.param_names[key]}" for key in init}
 
@@ -149,18 +137,44 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
         with torch.no_grad():
             own = torch.stack([torch.stack([entropy(i, torch.eye(len(runs), device=device)[i][:, None].expand(
                 -1, len(layers))) for _ in range(OWN_BATCHES)]).mean() for i in classified])
-    steps = ADA_STEPS if steps is None else steps
+    _minimise(lambda: ada_objective(torch.stack([entropy(i, coefficients) for i in classified]), own, coefficients,
+                                    anchor), coefficients, ADA_STEPS if steps is None else steps)
+    learned = coefficients.detach().cpu()
+    return {key: [learned[i, layer_of[key]] for i in range(len(runs))] for key in init}
+
+
+def _classified(runs: list[Run]) -> list[int]:
+    """The runs whose task has a predictive entropy (classification); one forward serves them all."""
+    classified = [i for i, run in enumerate(runs) if not get_task(run.head_task).is_regression]
+    if not classified:
+        raise FusekitError("AdaMerging needs a classification task: it minimises the entropy of predictions")
+    if len({runs[i].head.spec.pair_encoding for i in classified}) > 1:
+        raise FusekitError("AdaMerging shares one forward among the tasks: their pair encodings must agree")
+    return classified
+
+
+def _unlabeled_batches(runs: list[Run], classified: list[int], base, examples: int, seed: int) -> dict:
+    """Each classification run → endless shuffled batches of its held-out training inputs (labels never read)."""
+    loaders = {}
+    for i in classified:
+        inputs = held_out_split(runs[i], examples, seed)
+        unlabeled = Split(inputs.task, inputs.texts, [0] * len(inputs))
+        data = base.encode(unlabeled, runs[i].config.max_length)
+        loaders[i] = ResumableLoader(make_loader(data, ADA_BATCH, True, seed + i)).forever()
+    return loaders
+
+
+def _minimise(objective, coefficients: torch.Tensor, steps: int) -> None:
+    """Adam on the coefficients, `steps` times, the objective shown as it falls."""
+    optimizer = torch.optim.Adam([coefficients], lr=ADA_LR)
     with progress_bar() as bar:
         job = bar.add_task("adamerging", total=steps, status="")
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss = ada_objective(torch.stack([entropy(i, coefficients) for i in classified]), own, coefficients,
-                                 anchor)
+            loss = objective()
             loss.backward()
             optimizer.step()
             bar.update(job, advance=1, status=f"objective {loss.item():.4f}")
-    learned = coefficients.detach().cpu()
-    return {key: [learned[i, layer_of[key]] for i in range(len(runs))] for key in init}
 
 
 COLLECT = {"gram": gram_matrices, "fisher": fisher_diagonals}
