@@ -82,7 +82,7 @@ TASKS: dict[str, TaskSpec] = {
                  ("sentence1", "sentence2"), prompt=_PAIR + "Do both sentences mean the same thing? Answer:",
                  answers=_NO_YES, defaults={"head": {"lr": 1e-3, "head_lr": 5e-3, "pair_encoding": "cross",
                                                      "max_length": 128},
-                                            "text": {"lr": 3e-3, "max_length": 160}}),
+                                            "text": {"lr": 3e-3, "max_length": 160}, "text:l-lora": {"lr": 3e-3}}),
         TaskSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", _BINARY, ("f1", "accuracy"), "qqp",
                  ("question1", "question2"),
                  prompt="Question 1: {0}\nQuestion 2: {1}\nDo both questions ask the same thing? Answer:",
