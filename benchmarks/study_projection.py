@@ -94,7 +94,7 @@ def main() -> None:
     times, sources = stage_times(args.study, stages, args.like)
     print(f"{args.study}: {len(stages)} stages; times: " + ", ".join(f"{n} {k}" for k, n in sources.items()))
     serial = makespan(stages, times, 1)
-    print(f"| workers | wall (h) | speed-up vs 1 worker | efficiency |\n|---|---|---|---|")
+    print("| workers | wall (h) | speed-up vs 1 worker | efficiency |\n|---|---|---|---|")
     for n in map(int, args.workers.split(",")):
         wall = makespan(stages, times, n)
         print(f"| {n} | {wall / 3600:.2f} | {serial / wall:.2f}× | {serial / wall / n:.0%} |")

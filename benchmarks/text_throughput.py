@@ -21,24 +21,11 @@ against the machine's limit.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 
 import torch
-from train_throughput import _clock_class, fusekit_throughput  # this folder's script: the same fusekit run
-
-
-def matmul_peak() -> float:
-    """FLOP/s of a float32 2048² matmul on this machine, best of 5."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best
+from train_throughput import _clock_class, fusekit_throughput, matmul_peak  # this folder's script: the same fusekit run
 
 
 def prompt_ids(base, split, max_length: int) -> list[list[int]]:
