@@ -38,12 +38,12 @@ def stage_times(study: Path, stages: list[Stage], like: list[Path]) -> tuple[dic
         seconds = own if folder == study else measured(folder)
         for stage in planned:
             if stage.name in seconds:
-                by_setting.setdefault(f"{stage.id.folder}/{stage.id.setting}", seconds[stage.name])
+                by_setting.setdefault(stage.id.family, seconds[stage.name])
                 by_kind.setdefault(stage.id.folder, []).append(seconds[stage.name])
     times, sources = {}, {"measured": 0, "its tune's point": 0, "same stage, other seed or study": 0,
                           "mean of its kind": 0}
     for stage in stages:
-        setting, tuned = f"{stage.id.folder}/{stage.id.setting}", _tuned_seconds(study, stage)
+        setting, tuned = stage.id.family, _tuned_seconds(study, stage)
         if stage.name in own:
             times[stage.name], source = own[stage.name], "measured"
         elif tuned is not None:

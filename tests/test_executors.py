@@ -15,7 +15,7 @@ import torch
 from fusekit.artifacts.checkpoint import Checkpoints
 from fusekit.artifacts.layout import CHECKPOINT_GLOB, checkpoint_dir
 from fusekit.errors import FusekitError
-from fusekit.study.executors import RayExecutor, make_executor
+from fusekit.study.executors import RayExecutor, make_executor, memory_requests
 from fusekit.study.plan import plan
 from fusekit.study.recipe import load_study
 from fusekit.study.run import run_stage, run_study
@@ -123,3 +123,17 @@ def test_executor_choices_are_checked():
     with pytest.raises(FusekitError, match="--address names a Ray cluster"):
         make_executor("local", "ray://head:10001", 1, None)
     assert make_executor("ray", None, 2, None) == RayExecutor(None, 2.0, 0.0)
+
+
+def test_a_stage_asks_for_the_memory_its_family_measured(tmp_path, tiny_model, glue_dir):
+    recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", seeds=[0, 1], merge=None, joint=None)
+    stages = plan(load_study(recipe), str(recipe))
+    log = tmp_path / "stages.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"stage": "train/sst2-lora-seed0", "family": "train/sst2-lora", "peak_rss_mb": 100.0},
+        {"stage": "train/mrpc-lora-seed1", "peak_rss_mb": 300.0},  # an older record: no family
+        {"stage": "train/mrpc-lora-seed0", "status": "failed", "error": "x"}]) + "\n")
+    asked = memory_requests(stages, log, available=0.0)
+    mb = {name: value / 2**20 for name, value in asked.items()}
+    assert mb == {"train/sst2-lora-seed0": 125.0, "train/sst2-lora-seed1": 125.0, "train/mrpc-lora-seed1": 375.0}
+    assert memory_requests(stages, log, available=110 * 2**20)["train/sst2-lora-seed1"] == 110 * 2**20

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fusekit.artifacts.layout import STAGES
+from fusekit.artifacts.reading import read_jsonl
 from fusekit.errors import FusekitError
 from fusekit.progress import JsonlLog, console
 from fusekit.study.plan import Stage
@@ -34,14 +36,14 @@ class LocalExecutor:
             console.rule(f"[{number}/{len(stages)}] {stage.name}")
             usage = run_one(stage, out)
             if log:
-                log.write({"stage": stage.name, "kind": stage.kind, **usage})
+                log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, **usage})
 
 
 @dataclass
 class RayExecutor:
-    """Each stage a Ray task asking for `cpus` cores and `gpus` GPUs, submitted once the stages it needs are
-    finished. A stage whose worker dies is retried once and resumes from its checkpoint; a stage that fails fails
-    its dependants only, and the study ends with one line per failed stage."""
+    """Each stage a Ray task asking for `cpus` cores, `gpus` GPUs and the memory its kind measured before, submitted
+    once the stages it needs are finished. A stage whose worker dies is retried once and resumes from its
+    checkpoint; a stage that fails fails its dependants only, and the study ends with one line per failed stage."""
 
     address: str | None = None  # an existing cluster (`ray start --head`), or None: a local one for this run
     cpus: float = 1.0
@@ -65,6 +67,7 @@ class RayExecutor:
     def _schedule(self, ray, stages: list[Stage], out: Path, run_one: StageRunner,
                   log: JsonlLog | None) -> dict[str, str]:
         task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=1)(_in_worker)
+        memory = memory_requests(stages, out / STAGES, ray.cluster_resources().get("memory", 0.0))
         planned = {s.name for s in stages}
         waiting, running, done, failed = list(stages), {}, set(), {}
         while waiting or running:
@@ -76,7 +79,8 @@ class RayExecutor:
                     self._record(log, stage, {"status": "failed", "error": failed[stage.name]})
                 elif all(n in done or n not in planned for n in stage.needs):
                     waiting.remove(stage)
-                    running[task.remote(run_one, stage, out, self.cpus)] = stage
+                    options = {"memory": memory[stage.name]} if stage.name in memory else {}
+                    running[task.options(**options).remote(run_one, stage, out, self.cpus)] = stage
             if not running:
                 if waiting:  # every waiting stage needs one that never runs: a plan cannot do that
                     raise FusekitError(f"{waiting[0].name} waits for stages that never ran")
@@ -100,13 +104,34 @@ class RayExecutor:
     @staticmethod
     def _record(log: JsonlLog | None, stage: Stage, fields: dict) -> None:
         if log:
-            log.write({"stage": stage.name, "kind": stage.kind, **fields})
+            log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, **fields})
 
     @staticmethod
     def _status(waiting, running, done, failed) -> None:
         names = ", ".join(s.name for s in running.values())
         console.print(f"study: {len(waiting)} queued · {len(running)} running{f' ({names})' if names else ''} · "
                       f"{len(done)} done · {len(failed)} failed")
+
+
+MEMORY_MARGIN = 1.25  # over a measured peak: the same stage of another seed need not peak at the same place
+
+
+def memory_requests(stages: list[Stage], log: Path, available: float) -> dict[str, float]:
+    """Bytes of memory each stage asks Ray for, so that no machine takes more stages than fit: its own last
+    measured peak RSS (a rerun), else the largest its family (the same stage of another seed or subset) measured,
+    with a margin and never above what the cluster has; nothing for a family not yet measured."""
+    records = [r for r in (read_jsonl(log, "stage log") if log.is_file() else []) if "peak_rss_mb" in r]
+    peaks = {r["stage"]: r["peak_rss_mb"] * 2**20 for r in records}
+    by_family: dict[str, float] = {}
+    for record in records:
+        if "family" in record:
+            by_family[record["family"]] = max(by_family.get(record["family"], 0.0), record["peak_rss_mb"] * 2**20)
+    requests = {}
+    for stage in stages:
+        peak = peaks.get(stage.name) or by_family.get(stage.id.family)
+        if peak:
+            requests[stage.name] = min(MEMORY_MARGIN * peak, available) if available else MEMORY_MARGIN * peak
+    return requests
 
 
 def _in_worker(run_one: StageRunner, stage: Stage, out: Path, cpus: float) -> dict:

@@ -80,6 +80,11 @@ class StageId:
         """The leaf shared by every seed (and, in scaling, every subset) of this stage: what the report groups."""
         return dataclasses.replace(self, seed=None, tasks=() if self.folder == "scaling" else self.tasks).leaf
 
+    @property
+    def family(self) -> str:
+        """The stage name without seed or subset: stages of one family cost about the same."""
+        return f"{self.folder}/{self.setting}"
+
 
 @dataclass
 class Stage:
