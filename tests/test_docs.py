@@ -12,6 +12,14 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
+ANCHOR = re.compile(r"\]\(([^)#\s]*)#([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
 def test_the_readme_fits_on_a_few_screens():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
 
@@ -23,3 +31,17 @@ def test_every_link_resolves(page):
     missing = [t for t in targets if not (page.parent / t).exists()]
     assert not missing, f"{page.name} links to missing {missing}"
     assert not re.search(r"[Ii]ssue \d+", text)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_section_link_finds_its_heading(page):
+    """A contents entry or `page.md#section` link names a heading that exists on its page."""
+    broken = []
+    for target, anchor in ANCHOR.findall(page.read_text()):
+        linked = page.parent / target if target else page
+        if target.startswith(("http://", "https://")) or not linked.is_file():
+            continue
+        headings = {slug(line.lstrip("#")) for line in linked.read_text().splitlines() if line.startswith("#")}
+        if anchor not in headings:
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{page.name}: no such heading {broken}"
