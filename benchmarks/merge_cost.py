@@ -5,10 +5,11 @@ The adapters are N random LoRA adapters (r = 8, query/value) of the real model, 
 folders and as PEFT folders. Two merges are compared: the exact concatenation (fusekit task arithmetic in ΔW space
 vs peft `combination_type="cat"`) and a rank-8 SVD of the summed ΔW (fusekit `--rank 8` vs peft `"svd"`); then
 fusekit's other ΔW-space methods (TIES, DARE, TSV-M, KnOTS-TIES) against its task arithmetic. Each
-measurement runs in its own process; the time covers loading the N adapters and merging them (the base model
-peft needs is loaded before the clock starts, so peft is not charged for it). Memory is the growth of the
-process's RSS high-water mark during the measurement (the mark is reset when it starts, so imports and the
-preloaded model do not count).
+measurement runs in its own process, the peft comparison at the default torch threads and at one thread
+(`OMP_NUM_THREADS=1`), so that each tool is compared at its best; the time covers loading the N adapters and
+merging them (the base model peft needs is loaded before the clock starts, so peft is not charged for it).
+Memory is the growth of the process's RSS high-water mark during the measurement (the mark is reset when it
+starts, so imports and the preloaded model do not count).
 
     python benchmarks/merge_cost.py
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -101,19 +103,18 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         make_adapters(Path(tmp), max(sizes), args.model)
-        print("| merge | N | fusekit s | peft s | time peft/fusekit | fusekit MB | peft MB | memory peft/fusekit |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| merge | N | threads | fusekit s | peft s | time peft/fusekit | fusekit MB | peft MB | "
+              "memory peft/fusekit |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for combination in ("cat", "svd"):
             for n in sizes:
-                result = {}
-                for tool in ("fusekit", "peft"):
-                    result[tool] = run_measure(tool, combination, tmp, n, args.model)
-                f, p = result["fusekit"], result["peft"]
-                label = "exact concat (cat)" if combination == "cat" else "rank-8 SVD (svd)"
-                fm, pm = f["rss_growth_mb"], p["rss_growth_mb"]
-                print(f"| {label} | {n} | {f['seconds']:.2f} | {p['seconds']:.2f} | "
-                      f"{p['seconds'] / f['seconds']:.1f}x | {fm:.1f} | {pm:.1f} | {pm / max(fm, 0.1):.1f}x |",
-                      flush=True)
+                for threads in ("default", "1"):
+                    f, p = (run_measure(tool, combination, tmp, n, args.model, threads) for tool in ("fusekit", "peft"))
+                    label = "exact concat (cat)" if combination == "cat" else "rank-8 SVD (svd)"
+                    fm, pm = f["rss_growth_mb"], p["rss_growth_mb"]
+                    print(f"| {label} | {n} | {threads} | {f['seconds']:.2f} | {p['seconds']:.2f} | "
+                          f"{p['seconds'] / f['seconds']:.1f}x | {fm:.1f} | {pm:.1f} | {pm / max(fm, 0.1):.1f}x |",
+                          flush=True)
         print("\n| fusekit method (ΔW space) | N | seconds | × task arithmetic | MB |")
         print("|---|---|---|---|---|")
         for n in sizes:
@@ -124,11 +125,16 @@ def main() -> None:
                       f"{m['rss_growth_mb']:.1f} |", flush=True)
 
 
-def run_measure(tool: str, combination: str, folder: str, n: int, model: str | None) -> dict:
-    """One measurement in its own process (imports and caches of one never flatter another)."""
+def run_measure(tool: str, combination: str, folder: str, n: int, model: str | None,
+                threads: str = "default") -> dict:
+    """One measurement in its own process (imports and caches of one never flatter another), at the default
+    torch threads or at `threads`."""
     extra = ["--model", model] if model else []
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if threads != "default":
+        env["OMP_NUM_THREADS"] = threads
     done = subprocess.run([sys.executable, __file__, "--measure", tool, combination, folder, str(n), *extra],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.splitlines()[-1])
 
 

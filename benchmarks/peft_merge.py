@@ -3,7 +3,8 @@ config, random weights), made with plain peft, merged by fusekit (`fusekit merge
 concatenation in ΔW space, written as a PEFT folder) against peft's own `add_weighted_adapter(combination_type=
 "cat")` followed by `save_pretrained` of the merged adapter, in one run.
 
-Each measurement runs in its own process. The time covers reading the N adapters, merging and writing the result;
+Each measurement runs in its own process, at the default torch threads and at one thread (`OMP_NUM_THREADS=1`),
+so that each tool is compared at its best. The time covers reading the N adapters, merging and writing the result;
 peft also needs the base model in memory, which is loaded before its clock starts (fusekit never loads it). Memory
 is the growth of the process's RSS high-water mark during the measurement.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -44,7 +46,7 @@ def measure(tool: str, folder: Path, n: int) -> dict:
     from fusekit.study.resources import measure as usage_of
 
     adapters = [folder / f"a{i}" for i in range(n)]
-    out = folder / f"merged-{tool}"
+    out = folder / f"merged-{tool}-{os.getpid()}"  # one folder per measurement
     if tool == "peft":
         from peft import PeftModel
         from transformers import GPT2LMHeadModel
@@ -77,18 +79,27 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         make_adapters(Path(tmp), args.adapters, args.rank)
-        result = {}
-        for tool in ("fusekit", "peft"):
-            done = subprocess.run([sys.executable, __file__, "--measure", tool, tmp, str(args.adapters)],
-                                  capture_output=True, text=True, check=True)
-            result[tool] = json.loads(done.stdout.splitlines()[-1])
-        f, p = result["fusekit"], result["peft"]
+        result = {(tool, threads): run_measure(tool, tmp, args.adapters, threads)
+                  for threads in ("default", "1") for tool in ("fusekit", "peft")}
+        f = min((result["fusekit", t] for t in ("default", "1")), key=lambda r: r["seconds"])
         print(f"\n{args.adapters} rank-{args.rank} LoRA adapters of GPT-2 small (124M), targets {', '.join(TARGETS)}")
-        print("| merge (exact concatenation) | seconds | vs fusekit | RSS growth MB | vs fusekit |")
-        print("|---|---|---|---|---|")
-        print(f"| fusekit merge (PEFT inputs) | {f['seconds']:.2f} | 1.00x | {f['rss_growth_mb']:.0f} | 1.00x |")
-        print(f"| peft add_weighted_adapter cat + save | {p['seconds']:.2f} | {p['seconds'] / f['seconds']:.2f}x | "
-              f"{p['rss_growth_mb']:.0f} | {p['rss_growth_mb'] / max(f['rss_growth_mb'], 0.1):.2f}x |")
+        print("| merge (exact concatenation) | threads | seconds | vs fusekit's best | RSS growth MB | "
+              "vs fusekit's best |")
+        print("|---|---|---|---|---|---|")
+        for (tool, threads), r in result.items():
+            label = "fusekit merge (PEFT inputs)" if tool == "fusekit" else "peft add_weighted_adapter cat + save"
+            print(f"| {label} | {threads} | {r['seconds']:.2f} | {r['seconds'] / f['seconds']:.2f}x | "
+                  f"{r['rss_growth_mb']:.0f} | {r['rss_growth_mb'] / max(f['rss_growth_mb'], 0.1):.2f}x |")
+
+
+def run_measure(tool: str, folder: str, n: int, threads: str) -> dict:
+    """One measurement in its own process, at the default torch threads or at `threads`."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if threads != "default":
+        env["OMP_NUM_THREADS"] = threads
+    done = subprocess.run([sys.executable, __file__, "--measure", tool, folder, str(n)], capture_output=True,
+                          text=True, check=True, env=env)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 if __name__ == "__main__":
