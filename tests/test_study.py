@@ -112,6 +112,7 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_model, glue_dir, monkeypa
     report = write_report(out).read_text()
     assert "| lora |" in report and "lora-delta-w-task-arithmetic" in report and "lora-uniform" in report
     assert "## Which selection criterion chooses best" in report and "| worst |" in report  # searches halve
+    assert "Finished: 5 of 5 planned stages (train 2/2, merge 2/2, joint 1/1)." in report
     assert f"{merged['average_normalized']['normalized']:.3f}" in report
     own = {t: json.loads((out / f"train/{t}-lora/eval.json").read_text())[t]["score"] for t in ("sst2", "mrpc")}
     joint_average = (joint["sst2"]["score"] / own["sst2"] + joint["mrpc"]["score"] / own["mrpc"]) / 2

@@ -388,13 +388,28 @@ def write_report(study: Path) -> Path:
     found = Found(study, figures, tasks, multitask_rows(study, "merge"), multitask_rows(study, "joint"))
     explained = ("Over several seeds: mean ± half-width of the 95% Student-t confidence interval." if tasks else
                  "No adapter has finished training yet: the study is in progress (`fusekit run` resumes it).")
-    parts = [f"# fusekit report: {study.name}", "", "## Individually finetuned adapters (GLUE validation)", "",
-             explained, "", *([individual, ""] if tasks else [])]
+    parts = [f"# fusekit report: {study.name}", "", progress_line(study), "",
+             "## Individually finetuned adapters (GLUE validation)", "", explained, "", *([individual, ""] if tasks
+                                                                                        else [])]
     for section in SECTIONS:
         parts += section(found)
     path = study / REPORT
     atomic_write_text(path, "\n".join(parts))
     return path
+
+
+def progress_line(study: Path) -> str:
+    """How much of the recipe's plan has finished, per kind of stage: a reader of an unfinished study's report
+    knows what its tables rest on."""
+    from fusekit.study.run import is_done
+
+    counts: dict[str, list[int]] = {}
+    for stage in recorded_plan(study):
+        done, planned = counts.setdefault(stage.id.folder, [0, 0])
+        counts[stage.id.folder] = [done + is_done(stage, study), planned + 1]
+    finished, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+    kinds = ", ".join(f"{kind} {done}/{planned}" for kind, (done, planned) in counts.items())
+    return f"{'Finished' if finished == total else 'In progress'}: {finished} of {total} planned stages ({kinds})."
 
 
 @dataclass
