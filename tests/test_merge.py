@@ -231,7 +231,8 @@ def test_selection_criteria_by_hand():
     import numpy as np
 
     from fusekit.data.tasks import get_task
-    from fusekit.merging.criteria import chance_score, criterion_values
+    from fusekit.evaluation.metrics import chance_score
+    from fusekit.merging.criteria import criterion_values
 
     merged, own, chance = [0.80, 0.05, 0.40], [0.90, 0.20, 0.50], [0.50, 0.0, 0.45]
     values = criterion_values(merged, own, chance)

@@ -41,6 +41,9 @@ def test_tune_picks_the_best_held_out_point_and_never_reads_dev(tiny_config, tmp
         recorded = json.loads((folder / "eval.json").read_text())["sst2"]
         assert recorded["score"] == row["score"] and recorded["examples"] == 32
     assert json.loads((tmp_path / "tune" / "tune.json").read_text())["chosen"] == result["chosen"]
+    labels = load_split(get_task("sst2"), "train", cfg.data).held_out(64, cfg.seed).capped(32, cfg.seed).labels
+    majority = max(labels.count(0), labels.count(1)) / len(labels)  # accuracy of one constant answer, by hand
+    assert result["chance"] == pytest.approx(majority) and result["learned"] == (best["score"] > majority)
     with pytest.raises(FusekitError, match=r"lr=1e-06-epochs=8 was trained with different max_train than this tune"):
         tune(replace(cfg, max_train=48), {"lr": [1e-6, 2e-2], "epochs": [8]}, tmp_path / "tune", 32)
 
@@ -117,6 +120,12 @@ def test_study_tunes_before_it_trains_and_writes_the_tuned_recipe(tmp_path, tiny
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(FusekitError, match=r"sst2-lora was tuned on another grid or held-out size than the recipe"):
         run_study(path)
+    recipe["tune"]["grid"]["lr"] = [1e-6, 2e-2]
+    recipe["task_settings"]["sst2"] = {"max_train": 48}  # the grid's points would now train on fewer examples
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusekitError, match=r"lr=1e-06 was trained with different max_train than this tune asks"):
+        run_study(path)
+    assert "Chance (one constant answer) on these examples:" in report
 
 
 def test_task_grids_add_keys_for_a_task_or_one_variant_of_it(tmp_path):
@@ -155,3 +164,12 @@ def test_a_stage_is_not_trained_before_its_tune_has_chosen(tmp_path, tiny_model,
     run_study(path, only="train/")
     chosen = json.loads((tmp_path / "study/tune/sst2-lora/tune.json").read_text())["chosen"]
     assert yaml.safe_load((tmp_path / "study/train/sst2-lora/config.yaml").read_text())["lr"] == chosen["lr"]
+
+
+def test_a_tune_whose_every_point_is_at_chance_says_so(tiny_config, tmp_path, monkeypatch, capsys):
+    from fusekit.training import tune as tune_module
+
+    monkeypatch.setattr(tune_module, "held_out_chance", lambda cfg: 1.0)  # no point can beat a perfect constant
+    result = tune(replace(tiny_config, task="sst2", max_train=64), {"lr": [1e-6]}, tmp_path / "tune", 32)
+    assert result["learned"] is False
+    assert "warning: no grid point of sst2 beat answering the majority class" in capsys.readouterr().err

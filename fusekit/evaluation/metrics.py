@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -97,3 +98,13 @@ def format_ci(values: Sequence[float]) -> str:
     """`0.869 ± 0.012` over several values, `0.869` for one."""
     mean, half = mean_ci(values)
     return f"{mean:.3f}" if half is None else f"{mean:.3f} ± {half:.3f}"
+
+
+def chance_score(task: TaskSpec, labels: np.ndarray) -> float:
+    """The task's score of one constant answer: the majority label (classification) or the mean (regression:
+    a constant correlates with nothing, 0)."""
+    if task.is_regression:
+        guess = np.full(len(labels), float(np.mean(labels)))
+    else:
+        guess = np.full(len(labels), Counter(labels.tolist()).most_common(1)[0][0])
+    return compute_metrics(task, labels, guess)["score"]

@@ -9,7 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fusekit.config import AT_LEAST_ONE, NON_NEGATIVE, SEED, Allowed, registry, setting, short
+from fusekit.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    SEED,
+    Allowed,
+    registry,
+    setting,
+    short,
+)
 from fusekit.errors import FusekitError
 from fusekit.merging.params import DENSITY, DROP_RATE, LAMBDA, REGMEAN_ALPHA, Param
 

@@ -15,25 +15,13 @@ no task (every own score ≤ chance) falls back to the raw mean.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-from fusekit.data.tasks import TaskSpec
-from fusekit.evaluation.metrics import compute_metrics, mean_defined, normalized_score
+from fusekit.evaluation.metrics import mean_defined, normalized_score
 
 CRITERIA = ("normalized", "above-chance", "raw", "worst")
-
-
-def chance_score(task: TaskSpec, labels: np.ndarray) -> float:
-    """The task's score of one constant answer: the majority label (classification) or the mean (regression:
-    a constant correlates with nothing, 0)."""
-    if task.is_regression:
-        guess = np.full(len(labels), float(np.mean(labels)))
-    else:
-        guess = np.full(len(labels), Counter(labels.tolist()).most_common(1)[0][0])
-    return compute_metrics(task, labels, guess)["score"]
 
 
 def criterion_values(scores: Sequence[float], own: Sequence[float], chance: Sequence[float]) -> dict[str, float]:

@@ -18,8 +18,14 @@ from fusekit.artifacts.run_folder import Run
 from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
 from fusekit.evaluation.eval import TaskScorer
-from fusekit.evaluation.metrics import bootstrap_standard_error, compute_metrics, normalized_score, predictions
-from fusekit.merging.criteria import chance_score, criterion_values
+from fusekit.evaluation.metrics import (
+    bootstrap_standard_error,
+    chance_score,
+    compute_metrics,
+    normalized_score,
+    predictions,
+)
+from fusekit.merging.criteria import criterion_values
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge_vectors
 from fusekit.progress import console, progress_bar

@@ -29,7 +29,6 @@ from fusekit.models.base import fingerprint
 from fusekit.progress import tracked
 
 
-
 @dataclass
 class MergeReport:
     """What a merge did beyond its inputs: the rank written and, for SVD truncation, the error it made."""

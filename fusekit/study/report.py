@@ -543,8 +543,11 @@ def tune_section(found: Found) -> list[str]:
             cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
             cells += [f"{row['score']:.4f}", f"{row['seconds']:.0f}" if row.get("seconds") is not None else "–"]
             rows.append([f"**{c}**" for c in cells] if chosen else cells)
+        chance = table.get("chance")
+        verdict = ([] if chance is None else [f"Chance (one constant answer) on these examples: {chance:.4f}." + (
+            "" if table.get("learned", True) else " ⚠ No grid point beat it: the choice is a tie of no skill.")])
         tables += [f"### {stage_id.leaf} ({table['held_out_examples']} held-out training examples)", "",
-                   _table([*keys, "held-out score", "train (s)"], rows), ""]
+                   _table([*keys, "held-out score", "train (s)"], rows), "", *verdict, *([""] if verdict else [])]
     if not tables:
         return []
     return ["## Settings chosen on held-out training data (`fusekit tune`)", "",

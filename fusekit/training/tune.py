@@ -15,13 +15,18 @@ import itertools
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
+
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.layout import CONFIG, EVAL, MARKER, METRICS, TUNE
 from fusekit.artifacts.output import claim_output, mark
 from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
 from fusekit.config import TrainConfig, from_mapping
+from fusekit.data.loading import load_split
+from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.models.defaults import changed_settings
+from fusekit.evaluation.metrics import chance_score
+from fusekit.models.defaults import changed_settings, resolve_defaults
 from fusekit.progress import console
 
 
@@ -95,11 +100,26 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
                 raise FusekitError(f"{folder / EVAL} has no score of {run_cfg.task}: delete {folder} to rerun it")
             rows.append({**point, "score": scores["score"], "held_out": scores, "seconds": _train_seconds(folder)})
         best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
+        chance = held_out_chance(configs[best])
         result = {"task": cfg.task, "adapter": cfg.adapter, "grid": grid, "held_out_examples": held_out_examples,
-                  "rows": rows, "chosen": points[best]}
+                  "rows": rows, "chosen": points[best], "chance": chance, "learned": rows[best]["score"] > chance}
         atomic_write_json(out / TUNE, result)
     console.print(f"tune {cfg.task}: chose {point_name(points[best])} (held-out score {rows[best]['score']:.4f})")
+    if not result["learned"]:
+        console.print(f"warning: no grid point of {cfg.task} beat answering the majority class on the held-out "
+                      f"examples (best {rows[best]['score']:.4f}, chance {chance:.4f}): the choice is a tie of no "
+                      "skill; give the task more training steps or widen the grid")
     return result
+
+
+def held_out_chance(cfg: TrainConfig) -> float:
+    """The score of one constant answer (the majority label; a regression's mean) on the examples a grid point is
+    scored on: what a point must beat to have learned anything."""
+    from fusekit.training.train import evaluation_split
+
+    task, resolved = get_task(cfg.task), resolve_defaults(cfg).config
+    held = evaluation_split(resolved, load_split(task, "train", resolved.data))
+    return chance_score(task, np.asarray(held.labels))
 
 
 def check_point_unchanged(folder: Path, cfg: TrainConfig) -> None:

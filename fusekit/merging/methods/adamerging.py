@@ -19,7 +19,6 @@ import torch
 
 from fusekit.merging.methods.base import MergeMethod
 
-
 ANCHOR = 1.0  # of the normalized variant's penalty; set by reasoning on the scales (entropy ratios ~1 per task,
 # coefficients ~0.1–0.5 off their start), not chosen on any score
 
