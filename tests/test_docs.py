@@ -45,3 +45,21 @@ def test_every_section_link_finds_its_heading(page):
         if anchor not in headings:
             broken.append(f"{target}#{anchor}")
     assert not broken, f"{page.name}: no such heading {broken}"
+
+
+PUBLISHED = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/recipe.yaml"))
+
+
+@pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: p.name)
+def test_published_scores_are_stages_of_the_published_recipe(folder):
+    """What `fusekit report --publish` kept outlives the run folders: every scored stage is one its recipe plans,
+    and the report beside it is the study's."""
+    import json
+
+    from fusekit.study.plan import plan
+    from fusekit.study.recipe import load_study
+
+    planned = {stage.name for stage in plan(load_study(folder / "recipe.yaml"), str(folder))}
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores and set(scores) <= planned, sorted(set(scores) - planned)
+    assert (folder / "report.md").read_text().startswith("# fusekit report: ")

@@ -73,7 +73,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("cola", "CoLA", (3,), 1, _BINARY, ("matthews_correlation",), "cola", ("sentence",),
                  has_header=False, prompt="Sentence: {0}\nIs this sentence grammatically acceptable? Answer:",
                  answers=_NO_YES, defaults={"head": {"lr": 5e-4, "head_lr": 2e-2, "max_length": 64},
-                                            "text": {"lr": 3e-3, "max_length": 64}, "text:l-lora": {"lr": 3e-3}}),
+                                            "text": {"lr": 3e-3, "max_length": 64}}),
         TaskSpec("sst2", "SST-2", ("sentence",), "label", _BINARY, ("accuracy",), "sst2", ("sentence",),
                  prompt="Review: {0}\nSentiment:", answers=(" negative", " positive"),
                  defaults={"head": {"lr": 1e-3, "head_lr": 5e-3, "max_length": 64},
