@@ -92,7 +92,7 @@ TASKS: dict[str, TaskSpec] = {
                  prompt=_PAIR + "How similar are the two sentences, from 0 (unrelated) to 5 (same meaning)? Answer:",
                  answers=(" 0", " 1", " 2", " 3", " 4", " 5"),
                  defaults={"head": {"lr": 5e-4, "head_lr": 2e-2, "pair_encoding": "bi", "max_length": 160},
-                           "text": {"lr": 3e-3, "max_length": 160}}),
+                           "text": {"lr": 3e-3, "max_length": 160}, "text:l-lora": {"lr": 3e-3}}),
         TaskSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", _MNLI, ("accuracy",), "mnli",
                  ("premise", "hypothesis"), files=(_MNLI_TRAIN, ("validation", "dev_matched.tsv")),
                  head_family="mnli", prompt=_NLI, answers=(" yes", " maybe", " no")),
