@@ -193,4 +193,4 @@ def test_l_lora_takes_its_own_step_size_not_the_task_s_lora_one(tiny_model, tiny
         sst2 = resolve_defaults(TrainConfig(task="sst2", adapter="l-lora", model=str(model))).config
         assert sst2.max_length == TASKS["sst2"].defaults[family]["max_length"]  # the task's other defaults apply
         assert sst2.lr == TASKS["sst2"].defaults.get(f"{family}:l-lora", {}).get("lr", ADAPTER_STEP[(family, "l-lora")])
-    assert "l-lora 0.005" in default_help("lr") and "l-lora 0.01" in default_help("lr")
+    assert "l-lora 0.005" in default_help("lr") and "l-lora 0.003" in default_help("lr")
