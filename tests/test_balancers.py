@@ -68,29 +68,37 @@ def test_coba_schedule_scales_with_the_run(capsys):
     assert coba_schedule(300, interval=1, warmup=0, window=7) == (1, 0, 7)
     CoBa.for_run(2, JointConfig(), RunFacts(300, []))
     assert capsys.readouterr().err == ""
-    CoBa.for_run(2, JointConfig(coba_interval=1, coba_warmup=10, coba_window=30), RunFacts(50, []))  # 40 slopes: fewer than two windows of points
+    short = JointConfig(coba_interval=1, coba_warmup=10, coba_window=30)
+    CoBa.for_run(2, short, RunFacts(50, []))  # 40 slopes: fewer than two windows of points
     assert "warning: CoBa fits 40 slopes" in capsys.readouterr().err
 
 
-def synthetic_coba(estimate: str, rise_at: int | None = None, steps: int = 300, slope_floor: float = 0.0) -> np.ndarray:
+def synthetic_coba(estimate: str, rise_at: int | None = None, steps: int = 300,
+                   slope_floor: float = 0.0) -> np.ndarray:
     """CoBa's weights (steps × 2) when task 0 converges fast and task 1 slowly (exponential decay of 2,000 examples'
     losses), each validation scored on a fixed 200-example sample or on a fresh 8-example mini-batch; from
     `rise_at` on, task 1 overfits (its loss rises linearly)."""
     generator = torch.Generator().manual_seed(0)
     spread = torch.rand(2, 2000, generator=generator) * 2
     rates = torch.tensor([[0.01], [0.002]])
-    coba, weights = CoBa(2, interval=1, warmup=30, window=60, slope_floor=slope_floor), []
-    for step in range(steps + 1):
+
+    def losses(step: int) -> torch.Tensor:
         true = spread * torch.exp(-rates * step)
         if rise_at is not None and step > rise_at:
             true[1] = spread[1] * math.exp(-0.002 * rise_at) * (1 + 0.004 * (step - rise_at))
         picked = torch.arange(200) if estimate == "fixed" else torch.randint(2000, (8,), generator=generator)
-        losses = true[:, picked].mean(dim=1)
-        if step == 0:
-            coba.start(losses)
-        else:
-            coba.observe(step, losses)
-            weights.append(coba.weights.clone())
+        return true[:, picked].mean(dim=1)
+
+    return coba_run(CoBa(2, interval=1, warmup=30, window=60, slope_floor=slope_floor), losses, steps)
+
+
+def coba_run(coba: CoBa, losses, steps: int) -> np.ndarray:
+    """CoBa's weights after each of `steps` validations, the first of `losses(0)` its start."""
+    coba.start(losses(0))
+    weights = []
+    for step in range(1, steps + 1):
+        coba.observe(step, losses(step))
+        weights.append(coba.weights.clone())
     return torch.stack(weights).numpy()
 
 
@@ -111,15 +119,10 @@ def plateau_coba(floor: float, steps: int = 400) -> np.ndarray:
     validation with 0.2% jitter (a fixed sample's loss still moves a little as the model does)."""
     generator = torch.Generator().manual_seed(0)
     rates = torch.tensor([0.05, 0.03, 0.02])
-    coba, weights = CoBa(3, interval=1, warmup=40, window=80, slope_floor=floor), []
-    for step in range(steps + 1):
-        losses = (0.2 + 0.8 * torch.exp(-rates * step)) * (1 + 0.002 * torch.randn(3, generator=generator))
-        if step == 0:
-            coba.start(losses)
-        else:
-            coba.observe(step, losses)
-            weights.append(coba.weights.clone())
-    return torch.stack(weights).numpy()
+    def losses(step: int) -> torch.Tensor:
+        return (0.2 + 0.8 * torch.exp(-rates * step)) * (1 + 0.002 * torch.randn(3, generator=generator))
+
+    return coba_run(CoBa(3, interval=1, warmup=40, window=80, slope_floor=floor), losses, steps)
 
 
 def test_a_slope_floor_keeps_a_plateau_from_swinging_the_weights_and_leaves_convergence_alone():
