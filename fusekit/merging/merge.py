@@ -34,7 +34,8 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
     plain = [is_peft_folder(Path(f)) or not Path(f).exists() for f in inputs]
     if any(plain):
         if not all(plain):
-            kinds = ", ".join(f"{f} ({'PEFT adapter or Hub id' if p else 'fusekit run'})" for f, p in zip(inputs, plain))
+            kinds = ", ".join(f"{f} ({'PEFT adapter or Hub id' if p else 'fusekit run'})"
+                              for f, p in zip(inputs, plain))
             raise FusekitError(f"a mix of fusekit runs and other PEFT adapters: {kinds}; merge one kind at a time")
         return _merge_peft(config, method, inputs, out, overwrite)
     runs = [load_run(folder) for folder in inputs]

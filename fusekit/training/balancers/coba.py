@@ -31,10 +31,10 @@ uniform` multiplies it by K, the scale of uniform weighting's Σ L_i, so that on
 step for both (fusekit's earlier variant; the README's CoBa runs used both earlier variants). The warm-up:
 uniform weights while the optimizer step is ≤ `warmup`; points are recorded from the first validation, so the
 first fit after the warm-up has a full window only when warmup ≥ window × interval (at the defaults, a 10%
-warm-up and a window of a fifth of 100 validations, it has 11 of its 20 points). Other choices, where the public code differs: the slope
-histories are Python lists indexed by position (the code sliced them with a step count); no point is dropped
-before a fit, so x and y stay aligned (the code dropped zero entries from y alone); DF is clamped to at most 1,
-as the formula says. The x of a fit is the optimizer step of each point.
+warm-up and a window of a fifth of 100 validations, it has 11 of its 20 points). Other choices, where the public
+code differs: the slope histories are Python lists indexed by position (the code sliced them with a step count);
+no point is dropped before a fit, so x and y stay aligned (the code dropped zero entries from y alone); DF is
+clamped to at most 1, as the formula says. The x of a fit is the optimizer step of each point.
 """
 
 from __future__ import annotations
