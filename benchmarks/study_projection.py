@@ -19,7 +19,7 @@ from pathlib import Path
 from statistics import mean
 
 from fusekit.artifacts.layout import STAGES, TUNE
-from fusekit.study.plan import Stage, recorded_plan
+from fusekit.study.plan import Stage, StageId, recorded_plan
 
 
 def measured(study: Path) -> dict[str, float]:
@@ -61,7 +61,7 @@ def _tuned_seconds(study: Path, stage: Stage) -> float | None:
     """A training stage's time as its tune measured it: the chosen grid point's training seconds."""
     if stage.kind != "train":
         return None
-    path = study / "tune" / f"{stage.id.task}-{stage.id.variant}" / TUNE
+    path = study / StageId("tune", stage.id.task, stage.id.variant).name / TUNE
     if not path.is_file():
         return None
     table = json.loads(path.read_text())

@@ -85,6 +85,13 @@ class HeldOut:
         self.runs, self.scorers, self.bar, self.job = runs, held_out_scorers(runs, examples, device, seed), bar, job
         self.own_preds, self.own, self.labels = self.outputs([run.vector for run in runs])
         self.chance = [chance_score(scorer.task, y) for scorer, y in zip(self.scorers, self.labels)]
+        # the even- and the odd-numbered examples (none when too few to halve: a correlation needs two a half), with
+        # each task's own and chance scores on them, the same at every grid point
+        self.half_indices = [] if min(len(y) for y in self.labels) < 4 else [slice(0, None, 2), slice(1, None, 2)]
+        self.half_own = [[compute_metrics(s.task, y[h], o[h])["score"]
+                          for s, y, o in zip(self.scorers, self.labels, self.own_preds)] for h in self.half_indices]
+        self.half_chance = [[chance_score(s.task, y[h]) for s, y in zip(self.scorers, self.labels)]
+                            for h in self.half_indices]
 
     def outputs(self, vectors: list) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
         """Each task's predictions, score and labels under its vector."""
@@ -109,14 +116,9 @@ class HeldOut:
         """Every criterion and each task's normalized score on the even-numbered and on the odd-numbered examples:
         what `fusekit report` cross-fits the choice of a criterion on (choose on one half, score on the other)."""
         found = []
-        if min(len(y) for y in self.labels) < 4:  # too few to halve (a correlation needs two points a half)
-            return found
-        for start in (0, 1):
-            tasks = [(s.task, y[start::2], p[start::2], o[start::2])
-                     for s, y, p, o in zip(self.scorers, self.labels, preds, self.own_preds)]
-            scores = [compute_metrics(t, y, p)["score"] for t, y, p, _ in tasks]
-            own = [compute_metrics(t, y, o)["score"] for t, y, _, o in tasks]
-            chance = [chance_score(t, y) for t, y, _, _ in tasks]
+        for half, own, chance in zip(self.half_indices, self.half_own, self.half_chance):
+            scores = [compute_metrics(s.task, y[half], p[half])["score"]
+                      for s, y, p in zip(self.scorers, self.labels, preds)]
             found.append({"criteria": criterion_values(scores, own, chance),
                           "normalized": {run.head_task: normalized_score(s, o)
                                          for run, s, o in zip(self.runs, scores, own)}})

@@ -27,6 +27,12 @@ class Executor(Protocol):
         """Run `stages` (each with `run_one`), writing one record per finished or failed stage to `log`."""
 
 
+def record(log: JsonlLog | None, stage: Stage, fields: dict) -> None:
+    """One `stages.jsonl` line: the stage, its family (what a later stage's memory request reads) and `fields`."""
+    if log:
+        log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, **fields})
+
+
 class LocalExecutor:
     """The stages in plan order, in this process (and its data-parallel peers under torchrun); the first error
     stops the study."""
@@ -34,9 +40,7 @@ class LocalExecutor:
     def run(self, stages: list[Stage], out: Path, run_one: StageRunner, log: JsonlLog | None) -> None:
         for number, stage in enumerate(stages, 1):
             console.rule(f"[{number}/{len(stages)}] {stage.name}")
-            usage = run_one(stage, out)
-            if log:
-                log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, **usage})
+            record(log, stage, run_one(stage, out))
 
 
 @dataclass
@@ -76,7 +80,7 @@ class RayExecutor:
                 if broken:
                     waiting.remove(stage)
                     failed[stage.name] = f"needs {broken}, which failed"
-                    self._record(log, stage, {"status": "failed", "error": failed[stage.name]})
+                    record(log, stage, {"status": "failed", "error": failed[stage.name]})
                 elif all(n in done or n not in planned for n in stage.needs):
                     waiting.remove(stage)
                     options = {"memory": memory[stage.name]} if stage.name in memory else {}
@@ -92,19 +96,14 @@ class RayExecutor:
                 usage = ray.get(ready)
             except Exception as error:  # the stage's own error, re-raised by Ray: recorded, the study goes on
                 failed[stage.name] = _one_line(error)
-                self._record(log, stage, {"status": "failed", "error": failed[stage.name]})
+                record(log, stage, {"status": "failed", "error": failed[stage.name]})
                 console.print(f"[red]failed[/red] {stage.name}: {failed[stage.name]}")
             else:
                 done.add(stage.name)
-                self._record(log, stage, usage)
+                record(log, stage, usage)
                 console.print(f"done {stage.name} ({usage['seconds'] / 60:.1f} min)")
         self._status(waiting, running, done, failed)
         return failed
-
-    @staticmethod
-    def _record(log: JsonlLog | None, stage: Stage, fields: dict) -> None:
-        if log:
-            log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, **fields})
 
     @staticmethod
     def _status(waiting, running, done, failed) -> None:

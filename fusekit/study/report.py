@@ -7,6 +7,7 @@ report can be rendered at any time, even of an unfinished study.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
 from fusekit.merging.criteria import CRITERIA, cross_fitted
 from fusekit.merging.params import PARAMETERS
-from fusekit.study.plan import StageId, recorded_plan, recorded_study
+from fusekit.study.plan import Stage, StageId, recorded_plan, recorded_study
 from fusekit.study.plots import (
     coefficients_figure,
     disentanglement_figure,
@@ -50,6 +51,7 @@ from fusekit.study.plots import (
     save,
     similarity_figure,
 )
+from fusekit.study.run import is_done
 
 
 def _json(path: Path) -> dict:
@@ -61,10 +63,23 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def planned_stages(study: Path) -> tuple[Stage, ...]:
+    """The stages the study's recorded recipe plans, planned once per version of that file for all the sections
+    of a report (the report reads their identities and kinds, never their settings)."""
+    recipe = study / STUDY_RECIPE
+    status = recipe.stat() if recipe.is_file() else None
+    return _planned(study.resolve(), status and (status.st_mtime_ns, status.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _planned(study: Path, version: tuple[int, int] | None) -> tuple[Stage, ...]:
+    return tuple(recorded_plan(study))
+
+
 def stage_ids(study: Path, folder: str) -> list[StageId]:
     """The planned stages of one folder kind (train, merge, …) that have a folder: identities from the plan of the
     recorded recipe, never parsed from a name."""
-    return [s.id for s in recorded_plan(study) if s.id.folder == folder and (study / s.name).is_dir()]
+    return [s.id for s in planned_stages(study) if s.id.folder == folder and (study / s.name).is_dir()]
 
 
 def _runs(study: Path) -> dict[StageId, dict]:
@@ -401,10 +416,8 @@ def write_report(study: Path) -> Path:
 def progress_line(study: Path) -> str:
     """How much of the recipe's plan has finished, per kind of stage: a reader of an unfinished study's report
     knows what its tables rest on."""
-    from fusekit.study.run import is_done
-
     counts: dict[str, list[int]] = {}
-    for stage in recorded_plan(study):
+    for stage in planned_stages(study):
         done, planned = counts.setdefault(stage.id.folder, [0, 0])
         counts[stage.id.folder] = [done + is_done(stage, study), planned + 1]
     finished, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
