@@ -133,10 +133,11 @@ def learn_coefficients(runs: list[Run], examples: int, device: torch.device, see
         return -(probabilities * probabilities.clamp(min=1e-12).log()).sum(dim=-1).mean()
 
     own = None
-    if normalized:  # each task's own adapter alone: λ_i = 1 on its own vector, 0 on the others
+    if normalized:  # each task's own adapter alone: λ = 1 on its own vector and 0 on the others, in every layer
+        alone = torch.eye(len(runs), device=device)[:, :, None].expand(-1, -1, len(layers))
         with torch.no_grad():
-            own = torch.stack([torch.stack([entropy(i, torch.eye(len(runs), device=device)[i][:, None].expand(
-                -1, len(layers))) for _ in range(OWN_BATCHES)]).mean() for i in classified])
+            own = torch.stack([torch.stack([entropy(i, alone[i]) for _ in range(OWN_BATCHES)]).mean()
+                               for i in classified])
     _minimise(lambda: ada_objective(torch.stack([entropy(i, coefficients) for i in classified]), own, coefficients,
                                     anchor), coefficients, ADA_STEPS if steps is None else steps)
     learned = coefficients.detach().cpu()
