@@ -1,6 +1,9 @@
+import random
+
 import pytest
 
-from fusekit.data.loading import EncodedSplit, load_split
+from fusekit.data.loading import EncodedSplit, Split, load_split
+from fusekit.data.phrases import unseen_sentences, whole_sentences
 from fusekit.data.tasks import TASKS, get_task, parse_tasks
 from fusekit.errors import FusekitError
 
@@ -105,3 +108,21 @@ def test_unknown_task():
     with pytest.raises(FusekitError, match="unknown task 'sst3': expected one of cola, sst2"):
         get_task("sst3")
     assert [t.name for t in parse_tasks("SST-2, rte,STS-B,rte")] == ["sst2", "rte", "stsb"]
+
+
+def test_phrase_tree_tasks_hold_out_whole_sentences_no_trained_phrase_is_part_of():
+    """SST-2 trains on phrases of parsed sentences: a held-out example is a whole sentence (no word span of another
+    phrase) none of whose word spans was trained on, each sentence once."""
+    phrases = ["a charming film", "charming film", "charming", "a dull plot", "dull plot", "dull", "an odd tale",
+               "odd", "a dull plot", "plot twists", "film"]
+    assert whole_sentences(tuple(phrases)) == {"a charming film", "a dull plot", "an odd tale", "plot twists"}
+    assert unseen_sentences(phrases, {2}) == [3, 6, 9]  # "charming" was trained: its sentence is not held out
+    assert unseen_sentences(phrases, {2, 7}) == [3, 9]  # "odd" too
+    assert unseen_sentences(phrases, {3}) == [0, 6, 9]  # the trained sentence's duplicate is not held out either
+    assert unseen_sentences(phrases, {10}) == [3, 6, 9]  # "film" alone is a word span of "a charming film"
+    split = Split(get_task("sst2"), [(p,) for p in phrases], [1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 1])
+    held = split.held_out(9, 0)  # 9 random phrases trained: the two left out decide what remains
+    trained = set(random.Random(0).sample(range(11), 9))  # the indices `capped(9, 0)` trains on
+    assert [t[0] for t in held.texts] == [phrases[i] for i in unseen_sentences(phrases, trained)]
+    rte = Split(get_task("rte"), [(p, p) for p in phrases], [0] * 11)
+    assert len(rte.held_out(9, 0)) == 2  # other tasks: every example the subset left out

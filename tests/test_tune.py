@@ -28,7 +28,7 @@ def dev_forbidden(monkeypatch):
     monkeypatch.setattr(loading, "_read_tsv", read)
 
 
-def test_tune_picks_the_best_held_out_point_and_never_reads_dev(tiny_config, tmp_path, dev_forbidden):
+def test_tune_picks_the_best_held_out_point_and_never_reads_dev(tiny_config, tmp_path, dev_forbidden, monkeypatch):
     cfg = replace(tiny_config, task="sst2", max_train=64)
     result = tune(cfg, {"lr": [1e-6, 2e-2], "epochs": [8]}, tmp_path / "tune", held_out_examples=32)
     rows = result["rows"]
@@ -46,6 +46,12 @@ def test_tune_picks_the_best_held_out_point_and_never_reads_dev(tiny_config, tmp
     assert result["chance"] == pytest.approx(majority) and result["learned"] == (best["score"] > majority)
     with pytest.raises(FusekitError, match=r"lr=1e-06-epochs=8 was trained with different max_train than this tune"):
         tune(replace(cfg, max_train=48), {"lr": [1e-6, 2e-2], "epochs": [8]}, tmp_path / "tune", 32)
+    assert tune(cfg, {"lr": [1e-6, 2e-2], "epochs": [8]}, tmp_path / "tune", 32)["rows"] == rows  # reused as is
+    held_out = loading.Split.held_out  # a new rule for which examples are held out: the old scores do not count
+    with monkeypatch.context() as patch:
+        patch.setattr(loading.Split, "held_out", lambda self, used, seed: held_out(self, used, seed).subset([0, 1]))
+        with pytest.raises(FusekitError, match=r"lr=1e-06-epochs=8/eval\.json was scored on other held-out examples"):
+            tune(cfg, {"lr": [1e-6, 2e-2], "epochs": [8]}, tmp_path / "tune", 32)
 
 
 def test_held_out_examples_are_outside_the_training_subset(glue_dir):

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fusekit.data.batching import LengthGroupedBatches
+from fusekit.data.phrases import unseen_sentences
 from fusekit.data.tasks import DEFAULT_HUB_DATASET, HUB_SPLITS, TaskSpec
 from fusekit.errors import FusekitError
 
@@ -49,10 +50,14 @@ class Split:
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), limit)))
 
     def held_out(self, used: int | None, seed: int) -> Split:
-        """The examples that `capped(used, seed)` left out: training data a run never saw (may be empty)."""
+        """The examples that `capped(used, seed)` left out: training data a run never saw (may be empty). For a
+        task whose training split is phrases of parsed sentences, the whole sentences none of whose phrases was
+        trained on (fusekit.data.phrases)."""
         if used is None or used >= len(self):
             return self.subset([])
         taken = set(random.Random(seed).sample(range(len(self)), used))
+        if self.task.phrase_tree:
+            return self.subset(unseen_sentences([texts[0] for texts in self.texts], taken))
         return self.subset([i for i in range(len(self)) if i not in taken])
 
 

@@ -33,6 +33,7 @@ class TaskSpec:
     head_family: str = ""  # tasks with one family share a head (MNLI matched / mismatched)
     prompt: str = ""  # text objective: the template, {0} and {1} the example's sentences
     answers: tuple[str, ...] = ()  # text objective: the answer per label id (regression: per whole number)
+    phrase_tree: bool = False  # training examples are every phrase of parsed sentences: held out whole (SST-2)
     # model family (head, text) → training settings chosen for this task by `fusekit tune` on held-out training
     # data (recipes/defaults-*.yaml); what fusekit.models.defaults fills a run's unset settings with
     defaults: dict[str, dict[str, object]] = field(default_factory=dict, hash=False, compare=False)
@@ -75,7 +76,7 @@ TASKS: dict[str, TaskSpec] = {
                  answers=_NO_YES, defaults={"head": {"lr": 5e-4, "head_lr": 2e-2, "max_length": 64},
                                             "text": {"lr": 3e-3, "max_length": 64}}),
         TaskSpec("sst2", "SST-2", ("sentence",), "label", _BINARY, ("accuracy",), "sst2", ("sentence",),
-                 prompt="Review: {0}\nSentiment:", answers=(" negative", " positive"),
+                 prompt="Review: {0}\nSentiment:", answers=(" negative", " positive"), phrase_tree=True,
                  defaults={"head": {"lr": 1e-3, "head_lr": 5e-3, "max_length": 64},
                            "text": {"lr": 1e-3, "max_length": 96}, "text:l-lora": {"lr": 3e-3}}),
         TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, ("f1", "accuracy"), "mrpc",

@@ -45,7 +45,7 @@ from fusekit.study.plan import (
 from fusekit.study.recipe import StudyConfig, load_study
 from fusekit.study.resources import measure
 from fusekit.training.parallel import processes
-from fusekit.training.tune import check_point_unchanged, point_configs, tune
+from fusekit.training.tune import point_configs, point_scores, tune
 
 
 def waiting_for_tunes(study: StudyConfig, stages: list[Stage], out: Path, only: str | None) -> None:
@@ -91,8 +91,8 @@ def check_unchanged(stage: Stage, out: Path) -> None:
             raise FusekitError(f"{out / stage.name} was tuned on another grid or held-out size than the recipe asks "
                                "(delete the folder to tune again, or change `out`)")
         for point in point_configs(job.config, job.grid, Path(job.config.out), job.held_out_examples):
-            if (point.output_dir() / CONFIG).is_file():  # a point trained with settings the recipe has changed
-                check_point_unchanged(point.output_dir(), point)
+            if (point.output_dir() / CONFIG).is_file():  # trained with settings the recipe has changed since,
+                point_scores(point.output_dir(), point)  # or scored on other held-out examples
     if stage.kind not in ("train", "joint"):
         return
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")

@@ -22,7 +22,7 @@ from fusekit.artifacts.layout import CONFIG, EVAL, MARKER, METRICS, TUNE
 from fusekit.artifacts.output import claim_output, mark
 from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
 from fusekit.config import TrainConfig, from_mapping
-from fusekit.data.loading import load_split
+from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import chance_score
@@ -93,11 +93,7 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
             console.print(f"tune {cfg.task} [{number}/{len(points)}] {point_name(point)}")
             if not (folder / CONFIG).is_file():
                 train(run_cfg)
-            else:
-                check_point_unchanged(folder, run_cfg)
-            scores = read_json(folder / EVAL, "scores").get(run_cfg.task)
-            if not isinstance(scores, dict) or "score" not in scores:
-                raise FusekitError(f"{folder / EVAL} has no score of {run_cfg.task}: delete {folder} to rerun it")
+            scores = point_scores(folder, run_cfg)
             rows.append({**point, "score": scores["score"], "held_out": scores, "seconds": _train_seconds(folder)})
         best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
         chance = held_out_chance(configs[best])
@@ -115,20 +111,32 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
 def held_out_chance(cfg: TrainConfig) -> float:
     """The score of one constant answer (the majority label; a regression's mean) on the examples a grid point is
     scored on: what a point must beat to have learned anything."""
+    return chance_score(get_task(cfg.task), np.asarray(_held_out(cfg).labels))
+
+
+def _held_out(cfg: TrainConfig) -> Split:
     from fusekit.training.train import evaluation_split
 
-    task, resolved = get_task(cfg.task), resolve_defaults(cfg).config
-    held = evaluation_split(resolved, load_split(task, "train", resolved.data))
-    return chance_score(task, np.asarray(held.labels))
+    resolved = resolve_defaults(cfg).config
+    return evaluation_split(resolved, load_split(get_task(cfg.task), "train", resolved.data))
 
 
-def check_point_unchanged(folder: Path, cfg: TrainConfig) -> None:
-    """A finished grid point is reused only if it was trained with the settings asked now (defaults resolved)."""
+def point_scores(folder: Path, cfg: TrainConfig) -> dict:
+    """A finished point's held-out scores, used only if it was trained with the settings asked now (defaults
+    resolved) and scored on the examples this tune selects on (a new data folder, or a new rule for which examples
+    are held out, changes them)."""
     recorded = read_yaml(folder / CONFIG, "recorded config")
     changed = changed_settings(recorded, cfg) if isinstance(recorded, dict) else []
     if not isinstance(recorded, dict) or changed:
         raise FusekitError(f"{folder} was trained with different {', '.join(changed) or 'settings'} than this tune "
                            "asks (delete it to train the point again)")
+    scores = read_json(folder / EVAL, "scores").get(cfg.task)
+    if not isinstance(scores, dict) or "score" not in scores:
+        raise FusekitError(f"{folder / EVAL} has no score of {cfg.task}: delete {folder} to rerun it")
+    if scores.get("examples_fingerprint") != _held_out(cfg).fingerprint():
+        raise FusekitError(f"{folder / EVAL} was scored on other held-out examples than this tune selects on (the "
+                           "data or the held-out rule changed): delete the point's folder to train and score it again")
+    return scores
 
 
 def _train_seconds(folder: Path) -> float | None:
