@@ -165,8 +165,9 @@ def options(
 def config_flags(cls: type, skip: tuple[str, ...] = (), names: dict[str, str] | None = None,
                  defaults: typing.Callable[[str], str | None] | None = None):
     """Give a command one flag per field of config dataclass `cls`, named after the field (or `names`), with the
-    field's help text and, from `defaults`, what it defaults to: flags and config cannot drift. A flag left out keeps the recipe's value (None); list
-    fields take comma-separated values. The command receives them as keyword arguments."""
+    field's help text and, from `defaults`, what it defaults to: flags and config cannot drift. A flag left out
+    keeps the recipe's value (None); list fields take comma-separated values. The command receives them as keyword
+    arguments."""
     hints = typing.get_type_hints(cls)
 
     def decorate(command):

@@ -172,8 +172,8 @@ def tiny_config(tiny_model, glue_dir):
     """A TrainConfig for a quick run on the tiny model (callers set task and out)."""
     from fusekit.config import TrainConfig
 
-    return TrainConfig(model=str(tiny_model), data=str(glue_dir), rank=4, alpha=8.0, target_modules=["query", "value"], lr=2e-2, head_lr=2e-2, epochs=8,
-                       batch_size=8, max_length=32, device="cpu")
+    return TrainConfig(model=str(tiny_model), data=str(glue_dir), rank=4, alpha=8.0, target_modules=["query", "value"],
+                       lr=2e-2, head_lr=2e-2, epochs=8, batch_size=8, max_length=32, device="cpu")
 
 
 @pytest.fixture(scope="session")

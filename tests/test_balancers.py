@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusekit.study.diagnostics import noise_fraction
 from fusekit.config import JointConfig
+from fusekit.study.diagnostics import noise_fraction
 from fusekit.training.balancers import RunFacts, make_balancer
 from fusekit.training.balancers.coba import CoBa, coba_schedule, coba_weights, slope
 from fusekit.training.balancers.famo import FAMO, logit_gradient

@@ -65,8 +65,8 @@ def test_statistics_cover_every_adapted_layer_and_the_merge_is_the_closed_form(t
     assert sorted(grams[0]) == layers and all(torch.allclose(g, g.T) for g in grams[0].values())
     assert all(torch.linalg.eigvalsh(g).min() > -1e-6 for g in grams[0].values())  # Gram matrices are PSD
     out = tmp_path / "regmean"
-    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "regmean", "--regmean-alpha", "0.7", "--rank", "32",
-                    "--val-examples", "8", "--device", "cpu", "--out", out)  # rank 32: the SVD keeps everything
+    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "regmean", "--regmean-alpha", "0.7",
+                    "--rank", "32", "--val-examples", "8", "--device", "cpu", "--out", out)  # rank 32: keeps all
     assert result.exit_code == 0, result.output
     merged = load_merged(out)[1]
     reference = RegMean(0.7)
@@ -102,7 +102,8 @@ def test_fisher_statistics_and_merge_on_the_tiny_model(two_runs, tmp_path):
     assert set(fishers[0]) == set(runs[0].vector.delta) and all((f >= 0).all() for f in fishers[0].values())
     assert any(f.max() > 0 for f in fishers[0].values())
     out = tmp_path / "fisher"
-    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "fisher", "--val-examples", "8", "--device", "cpu", "--out", out)
+    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "fisher", "--val-examples", "8",
+                    "--device", "cpu", "--out", out)
     assert result.exit_code == 0, result.output  # the method's own space by default
     manifest, merged, _ = load_merged(out)
     assert manifest["space"] == "factors"
@@ -112,8 +113,8 @@ def test_fisher_statistics_and_merge_on_the_tiny_model(two_runs, tmp_path):
     expected = reference.merge([run.vector.delta[key] for run in runs], [1.0, 1.0], key)
     assert torch.allclose(merged.delta[key], expected, atol=1e-6)
     assert not torch.allclose(expected, (runs[0].vector.delta[key] + runs[1].vector.delta[key]) / 2)
-    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "fisher", "--space", "delta-w", "--device", "cpu", "--out",
-                    tmp_path / "x")
+    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "fisher", "--space", "delta-w",
+                    "--device", "cpu", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "use --space factors" in result.stderr
 
 
@@ -169,8 +170,8 @@ def test_adamerging_learns_layer_coefficients_that_lower_the_entropy(two_runs, t
     assert mean_entropy(learned) < mean_entropy(start)
     out = tmp_path / "ada"
     monkeypatch.setattr(statistics, "ADA_STEPS", 3)
-    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "adamerging", "--space", "factors", "--val-examples", "16",
-                    "--device", "cpu", "--out", out)
+    result = invoke("merge", *two_runs, "--select-on-seen", "--method", "adamerging", "--space", "factors",
+                    "--val-examples", "16", "--device", "cpu", "--out", out)
     assert result.exit_code == 0, result.output
     manifest = load_merged(out)[0]
     assert manifest["method"] == "adamerging" and len(manifest["coefficients"]) == len(learned) // 2  # A, B

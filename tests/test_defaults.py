@@ -71,14 +71,15 @@ def test_targets_default_to_every_projection_on_bert_style_encoders_and_to_peft_
 def test_a_joint_run_takes_the_family_defaults_and_its_longest_task(tiny_model):
     resolved = resolve_defaults(JointConfig(tasks="sst2,rte", model=str(tiny_model)))
     assert resolved.config.pair_encoding == "cross" and resolved.config.lr == MODEL_DEFAULTS["head"]["lr"]
-    lengths = [TASKS[t].defaults["head"].get("max_length", MODEL_DEFAULTS["head"]["max_length"]) for t in ("sst2", "rte")]
+    lengths = [TASKS[t].defaults["head"].get("max_length", MODEL_DEFAULTS["head"]["max_length"])
+               for t in ("sst2", "rte")]
     assert resolved.config.max_length == max(lengths)
 
 
 def test_resolution_never_overrides_what_is_set(tiny_model):
     cfg = TrainConfig(task="stsb", model=str(tiny_model), **{k: v for k, v in [
-        ("lr", 7e-4), ("head_lr", 7e-3), ("head_init", "probe"), ("epochs", 5), ("batch_size", 3), ("eval_batch_size", 9),
-        ("max_length", 17), ("pair_encoding", "cross"), ("target_modules", ["query"])]})
+        ("lr", 7e-4), ("head_lr", 7e-3), ("head_init", "probe"), ("epochs", 5), ("batch_size", 3),
+        ("eval_batch_size", 9), ("max_length", 17), ("pair_encoding", "cross"), ("target_modules", ["query"])]})
     resolved = resolve_defaults(cfg)
     assert resolved.config == cfg and resolved.sources == {}
 

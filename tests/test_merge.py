@@ -220,7 +220,8 @@ def test_a_merge_never_writes_nan(runs, tmp_path):
     tensors[next(k for k in tensors if k.startswith("delta/"))][0, 0] = float("nan")
     save_file(tensors, str(damaged / "task_vector.safetensors"), metadata=metadata)
     reseal(damaged, "task_vector.safetensors")
-    result = invoke("merge", runs["sst2"].folder, damaged, "--lambda", "0.5", "--device", "cpu", "--out", tmp_path / "m")
+    result = invoke("merge", runs["sst2"].folder, damaged, "--lambda", "0.5", "--device", "cpu",
+                    "--out", tmp_path / "m")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert result.exit_code == 1 and len(errors) == 1 and "NaN or infinite" in errors[0]
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob("m.tmp-*"))

@@ -125,7 +125,8 @@ def test_sigterm_stops_a_command_like_ctrl_c(cfg, tmp_path):
 def test_sigkilled_train_resumes_bit_for_bit(cfg, reference, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--task", "rte", "--model", cfg.model, "--data", cfg.data, "--rank", "4", "--alpha", "8",
-            "--lr", str(cfg.lr), "--head-lr", str(cfg.head_lr), "--target-modules", "query,value", "--epochs", "3", "--batch-size", "8", "--max-length", "32", "--max-train", "32",
+            "--lr", str(cfg.lr), "--head-lr", str(cfg.head_lr), "--target-modules", "query,value", "--epochs", "3",
+            "--batch-size", "8", "--max-length", "32", "--max-train", "32",
             "--device", "cpu", "--checkpoint-every", "2", "--out", str(out)]
     hang_after_step_6 = (  # the child stops after its third checkpoint (mid-epoch 2) until it is killed
         "import sys, time\n"

@@ -245,8 +245,8 @@ def test_task_subsets_by_hand():
 def test_fusion_vs_number_of_tasks_is_planned_run_and_reported(tmp_path, tiny_model, glue_dir):
     out = tmp_path / "study"
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, tasks=["sst2", "mrpc", "cola"],
-                          merge=None, joint=None, scaling={"spaces": ["delta-w"], "lambdas": [0.5, 1.0], "select_on_seen": True,
-                                                           "val_examples": 8, "max_subsets": 2})
+                          merge=None, joint=None, scaling={"spaces": ["delta-w"], "lambdas": [0.5, 1.0],
+                                                           "select_on_seen": True, "val_examples": 8, "max_subsets": 2})
     names = [s.name for s in plan(load_study(recipe), str(recipe)) if s.name.startswith("scaling/")]
     pairs = {f"scaling/lora-delta-w-task-arithmetic-k2-{a}+{b}" for a, b in
              [("sst2", "mrpc"), ("sst2", "cola"), ("mrpc", "cola")]}

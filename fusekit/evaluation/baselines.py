@@ -5,9 +5,10 @@
 * `zero_shot`: a generative model (text objective) asked the task's prompt and scored by its answer words, for
   every task; on an encoder, sentence-pair regression (STS-B) scored by the cosine of the two sentences' pooled
   embeddings (the bi-encoder head before any training: 5 · cos(u, v)), and no other task.
-* `head_only` (encoders; a generative model has no head): the frozen checkpoint with only the task head trained, a linear probe, on the adapter's training
-  examples with the same head. The head's inputs are computed once (a hook on the head module) and cached, so
-  the probe costs one forward pass over the data, whatever the number of epochs.
+* `head_only` (encoders; a generative model has no head): the frozen checkpoint with only the task head trained,
+  a linear probe, on the adapter's training examples with the same head. The head's inputs are computed once (a
+  hook on the head module) and cached, so the probe costs one forward pass over the data, whatever the number of
+  epochs.
 """
 
 from __future__ import annotations
