@@ -59,6 +59,10 @@ def assert_same_study(a: Path, b: Path) -> None:
         assert json.loads((a / stage / "eval.json").read_text()) == json.loads((b / stage / "eval.json").read_text())
 
 
+def stage_records(study: Path) -> list[dict]:
+    return [json.loads(line) for line in (study / "stages.jsonl").read_text().splitlines()]
+
+
 def crash_once_after_a_checkpoint(stage, out: Path) -> dict:
     """sst2's training stage: on the first try its worker process dies right after its first checkpoint."""
     marker = out / "sst2-crashed"
@@ -81,12 +85,16 @@ def test_ray_gives_the_local_studys_folders(cluster, one_thread, tmp_path, tiny_
     run_study(study_recipe(tmp_path, tiny_model, glue_dir, "local"))
     run_study(study_recipe(tmp_path, tiny_model, glue_dir, "ray"), executor=RayExecutor())
     assert_same_study(tmp_path / "local", tmp_path / "ray")
-    records = [json.loads(line) for line in (tmp_path / "ray" / "stages.jsonl").read_text().splitlines()]
-    assert sorted(r["stage"] for r in records) == sorted(
-        ["train/sst2-lora", "train/mrpc-lora", "merge/lora-delta-w-task-arithmetic", "merge/lora-delta-w-average",
-         "joint/lora-uniform"])
+    names = ["train/sst2-lora", "train/mrpc-lora", "merge/lora-delta-w-task-arithmetic", "merge/lora-delta-w-average",
+             "joint/lora-uniform"]
+    for study in ("local", "ray"):  # every stage's progress, in order; the costs on the last record
+        records = stage_records(tmp_path / study)
+        assert [r["status"] for r in records[:5]] == ["queued"] * 5
+        assert {n: [r["status"] for r in records if r["stage"] == n] for n in names} == \
+            {n: ["queued", "running", "done"] for n in names}
+        assert all("seconds" in r and "peak_rss_mb" in r for r in records if r["status"] == "done")
     run_study(study_recipe(tmp_path, tiny_model, glue_dir, "ray"), executor=RayExecutor())  # all finished: skipped
-    assert len((tmp_path / "ray" / "stages.jsonl").read_text().splitlines()) == len(records)
+    assert stage_records(tmp_path / "ray") == records
 
 
 def test_a_dead_workers_stage_is_retried_and_resumes_from_its_checkpoint(cluster, one_thread, tmp_path, tiny_model,
@@ -116,6 +124,12 @@ def test_a_failed_stage_fails_its_dependants_only(cluster, tmp_path, tiny_model,
     assert "train/mrpc-lora: " in message
     assert "merge/lora-delta-w-average: needs train/mrpc-lora, which failed" in message
     assert (tmp_path / "study" / "train" / "sst2-lora" / "eval.json").is_file()  # the independent stage finished
+    latest = {r["stage"]: r for r in stage_records(tmp_path / "study")}
+    failed = ["train/mrpc-lora", "merge/lora-delta-w-task-arithmetic", "merge/lora-delta-w-average",
+              "joint/lora-uniform"]
+    assert {name: r["status"] for name, r in latest.items()} == {"train/sst2-lora": "done", **dict.fromkeys(failed,
+                                                                                                         "failed")}
+    assert latest["joint/lora-uniform"]["error"] == "needs train/mrpc-lora, which failed"
     assert not (tmp_path / "study" / "merge").exists()
 
 
@@ -139,3 +153,13 @@ def test_a_stage_asks_for_the_memory_its_family_measured(tmp_path, tiny_model, g
     mb = {name: value / 2**20 for name, value in asked.items()}
     assert mb == {"train/sst2-lora-seed0": 125.0, "train/sst2-lora-seed1": 125.0, "train/mrpc-lora-seed1": 375.0}
     assert memory_requests(stages, log, available=110 * 2**20)["train/sst2-lora-seed1"] == 110 * 2**20
+
+
+def test_the_local_executor_records_a_failed_stage_and_stops(tmp_path, tiny_model, glue_dir):
+    missing = {"mrpc": {"data": str(tmp_path / "no-glue")}}
+    recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", task_settings=missing, merge=None, joint=None)
+    with pytest.raises(FusekitError, match="no-glue"):
+        run_study(recipe)
+    assert [(r["stage"], r["status"]) for r in stage_records(tmp_path / "study")] == [
+        ("train/sst2-lora", "queued"), ("train/mrpc-lora", "queued"), ("train/sst2-lora", "running"),
+        ("train/sst2-lora", "done"), ("train/mrpc-lora", "running"), ("train/mrpc-lora", "failed")]

@@ -24,13 +24,17 @@ StageRunner = Callable[[Stage, Path], dict]
 
 class Executor(Protocol):
     def run(self, stages: list[Stage], out: Path, run_one: StageRunner, log: JsonlLog | None) -> None:
-        """Run `stages` (each with `run_one`), writing one record per finished or failed stage to `log`."""
+        """Run `stages` (each with `run_one`), recording each stage's progress to `log` (see `record`)."""
 
 
-def record(log: JsonlLog | None, stage: Stage, fields: dict) -> None:
-    """One `stages.jsonl` line: the stage, its family (what a later stage's memory request reads) and `fields`."""
+def record(log: JsonlLog | None, stage: Stage, status: str, fields: dict | None = None) -> None:
+    """One `stages.jsonl` line: the stage, its family (what a later stage's memory request reads), its status and
+    `fields`. Every stage a run will run is `queued` when the run starts, `running` once handed to a worker, then
+    `done` (with its wall time and peak memory), `failed` (with the error's line) or `stopped` (interrupted: it
+    resumes on the next run). The latest line of a stage is its state."""
     if log:
-        log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, **fields})
+        log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, "status": status,
+                   **(fields or {})})
 
 
 class LocalExecutor:
@@ -38,9 +42,20 @@ class LocalExecutor:
     stops the study."""
 
     def run(self, stages: list[Stage], out: Path, run_one: StageRunner, log: JsonlLog | None) -> None:
+        for stage in stages:
+            record(log, stage, "queued")
         for number, stage in enumerate(stages, 1):
             console.rule(f"[{number}/{len(stages)}] {stage.name}")
-            record(log, stage, run_one(stage, out))
+            record(log, stage, "running")
+            try:
+                usage = run_one(stage, out)
+            except Exception as error:
+                record(log, stage, "failed", {"error": _one_line(error)})
+                raise
+            except BaseException:  # Ctrl-C, a signal: the stage resumes from its checkpoint on the next run
+                record(log, stage, "stopped")
+                raise
+            record(log, stage, "done", usage)
 
 
 @dataclass
@@ -74,34 +89,42 @@ class RayExecutor:
         memory = memory_requests(stages, out / STAGES, ray.cluster_resources().get("memory", 0.0))
         planned = {s.name for s in stages}
         waiting, running, done, failed = list(stages), {}, set(), {}
-        while waiting or running:
-            for stage in list(waiting):
-                broken = next((n for n in stage.needs if n in failed), None)
-                if broken:
-                    waiting.remove(stage)
-                    failed[stage.name] = f"needs {broken}, which failed"
-                    record(log, stage, {"status": "failed", "error": failed[stage.name]})
-                elif all(n in done or n not in planned for n in stage.needs):
-                    waiting.remove(stage)
-                    options = {"memory": memory[stage.name]} if stage.name in memory else {}
-                    running[task.options(**options).remote(run_one, stage, out, self.cpus)] = stage
-            if not running:
-                if waiting:  # every waiting stage needs one that never runs: a plan cannot do that
-                    raise FusekitError(f"{waiting[0].name} waits for stages that never ran")
-                break
-            self._status(waiting, running, done, failed)
-            (ready,), _ = ray.wait(list(running), num_returns=1)
-            stage = running.pop(ready)
-            try:
-                usage = ray.get(ready)
-            except Exception as error:  # the stage's own error, re-raised by Ray: recorded, the study goes on
-                failed[stage.name] = _one_line(error)
-                record(log, stage, {"status": "failed", "error": failed[stage.name]})
-                console.print(f"[red]failed[/red] {stage.name}: {failed[stage.name]}")
-            else:
-                done.add(stage.name)
-                record(log, stage, usage)
-                console.print(f"done {stage.name} ({usage['seconds'] / 60:.1f} min)")
+        for stage in stages:
+            record(log, stage, "queued")
+        try:
+            while waiting or running:
+                for stage in list(waiting):
+                    broken = next((n for n in stage.needs if n in failed), None)
+                    if broken:
+                        waiting.remove(stage)
+                        failed[stage.name] = f"needs {broken}, which failed"
+                        record(log, stage, "failed", {"error": failed[stage.name]})
+                    elif all(n in done or n not in planned for n in stage.needs):
+                        waiting.remove(stage)
+                        options = {"memory": memory[stage.name]} if stage.name in memory else {}
+                        running[task.options(**options).remote(run_one, stage, out, self.cpus)] = stage
+                        record(log, stage, "running")
+                if not running:
+                    if waiting:  # every waiting stage needs one that never runs: a plan cannot do that
+                        raise FusekitError(f"{waiting[0].name} waits for stages that never ran")
+                    break
+                self._status(waiting, running, done, failed)
+                (ready,), _ = ray.wait(list(running), num_returns=1)
+                stage = running.pop(ready)
+                try:
+                    usage = ray.get(ready)
+                except Exception as error:  # the stage's own error, re-raised by Ray: recorded, the study goes on
+                    failed[stage.name] = _one_line(error)
+                    record(log, stage, "failed", {"error": failed[stage.name]})
+                    console.print(f"[red]failed[/red] {stage.name}: {failed[stage.name]}")
+                else:
+                    done.add(stage.name)
+                    record(log, stage, "done", usage)
+                    console.print(f"done {stage.name} ({usage['seconds'] / 60:.1f} min)")
+        except BaseException:  # the driver interrupted: what was running resumes on the next run
+            for stage in running.values():
+                record(log, stage, "stopped")
+            raise
         self._status(waiting, running, done, failed)
         return failed
 
