@@ -5,6 +5,7 @@ length; the table gives ms/step, the step's peak memory over the loaded model (C
 peak allocated growth) and ratios against LoRA.
 
     python benchmarks/llora_step.py --batch-size 32 --length 128 --steps 10
+    python benchmarks/llora_step.py --model smollm2-135m --batch-size 8 --length 64 --steps 5   # text to text
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import subprocess
 import sys
 import time
 
-VARIANTS = {"lora": ("lora", None), "l-lora module": ("l-lora", "module"), "l-lora network": ("l-lora", "network")}
+VARIANTS = {"lora": ("lora", None, None), "l-lora module": ("l-lora", "module", None),
+            "l-lora network, lean backward": ("l-lora", "network", "lean"),
+            "l-lora network, jvp backward": ("l-lora", "network", "jvp")}
 
 
 def current_rss() -> int:
@@ -24,11 +27,12 @@ def current_rss() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
-def measure(kind: str, scope: str | None, args) -> dict:
+def measure(kind: str, scope: str | None, backward: str | None, args) -> dict:
     import torch
 
     from fusekit.artifacts.run_folder import build_adapted_model
     from fusekit.data.tasks import get_task
+    from fusekit.data.text import CHOICES
     from fusekit.evaluation.loop import autocast, task_loss
     from fusekit.models.adapters import AdapterSpec
     from fusekit.models.base import load_base_model, resolve_device
@@ -39,15 +43,18 @@ def measure(kind: str, scope: str | None, args) -> dict:
     base = load_base_model(args.model, task)
     spec = AdapterSpec(kind=kind, rank=args.rank, alpha=2.0 * args.rank, linearize=scope, lora_init=args.lora_init)
     model = build_adapted_model(base, spec).to(device).train()
+    model.network_backward = backward
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
     vocab = base.tokenizer.vocab_size
     batch = {"input_ids": torch.randint(min(1000, vocab // 2), vocab, (args.batch_size, args.length), device=device),
              "attention_mask": torch.ones(args.batch_size, args.length, dtype=torch.long, device=device),
              "labels": torch.randint(0, 2, (args.batch_size,), device=device)}
+    if model.text:  # a generative model writes the answer: its two answer tokens, read at the last position
+        batch[CHOICES] = torch.tensor([[vocab // 3, vocab // 2]], device=device).expand(args.batch_size, -1)
 
     def step() -> None:
         with autocast(device):
-            loss = task_loss(task, model(batch), batch["labels"])
+            loss = task_loss(task, model(batch), batch, model.text)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

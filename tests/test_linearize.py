@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fusekit.artifacts.run_folder import build_adapted_model, load_run, model_for_run
 from fusekit.artifacts.task_vector import TaskVector
@@ -96,9 +97,12 @@ def flat(tensors: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
     return torch.cat([tensors[k].reshape(-1) for k in keys])
 
 
-def test_network_gradients_match_an_explicit_jacobian(tiny_model, batch):
-    """Reference: materialise J = ∂f/∂φ at φ0, then f_lin = f0 + J(φ − φ0) and ∂L/∂φ = Jᵀ ∂L/∂f_lin."""
+@pytest.mark.parametrize("backward", ["lean", "jvp"])
+def test_network_gradients_match_an_explicit_jacobian(tiny_model, batch, backward):
+    """Reference: materialise J = ∂f/∂φ at φ0, then f_lin = f0 + J(φ − φ0) and ∂L/∂φ = Jᵀ ∂L/∂f_lin; both ways
+    of differentiating network scope give it."""
     linear, plain = make(tiny_model, scope="network"), make(tiny_model, "lora")
+    linear.network_backward = backward
     keys, phi0 = plain.init_keys, plain.init_state()
     shapes = {k: phi0[k].shape for k in keys}
     sizes = [phi0[k].numel() for k in keys]
@@ -123,6 +127,32 @@ def test_network_gradients_match_an_explicit_jacobian(tiny_model, batch):
     assert torch.allclose(out, reference, atol=1e-9)
     assert torch.allclose(flat({k: p.grad for k, p in linear.adapter_params.items()}, keys), reference_grad,
                           atol=1e-9)
+    # the head stays nonlinear: its gradient is that of f(φ0, h) + J(h)·(φ − φ0), the second term through J's h
+    tangent = flat(step, keys) * 0.3
+    with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-mode derivative
+        _, directional = torch.func.jvp(logits_of, (x0,), (tangent,))
+    expansion = logits_of(x0) + directional
+    head = list(plain.head_params)
+    reference_head = torch.autograd.grad((expansion.reshape(-1, 2) * weights).sum(),
+                                         [plain.head_params[k] for k in head])
+    assert all(torch.allclose(linear.head_params[k].grad, g, atol=1e-9) for k, g in zip(head, reference_head))
+    assert float(reference_head[0].abs().max()) > 0
+
+
+def test_network_scope_trains_on_the_dropout_masks_it_scores_with(tiny_model, batch):
+    """The training path evaluates the network twice (value, then J·δ): both must draw the same dropout masks."""
+    model = make(tiny_model, scope="network").train()
+    model.load_adapter_state({k: v + 0.3 * d for (k, v), d in zip(model.init_state().items(),
+                                                                   direction(model).values())})
+    torch.manual_seed(5)
+    trained = model(batch)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        scored = model(batch)  # one jvp: primal and tangent through the same masks
+    torch.manual_seed(6)
+    with torch.no_grad():
+        other_masks = model(batch)
+    assert torch.allclose(trained, scored, atol=1e-10) and not torch.allclose(scored, other_masks, atol=1e-6)
 
 
 def test_module_gradients_match_the_layerwise_formula(tiny_model, batch):

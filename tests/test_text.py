@@ -196,6 +196,29 @@ def test_network_l_lora_on_llama_is_the_first_order_expansion(tiny_llama, glue_d
     assert gaps[0] > 1e-5 and 3.0 < gaps[0] / gaps[1] < 5.0
 
 
+def test_network_l_lora_on_llama_trains_the_same_both_ways(tiny_llama, glue_dir):
+    """In training, the lean backward (plain backward at φ0, a fused attention kernel: Llama drops no attention
+    weights) gives the value and gradients of differentiating through the jvp."""
+    linear, _ = l_lora_pair(tiny_llama, "network")
+    data = load_base_model(str(tiny_llama), SST2).encode(load_split(SST2, "validation", str(glue_dir)), 64)
+    batch = next(iter(make_loader(data, 4, shuffle=False)))
+    step = random_step(linear)
+    linear.load_adapter_state({k: v + step[k] for k, v in linear.init_state().items()})
+    linear.train()
+    assert not linear._attention_dropout()
+    results = []
+    for backward in ("lean", "jvp"):
+        linear.network_backward = backward
+        linear.zero_grad()
+        scores = linear(batch)
+        scores[:, 0].sum().backward()
+        results.append((scores.detach(), {k: p.grad.clone() for k, p in linear.adapter_params.items()}))
+    (lean, lean_grads), (through, through_grads) = results
+    assert torch.allclose(lean, through, atol=1e-6)
+    assert all(torch.allclose(lean_grads[k], through_grads[k], atol=1e-6) for k in lean_grads)
+    assert max(float(g.abs().max()) for g in lean_grads.values()) > 1e-3
+
+
 def test_module_l_lora_on_llama_expands_each_layer(tiny_llama):
     """Every q/v projection of the module scope is its own first-order expansion in (A, B): against central
     finite differences of the plain layer, on a random input."""

@@ -108,6 +108,7 @@ class JointTraining:
         spec = adapter_spec(cfg)
         self.base = load_base_model(cfg.model, self.tasks[0], cfg.pooling, objective=cfg.objective)
         self.model = build_adapted_model(self.base, spec).to(device)
+        self.model.network_backward = cfg.network_backward
         self.heads = {}
         for i, task in enumerate(self.tasks):
             other = self.model if i == 0 or self.base.head.text else build_adapted_model(
