@@ -78,7 +78,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("sst2", "SST-2", ("sentence",), "label", _BINARY, ("accuracy",), "sst2", ("sentence",),
                  prompt="Review: {0}\nSentiment:", answers=(" negative", " positive"), phrase_tree=True,
                  defaults={"head": {"lr": 1e-3, "head_lr": 5e-3, "max_length": 64},
-                           "text": {"lr": 1e-3, "max_length": 96}, "text:l-lora": {"lr": 3e-3}}),
+                           "text": {"lr": 1e-3, "max_length": 96}, "text:l-lora": {"lr": 1e-2}}),
         TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, ("f1", "accuracy"), "mrpc",
                  ("sentence1", "sentence2"), prompt=_PAIR + "Do both sentences mean the same thing? Answer:",
                  answers=_NO_YES, defaults={"head": {"lr": 1e-3, "head_lr": 5e-3, "pair_encoding": "cross",
