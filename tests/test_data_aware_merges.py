@@ -207,6 +207,31 @@ def test_adamerging_objective_by_hand():
     assert ada_objective(entropies, own, coefficients, 1.0).item() == pytest.approx(0.2 / 0.1 + 0.6 / 0.5 + 0.02)
 
 
+def test_normalized_adamerging_divides_by_each_tasks_own_adapter_entropy(two_runs, monkeypatch):
+    """The `own` entropies the normalized objective divides by are each run's own adapter, alone, on the held-out
+    inputs it is averaged over (here 16 examples, every batch all of them), computed apart through load_run."""
+    from fusekit.artifacts.run_folder import model_for_run
+    from fusekit.data.tasks import get_task
+    from fusekit.merging import statistics
+    from fusekit.merging.search import held_out_split
+
+    captured = []
+    objective = statistics.ada_objective
+    monkeypatch.setattr(statistics, "ada_objective",
+                        lambda e, own, c, a: captured.append(own) or objective(e, own, c, a))
+    runs = [load_run(folder) for folder in two_runs]
+    statistics.learn_coefficients(runs, 16, torch.device("cpu"), steps=1, normalized=True)
+    expected = []
+    for run in runs:
+        base, model = model_for_run(run, get_task(run.head_task))
+        data = base.encode(held_out_split(run, 16, 0), run.config.max_length)
+        with torch.no_grad():
+            probabilities = model.eval()(data.collate([data[i] for i in range(len(data))])).softmax(-1)
+        expected.append(float(-(probabilities * probabilities.log()).sum(-1).mean()))
+    assert captured[0].tolist() == pytest.approx(expected, abs=1e-5)
+    assert abs(expected[0] - expected[1]) > 1e-3  # two different adapters: a swap or a shared value would fail
+
+
 def test_normalized_adamerging_merges_and_differs_from_the_papers(two_runs, tmp_path, monkeypatch):
     from fusekit.artifacts.merged_folder import load_merged
     from fusekit.merging import statistics
