@@ -42,8 +42,7 @@ def measure(kind: str, scope: str | None, backward: str | None, args) -> dict:
     torch.manual_seed(0)
     base = load_base_model(args.model, task)
     spec = AdapterSpec(kind=kind, rank=args.rank, alpha=2.0 * args.rank, linearize=scope, lora_init=args.lora_init)
-    model = build_adapted_model(base, spec).to(device).train()
-    model.network_backward = backward
+    model = build_adapted_model(base, spec, network_backward=backward or "lean").to(device).train()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
     vocab = base.tokenizer.vocab_size
     batch = {"input_ids": torch.randint(min(1000, vocab // 2), vocab, (args.batch_size, args.length), device=device),

@@ -54,5 +54,6 @@ def test_two_processes_reproduce_one(tmp_path, glue_dir):
               for s in ("one", "two")]
     assert merged[0]["average_normalized"] == pytest.approx(merged[1]["average_normalized"])
     lines = (tmp_path / "two" / "stages.jsonl").read_text().splitlines()
-    assert len(lines) == 5  # the main process alone keeps the study's records
+    statuses = [json.loads(line)["status"] for line in lines]  # the main process alone keeps the study's records
+    assert len(lines) == 15 and statuses.count("done") == 5
     assert not list((tmp_path / "two").glob("**/*.tmp-*"))

@@ -38,9 +38,13 @@ ADAPTERS: dict[str, type[AdaptedModel]] = {"lora": AdaptedModel, "l-lora": Linea
 
 
 def build_adapted_model(base: BaseModel, spec: AdapterSpec, init: dict[str, torch.Tensor] | None = None,
-                        nonlinear: bool = False) -> AdaptedModel:
-    """The model class of `spec.kind` (or the plain nonlinear LoRA forward when `nonlinear`) at φ0."""
-    return add_lora(base, spec, AdaptedModel if nonlinear else ADAPTERS[spec.kind], init)
+                        nonlinear: bool = False, network_backward: str = "lean") -> AdaptedModel:
+    """The model class of `spec.kind` (or the plain nonlinear LoRA forward when `nonlinear`) at φ0; a linearized
+    one trains network scope the `network_backward` way (TrainConfig.network_backward)."""
+    model = add_lora(base, spec, AdaptedModel if nonlinear else ADAPTERS[spec.kind], init)
+    if isinstance(model, LinearizedModel):
+        model.network_backward = network_backward
+    return model
 
 
 def write_peft_folder(folder: Path, model: AdaptedModel) -> None:

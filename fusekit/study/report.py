@@ -559,7 +559,10 @@ def tune_section(found: Found) -> list[str]:
         chance = table.get("chance")
         verdict = ([] if chance is None else [f"Chance (one constant answer) on these examples: {chance:.4f}." + (
             "" if table.get("learned", True) else " ⚠ No grid point beat it: the choice is a tie of no skill.")])
-        tables += [f"### {stage_id.leaf} ({table['held_out_examples']} held-out training examples)", "",
+        examples = table["rows"][0].get("held_out", {}).get("examples", table["held_out_examples"])
+        kind = "whole training sentences, no phrase of them trained on" if get_task(stage_id.task).phrase_tree \
+            else "training examples"
+        tables += [f"### {stage_id.leaf} ({examples} held-out {kind})", "",
                    _table([*keys, "held-out score", "train (s)"], rows), "", *verdict, *([""] if verdict else [])]
     if not tables:
         return []

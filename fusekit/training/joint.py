@@ -107,8 +107,7 @@ class JointTraining:
             raise FusekitError("joint training shares one forward among the tasks: pair_encoding must be cross")
         spec = adapter_spec(cfg)
         self.base = load_base_model(cfg.model, self.tasks[0], cfg.pooling, objective=cfg.objective)
-        self.model = build_adapted_model(self.base, spec).to(device)
-        self.model.network_backward = cfg.network_backward
+        self.model = build_adapted_model(self.base, spec, network_backward=cfg.network_backward).to(device)
         self.heads = {}
         for i, task in enumerate(self.tasks):
             other = self.model if i == 0 or self.base.head.text else build_adapted_model(

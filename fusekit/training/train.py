@@ -57,8 +57,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     eval_split = evaluation_split(cfg, full_train)
     seed_everything(cfg.seed)
     base = _load_base(cfg, task, train_split)
-    model = build_adapted_model(base, spec).to(device)
-    model.network_backward = cfg.network_backward
+    model = build_adapted_model(base, spec, network_backward=cfg.network_backward).to(device)
     seed_everything(cfg.seed)
 
     train_data, eval_data = base.encode(train_split, cfg.max_length), base.encode(eval_split, cfg.max_length)
