@@ -124,5 +124,7 @@ def test_phrase_tree_tasks_hold_out_whole_sentences_no_trained_phrase_is_part_of
     held = split.held_out(9, 0)  # 9 random phrases trained: the two left out decide what remains
     trained = set(random.Random(0).sample(range(11), 9))  # the indices `capped(9, 0)` trains on
     assert [t[0] for t in held.texts] == [phrases[i] for i in unseen_sentences(phrases, trained)]
+    assert split.why_none_held_out(None) == "it trained on every sst2 training example"
+    assert split.why_none_held_out(10) == "every whole sst2 sentence shares a phrase with its training subset"
     rte = Split(get_task("rte"), [(p, p) for p in phrases], [0] * 11)
     assert len(rte.held_out(9, 0)) == 2  # other tasks: every example the subset left out

@@ -366,12 +366,14 @@ def test_selecting_on_examples_a_run_trained_on_is_refused_unless_asked(tiny_con
         folders.append(tmp_path / task)
         train(replace(tiny_config, task=task, epochs=1, max_train=None if task == "rte" else 16, out=str(folders[-1])))
     assert_one_line_error(invoke("merge", *folders, "--search", "--out", tmp_path / "m", "--device", "cpu"),
-                          r"rte trained on every rte training example: a search .*--select-on-seen")
+                          r"rte left no training example unseen \(it trained on every rte training example\): "
+                          r"a search .*--select-on-seen")
     assert not (tmp_path / "m").exists()
     assert invoke("merge", *folders, "--lambda", "0.5", "--out", tmp_path / "fixed", "--device", "cpu").exit_code == 0
     result = invoke("merge", *folders, "--search", "--select-on-seen", "--val-examples", "8", "--out", tmp_path / "m",
                     "--device", "cpu")
-    assert result.exit_code == 0 and "selecting on a sample of it" in result.stderr
+    assert result.exit_code == 0
+    assert "it trained on every rte training example; selecting on a sample of all of them" in result.stderr
 
 
 def test_a_criterion_is_judged_on_the_half_its_choice_did_not_read():

@@ -60,6 +60,12 @@ class Split:
             return self.subset(unseen_sentences([texts[0] for texts in self.texts], taken))
         return self.subset([i for i in range(len(self)) if i not in taken])
 
+    def why_none_held_out(self, used: int | None) -> str:
+        """Why `held_out(used, …)` is empty, in words for an error."""
+        if used is None or used >= len(self):
+            return f"it trained on every {self.task.name} training example"
+        return f"every whole {self.task.name} sentence shares a phrase with its training subset"
+
 
 def looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).exists() or "\\" in source

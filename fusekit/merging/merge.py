@@ -17,7 +17,7 @@ from fusekit.merging.config import MergeConfig
 from fusekit.merging.criteria import CRITERIA
 from fusekit.merging.methods import MergeMethod, make_method, method_parameters
 from fusekit.merging.peft_inputs import is_peft_folder, merge_peft
-from fusekit.merging.search import search, searched, trained_on_everything
+from fusekit.merging.search import nothing_held_out, search, searched
 from fusekit.merging.stream import merge_vectors
 from fusekit.models.base import resolve_device
 from fusekit.progress import console, tracked
@@ -100,13 +100,16 @@ def _merge_peft(config: MergeConfig, method: MergeMethod, sources: list[Path], o
 
 
 def _check_held_out(runs: list, config: MergeConfig, selecting: bool) -> None:
-    """A search or a data-aware merge reads held-out training examples: a run that trained on all of its task's
-    leaves none, and selecting on what it trained on is refused unless `select_on_seen` says so."""
-    seen = next((run for run in runs if selecting and trained_on_everything(run)), None)
-    if seen is not None and not config.select_on_seen:
-        raise FusekitError(f"{seen.folder} trained on every {seen.head_task} training example: a search or a "
-                           "data-aware merge would select on examples it trained on (retrain with a smaller "
-                           "--max-train, or pass --select-on-seen to accept that)")
+    """A search or a data-aware merge reads held-out training examples: a run that left none of its task's unseen
+    (it trained on all) is refused unless `select_on_seen` says so."""
+    if not selecting or config.select_on_seen:
+        return
+    for run in runs:
+        why = nothing_held_out(run)
+        if why:
+            raise FusekitError(f"{run.folder} left no training example unseen ({why}): a search or a data-aware "
+                               "merge would select on examples it trained on (retrain with a smaller --max-train, "
+                               "or pass --select-on-seen to accept that)")
 
 
 def _statistics(runs, method: MergeMethod, examples: int, device, seed: int) -> dict | None:

@@ -52,22 +52,23 @@ def grid_points(method: str, grid: dict[str, list[float]]) -> list[dict[str, flo
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def trained_on_everything(run: Run) -> bool:
-    """Whether the run trained on every training example of its task (no held-out example is left to select on)."""
+def nothing_held_out(run: Run) -> str | None:
+    """Why the run left no training example of its task unseen (none is left to select on), or None."""
     train = load_split(get_task(run.head_task), "train", run.config.data)
-    return len(train.held_out(run.config.max_train, run.config.seed)) == 0
+    empty = len(train.held_out(run.config.max_train, run.config.seed)) == 0
+    return train.why_none_held_out(run.config.max_train) if empty else None
 
 
 def held_out_split(run: Run, examples: int, seed: int) -> Split:
     """`examples` training examples of the run's task that it never trained on (all of them, with a warning, when
-    it trained on every one and the merge was told `select_on_seen`): what searches and data-aware merges may look
-    at, never the reported split."""
+    it left none unseen and the merge was told `select_on_seen`): what searches and data-aware merges may look at,
+    never the reported split."""
     task = get_task(run.head_task)
     train = load_split(task, "train", run.config.data)
     unseen = train.held_out(run.config.max_train, run.config.seed)
     if len(unseen) == 0:
-        console.print(f"warning: {run.folder} trained on all of {task.name}'s training data; selecting on a "
-                      "sample of it (biased towards the finetuned adapters, still not the reported split)")
+        console.print(f"warning: {run.folder}: {train.why_none_held_out(run.config.max_train)}; selecting on a "
+                      "sample of all of them (biased towards the finetuned adapters, still not the reported split)")
         unseen = train
     return unseen.capped(examples, seed)
 

@@ -40,8 +40,9 @@ def evaluation_split(cfg: TrainConfig, full_train: Split) -> Split:
         raise FusekitError(f"eval_on {cfg.eval_on!r} is not one of dev, held-out")
     held = full_train.held_out(cfg.max_train, cfg.seed).capped(cfg.held_out_examples, cfg.seed)
     if not len(held):
-        raise FusekitError(f"eval_on held-out: max_train {cfg.max_train} leaves no training example of "
-                           f"{full_train.task.name} out (it has {len(full_train)}; expected a smaller max_train)")
+        raise FusekitError(f"eval_on held-out: max_train {cfg.max_train} of {len(full_train)} leaves no training "
+                           f"example unseen ({full_train.why_none_held_out(cfg.max_train)}; expected a smaller "
+                           "max_train)")
     return held
 
 
