@@ -123,9 +123,10 @@ class TrainConfig:
     linearize: str | None = setting(None, "L-LoRA scope: module (default for l-lora) or network",
                                     Allowed(choices=registry("fusekit.models.adapters", "LINEARIZE_SCOPES")))
     network_backward: str = setting("lean", "L-LoRA network scope, how training takes the (same) gradient: lean "
-                                            "(the plain network's backward at φ0 plus a jvp without a graph: about "
-                                            "1.2× LoRA's peak memory) or jvp (through the jvp: about 1.6× the "
-                                            "memory, 10–35% faster on CPU)", Allowed(choices=("lean", "jvp")))
+                                            "(the plain network's backward at φ0 plus a jvp without a graph: "
+                                            "1.05–1.3× LoRA's peak memory) or jvp (through the jvp: 1.5–2.4× the "
+                                            "memory, one plain forward less per step)",
+                                    Allowed(choices=("lean", "jvp")))
     objective: str = setting("auto", "what the model learns to output: text (it writes the task's answer word; "
                                      "the default for causal LMs and encoder-decoders) or head (a classifier head "
                                      "per task; the default for encoders)",

@@ -115,7 +115,7 @@ def _expand_lean(function, primals: tuple[torch.Tensor, ...], tangents: tuple[to
     from a jvp of detached tangents, run first so that its activations are gone before the plain pass saves its
     own; autograd records in it only what involves other trainable weights (a task head on top), which adds their
     exact mixed term ∂(J·t)/∂head. Differentiating through one jvp of the whole network instead keeps a tangent
-    beside every saved activation (1.6–2.1× LoRA's peak memory). Both passes draw the same dropout masks: the
+    beside every saved activation (1.5–2.4× LoRA's peak memory). Both passes draw the same dropout masks: the
     random state is replayed, and the plain pass uses a fused attention kernel (smaller saved activations) only
     when attention drops nothing (`fused_value`), since it draws its masks differently from the math kernel."""
     state = _random_state()
