@@ -18,6 +18,7 @@ from fusekit.errors import FusekitError
 from fusekit.study.executors import RayExecutor, make_executor, memory_requests
 from fusekit.study.plan import plan
 from fusekit.study.recipe import load_study
+from fusekit.study.report import progress_line
 from fusekit.study.run import run_stage, run_study
 from tests.test_resume import RUN_FILES, tensors
 from tests.test_study import write_recipe
@@ -163,3 +164,7 @@ def test_the_local_executor_records_a_failed_stage_and_stops(tmp_path, tiny_mode
     assert [(r["stage"], r["status"]) for r in stage_records(tmp_path / "study")] == [
         ("train/sst2-lora", "queued"), ("train/mrpc-lora", "queued"), ("train/sst2-lora", "running"),
         ("train/sst2-lora", "done"), ("train/mrpc-lora", "running"), ("train/mrpc-lora", "failed")]
+    line = progress_line(tmp_path / "study")  # what a published report says of it
+    assert line.startswith("In progress: 1 of 2 planned stages (train 1/2). Failed on their last try: "
+                           "train/mrpc-lora (")
+    assert "no-glue" in line

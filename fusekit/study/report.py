@@ -385,7 +385,7 @@ def stage_table(study: Path) -> str:
     path = study / STAGES
     for record in read_jsonl(path, "stage log") if path.is_file() else []:
         if {"stage", "seconds", "peak_rss_mb"} <= record.keys():
-            latest[record["stage"]] = record
+            latest[record["stage"]] = record  # the latest finished try of each stage
     rows = [[name, f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mb']:.0f}",
              f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "–"] for name, r in latest.items()]
     total = sum(r["seconds"] for r in latest.values())
@@ -414,15 +414,27 @@ def write_report(study: Path) -> Path:
 
 
 def progress_line(study: Path) -> str:
-    """How much of the recipe's plan has finished, per kind of stage: a reader of an unfinished study's report
-    knows what its tables rest on."""
+    """How much of the recipe's plan has finished, per kind of stage, and which stages failed on their last try: a
+    reader of an unfinished study's report knows what its tables rest on."""
     counts: dict[str, list[int]] = {}
+    done = set()
     for stage in planned_stages(study):
-        done, planned = counts.setdefault(stage.id.folder, [0, 0])
-        counts[stage.id.folder] = [done + is_done(stage, study), planned + 1]
-    finished, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
-    kinds = ", ".join(f"{kind} {done}/{planned}" for kind, (done, planned) in counts.items())
-    return f"{'Finished' if finished == total else 'In progress'}: {finished} of {total} planned stages ({kinds})."
+        finished, planned = counts.setdefault(stage.id.folder, [0, 0])
+        if is_done(stage, study):
+            done.add(stage.name)
+        counts[stage.id.folder] = [finished + (stage.name in done), planned + 1]
+    kinds = ", ".join(f"{kind} {finished}/{planned}" for kind, (finished, planned) in counts.items())
+    state = "Finished" if len(done) == sum(c[1] for c in counts.values()) else "In progress"
+    failed = [f"{name} ({record.get('error', 'no reason recorded')})" for name, record in latest_records(study).items()
+              if record.get("status") == "failed" and name not in done]
+    return (f"{state}: {len(done)} of {sum(c[1] for c in counts.values())} planned stages ({kinds})."
+            + (f" Failed on their last try: {'; '.join(failed)}." if failed else ""))
+
+
+def latest_records(study: Path) -> dict[str, dict]:
+    """Each stage's latest `stages.jsonl` record: its state (queued, running, done, failed, stopped)."""
+    path = study / STAGES
+    return {r["stage"]: r for r in (read_jsonl(path, "stage log") if path.is_file() else []) if "stage" in r}
 
 
 @dataclass
