@@ -209,14 +209,24 @@ def _seed_stages(study: StudyConfig, tasks: list[str], seed: int, source: str) -
             raise FusekitError(f"{source}: scaling.sizes: a subset cannot hold more than the {len(tasks)} tasks")
         subsets = [s for k in scaling.sizes or range(2, len(tasks) + 1)
                    for s in task_subsets(tasks, k, scaling.max_subsets, seed)]
-        stages += _merge_stages(scaling, study, runs, seed, source, "scaling", tasks, subsets)
+        if on_seed(scaling.seeds, study, seed, f"{source}: scaling"):
+            stages += _merge_stages(scaling, study, runs, seed, source, "scaling", tasks, subsets)
     if study.joint is not None:
         joint = from_mapping(JointSettings, dict(study.joint), f"{source}: joint")
-        stages += _joint_stages(joint, study, runs, seed, source)
+        if on_seed(joint.seeds, study, seed, f"{source}: joint"):
+            stages += _joint_stages(joint, study, runs, seed, source)
     if study.disentangle is not None and seed == study.seeds[0]:
         settings = from_mapping(DisentangleSettings, dict(study.disentangle), f"{source}: disentangle")
         stages += _disentangle_stages(settings, study, runs, tasks, seed, source)
     return stages
+
+
+def on_seed(seeds: list[int] | None, study: StudyConfig, seed: int, where: str) -> bool:
+    """Whether a section that names `seeds` runs on `seed` (every seed when it names none)."""
+    stray = next((s for s in seeds or [] if s not in study.seeds), None)
+    if stray is not None:
+        raise FusekitError(f"{where}.seeds: {stray} is not one of the study's seeds {study.seeds}")
+    return seeds is None or seed in seeds
 
 
 def _seed(study: StudyConfig, seed: int) -> int | None:

@@ -45,6 +45,7 @@ class ScalingSettings(MergeSettings):
                                       Allowed(low=2, unique=True))
     max_subsets: int | None = setting(10, "at most this many subsets per k, a seeded sample (None: every one)",
                                       AT_LEAST_ONE)
+    seeds: list[int] | None = setting(None, "the study's seeds to run it on (None: every one)", Allowed(unique=True))
 
 
 @dataclass
@@ -68,6 +69,7 @@ class JointSettings:
     balancers: list[str] = setting(["uniform", "coba"], "loss balancers, one joint run each",
                                    Allowed(choices=registry("fusekit.training.balancers", "BALANCERS"), unique=True))
     variants: list[str] = setting(["lora"], "adapter variants trained jointly", Allowed(unique=True))
+    seeds: list[int] | None = setting(None, "the study's seeds to run it on (None: every one)", Allowed(unique=True))
     settings: dict = setting({}, "JointConfig keys (sampling, temperature, coba_warmup, ...)")
 
 
