@@ -504,6 +504,9 @@ def run_recipe(
     only: Annotated[Optional[str], Opt(help="comma-separated stage-name prefixes or globs: train/,merge/lora-*")]
     = None,
     dry_run: Annotated[bool, Opt(help="validate the recipe and print the plan, run nothing")] = False,
+    restore: Annotated[Optional[Path], Opt(help="continue from what this study published (fusekit report "
+                                               "--publish): its tunes, baselines, merges and disentanglement are "
+                                               "restored, not run again")] = None,
     executor: Annotated[str, Opt(help="local (one stage after another, here) or ray (each stage a Ray task, "
                                       "started once the stages it needs are finished)")] = "local",
     address: Annotated[Optional[str], Opt(help="ray: address of a running cluster (default: $RAY_ADDRESS, else a "
@@ -525,7 +528,7 @@ def run_recipe(
     if dry_run:
         typer.echo(describe(plan(load_study(recipe), str(recipe))))
         return
-    run_study(recipe, only, chosen)
+    run_study(recipe, only, chosen, restore)
 
 
 @app.command()

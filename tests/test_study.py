@@ -195,7 +195,7 @@ def test_report_skips_checkpoints_and_temp_folders(tmp_path):
 
 
 def test_report_finds_input_runs_recorded_relative_to_another_directory(tmp_path):
-    from fusekit.study.report import normalize
+    from fusekit.study.records import normalize
 
     (tmp_path / "train" / "sst2-lora").mkdir(parents=True)
     (tmp_path / "train" / "sst2-lora" / "eval.json").write_text('{"sst2": {"score": 0.8, "examples": 872}}')
@@ -241,6 +241,19 @@ def test_task_subsets_by_hand():
     every = task_subsets(tasks, 3, None, 0)
     assert len(sample) == 4 and len(set(sample)) == 4 and sample == sorted(sample, key=every.index)
     assert sample == task_subsets(tasks, 3, 4, seed=7) and sample != task_subsets(tasks, 3, 4, seed=8)
+
+
+def test_scaling_and_joint_run_on_the_seeds_they_name(tmp_path, tiny_model, glue_dir):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "s", seeds=[0, 1], merge=None,
+                          scaling={"spaces": ["delta-w"], "sizes": [2], "seeds": [1]},
+                          joint={"balancers": ["uniform"], "seeds": [0]})
+    names = [s.name for s in plan(load_study(recipe), str(recipe))]
+    assert [n for n in names if n.startswith(("scaling/", "joint/"))] == [
+        "joint/lora-uniform-seed0", "scaling/lora-delta-w-task-arithmetic-k2-sst2+mrpc-seed1"]
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "s", seeds=[0, 1],
+                          joint={"seeds": [2]})
+    with pytest.raises(FusekitError, match=r"r.yaml: joint.seeds: 2 is not one of the study's seeds \[0, 1\]"):
+        plan(load_study(recipe), str(recipe))
 
 
 def test_fusion_vs_number_of_tasks_is_planned_run_and_reported(tmp_path, tiny_model, glue_dir):
@@ -336,7 +349,8 @@ def test_disentanglement_is_planned_per_pair_variant_and_space_run_and_reported(
 
 
 def test_disentanglement_table_by_hand(tmp_path):
-    from fusekit.study.report import disentanglement_grids, disentanglement_section
+    from fusekit.study.records import disentanglement_grids
+    from fusekit.study.report import disentanglement_section
 
     study_folder(tmp_path, "tasks: [sst2, mrpc, cola]\nseeds: [0, 1]\nadapters: {lora: {}, l-lora: {}}\n"
                            "disentangle: {}\n")
@@ -394,3 +408,64 @@ def test_a_study_merges_a_method_a_second_time_with_one_lambda_per_task(tmp_path
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(FusekitError, match="merge.per_task: 'dare' is not one of the merge's methods with a λ"):
         plan(load_study(path), str(path))
+
+
+def test_a_published_study_continues_on_a_machine_that_lost_its_runs(tmp_path, tiny_model, glue_dir, monkeypatch):
+    out, docs = tmp_path / "study", tmp_path / "docs" / "study"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out)
+    run_study(recipe, only="merge/lora-delta-w-task-arithmetic")  # pulls the training stages it needs
+    assert (out / "train/sst2-lora/config.yaml").is_file() and not (out / "merge/lora-delta-w-average").exists()
+    merged = json.loads((out / "merge/lora-delta-w-task-arithmetic/eval.json").read_text())
+    publish(out, write_report(out), docs)
+    records = json.loads((docs / "records.json").read_text())
+    assert records["merge/lora-delta-w-task-arithmetic"]["manifest.json"]["inputs"][0]["task"] == "sst2"
+    import shutil
+    shutil.rmtree(out)  # a new machine: only what git kept
+
+    ran = []
+    real = dict(study_module.RUNNERS)
+    monkeypatch.setattr(study_module, "RUNNERS", {k: (lambda s, o, k=k: (ran.append(s.name), real[k](s, o)))
+                                                  for k in real})
+    run_study(recipe, only="merge/lora-delta-w-task-arithmetic", restore=docs)
+    assert ran == []  # restored, not merged again, and so its training is not needed
+    assert json.loads((out / "merge/lora-delta-w-task-arithmetic/eval.json").read_text()) == merged
+    report = write_report(out).read_text()
+    assert "| lora |" in report  # the published adapters' scores stand in for the runs this machine lacks
+    assert f"{merged['average_normalized']['normalized']:.3f}" in report
+    assert "train 2/2" in report and "merge 1/2" in report
+
+    run_study(recipe, only="merge/lora-delta-w-average", restore=docs)  # needs the adapters' weights again
+    assert ran == ["train/sst2-lora", "train/mrpc-lora", "merge/lora-delta-w-average"]
+    report = write_report(out).read_text()
+    assert "Trained again on this machine: 2 adapters the study had published; 2 scored exactly" in report
+    publish(out, out / "report.md", docs)
+    scores = json.loads((docs / "scores.json").read_text())
+    assert scores["merge/lora-delta-w-task-arithmetic"] == merged and "merge/lora-delta-w-average" in scores
+    stages = [json.loads(line) for line in (docs / "stages.jsonl").read_text().splitlines()]
+    assert {s["stage"] for s in stages if s.get("restored")} >= {"merge/lora-delta-w-task-arithmetic"}
+
+
+def test_restore_skips_stages_the_recipe_now_plans_differently(tmp_path, tiny_model, glue_dir):
+    out, docs = tmp_path / "study", tmp_path / "docs" / "study"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out)
+    run_study(recipe, only="merge/lora-delta-w-average")
+    publish(out, write_report(out), docs)
+    import shutil
+    shutil.rmtree(out)
+    changed = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out,
+                           merge={"methods": ["average"], "spaces": ["delta-w"], "lambdas": [1.0],
+                                  "val_examples": 4, "select_on_seen": True})
+    run_study(changed, only="baseline/", restore=docs)
+    assert not (out / "merge/lora-delta-w-average").exists()  # merged on other held-out examples: not restored
+
+
+@pytest.mark.parametrize("layout, message", [({}, "expected scores.json there"),
+                                             ({"scores.json": "[1]"}, "expected recipe.yaml there")])
+def test_restore_from_a_folder_that_is_not_published_results_is_one_line(tmp_path, tiny_model, glue_dir, layout,
+                                                                         message):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "study")
+    (tmp_path / "docs").mkdir()
+    for name, text in layout.items():
+        (tmp_path / "docs" / name).write_text(text)
+    with pytest.raises(FusekitError, match=message):
+        run_study(recipe, only="baseline/", restore=tmp_path / "docs")

@@ -1,7 +1,8 @@
 """`fusekit report --publish DIR`: a study's results in a folder git can keep, so that they outlive the run
 folders (which hold weights and are not kept): the report, its figures, the recipe as run, the stage costs, and
-every stage's scores in one JSON file (`scores.json`: stage name → its eval.json, baseline.json or tune.json).
-No weights.
+every stage's scores in one JSON file (`scores.json`: stage name → its eval.json, baseline.json or tune.json),
+and the other records a report reads (`records.json`: stage name → file name → record: merge manifests,
+disentanglement grids). No weights: `fusekit run --restore` continues a study from this folder.
 
 The folder is staged and renamed into place, like every output; publishing again replaces it, so two runs of a
 study can be compared with `git diff`.
@@ -15,10 +16,14 @@ from pathlib import Path
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.layout import (
     BASELINE,
+    DISENTANGLEMENT,
     EVAL,
+    MANIFEST,
+    PUBLISHED_RECORDS,
     PUBLISHED_SCORES,
     REPORT,
     REPORT_FIGURES,
+    RESTORED_SCORES,
     STAGES,
     STUDY_RECIPE,
     TUNE,
@@ -30,14 +35,28 @@ STAGE_KINDS = ("tune", "baseline", "train", "merge", "scaling", "joint", "disent
 
 
 def stage_scores(study: Path) -> dict[str, dict]:
-    """Every finished stage's recorded scores, by stage name (e.g. `train/sst2-lora`)."""
-    scores = {}
+    """Every finished stage's recorded scores, by stage name (e.g. `train/sst2-lora`); in a study continued with
+    --restore, the published scores of the training and joint stages that did not run again."""
+    restored = read_json(study / RESTORED_SCORES, "restored scores") if (study / RESTORED_SCORES).is_file() else {}
+    scores = {name: files[EVAL] for name, files in restored.items() if EVAL in files}
     for kind in STAGE_KINDS:
         for folder in sorted((study / kind).glob("*")):
             for name in (EVAL, BASELINE, TUNE):
                 if (folder / name).is_file():
                     scores[f"{kind}/{folder.name}"] = read_json(folder / name, "scores")
     return scores
+
+
+def stage_records(study: Path) -> dict[str, dict[str, object]]:
+    """The records other than scores that a report reads, by stage name and file name."""
+    records = {}
+    for kind in STAGE_KINDS:
+        for folder in sorted((study / kind).glob("*")):
+            found = {name: read_json(folder / name, "record", expect=expect)
+                     for name, expect in ((MANIFEST, dict), (DISENTANGLEMENT, list)) if (folder / name).is_file()}
+            if found:
+                records[f"{kind}/{folder.name}"] = found
+    return records
 
 
 def publish(study: Path, report: Path, out: Path) -> Path:
@@ -50,4 +69,5 @@ def publish(study: Path, report: Path, out: Path) -> Path:
             if (study / name).is_file():
                 shutil.copy2(study / name, stage / name)
         atomic_write_json(stage / PUBLISHED_SCORES, stage_scores(study))
+        atomic_write_json(stage / PUBLISHED_RECORDS, stage_records(study))
     return out / REPORT

@@ -1,13 +1,12 @@
 """`fusekit report`: turn a study folder (`fusekit run`) into a markdown report with tables and PNG plots.
 
-Everything is read from what the stages wrote (scores, manifests, training logs, stage costs), so a
-report can be rendered at any time, even of an unfinished study.
+Everything is read from what the stages wrote (scores, manifests, training logs, stage costs; read back by
+`records.py`), so a report can be rendered at any time, even of an unfinished study.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,7 @@ from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import (
     BASELINE,
     CONFIG,
-    DISENTANGLEMENT,
     DISENTANGLEMENT_PLOT,
-    EVAL,
-    MANIFEST,
     METRICS,
     REPORT,
     REPORT_FIGURES,
@@ -35,13 +31,13 @@ from fusekit.artifacts.layout import (
 )
 from fusekit.artifacts.merged_folder import manifest_tasks
 from fusekit.artifacts.output import written_by_fusekit
-from fusekit.artifacts.reading import read_json, read_jsonl
+from fusekit.artifacts.reading import read_jsonl
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.evaluation.metrics import format_ci, mean_defined, normalized_score
+from fusekit.evaluation.metrics import format_ci, mean_defined
 from fusekit.merging.criteria import CRITERIA, cross_fitted
 from fusekit.merging.params import PARAMETERS
-from fusekit.study.plan import Stage, StageId, recorded_plan, recorded_study
+from fusekit.study.plan import StageId
 from fusekit.study.plots import (
     coefficients_figure,
     disentanglement_figure,
@@ -51,11 +47,23 @@ from fusekit.study.plots import (
     save,
     similarity_figure,
 )
+from fusekit.study.records import (
+    declared_tasks,
+    declared_variants,
+    disentanglement_grids,
+    finished_runs,
+    in_recipe_order,
+    latest_records,
+    multitask_rows,
+    planned_stages,
+    read_record,
+    scaling_points,
+    similarity_matrices,
+    stage_ids,
+    train_scores,
+)
+from fusekit.study.restore import published_scores
 from fusekit.study.run import is_done
-
-
-def _json(path: Path) -> dict:
-    return read_json(path) if path.is_file() else {}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -63,38 +71,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def planned_stages(study: Path) -> tuple[Stage, ...]:
-    """The stages the study's recorded recipe plans, planned once per version of that file for all the sections
-    of a report (the report reads their identities and kinds, never their settings)."""
-    recipe = study / STUDY_RECIPE
-    status = recipe.stat() if recipe.is_file() else None
-    return _planned(study.resolve(), status and (status.st_mtime_ns, status.st_size))
-
-
-@functools.lru_cache(maxsize=4)
-def _planned(study: Path, version: tuple[int, int] | None) -> tuple[Stage, ...]:
-    return tuple(recorded_plan(study))
-
-
-def stage_ids(study: Path, folder: str) -> list[StageId]:
-    """The planned stages of one folder kind (train, merge, …) that have a folder: identities from the plan of the
-    recorded recipe, never parsed from a name."""
-    return [s.id for s in planned_stages(study) if s.id.folder == folder and (study / s.name).is_dir()]
-
-
-def _runs(study: Path) -> dict[StageId, dict]:
-    """Each finished training stage → its recorded scores for its task."""
-    found = {}
-    for stage_id in stage_ids(study, "train"):
-        scores = _json(study / stage_id.name / EVAL)
-        if (study / stage_id.name / CONFIG).is_file() and stage_id.task in scores:
-            found[stage_id] = scores[stage_id.task]
-    return found
+def reproduction_line(study: Path) -> str | None:
+    """In a study continued with --restore: whether the adapters trained again scored what was published."""
+    pairs = [(train_scores(study, s.id), published_scores(study, s.name)) for s in planned_stages(study)
+             if s.kind == "train" and (study / s.name / CONFIG).is_file() and published_scores(study, s.name)]
+    if not pairs:
+        return None
+    gaps = [abs(mine[t]["score"] - theirs[t]["score"]) for mine, theirs in pairs for t in theirs if t in mine]
+    same = sum(mine == theirs for mine, theirs in pairs)
+    return (f"Trained again on this machine: {len(pairs)} adapters the study had published; {same} scored exactly "
+            f"the published dev scores (largest difference {max(gaps, default=0.0):.4f}).")
 
 
 def individual_table(study: Path) -> tuple[str, list[str]]:
     """Per-task scores of each adapter variant; over several seeds, mean ± 95% CI."""
-    runs = _runs(study)
+    runs = finished_runs(study)
     found = {stage_id.task for stage_id in runs}
     tasks = [t for t in declared_tasks(study) if t in found]  # the recipe's order
     grouped: dict[tuple[str, str], list[dict]] = {}
@@ -116,22 +107,6 @@ def individual_table(study: Path) -> tuple[str, list[str]]:
     return _table(header, rows), tasks
 
 
-def declared_variants(study: Path) -> list[str]:
-    """The adapter variants in the order the recipe declares them (the first is the reference)."""
-    return list(recorded_study(study).adapters)
-
-
-def declared_tasks(study: Path) -> list[str]:
-    """The study's tasks in the recipe's order."""
-    return list(recorded_study(study).tasks)
-
-
-def in_recipe_order(study: Path, variants: list[str]) -> list[str]:
-    """Adapter variants in the order the recipe declares them, others after."""
-    declared = declared_variants(study)
-    return [v for v in declared if v in variants] + [v for v in variants if v not in declared]
-
-
 def seed_differences(mine: dict[int, float | None], reference: dict[int, float | None]) -> list[float]:
     """Per-seed differences, over the seeds where both have a defined value."""
     return [mine[s] - reference[s] for s in sorted(mine.keys() & reference.keys())
@@ -142,7 +117,7 @@ def paired_table(study: Path, tasks: list[str]) -> str | None:
     """Each variant minus the first, task by task, paired by seed: mean ± 95% CI of the per-seed differences
     (None unless some variant has two or more seeds in common with the first)."""
     by_seed: dict[str, dict[int, dict[str, float]]] = {}
-    for stage_id, scores in _runs(study).items():
+    for stage_id, scores in finished_runs(study).items():
         if stage_id.seed is not None:
             by_seed.setdefault(stage_id.variant, {}).setdefault(stage_id.seed, {})[stage_id.task] = scores["score"]
     if len(by_seed) < 2:
@@ -163,7 +138,7 @@ def paired_table(study: Path, tasks: list[str]) -> str | None:
 
 def baseline_rows(study: Path, tasks: list[str]) -> list[list[str]]:
     """Majority class, zero-shot and head-only scores (baseline/<task>/), in the per-task table's format."""
-    found = {t: _json(study / "baseline" / t / BASELINE) for t in tasks}
+    found = {t: read_record(study / "baseline" / t / BASELINE) for t in tasks}
     if not any(found.values()):
         return []
     rows = []
@@ -175,36 +150,6 @@ def baseline_rows(study: Path, tasks: list[str]) -> list[list[str]]:
             cells.append("/".join(f"{scores[m]:.3f}" for m in get_task(task).metrics) if scores else "–")
         rows.append([label, *cells])
     return rows
-
-
-def multitask_rows(study: Path, kind: str) -> list[tuple[StageId, dict, dict]]:
-    """(name, manifest, scores) of each scored merged (kind=merge) or joint (kind=joint) folder; scores hold
-    each task's raw score and its normalized score against the task's own adapter (None where undefined)."""
-    rows = []
-    for stage_id in stage_ids(study, kind):
-        folder = study / stage_id.name
-        manifest, scores = _json(folder / MANIFEST), _json(folder / EVAL)
-        if manifest and all(task in scores for task in manifest_tasks(manifest, folder)):
-            rows.append((stage_id, manifest, normalize(study, manifest, scores)))
-    return rows
-
-
-def normalize(study: Path, manifest: dict, scores: dict) -> dict:
-    """Raw and normalized score per task, from the recorded scores of each task's own adapter (same examples).
-
-    Input runs are recorded as given to `fusekit run` (often relative to where it ran): a run not found there
-    is looked up in the study's own train/ folder.
-    """
-    result = {}
-    for item in manifest["inputs"]:
-        task, mine, own = item["task"], scores[item["task"]], None
-        if item.get("run"):
-            run = Path(item["run"]) if Path(item["run"]).is_dir() else study / "train" / Path(item["run"]).name
-            own = _json(run / EVAL).get(task)
-        same = own is not None and _same_examples(own, mine)
-        result[task] = {"score": mine["score"], "normalized": normalized_score(mine["score"], own["score"])
-                        if same else None}
-    return result
 
 
 def search_precision(manifests: list[dict]) -> list[str]:
@@ -221,13 +166,6 @@ def search_precision(manifests: list[dict]) -> list[str]:
     return [f"Held-out searches used {examples} examples per task; the standard error of the selection score (the "
             f"average normalized score, bootstrap over those examples) at the chosen point is {np.median(errors):.3f} "
             f"(median), {max(errors):.3f} (largest) over {len(errors)} searched merges: {verdict}.", ""]
-
-
-def _same_examples(a: dict, b: dict) -> bool:
-    """Two scores on the same examples: by fingerprint, or (records from before fingerprints) by count."""
-    if "examples_fingerprint" in a or "examples_fingerprint" in b:
-        return a.get("examples_fingerprint") == b.get("examples_fingerprint")
-    return a.get("examples") == b.get("examples")
 
 
 def _params(manifest: dict) -> str:
@@ -297,49 +235,11 @@ def paired_merge_table(study: Path, rows: list[tuple[StageId, dict, dict]], task
     return _table(["paired by seed", "Δ average normalized", "Δ average raw", "seeds"], body) if body else None
 
 
-def scaling_points(study: Path) -> dict[str, dict[int, list[float]]]:
-    """Fusion vs the number of tasks: merge setting → k → the average normalized score of each scored subset."""
-    points: dict[str, dict[int, list[float]]] = {}
-    for stage_id in stage_ids(study, "scaling"):
-        average = _json(study / stage_id.name / EVAL).get("average_normalized", {}).get("normalized")
-        if average is not None:
-            points.setdefault(stage_id.setting, {}).setdefault(len(stage_id.tasks), []).append(average)
-    return points
-
-
 def scaling_table(points: dict[str, dict[int, list[float]]]) -> str:
     sizes = sorted({k for by_k in points.values() for k in by_k})
     rows = [[name, *(f"{np.mean(by_k[k]):.3f} ± {np.std(by_k[k]):.3f} (n={len(by_k[k])})" if k in by_k else "–"
                      for k in sizes)] for name, by_k in points.items()]
     return _table(["merge", *(f"k = {k}" for k in sizes)], rows)
-
-
-def similarity_matrices(study: Path, tasks: list[str]) -> list[tuple[str, np.ndarray]]:
-    """Each adapter variant's task-vector cosine similarities (its first seed's runs, the study's task order)."""
-    from fusekit.artifacts.run_folder import load_run
-    from fusekit.merging.similarity import similarity_matrix
-
-    folders: dict[str, dict[str, Path]] = {}
-    for stage_id in stage_ids(study, "train"):  # planned seed by seed: the first seed's run comes first
-        if (study / stage_id.name / CONFIG).is_file():
-            folders.setdefault(stage_id.variant, {}).setdefault(stage_id.task, study / stage_id.name)
-    return [(variant, similarity_matrix([load_run(folders[variant][t]) for t in tasks]))
-            for variant in in_recipe_order(study, list(folders))
-            if len(tasks) > 1 and set(folders[variant]) >= set(tasks)]
-
-
-def disentanglement_grids(study: Path) -> dict[str, dict[str, object]]:
-    """Task pair → setting (`<variant>-<space>`) → its `Disentanglement`, from the study's disentangle stages."""
-    from fusekit.study.disentangle import Disentanglement
-
-    grids: dict[str, dict[str, object]] = {}
-    for stage_id in stage_ids(study, "disentangle"):
-        path = study / stage_id.name / DISENTANGLEMENT
-        if path.is_file():
-            for record in read_json(path, "disentanglement", expect=list):
-                pair, setting = "+".join(stage_id.tasks), f"{stage_id.variant}-{stage_id.space}"
-                grids.setdefault(pair, {})[setting] = Disentanglement.from_json(record)
-    return grids
 
 
 def _position(declared: list[str], name: str) -> int:
@@ -403,9 +303,11 @@ def write_report(study: Path) -> Path:
     found = Found(study, figures, tasks, multitask_rows(study, "merge"), multitask_rows(study, "joint"))
     explained = ("Over several seeds: mean ± half-width of the 95% Student-t confidence interval." if tasks else
                  "No adapter has finished training yet: the study is in progress (`fusekit run` resumes it).")
+    reproduced = reproduction_line(study)
     parts = [f"# fusekit report: {study.name}", "", progress_line(study), "",
-             "## Individually finetuned adapters (GLUE validation)", "", explained, "", *([individual, ""] if tasks
-                                                                                        else [])]
+             *([reproduced, ""] if reproduced else []),
+             "## Individually finetuned adapters (GLUE validation)", "", explained, "",
+             *([individual, ""] if tasks else [])]
     for section in SECTIONS:
         parts += section(found)
     path = study / REPORT
@@ -420,8 +322,8 @@ def progress_line(study: Path) -> str:
     done = set()
     for stage in planned_stages(study):
         finished, planned = counts.setdefault(stage.id.folder, [0, 0])
-        if is_done(stage, study):
-            done.add(stage.name)
+        if is_done(stage, study) or (stage.kind in ("train", "joint") and published_scores(study, stage.name)):
+            done.add(stage.name)  # published results of a study continued with --restore count as finished
         counts[stage.id.folder] = [finished + (stage.name in done), planned + 1]
     kinds = ", ".join(f"{kind} {finished}/{planned}" for kind, (finished, planned) in counts.items())
     state = "Finished" if len(done) == sum(c[1] for c in counts.values()) else "In progress"
@@ -431,13 +333,9 @@ def progress_line(study: Path) -> str:
             + (f" Failed on their last try: {'; '.join(failed)}." if failed else ""))
 
 
-def latest_records(study: Path) -> dict[str, dict]:
-    """Each stage's latest `stages.jsonl` record: its state (queued, running, done, failed, stopped)."""
-    path = study / STAGES
-    return {r["stage"]: r for r in (read_jsonl(path, "stage log") if path.is_file() else []) if "stage" in r}
-
-
 @dataclass
+
+
 class Found:
     """What the report's sections read: the study, where figures go, its tasks, its scored merges and joints."""
 
@@ -557,7 +455,7 @@ def tune_section(found: Found) -> list[str]:
     """Each tune's grid on held-out training examples, the chosen point in bold: how the settings were chosen."""
     tables = []
     for stage_id in stage_ids(found.study, "tune"):
-        table = _json(found.study / stage_id.name / TUNE)
+        table = read_record(found.study / stage_id.name / TUNE)
         if not table.get("rows"):
             continue
         keys = list(table["rows"][0].keys() - {"score", "held_out", "seconds"})
@@ -589,6 +487,8 @@ def stage_section(found: Found) -> list[str]:
 
 
 # the report after its per-task table, in order: one function per section
+
+
 SECTIONS: list[Callable[[Found], list[str]]] = [
     tune_section, paired_section, multitask_section, criteria_section, sweep_section, coefficients_section,
     similarity_section, scaling_section, disentangle_section, joint_section, stage_section,

@@ -44,6 +44,7 @@ from fusekit.study.plan import (
 )
 from fusekit.study.recipe import StudyConfig, load_study
 from fusekit.study.resources import measure
+from fusekit.study.restore import restore as restore_published
 from fusekit.training.parallel import processes
 from fusekit.training.tune import point_configs, point_scores, tune
 
@@ -52,13 +53,14 @@ def waiting_for_tunes(study: StudyConfig, stages: list[Stage], out: Path, only: 
     """Refuse to train (or score a baseline) with settings a selected stage's tune has not chosen yet: it would
     train at the defaults, and the finished tune would then find the stage run with other settings."""
     first = next(iter(study.adapters))
+    chosen = {s.name for s in with_needs([s for s in stages if selected(s.name, only)], stages, out)}
     for stage in stages:
         if stage.kind != "tune" or is_done(stage, out):
             continue
         task, variant = stage.id.task, stage.id.variant
         waiting = [train_id(study, task, variant, seed) for seed in study.seeds]
         waiting += [StageId("baseline", task)] if variant == first else []
-        blocked = next((w.name for w in waiting if selected(w.name, only)), None)
+        blocked = next((w.name for w in waiting if w.name in chosen), None)
         if blocked:
             raise FusekitError(f"{blocked} waits for {stage.name} to choose its settings: run that first "
                                f"(--only {stage.name}) or select both")
@@ -109,9 +111,11 @@ def selected(name: str, only: str | None) -> bool:
     return only is None or any(name.startswith(p) or fnmatch(name, p) for p in only.split(","))
 
 
-def run_study(recipe: Path, only: str | None = None, executor: Executor | None = None) -> list[Stage]:
-    """Run every unfinished stage of the recipe that `only` selects, with `executor` (default: here, one after
-    another): the tune stages first, then the rest as planned again, so that training uses what the tunes chose."""
+def run_study(recipe: Path, only: str | None = None, executor: Executor | None = None,
+              restore: Path | None = None) -> list[Stage]:
+    """Run every unfinished stage of the recipe that `only` selects (and the unfinished ones they need), with
+    `executor` (default: here, one after another): the tune stages first, then the rest as planned again, so that
+    training uses what the tunes chose. `restore`: a folder this study published, to continue from."""
     study = load_study(recipe)
     stages = plan(study, str(recipe))
     out = Path(study.out)
@@ -134,6 +138,9 @@ def run_study(recipe: Path, only: str | None = None, executor: Executor | None =
             if not (out / MARKER).is_file():
                 mark(out, "study")
             atomic_write_text(out / STUDY_RECIPE, read_text(recipe, "recipe"))
+            if restore is not None:
+                restored = restore_published(study, str(recipe), restore)
+                console.print(f"restored {len(restored)} finished stages from {restore}")
         procs.barrier()
         if study.tune is not None:
             _run_stages([s for s in stages if s.kind == "tune"], out, only, executor)
@@ -150,7 +157,7 @@ def run_study(recipe: Path, only: str | None = None, executor: Executor | None =
 
 def _run_stages(stages: list[Stage], out: Path, only: str | None, executor: Executor) -> None:
     procs = processes()
-    todo = [s for s in stages if selected(s.name, only)]
+    todo = with_needs([s for s in stages if selected(s.name, only)], stages, out)
     for stage in todo:
         if is_done(stage, out):
             check_unchanged(stage, out)
@@ -162,6 +169,19 @@ def _run_stages(stages: list[Stage], out: Path, only: str | None, executor: Exec
     finally:
         if log:
             log.close()
+
+
+def with_needs(chosen: list[Stage], stages: list[Stage], out: Path) -> list[Stage]:
+    """The chosen stages and the unfinished stages the unfinished ones need, in plan order: a piece of a study
+    runs whole."""
+    by_name, wanted = {s.name: s for s in stages}, {s.name for s in chosen}
+    pending = [s.name for s in chosen if not is_done(s, out)]
+    while pending:
+        for need in by_name[pending.pop()].needs:
+            if need not in wanted and need in by_name and not is_done(by_name[need], out):
+                wanted.add(need)
+                pending.append(need)
+    return [s for s in stages if s.name in wanted]
 
 
 def run_stage(stage: Stage, out: Path) -> dict:

@@ -1,0 +1,106 @@
+"""`fusekit run RECIPE --restore PUBLISHED`: continue a study on a machine that lost its run folder, from what the
+study published (`fusekit report --publish`), which keeps every record and no weight.
+
+Stages that leave only records (tunes, baselines, merges, scaling subsets, disentanglement) are restored when the
+recipe still plans them with the settings the published recipe gave them; each restored folder is marked as
+restored. Training and joint stages are not: later stages read their weights, so they run again when a selected
+stage needs them (from their seed they reproduce the published adapters, and the report says whether they did),
+and their published scores stand in the report for the ones not run again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fusekit.artifacts.atomic import atomic_write_json
+from fusekit.artifacts.layout import (
+    BASELINE,
+    DISENTANGLEMENT,
+    EVAL,
+    MANIFEST,
+    PUBLISHED_RECORDS,
+    PUBLISHED_SCORES,
+    RESTORED_SCORES,
+    STAGES,
+    STUDY_RECIPE,
+    TUNE,
+)
+from fusekit.artifacts.reading import read_json, read_jsonl
+from fusekit.artifacts.staging import staged_dir
+from fusekit.errors import FusekitError
+from fusekit.study.plan import plan
+from fusekit.study.recipe import StudyConfig, load_study
+
+# the records each restorable kind of stage leaves: its scores file first (what `scores.json` publishes), then
+# the others (what `records.json` publishes)
+RECORDS = {"tune": (TUNE,), "baseline": (BASELINE,), "merge": (EVAL, MANIFEST), "disentangle": (DISENTANGLEMENT,)}
+SCORES_FILE = {"tune": TUNE, "baseline": BASELINE}  # what `scores.json` holds of a stage; EVAL for the others
+RESTORED_KIND = "restored stage"
+
+
+def published_records(folder: Path) -> dict[str, dict[str, object]]:
+    """Stage name → record file name → its content, from a published folder's `scores.json` and `records.json`."""
+    for name in (PUBLISHED_SCORES, STUDY_RECIPE):
+        if not (folder / name).is_file():
+            raise FusekitError(f"--restore {folder}: expected {name} there (a folder `fusekit report --publish` "
+                               "wrote)")
+    scores = read_json(folder / PUBLISHED_SCORES, "published scores")
+    extra = read_json(folder / PUBLISHED_RECORDS, "published records") if (folder / PUBLISHED_RECORDS).is_file() \
+        else {}
+    records: dict[str, dict[str, object]] = {}
+    for stage, content in scores.items():
+        records.setdefault(stage, {})[SCORES_FILE.get(stage.split("/", 1)[0], EVAL)] = content
+    for stage, files in extra.items():
+        if not isinstance(files, dict):
+            raise FusekitError(f"{folder / PUBLISHED_RECORDS}: {stage}: expected a mapping of file name to record")
+        records.setdefault(stage, {}).update(files)
+    return records
+
+
+def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
+    """Restore into the study folder every stage the published results finished and the recipe still plans the
+    same way; keep the published scores of every stage for the report. Returns the restored stage names."""
+    from fusekit.study.run import is_done
+
+    out = Path(study.out)
+    records = published_records(published)
+    then = load_study(published / STUDY_RECIPE)
+    if Path(then.out).resolve() != out.resolve():
+        raise FusekitError(f"--restore {published}: those results were published from the study in {then.out}, "
+                           f"not {study.out} (the recipe's `out`)")
+    restored = []
+    for phase in ("tune", "other"):  # the plan reads what the restored tunes chose
+        published_plan = {s.name: s for s in plan(then, str(published / STUDY_RECIPE))}
+        for stage in plan(study, recipe):
+            if (stage.kind == "tune") != (phase == "tune") or stage.kind not in RECORDS or is_done(stage, out):
+                continue
+            files = records.get(stage.name, {})
+            same = published_plan.get(stage.name)
+            if same is None or same.config != stage.config or not all(n in files for n in RECORDS[stage.kind]):
+                continue
+            with staged_dir(out / stage.name, overwrite=False, kind=RESTORED_KIND) as folder:
+                for name in RECORDS[stage.kind]:
+                    (folder / name).write_text(json.dumps(files[name], indent=2) + "\n", encoding="utf-8")
+            restored.append(stage.name)
+    atomic_write_json(out / RESTORED_SCORES, {name: files for name, files in records.items()
+                                              if name.split("/", 1)[0] in ("train", "joint")})
+    _carry_costs(published, out)
+    return restored
+
+
+def _carry_costs(published: Path, out: Path) -> None:
+    """The published stage log, once, so that the report keeps what the stages cost where they ran."""
+    path, log = published / STAGES, out / STAGES
+    if log.is_file() and any(r.get("restored") for r in read_jsonl(log, "stage log")):
+        return
+    kept = read_jsonl(path, "stage log") if path.is_file() else []
+    with open(log, "a", encoding="utf-8") as file:
+        file.writelines(json.dumps({**r, "restored": True}) + "\n" for r in kept)
+
+
+def published_scores(study: Path, stage: str) -> dict:
+    """The published scores of a training or joint stage that this machine has not run (empty if none)."""
+    path = study / RESTORED_SCORES
+    return read_json(path, "restored scores").get(stage, {}).get(EVAL, {}) if path.is_file() else {}
+
