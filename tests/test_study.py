@@ -443,6 +443,8 @@ def test_a_published_study_continues_on_a_machine_that_lost_its_runs(tmp_path, t
     assert scores["merge/lora-delta-w-task-arithmetic"] == merged and "merge/lora-delta-w-average" in scores
     stages = [json.loads(line) for line in (docs / "stages.jsonl").read_text().splitlines()]
     assert {s["stage"] for s in stages if s.get("restored")} >= {"merge/lora-delta-w-task-arithmetic"}
+    first_new = next(i for i, s in enumerate(stages) if not s.get("restored"))
+    assert not any(s.get("restored") for s in stages[first_new:])  # history first: a stage's last line is its state
 
 
 def test_restore_skips_stages_the_recipe_now_plans_differently(tmp_path, tiny_model, glue_dir):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fusekit.artifacts.atomic import atomic_write_json
+from fusekit.artifacts.atomic import atomic_write_json, atomic_write_text
 from fusekit.artifacts.layout import (
     BASELINE,
     DISENTANGLEMENT,
@@ -90,13 +90,14 @@ def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
 
 
 def _carry_costs(published: Path, out: Path) -> None:
-    """The published stage log, once, so that the report keeps what the stages cost where they ran."""
+    """The published stage log, once, before the study's own records (a stage's latest record is its state), so
+    that the report keeps what the stages cost where they ran."""
     path, log = published / STAGES, out / STAGES
-    if log.is_file() and any(r.get("restored") for r in read_jsonl(log, "stage log")):
+    mine = read_jsonl(log, "stage log") if log.is_file() else []
+    if any(r.get("restored") for r in mine) or not path.is_file():
         return
-    kept = read_jsonl(path, "stage log") if path.is_file() else []
-    with open(log, "a", encoding="utf-8") as file:
-        file.writelines(json.dumps({**r, "restored": True}) + "\n" for r in kept)
+    carried = [{**r, "restored": True} for r in read_jsonl(path, "stage log")]
+    atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in carried + mine))
 
 
 def published_scores(study: Path, stage: str) -> dict:
