@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -419,7 +420,6 @@ def test_a_published_study_continues_on_a_machine_that_lost_its_runs(tmp_path, t
     publish(out, write_report(out), docs)
     records = json.loads((docs / "records.json").read_text())
     assert records["merge/lora-delta-w-task-arithmetic"]["manifest.json"]["inputs"][0]["task"] == "sst2"
-    import shutil
     shutil.rmtree(out)  # a new machine: only what git kept
 
     ran = []
@@ -452,7 +452,6 @@ def test_restore_skips_stages_the_recipe_now_plans_differently(tmp_path, tiny_mo
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out)
     run_study(recipe, only="merge/lora-delta-w-average")
     publish(out, write_report(out), docs)
-    import shutil
     shutil.rmtree(out)
     changed = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out,
                            merge={"methods": ["average"], "spaces": ["delta-w"], "lambdas": [1.0],

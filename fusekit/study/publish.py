@@ -23,13 +23,13 @@ from fusekit.artifacts.layout import (
     PUBLISHED_SCORES,
     REPORT,
     REPORT_FIGURES,
-    RESTORED_SCORES,
     STAGES,
     STUDY_RECIPE,
     TUNE,
 )
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.staging import staged_dir
+from fusekit.study.restore import restored_scores
 
 STAGE_KINDS = ("tune", "baseline", "train", "merge", "scaling", "joint", "disentangle")
 
@@ -37,8 +37,7 @@ STAGE_KINDS = ("tune", "baseline", "train", "merge", "scaling", "joint", "disent
 def stage_scores(study: Path) -> dict[str, dict]:
     """Every finished stage's recorded scores, by stage name (e.g. `train/sst2-lora`); in a study continued with
     --restore, the published scores of the training and joint stages that did not run again."""
-    restored = read_json(study / RESTORED_SCORES, "restored scores") if (study / RESTORED_SCORES).is_file() else {}
-    scores = {name: files[EVAL] for name, files in restored.items() if EVAL in files}
+    scores = dict(restored_scores(study))
     for kind in STAGE_KINDS:
         for folder in sorted((study / kind).glob("*")):
             for name in (EVAL, BASELINE, TUNE):

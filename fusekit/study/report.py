@@ -334,8 +334,6 @@ def progress_line(study: Path) -> str:
 
 
 @dataclass
-
-
 class Found:
     """What the report's sections read: the study, where figures go, its tasks, its scored merges and joints."""
 
@@ -487,8 +485,6 @@ def stage_section(found: Found) -> list[str]:
 
 
 # the report after its per-task table, in order: one function per section
-
-
 SECTIONS: list[Callable[[Found], list[str]]] = [
     tune_section, paired_section, multitask_section, criteria_section, sweep_section, coefficients_section,
     similarity_section, scaling_section, disentangle_section, joint_section, stage_section,

@@ -10,6 +10,7 @@ and their published scores stand in the report for the ones not run again.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -81,10 +82,10 @@ def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
                 continue
             with staged_dir(out / stage.name, overwrite=False, kind=RESTORED_KIND) as folder:
                 for name in RECORDS[stage.kind]:
-                    (folder / name).write_text(json.dumps(files[name], indent=2) + "\n", encoding="utf-8")
+                    atomic_write_json(folder / name, files[name])
             restored.append(stage.name)
-    atomic_write_json(out / RESTORED_SCORES, {name: files for name, files in records.items()
-                                              if name.split("/", 1)[0] in ("train", "joint")})
+    atomic_write_json(out / RESTORED_SCORES, {name: files[EVAL] for name, files in records.items()
+                                              if name.split("/", 1)[0] in ("train", "joint") and EVAL in files})
     _carry_costs(published, out)
     return restored
 
@@ -100,8 +101,19 @@ def _carry_costs(published: Path, out: Path) -> None:
     atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in carried + mine))
 
 
+def restored_scores(study: Path) -> dict[str, dict]:
+    """Stage name → the published eval.json of each training and joint stage, in a study continued with
+    --restore (empty otherwise); read once per version of the file, however many stages a report asks about."""
+    path = study / RESTORED_SCORES
+    status = path.stat() if path.is_file() else None
+    return _restored(path.resolve(), status and (status.st_mtime_ns, status.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _restored(path: Path, version: tuple[int, int] | None) -> dict[str, dict]:
+    return read_json(path, "restored scores") if version else {}
+
+
 def published_scores(study: Path, stage: str) -> dict:
     """The published scores of a training or joint stage that this machine has not run (empty if none)."""
-    path = study / RESTORED_SCORES
-    return read_json(path, "restored scores").get(stage, {}).get(EVAL, {}) if path.is_file() else {}
-
+    return restored_scores(study).get(stage, {})
