@@ -470,3 +470,10 @@ def test_restore_from_a_folder_that_is_not_published_results_is_one_line(tmp_pat
         (tmp_path / "docs" / name).write_text(text)
     with pytest.raises(FusekitError, match=message):
         run_study(recipe, only="baseline/", restore=tmp_path / "docs")
+
+
+def test_only_that_matches_no_stage_is_refused_before_anything_is_written(tmp_path, tiny_model, glue_dir):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "s")
+    with pytest.raises(FusekitError, match="--only 'merge/lora-deltaw': no stage of .* matches it"):
+        run_study(recipe, only="merge/lora-deltaw")
+    assert not (tmp_path / "s").exists()

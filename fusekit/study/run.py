@@ -118,6 +118,9 @@ def run_study(recipe: Path, only: str | None = None, executor: Executor | None =
     training uses what the tunes chose. `restore`: a folder this study published, to continue from."""
     study = load_study(recipe)
     stages = plan(study, str(recipe))
+    if only is not None and not any(selected(s.name, only) for s in stages):
+        raise FusekitError(f"--only {only!r}: no stage of {recipe} matches it (`fusekit run {recipe} --dry-run` "
+                           "lists them)")
     out = Path(study.out)
     executor = executor or LocalExecutor()
     procs = processes()  # training stages run data parallel; merges on the main process alone
@@ -158,6 +161,8 @@ def run_study(recipe: Path, only: str | None = None, executor: Executor | None =
 def _run_stages(stages: list[Stage], out: Path, only: str | None, executor: Executor) -> None:
     procs = processes()
     todo = with_needs([s for s in stages if selected(s.name, only)], stages, out)
+    if not todo:  # e.g. the tune pass of a piece that selects no tune
+        return
     for stage in todo:
         if is_done(stage, out):
             check_unchanged(stage, out)
