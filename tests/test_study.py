@@ -420,6 +420,7 @@ def test_a_published_study_continues_on_a_machine_that_lost_its_runs(tmp_path, t
     publish(out, write_report(out), docs)
     records = json.loads((docs / "records.json").read_text())
     assert records["merge/lora-delta-w-task-arithmetic"]["manifest.json"]["inputs"][0]["task"] == "sst2"
+    assert not (docs / "verbalizers.json").exists()  # an encoder learns heads: no words to record
     shutil.rmtree(out)  # a new machine: only what git kept
 
     ran = []
@@ -477,3 +478,27 @@ def test_only_that_matches_no_stage_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(FusekitError, match="--only 'merge/lora-deltaw': no stage of .* matches it"):
         run_study(recipe, only="merge/lora-deltaw")
     assert not (tmp_path / "s").exists()
+
+
+def test_text_results_are_restored_only_while_fusekit_asks_in_their_words(tmp_path, tiny_llama, glue_dir,
+                                                                          monkeypatch):
+    from dataclasses import replace
+
+    from fusekit.data import tasks
+
+    out, docs = tmp_path / "study", tmp_path / "docs"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_llama, glue_dir, out, tasks=["sst2", "rte"], task_settings={},
+                          baselines=True)
+    run_study(recipe, only="baseline/")
+    publish(out, write_report(out), docs)
+    assert json.loads((docs / "verbalizers.json").read_text())["rte"] == tasks.TASKS["rte"].verbalizer_record()
+    shutil.rmtree(out)
+    with monkeypatch.context() as patch:
+        patch.setitem(tasks.TASKS, "rte", replace(tasks.TASKS["rte"], answers=(" true", " false")))
+        with pytest.raises(FusekitError, match="fusekit now asks rte in other words than those results were made "
+                                               "with: run the study without --restore"):
+            run_study(recipe, only="baseline/", restore=docs)
+    assert not (out / "baseline").exists()
+    (docs / "verbalizers.json").unlink()  # published before words were recorded: in the words fusekit first asked
+    run_study(recipe, only="baseline/", restore=docs)
+    assert (out / "baseline/rte/baseline.json").is_file()

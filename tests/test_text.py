@@ -245,6 +245,38 @@ def test_module_l_lora_on_llama_expands_each_layer(tiny_llama):
             assert torch.allclose(layer(x) - at(0.0), (at(h) - at(-h)) / (2 * h), atol=1e-7), name
 
 
+def test_the_words_of_adapters_made_before_words_were_recorded_are_still_the_words_fusekit_asks():
+    """Text adapters and published results from before fusekit recorded each task's prompt and answer words carry
+    none, and are read as made in the words fusekit has asked since it first asked in text (2026-12-02). Changing a
+    task's words breaks that: first make a missing record an error (check_verbalizers, check_verbalizers_published),
+    then update this fingerprint."""
+    import hashlib
+
+    from fusekit.data.tasks import TASKS
+
+    words = {name: task.verbalizer_record() for name, task in sorted(TASKS.items())}
+    fingerprint = hashlib.sha256(json.dumps(words, sort_keys=True).encode()).hexdigest()
+    assert fingerprint == "f7d8ce2ceffb923403ce3c7f081e38ed1ea3e7c494a5925453141945edf9e85d"
+
+
+def test_an_adapter_trained_on_other_words_is_refused_not_misread(text_runs, tmp_path, monkeypatch):
+    from fusekit.artifacts.merged_folder import load_merged
+    from fusekit.data import tasks
+    from fusekit.merging.config import MergeConfig
+    from fusekit.merging.merge import run_merge
+
+    folder = text_runs["rte"][0]
+    assert load_run(folder).vector.meta["verbalizers"] == {"rte": RTE.verbalizer_record()}
+    merged = tmp_path / "merged"
+    run_merge(MergeConfig(lam=0.5, device="cpu"), [text_runs["sst2"][0], folder], merged)
+    monkeypatch.setitem(tasks.TASKS, "rte", replace(RTE, answers=(" true", " false")))
+    with pytest.raises(FusekitError, match=r"rte adapter was trained with answers \[' yes', ' no'\]; fusekit now "
+                                           r"asks rte .* answered by \[' true', ' false'\]: train it again"):
+        load_run(folder)
+    with pytest.raises(FusekitError, match="rte adapter was trained with"):
+        load_merged(merged)
+
+
 def test_two_text_adapters_merge_into_one_model_for_both(text_runs, tiny_llama, glue_dir, tmp_path):
     from fusekit.artifacts.merged_folder import load_merged
     from fusekit.artifacts.run_folder import model_for_vector

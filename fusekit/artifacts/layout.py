@@ -121,6 +121,7 @@ STUDY_RECIPE = "recipe.yaml"
 TUNED_RECIPE = "recipe.tuned.yaml"  # the recipe with the settings its tune stages chose, ready to rerun
 STAGES = "stages.jsonl"
 PUBLISHED_SCORES = "scores.json"
+PUBLISHED_VERBALIZERS = "verbalizers.json"  # a text study's prompt and answer words per task, as its runs used
 PUBLISHED_RECORDS = "records.json"  # the other records a report reads: merge manifests, disentanglement grids
 RESTORED_SCORES = "restored-scores.json"  # in a study continued with --restore: the published training scores
 REPORT = "report.md"

@@ -15,6 +15,7 @@ from fusekit.artifacts.layout import EVAL, MANIFEST, PEFT, TASK_VECTOR, head_fil
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.run_folder import (
     Run,
+    check_verbalizers,
     load_run,
     model_for_vector,
     write_peft_folder,
@@ -66,7 +67,10 @@ def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, tor
     if manifest.get("format") != FORMAT:
         raise FusekitError(f"{folder / MANIFEST}: not a fusekit merged folder (expected format {FORMAT})")
     heads = {task: TaskHead(*_head(files.path(head_file(task)))) for task in manifest_tasks(manifest, folder)}
-    return manifest, TaskVector.load(files.path(TASK_VECTOR)), heads
+    vector = TaskVector.load(files.path(TASK_VECTOR))
+    if any(head.spec.text for head in heads.values()):
+        check_verbalizers(folder, vector.meta, list(heads))
+    return manifest, vector, heads
 
 
 def manifest_tasks(manifest: dict, folder: Path) -> list[str]:

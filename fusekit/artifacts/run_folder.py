@@ -54,12 +54,19 @@ def write_peft_folder(folder: Path, model: AdaptedModel) -> None:
     save_tensors(folder / PEFT_WEIGHTS, tensors, {"format": "pt"})
 
 
+def vector_meta(model: AdaptedModel, base: BaseModel, tasks: list[TaskSpec]) -> dict:
+    """What a task vector records of the adapter that made it: its setup, tasks, base model and, asked in text,
+    each task's prompt and answer words."""
+    meta = {**model.spec.meta(), "target_modules": model.target_modules(), "tasks": [t.name for t in tasks],
+            "base_model": base.name, "base_fingerprint": base.fingerprint, "fusekit_version": __version__}
+    if base.head.text:
+        meta["verbalizers"] = {t.name: t.verbalizer_record() for t in tasks}
+    return meta
+
+
 def save_run(folder: Path, cfg: TrainConfig, base: BaseModel, model: AdaptedModel, task: TaskSpec) -> TaskVector:
-    meta = {
-        **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [task.name],
-        "base_model": base.name, "base_fingerprint": base.fingerprint, "fusekit_version": __version__,
-    }
-    vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), meta, frozen=model.frozen_keys())
+    vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), vector_meta(model, base, [task]),
+                                     frozen=model.frozen_keys())
     vector.save(folder / TASK_VECTOR)
     save_tensors(folder / HEAD, model.head_state(), {"task": task.name, "family": task.family, **base.head.meta()})
     write_peft_folder(folder, model)
@@ -113,6 +120,8 @@ def check_records_agree(run: Run) -> None:
     if spec.target_modules and set(spec.target_modules) != set(meta.get("target_modules") or ()):
         raise FusekitError(f"{where} {CONFIG} targets {list(spec.target_modules)}, {TASK_VECTOR} "
                            f"{meta.get('target_modules')}")
+    if run.head.spec.text:
+        check_verbalizers(run.folder, meta, [run.head_task])
     ranks = {shape[0] for key, shape in header.shapes.items() if ".lora_A." in key}
     if ranks - {spec.rank}:
         raise FusekitError(f"{where} rank {spec.rank} recorded, {TASK_VECTOR} holds rank "
@@ -123,6 +132,22 @@ def check_records_agree(run: Run) -> None:
         if (peft.get("r"), peft.get("lora_alpha")) != (folded * spec.rank, folded * spec.alpha):
             raise FusekitError(f"{where} {PEFT_CONFIG} says r={peft.get('r')!r}, lora_alpha="
                                f"{peft.get('lora_alpha')!r} for a rank-{spec.rank} adapter of alpha {spec.alpha:g}")
+
+
+def check_verbalizers(folder: Path, meta: dict, tasks: list[str]) -> None:
+    """A text adapter answers `tasks` in the words it was trained on: refused once fusekit asks them otherwise, as
+    its scores would be of words it never learned. One from before the words were recorded has no record: fusekit
+    has asked each task in the same words since it first asked in text (a test holds them fixed)."""
+    recorded = meta.get("verbalizers")
+    if recorded is None:
+        return
+    for name in tasks:
+        now = get_task(name).verbalizer_record()
+        if recorded.get(name) != now:
+            then = f"answers {recorded[name].get('answers')}" if isinstance(recorded.get(name), dict) else \
+                "words fusekit did not record then"
+            raise FusekitError(f"{folder}: its {name} adapter was trained with {then}; fusekit now asks "
+                               f"{name} {now['prompt']!r} answered by {now['answers']}: train it again")
 
 
 def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,

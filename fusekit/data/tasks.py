@@ -53,6 +53,11 @@ class TaskSpec:
     def file_for(self, split: str) -> str:
         return dict(self.files)[split]
 
+    def verbalizer_record(self) -> dict[str, object]:
+        """How a text adapter of this task is asked and answers: recorded with it, so that an adapter trained on
+        other words is refused rather than scored on words it never learned."""
+        return {"prompt": self.prompt, "answers": list(self.answers)}
+
     @property
     def answer_values(self) -> tuple[float, ...] | None:
         """Regression: the number each answer writes (STS-B: 0 … 5); None for classification."""

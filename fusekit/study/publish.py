@@ -2,7 +2,8 @@
 folders (which hold weights and are not kept): the report, its figures, the recipe as run, the stage costs, and
 every stage's scores in one JSON file (`scores.json`: stage name → its eval.json, baseline.json or tune.json),
 and the other records a report reads (`records.json`: stage name → file name → record: merge manifests,
-disentanglement grids). No weights: `fusekit run --restore` continues a study from this folder.
+disentanglement grids), and for a model asked in text the prompt and answer words of each task
+(`verbalizers.json`). No weights: `fusekit run --restore` continues a study from this folder.
 
 The folder is staged and renamed into place, like every output; publishing again replaces it, so two runs of a
 study can be compared with `git diff`.
@@ -21,6 +22,7 @@ from fusekit.artifacts.layout import (
     MANIFEST,
     PUBLISHED_RECORDS,
     PUBLISHED_SCORES,
+    PUBLISHED_VERBALIZERS,
     REPORT,
     REPORT_FIGURES,
     STAGES,
@@ -29,7 +31,8 @@ from fusekit.artifacts.layout import (
 )
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.staging import staged_dir
-from fusekit.study.restore import restored_scores
+from fusekit.study.recipe import load_study
+from fusekit.study.restore import restored_scores, study_verbalizers
 
 STAGE_KINDS = ("tune", "baseline", "train", "merge", "scaling", "joint", "disentangle")
 
@@ -69,4 +72,8 @@ def publish(study: Path, report: Path, out: Path) -> Path:
                 shutil.copy2(study / name, stage / name)
         atomic_write_json(stage / PUBLISHED_SCORES, stage_scores(study))
         atomic_write_json(stage / PUBLISHED_RECORDS, stage_records(study))
+        if (study / STUDY_RECIPE).is_file():
+            verbalizers = study_verbalizers(load_study(study / STUDY_RECIPE))
+            if verbalizers is not None:  # `fusekit run` refuses runs trained on other words: these are the study's
+                atomic_write_json(stage / PUBLISHED_VERBALIZERS, verbalizers)
     return out / REPORT

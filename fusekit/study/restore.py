@@ -22,6 +22,7 @@ from fusekit.artifacts.layout import (
     MANIFEST,
     PUBLISHED_RECORDS,
     PUBLISHED_SCORES,
+    PUBLISHED_VERBALIZERS,
     RESTORED_SCORES,
     STAGES,
     STUDY_RECIPE,
@@ -29,6 +30,7 @@ from fusekit.artifacts.layout import (
 )
 from fusekit.artifacts.reading import read_json, read_jsonl
 from fusekit.artifacts.staging import staged_dir
+from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
 from fusekit.study.plan import plan
 from fusekit.study.recipe import StudyConfig, load_study
@@ -59,6 +61,32 @@ def published_records(folder: Path) -> dict[str, dict[str, object]]:
     return records
 
 
+def study_verbalizers(study: StudyConfig) -> dict[str, dict] | None:
+    """Task → prompt and answer words of a study whose model is asked in text (None when it learns heads)."""
+    from fusekit.models.base import model_kind
+
+    if model_kind(study.train.get("model"), study.train.get("objective", "auto"))[0] != "text":
+        return None
+    return {name: get_task(name).verbalizer_record() for name in study.tasks}
+
+
+def check_verbalizers_published(study: StudyConfig, published: Path) -> None:
+    """Published text results count only if fusekit still asks their tasks in the words they were made with
+    (results published before the words were recorded: in the words fusekit has asked since it first asked in text,
+    which a test holds fixed)."""
+    now = study_verbalizers(study)
+    if now is None:
+        return
+    path = published / PUBLISHED_VERBALIZERS
+    if not path.is_file():  # published before the words were recorded: in the words fusekit first asked
+        return
+    then = read_json(path, "published prompts and answer words")
+    changed = [name for name in now if then.get(name) != now[name]]
+    if changed:
+        raise FusekitError(f"--restore {published}: fusekit now asks {', '.join(changed)} in other words than "
+                           "those results were made with: run the study without --restore")
+
+
 def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
     """Restore into the study folder every stage the published results finished and the recipe still plans the
     same way; keep the published scores of every stage for the report. Returns the restored stage names."""
@@ -66,6 +94,7 @@ def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
 
     out = Path(study.out)
     records = published_records(published)
+    check_verbalizers_published(study, published)
     then = load_study(published / STUDY_RECIPE)
     if Path(then.out).resolve() != out.resolve():
         raise FusekitError(f"--restore {published}: those results were published from the study in {then.out}, "

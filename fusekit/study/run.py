@@ -26,8 +26,10 @@ from fusekit.artifacts.layout import (
     TUNE,
     TUNED_RECIPE,
 )
+from fusekit.artifacts.merged_folder import load_merged
 from fusekit.artifacts.output import check_output, claim_output, mark
 from fusekit.artifacts.reading import read_json, read_text, read_yaml
+from fusekit.artifacts.run_folder import load_run
 from fusekit.errors import FusekitError
 from fusekit.models.defaults import changed_settings
 from fusekit.progress import JsonlLog, console
@@ -95,6 +97,7 @@ def check_unchanged(stage: Stage, out: Path) -> None:
         for point in point_configs(job.config, job.grid, Path(job.config.out), job.held_out_examples):
             if (point.output_dir() / CONFIG).is_file():  # trained with settings the recipe has changed since,
                 point_scores(point.output_dir(), point)  # or scored on other held-out examples
+                load_run(point.output_dir())  # or asked in other words than fusekit asks now
     if stage.kind not in ("train", "joint"):
         return
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
@@ -104,6 +107,7 @@ def check_unchanged(stage: Stage, out: Path) -> None:
     if changed:
         raise FusekitError(f"{out / stage.name} was run with different {', '.join(changed)} than the recipe asks "
                            "(delete the folder to rerun it, or change `out`)")
+    (load_run if stage.kind == "train" else load_merged)(out / stage.name)  # asked in the words fusekit asks now
 
 
 def selected(name: str, only: str | None) -> bool:
@@ -118,7 +122,7 @@ def run_study(recipe: Path, only: str | None = None, executor: Executor | None =
     training uses what the tunes chose. `restore`: a folder this study published, to continue from."""
     study = load_study(recipe)
     stages = plan(study, str(recipe))
-    if only is not None and not any(selected(s.name, only) for s in stages):
+    if only is not None and restore is None and not any(selected(s.name, only) for s in stages):
         raise FusekitError(f"--only {only!r}: no stage of {recipe} matches it (`fusekit run {recipe} --dry-run` "
                            "lists them)")
     out = Path(study.out)

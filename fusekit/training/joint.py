@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from fusekit import __version__
 from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import CONFIG
 from fusekit.artifacts.merged_folder import write_multitask
-from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval
+from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval, vector_meta
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.config import JointConfig, to_yaml
 from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
@@ -214,10 +213,8 @@ class JointTraining:
     def _save(self, stage: Path, results: dict[str, dict[str, float]]) -> None:
         """The joint folder: the adapter as a task vector, every head, a PEFT folder per task, config, scores."""
         cfg, model, base = self.cfg, self.model, self.base
-        vector = TaskVector.from_weights(model.adapter_state(), model.init_state(), {
-            **model.spec.meta(), "target_modules": model.target_modules(), "tasks": [t.name for t in self.tasks],
-            "base_model": base.name, "base_fingerprint": base.fingerprint, "fusekit_version": __version__},
-            frozen=model.frozen_keys())
+        vector = TaskVector.from_weights(model.adapter_state(), model.init_state(),
+                                         vector_meta(model, base, self.tasks), frozen=model.frozen_keys())
         heads = {n: TaskHead({k: v.detach().cpu() for k, v in h.items()}, base.head) for n, h in self.heads.items()}
         references = cfg.references or [None] * len(self.tasks)
         write_multitask(stage, vector, heads, cfg.model, {
