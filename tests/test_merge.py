@@ -390,3 +390,30 @@ def test_a_criterion_is_judged_on_the_half_its_choice_did_not_read():
     # worst: λ 1.0 on both halves: (0.95, 0.9) and (0.8, 0.7)
     assert cross_fitted(rows, "worst") == pytest.approx({"average": 0.875, "worst": 0.8})
     assert cross_fitted([{"lam": 0.3}], "worst") is None  # a search recorded before halves
+
+
+def test_each_merged_task_is_scored_at_its_own_run_s_max_length(tiny_config, tmp_path):
+    """A merge of runs trained at different max lengths scores each task at its own (the first run's, before, cut
+    MRPC's and RTE's prompts to SST-2's length): here the merge is MRPC's vector alone, so it scores MRPC exactly as
+    MRPC's own run does."""
+    import json
+
+    from fusekit.artifacts.merged_folder import input_max_length
+    from fusekit.evaluation.eval import score_folders
+    from fusekit.merging.config import MergeConfig
+    from fusekit.merging.merge import run_merge
+
+    short, long = tmp_path / "sst2", tmp_path / "mrpc"
+    train(replace(tiny_config, task="sst2", epochs=1, max_train=16, max_length=8, out=str(short)))
+    train(replace(tiny_config, task="mrpc", epochs=1, max_train=16, max_length=32, out=str(long)))
+    run_merge(MergeConfig(lam=1.0, weights=[0.0, 1.0], device="cpu"), [short, long], tmp_path / "merged")
+    manifest = json.loads((tmp_path / "merged/manifest.json").read_text())
+    assert [item["max_length"] for item in manifest["inputs"]] == [8, 32]
+    rows = {r["task"]: r for r in score_folders([tmp_path / "merged"], None, None, None, 16, "cpu", None)}
+    own = json.loads((long / "eval.json").read_text())["mrpc"]
+    assert rows["mrpc"]["loss"] == pytest.approx(own["loss"], abs=1e-6) and rows["mrpc"]["normalized"] == 1.0
+    # merges written before inputs recorded their length: the run's config while its folder is there
+    older = {"max_length": 8, "method": "task-arithmetic"}
+    assert input_max_length(older, {"run": str(long), "task": "mrpc"}) == 32
+    assert input_max_length(older, {"run": str(tmp_path / "gone"), "task": "mrpc"}) == 8
+    assert input_max_length({**older, "method": "joint"}, {"run": str(long), "task": "mrpc"}) == 8  # one length

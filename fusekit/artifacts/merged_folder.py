@@ -11,7 +11,7 @@ import torch
 
 from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors
 from fusekit.artifacts.checksums import ChecksummedFolder, sha256
-from fusekit.artifacts.layout import EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
+from fusekit.artifacts.layout import CONFIG, EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.run_folder import (
     Run,
@@ -51,10 +51,22 @@ def write_merged(out: Path, runs: list[Run], vector: TaskVector, merge: dict, ov
     with staged_dir(out, overwrite, "merged") as stage:
         write_multitask(stage, vector, {run.head_task: run.head for run in runs}, first.config.model, {
             **merge,
-            "inputs": [{"run": str(run.folder), "task": run.head_task, "sha256": sha256(run.folder / TASK_VECTOR)}
-                       for run in runs],
+            "inputs": [{"run": str(run.folder), "task": run.head_task, "sha256": sha256(run.folder / TASK_VECTOR),
+                        "max_length": run.config.max_length} for run in runs],
             "data": first.config.data, "max_length": first.config.max_length,
         })
+
+
+def input_max_length(manifest: dict, item: dict) -> int:
+    """The max length a merged task is scored at: its own run's, as it trained and as the merge's search scored it
+    (a joint run's, one for all its tasks). Merges written before each input recorded it hold the first run's alone:
+    then the run's config, while its folder is there."""
+    if isinstance(item.get("max_length"), int):
+        return item["max_length"]
+    run = Path(str(item.get("run") or ""))
+    if manifest.get("method") != "joint" and item.get("run") and (run / CONFIG).is_file():
+        return load_run(run).config.max_length
+    return manifest["max_length"]
 
 
 def is_merged(folder: Path) -> bool:

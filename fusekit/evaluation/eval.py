@@ -12,7 +12,7 @@ import torch
 from rich.table import Table
 
 from fusekit.artifacts.atomic import atomic_write_json
-from fusekit.artifacts.merged_folder import individual_score, is_merged, load_merged
+from fusekit.artifacts.merged_folder import individual_score, input_max_length, is_merged, load_merged
 from fusekit.artifacts.output import check_output_file
 from fusekit.artifacts.run_folder import load_run, model_for_vector, record_eval
 from fusekit.artifacts.task_vector import TaskVector
@@ -111,9 +111,10 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
             continue
         task = get_task(item["task"])
         split = load_split(task, "validation", data or manifest["data"]).capped(max_eval, 0)
+        max_length = input_max_length(manifest, item)
 
         def scorer_for(head):
-            return TaskScorer(manifest["model"], manifest["max_length"], split, head, device, batch_size, str(folder))
+            return TaskScorer(manifest["model"], max_length, split, head, device, batch_size, str(folder))
 
         metrics = scorer_for(heads[task.name]).score(vector, nonlinear, progress=f"eval {folder.name} {task.name}")
         if item.get("run"):  # the individually finetuned adapter of this task, when known

@@ -220,7 +220,8 @@ class JointTraining:
         write_multitask(stage, vector, heads, cfg.model, {
             "method": "joint", "params": {"balancer": cfg.balancer, "sampling": cfg.sampling,
                                           "temperature": cfg.temperature},
-            "inputs": [{"task": t.name, "run": ref} for t, ref in zip(self.tasks, references)],
+            "inputs": [{"task": t.name, "run": ref, "max_length": cfg.max_length}
+                       for t, ref in zip(self.tasks, references)],
             "data": cfg.data, "max_length": cfg.max_length, "config": asdict(cfg),
         })
         atomic_write_text(stage / CONFIG, to_yaml(cfg))
