@@ -63,9 +63,9 @@ def input_max_length(manifest: dict, item: dict) -> int:
     then the run's config, while its folder is there."""
     if isinstance(item.get("max_length"), int):
         return item["max_length"]
-    run = Path(str(item.get("run") or ""))
-    if manifest.get("method") != "joint" and item.get("run") and (run / CONFIG).is_file():
-        return load_run(run).config.max_length
+    run = item.get("run")
+    if manifest.get("method") != "joint" and run and (Path(run) / CONFIG).is_file():
+        return load_run(Path(run)).config.max_length
     return manifest["max_length"]
 
 
@@ -80,8 +80,7 @@ def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, tor
         raise FusekitError(f"{folder / MANIFEST}: not a fusekit merged folder (expected format {FORMAT})")
     heads = {task: TaskHead(*_head(files.path(head_file(task)))) for task in manifest_tasks(manifest, folder)}
     vector = TaskVector.load(files.path(TASK_VECTOR))
-    if any(head.spec.text for head in heads.values()):
-        check_verbalizers(folder, vector.meta, list(heads))
+    check_verbalizers(folder, vector.meta, list(heads))
     return manifest, vector, heads
 
 

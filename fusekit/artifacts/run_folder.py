@@ -120,8 +120,7 @@ def check_records_agree(run: Run) -> None:
     if spec.target_modules and set(spec.target_modules) != set(meta.get("target_modules") or ()):
         raise FusekitError(f"{where} {CONFIG} targets {list(spec.target_modules)}, {TASK_VECTOR} "
                            f"{meta.get('target_modules')}")
-    if run.head.spec.text:
-        check_verbalizers(run.folder, meta, [run.head_task])
+    check_verbalizers(run.folder, meta, [run.head_task])
     ranks = {shape[0] for key, shape in header.shapes.items() if ".lora_A." in key}
     if ranks - {spec.rank}:
         raise FusekitError(f"{where} rank {spec.rank} recorded, {TASK_VECTOR} holds rank "
@@ -136,18 +135,22 @@ def check_records_agree(run: Run) -> None:
 
 def check_verbalizers(folder: Path, meta: dict, tasks: list[str]) -> None:
     """A text adapter answers `tasks` in the words it was trained on: refused once fusekit asks them otherwise, as
-    its scores would be of words it never learned. One from before the words were recorded has no record: fusekit
-    has asked each task in the same words since it first asked in text (a test holds them fixed)."""
-    recorded = meta.get("verbalizers")
-    if recorded is None:
-        return
+    its scores would be of words it never learned. Adapters that learn heads record no words, nor do those from
+    before the words were recorded: fusekit has asked each task in the same words since it first asked in text (a
+    test holds them fixed)."""
+    recorded = meta.get("verbalizers") or {}
     for name in tasks:
         now = get_task(name).verbalizer_record()
-        if recorded.get(name) != now:
-            then = f"answers {recorded[name].get('answers')}" if isinstance(recorded.get(name), dict) else \
-                "words fusekit did not record then"
-            raise FusekitError(f"{folder}: its {name} adapter was trained with {then}; fusekit now asks "
+        if name in recorded and recorded[name] != now:
+            then = recorded[name].get("answers") if isinstance(recorded[name], dict) else recorded[name]
+            raise FusekitError(f"{folder}: its {name} adapter was trained with answers {then}; fusekit now asks "
                                f"{name} {now['prompt']!r} answered by {now['answers']}: train it again")
+
+
+def check_recorded_words(folder: Path) -> None:
+    """check_verbalizers on the task vector a run, merged or joint folder holds, from its header alone."""
+    meta = VectorHeader.read(folder / TASK_VECTOR).meta
+    check_verbalizers(folder, meta, list(meta.get("tasks", [])))
 
 
 def model_for_run(run: Run, task: TaskSpec, vector: TaskVector | None = None,

@@ -67,9 +67,8 @@ def merge_vectors(runs: list[Run], method: MergeMethod, weights: list[float] | N
     first = runs[0].vector
     if first.meta["kind"] != "lora" and space == "delta-w":
         raise FusekitError(f"{first.meta['kind']} vectors merge in their own parameter space: use --space factors")
-    meta = {**first.meta, "tasks": [run.head_task for run in runs],
-            **({"verbalizers": {k: v for run in runs for k, v in run.vector.meta["verbalizers"].items()}}
-               if "verbalizers" in first.meta else {}),
+    words = {task: record for run in runs for task, record in run.header().meta.get("verbalizers", {}).items()}
+    meta = {**first.meta, "tasks": [run.head_task for run in runs], **({"verbalizers": words} if words else {}),
             "merge": {"method": method.name, **method.params(), "space": space, "weights": weights}}
     with ExitStack() as stack:
         files = [stack.enter_context(safe_open(str(run.folder / TASK_VECTOR), "pt")) for run in runs]

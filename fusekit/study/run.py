@@ -26,10 +26,9 @@ from fusekit.artifacts.layout import (
     TUNE,
     TUNED_RECIPE,
 )
-from fusekit.artifacts.merged_folder import load_merged
 from fusekit.artifacts.output import check_output, claim_output, mark
 from fusekit.artifacts.reading import read_json, read_text, read_yaml
-from fusekit.artifacts.run_folder import load_run
+from fusekit.artifacts.run_folder import check_recorded_words
 from fusekit.errors import FusekitError
 from fusekit.models.defaults import changed_settings
 from fusekit.progress import JsonlLog, console
@@ -97,7 +96,7 @@ def check_unchanged(stage: Stage, out: Path) -> None:
         for point in point_configs(job.config, job.grid, Path(job.config.out), job.held_out_examples):
             if (point.output_dir() / CONFIG).is_file():  # trained with settings the recipe has changed since,
                 point_scores(point.output_dir(), point)  # or scored on other held-out examples
-                load_run(point.output_dir())  # or asked in other words than fusekit asks now
+                check_recorded_words(point.output_dir())  # or asked in other words than fusekit asks now
     if stage.kind not in ("train", "joint"):
         return
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
@@ -107,7 +106,7 @@ def check_unchanged(stage: Stage, out: Path) -> None:
     if changed:
         raise FusekitError(f"{out / stage.name} was run with different {', '.join(changed)} than the recipe asks "
                            "(delete the folder to rerun it, or change `out`)")
-    (load_run if stage.kind == "train" else load_merged)(out / stage.name)  # asked in the words fusekit asks now
+    check_recorded_words(out / stage.name)  # asked in the words fusekit asks now
 
 
 def selected(name: str, only: str | None) -> bool:
