@@ -133,6 +133,8 @@ def test_what_cannot_be_merged_exactly_is_refused(base_dir, adapters, tmp_path):
                           "DoRA .*cannot be merged exactly")
     assert_one_line_error(invoke("merge", *adapters, "--search", "--out", tmp_path / "x"),
                           "need fusekit runs")
+    assert_one_line_error(invoke("merge", *adapters, "--lambda", "1", "--calibrate", "--out", tmp_path / "x"),
+                          "--calibrate and data-aware methods .* need fusekit runs")
     assert_one_line_error(invoke("merge", *adapters, "--space", "factors", "--out", tmp_path / "x"),
                           "only in ΔW space")
     head = make_adapter(base_dir, tmp_path / "head", 4, r=4, target_modules=["c_attn"], modules_to_save=["lm_head"])

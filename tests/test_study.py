@@ -392,23 +392,27 @@ def test_report_states_how_precisely_the_searches_chose():
     assert "an unrecorded number of examples" in search_precision([{"search_standard_error": 0.01}])[0]
 
 
-def test_a_study_merges_a_method_a_second_time_with_one_lambda_per_task(tmp_path):
+def test_a_study_merges_a_method_again_with_one_lambda_per_task_and_with_calibrated_answers(tmp_path):
     from fusekit.study.plan import plan
     from fusekit.study.recipe import load_study
 
     path = tmp_path / "r.yaml"
     recipe = {"out": str(tmp_path / "s"), "tasks": ["sst2", "rte"], "train": {"max_train": 64},
-              "merge": {"methods": ["task-arithmetic", "ties"], "spaces": ["delta-w"], "per_task": ["task-arithmetic"]}}
+              "merge": {"methods": ["task-arithmetic", "ties"], "spaces": ["delta-w"], "per_task": ["task-arithmetic"],
+                        "calibrate": ["ties"]}}
     path.write_text(yaml.safe_dump(recipe))
     merges = {s.name: s.config.config for s in plan(load_study(path), str(path)) if s.kind == "merge"}
     assert set(merges) == {"merge/lora-delta-w-task-arithmetic", "merge/lora-delta-w-task-arithmetic-per-task",
-                           "merge/lora-delta-w-ties"}
+                           "merge/lora-delta-w-ties", "merge/lora-delta-w-ties-calibrated"}
     assert merges["merge/lora-delta-w-task-arithmetic-per-task"].per_task
     assert not merges["merge/lora-delta-w-task-arithmetic"].per_task
-    recipe["merge"]["per_task"] = ["dare"]  # not one of the merge's methods
-    path.write_text(yaml.safe_dump(recipe))
-    with pytest.raises(FusekitError, match="merge.per_task: 'dare' is not one of the merge's methods with a λ"):
-        plan(load_study(path), str(path))
+    assert merges["merge/lora-delta-w-ties-calibrated"].calibrate and not merges["merge/lora-delta-w-ties"].calibrate
+    for key, method, error in (("per_task", "dare", "merge.per_task: 'dare' is not one of the merge's methods with a "
+                                                    "λ"),
+                               ("calibrate", "average", "merge.calibrate: 'average' is not one of the merge's methods")):
+        path.write_text(yaml.safe_dump({**recipe, "merge": {**recipe["merge"], key: [method]}}))
+        with pytest.raises(FusekitError, match=error):
+            plan(load_study(path), str(path))
 
 
 def test_a_published_study_continues_on_a_machine_that_lost_its_runs(tmp_path, tiny_model, glue_dir, monkeypatch):

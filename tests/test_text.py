@@ -300,6 +300,38 @@ def test_two_text_adapters_merge_into_one_model_for_both(text_runs, tiny_llama, 
         assert torch.allclose(plain_peft_scores(out / "peft" / task.name, tiny_llama, task, split), ours, atol=1e-4)
 
 
+def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_examples(text_runs, glue_dir, tmp_path):
+    """--calibrate: one offset per answer and task in the manifest, fitted on the held-out examples (the same
+    offsets fit_offsets finds on them); eval reads each task's answers after adding them, and keeps the plain score."""
+    from fusekit.artifacts.run_folder import load_run
+    from fusekit.evaluation.calibration import apply_offsets, fit_offsets
+    from fusekit.evaluation.eval import TaskScorer, score_folders
+    from fusekit.evaluation.metrics import compute_metrics, predictions
+    from fusekit.merging.config import MergeConfig
+    from fusekit.merging.merge import run_merge
+    from fusekit.merging.search import held_out_split
+
+    folders = [text_runs["sst2"][0], text_runs["rte"][0]]
+    run_merge(MergeConfig(lam=0.7, val_examples=8, device="cpu", select_on_seen=True), folders, tmp_path / "plain")
+    run_merge(MergeConfig(lam=0.7, val_examples=8, device="cpu", select_on_seen=True, calibrate=True), folders,
+              tmp_path / "calibrated")
+    manifest = json.loads((tmp_path / "calibrated/manifest.json").read_text())
+    plain = {r["task"]: r for r in score_folders([tmp_path / "plain"], None, None, None, 16, "cpu", None)}
+    rows = {r["task"]: r for r in score_folders([tmp_path / "calibrated"], None, None, None, 16, "cpu", None)}
+    vector = TaskVector.load(tmp_path / "calibrated/task_vector.safetensors")
+    for folder, task in zip(folders, (SST2, RTE)):
+        run = load_run(folder)
+        held_out = TaskScorer(run.config.model, 64, held_out_split(run, 8, 0), run.head, torch.device("cpu"))
+        assert manifest["calibration"][task.name] == pytest.approx(fit_offsets(task, *held_out.outputs(vector)))
+        dev = TaskScorer(run.config.model, 64, load_split(task, "validation", str(glue_dir)), run.head,
+                         torch.device("cpu"))
+        logits, labels = dev.outputs(vector)
+        calibrated = apply_offsets(task, logits, manifest["calibration"][task.name], "test")
+        assert rows[task.name]["score"] == pytest.approx(compute_metrics(task, labels, predictions(task, calibrated))
+                                                         ["score"])
+        assert rows[task.name]["uncalibrated_score"] == pytest.approx(plain[task.name]["score"])
+
+
 @pytest.mark.parametrize(("method", "space"), [("ties", "delta-w"), ("dare", "factors"), ("regmean", "delta-w"),
                                              ("fisher", "factors"), ("adamerging", "factors"), ("tsv-m", "delta-w"),
                                              ("knots-ties", "delta-w")])

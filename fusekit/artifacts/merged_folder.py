@@ -11,7 +11,14 @@ import torch
 
 from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors
 from fusekit.artifacts.checksums import ChecksummedFolder, sha256
-from fusekit.artifacts.layout import CONFIG, EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
+from fusekit.artifacts.layout import (
+    CONFIG,
+    EVAL,
+    MANIFEST,
+    PEFT,
+    TASK_VECTOR,
+    head_file,
+)
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.run_folder import (
     Run,
@@ -24,6 +31,7 @@ from fusekit.artifacts.staging import staged_dir
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import TASKS, get_task
 from fusekit.errors import FusekitError
+from fusekit.evaluation.calibration import check_offsets
 from fusekit.models.heads import HeadSpec, TaskHead
 
 FORMAT = "fusekit.artifacts.merged_folder/1"
@@ -81,7 +89,18 @@ def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, tor
     heads = {task: TaskHead(*_head(files.path(head_file(task)))) for task in manifest_tasks(manifest, folder)}
     vector = TaskVector.load(files.path(TASK_VECTOR))
     check_verbalizers(folder, vector.meta, list(heads))
+    _check_calibration(manifest, folder, list(heads))
     return manifest, vector, heads
+
+
+def _check_calibration(manifest: dict, folder: Path, tasks: list[str]) -> None:
+    """Answer offsets (`fusekit merge --calibrate`), when recorded: a mapping of the merge's tasks to offsets."""
+    calibration = manifest.get("calibration", {})
+    if not isinstance(calibration, dict) or not set(calibration) <= set(tasks):
+        raise FusekitError(f"{folder / MANIFEST}: calibration: expected a mapping of the merge's tasks "
+                           f"({', '.join(tasks)}) to answer offsets")
+    for task, offsets in calibration.items():
+        check_offsets(offsets, f"{folder / MANIFEST}: calibration.{task}")
 
 
 def manifest_tasks(manifest: dict, folder: Path) -> list[str]:

@@ -12,7 +12,13 @@ import torch
 from rich.table import Table
 
 from fusekit.artifacts.atomic import atomic_write_json
-from fusekit.artifacts.merged_folder import individual_score, input_max_length, is_merged, load_merged
+from fusekit.artifacts.layout import MANIFEST
+from fusekit.artifacts.merged_folder import (
+    individual_score,
+    input_max_length,
+    is_merged,
+    load_merged,
+)
 from fusekit.artifacts.output import check_output_file
 from fusekit.artifacts.run_folder import load_run, model_for_vector, record_eval
 from fusekit.artifacts.task_vector import TaskVector
@@ -37,9 +43,10 @@ class TaskScorer:
         self.task = split.task
         self._cache: dict[tuple, tuple[AdaptedModel, EncodedSplit]] = {}
 
-    def score(self, vector: TaskVector, nonlinear: bool = False, progress: str | None = None) -> dict[str, float]:
+    def score(self, vector: TaskVector, nonlinear: bool = False, progress: str | None = None,
+              offsets: tuple[list[float], str] | None = None) -> dict[str, float]:
         model, data = self._model(vector, nonlinear)
-        return evaluate(model, data, self.task, self.device, self.batch_size, progress)
+        return evaluate(model, data, self.task, self.device, self.batch_size, progress, offsets)
 
     def logits(self, vector: TaskVector) -> np.ndarray:
         """The head's outputs on every example (in a fixed order), for comparing two vectors' predictions."""
@@ -116,7 +123,10 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
         def scorer_for(head):
             return TaskScorer(manifest["model"], max_length, split, head, device, batch_size, str(folder))
 
-        metrics = scorer_for(heads[task.name]).score(vector, nonlinear, progress=f"eval {folder.name} {task.name}")
+        offsets = manifest.get("calibration", {}).get(task.name)
+        metrics = scorer_for(heads[task.name]).score(
+            vector, nonlinear, progress=f"eval {folder.name} {task.name}",
+            offsets=None if offsets is None else (offsets, f"{folder / MANIFEST}: calibration.{task.name}"))
         if item.get("run"):  # the individually finetuned adapter of this task, when known
             own = individual_score(Path(item["run"]), task.name, split.fingerprint(),
                                    lambda run: scorer_for(run.head).score(run.vector, nonlinear,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fusekit.data.loading import EncodedSplit, make_loader
 from fusekit.data.tasks import TaskSpec
 from fusekit.data.text import CHOICE_VALUES, text_loss
+from fusekit.evaluation.calibration import apply_offsets
 from fusekit.evaluation.metrics import compute_metrics, predictions
 from fusekit.progress import tracked
 
@@ -56,9 +57,14 @@ def predict(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: 
 
 
 def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
-             batch_size: int = 128, progress: str | None = None) -> dict[str, float]:
+             batch_size: int = 128, progress: str | None = None,
+             offsets: tuple[list[float], str] | None = None) -> dict[str, float]:
     """Official metrics, `score`, mean loss, example count and the examples' fingerprint on `data` (model left in
-    eval mode)."""
+    eval mode). `offsets` (answer offsets, the record they came from): the metrics of the calibrated answers, and
+    the score without them as `uncalibrated_score`."""
     logits, y, loss = predict(model, data, task, device, batch_size, progress)
     metrics = compute_metrics(task, y, predictions(task, logits))
+    if offsets is not None:
+        calibrated = compute_metrics(task, y, predictions(task, apply_offsets(task, logits, *offsets)))
+        metrics = {**calibrated, "uncalibrated_score": metrics["score"]}
     return {**metrics, "loss": loss, "examples": int(len(y)), "examples_fingerprint": data.fingerprint}

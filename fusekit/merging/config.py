@@ -54,6 +54,9 @@ class MergeConfig:
                                           "trained on, when it trained on all of them (refused otherwise)")
     per_task: bool = setting(False, "then one coefficient per task: coordinate ascent over the λ grid, each task in "
                                     "turn with the others held, on the same held-out examples (implies --search)")
+    calibrate: bool = setting(False, "then fit one offset per answer of each task on the same held-out examples, "
+                                     "which fusekit eval adds to the task's scores (merged text adapters keep their "
+                                     "ranking of examples but move their answer threshold)")
     criterion: str = setting("normalized", "what the search maximises: normalized (mean of merged / own), "
                                            "above-chance (mean share of each adapter's skill above the majority "
                                            "class), raw (mean score) or worst (the lowest normalized task)",

@@ -13,11 +13,12 @@ from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.run_folder import load_run
 from fusekit.config import from_mapping
 from fusekit.errors import FusekitError
+from fusekit.evaluation.calibration import fit_offsets
 from fusekit.merging.config import MergeConfig
 from fusekit.merging.criteria import CRITERIA
 from fusekit.merging.methods import MergeMethod, make_method, method_parameters
 from fusekit.merging.peft_inputs import is_peft_folder, merge_peft
-from fusekit.merging.search import nothing_held_out, search, searched
+from fusekit.merging.search import held_out_scorers, nothing_held_out, search, searched
 from fusekit.merging.stream import merge_vectors
 from fusekit.models.base import resolve_device
 from fusekit.progress import console, tracked
@@ -47,7 +48,8 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
     claimed = [*inputs, *(r.config.data for r in runs), *(r.config.model for r in runs)]
     with claim_output(out, overwrite, claimed):  # never over an input (runs, their data and model), one writer
         values = config.candidates(method_parameters(config.method))
-        _check_held_out(runs, config, any(len(v) > 1 for v in values.values()) or method.statistics is not None)
+        _check_held_out(runs, config, any(len(v) > 1 for v in values.values()) or method.statistics is not None
+                        or config.calibrate)
         statistics = _statistics(runs, method, config.val_examples, device, config.seed)
         params, searched_on = {name: v[0] for name, v in values.items()}, {"search": None}
         weights = config.weights
@@ -79,9 +81,13 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         if chosen.statistics == "coefficients":  # AdaMerging's learned λ per layer and task, for the report
             summary["coefficients"] = {key.rsplit(".lora_", 1)[0]: [float(c) for c in values]
                                        for key, values in statistics.items()}
+        if config.calibrate:
+            summary["calibration"] = _calibration(runs, vector, config.val_examples, device, config.seed)
         write_merged(out, runs, vector, summary, overwrite)
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
+        for task, offsets in summary.get("calibration", {}).items():
+            console.print(f"answer offsets {task}: " + " ".join(f"{v:+.3f}" for v in offsets))
     return {"out": str(out), **summary}
 
 
@@ -90,9 +96,9 @@ def _merge_peft(config: MergeConfig, method: MergeMethod, sources: list[Path], o
     knows neither their task heads nor their data)."""
     if (config.space or "delta-w") != "delta-w":
         raise FusekitError("adapters without φ0 merge only in ΔW space: use --space delta-w")
-    if config.searching or method.statistics:
-        raise FusekitError("--search, search grids and data-aware methods (regmean, fisher, adamerging) need fusekit "
-                           "runs (their heads and data): give the values and a data-free method")
+    if config.searching or method.statistics or config.calibrate:
+        raise FusekitError("--search, search grids, --calibrate and data-aware methods (regmean, fisher, adamerging) "
+                           "need fusekit runs (their heads and data): give the values and a data-free method")
     params = config.candidates(method_parameters(config.method))
     chosen = make_method(config.method, seed=config.seed, **{name: v[0] for name, v in params.items()})
     return merge_peft([str(s) for s in sources], out, chosen, config.weights, config.rank, config.shared_modules,
@@ -110,6 +116,17 @@ def _check_held_out(runs: list, config: MergeConfig, selecting: bool) -> None:
             raise FusekitError(f"{run.folder} left no training example unseen ({why}): a search or a data-aware "
                                "merge would select on examples it trained on (retrain with a smaller --max-train, "
                                "or pass --select-on-seen to accept that)")
+
+
+def _calibration(runs: list, vector, examples: int, device, seed: int) -> dict[str, list[float]]:
+    """Each task's answer offsets, fitted on the held-out examples a search scores (never the reported split)."""
+    fitted = {}
+    scorers = held_out_scorers(runs, examples, device, seed)
+    for run, scorer in tracked(list(zip(runs, scorers)), "calibrate answers", len(runs)):
+        offsets = fit_offsets(scorer.task, *scorer.outputs(vector))
+        if offsets is not None:
+            fitted[run.head_task] = offsets
+    return fitted
 
 
 def _statistics(runs, method: MergeMethod, examples: int, device, seed: int) -> dict | None:

@@ -53,6 +53,7 @@ class StageId:
     space: str | None = None
     method: str | None = None
     per_task: bool = False
+    calibrated: bool = False
     tasks: tuple[str, ...] = ()
     balancer: str | None = None
 
@@ -73,7 +74,8 @@ class StageId:
         if self.folder == "disentangle":
             return f"{self.variant}-{self.space}-{'+'.join(self.tasks)}{seed}"
         subset = f"-k{len(self.tasks)}-{'+'.join(self.tasks)}" if self.tasks else ""
-        return f"{self.variant}-{self.space}-{self.method}{'-per-task' if self.per_task else ''}{subset}{seed}"
+        kind = ("-per-task" if self.per_task else "") + ("-calibrated" if self.calibrated else "")
+        return f"{self.variant}-{self.space}-{self.method}{kind}{subset}{seed}"
 
     @property
     def setting(self) -> str:
@@ -307,6 +309,9 @@ def _merge_stages(merge: MergeSettings, study, runs, seed, source, folder: str =
     wrong = [m for m in merge.per_task if m not in merge.methods or "lam" not in searched(m)]
     if wrong:
         raise FusekitError(f"{source}: {folder}.per_task: {wrong[0]!r} is not one of the merge's methods with a λ")
+    wrong = [m for m in merge.calibrate if m not in merge.methods]
+    if wrong:
+        raise FusekitError(f"{source}: {folder}.calibrate: {wrong[0]!r} is not one of the merge's methods")
     stages = []
     for variant in merge.variants or list(study.adapters):
         if variant not in runs:
@@ -314,11 +319,13 @@ def _merge_stages(merge: MergeSettings, study, runs, seed, source, folder: str =
         for space in ["factors"] if _linearized(study, variant) else merge.spaces:
             for method in [m for m in merge.methods if merge_space_fits(m, space)]:
                 config = _merge_config(merge, method, space, seed)
-                kinds = [config] + ([dataclasses.replace(config, per_task=True)] if method in merge.per_task else [])
+                kinds = [config] + ([dataclasses.replace(config, per_task=True)] if method in merge.per_task else []) \
+                    + ([dataclasses.replace(config, calibrate=True)] if method in merge.calibrate else [])
                 for subset in subsets or [()]:
                     chosen = [runs[variant][tasks.index(t)] for t in subset] or runs[variant]
                     stages += [Stage(StageId(folder, None, variant, _seed(study, seed), space, method,
-                                             kind.per_task, tuple(subset)), "merge", MergeJob(chosen, kind))
+                                             kind.per_task, kind.calibrate, tuple(subset)), "merge",
+                                     MergeJob(chosen, kind))
                                for kind in kinds]
     return stages
 

@@ -102,7 +102,11 @@ def joint_figure(metrics: Path, tasks: list[str]):
     Right: the weights ω_i, titled with the share of their movement that is step-to-step noise.
     """
     from fusekit.artifacts.reading import read_jsonl
-    from fusekit.study.diagnostics import balancer_curves, noise_fraction, weight_updates
+    from fusekit.study.diagnostics import (
+        balancer_curves,
+        noise_fraction,
+        weight_updates,
+    )
 
     plt = _pyplot()
     steps, weights, val_steps, val = balancer_curves(metrics)

@@ -31,6 +31,9 @@ class MergeSettings:
                                           "trained on all of them (refused otherwise)")
     per_task: list[str] = setting([], "methods merged a second time with one λ per task (`fusekit merge --per-task`; "
                                       "stage names end in -per-task)", Allowed(unique=True))
+    calibrate: list[str] = setting([], "methods merged once more with answer offsets fitted on the same held-out "
+                                       "examples (`fusekit merge --calibrate`; stage names end in -calibrated)",
+                                   Allowed(unique=True))
     variants: list[str] | None = setting(None, "adapter variants to merge (None: all)", Allowed(unique=True))
 
 

@@ -388,7 +388,7 @@ def criteria_section(found: Found) -> list[str]:
 def sweep_section(found: Found) -> list[str]:
     sweeps: dict[tuple[str, str], list[dict]] = {}
     for stage_id, manifest, _ in found.merged:  # over several seeds, the first seed's sweep
-        if manifest.get("search"):
+        if manifest.get("search") and not stage_id.calibrated:  # a calibrated merge's search is its twin's
             setting = f"{stage_id.variant}-{stage_id.space}" + ("-per-task" if stage_id.per_task else "")
             sweeps.setdefault((setting, stage_id.method), manifest["search"])
     if not sweeps:
