@@ -12,7 +12,7 @@ import torch
 from fusekit.data.tasks import get_task
 from fusekit.data.text import split_targets
 from fusekit.errors import FusekitError
-from fusekit.evaluation.calibration import apply_offsets, check_offsets, fit_offsets
+from fusekit.evaluation.calibration import answer_count, apply_offsets, check_offsets, fit_offsets
 
 SST2, STSB = get_task("sst2"), get_task("stsb")
 
@@ -29,7 +29,7 @@ def test_at_the_fitted_offsets_the_mean_calibrated_distribution_is_the_label_fre
     offsets = fit_offsets(SST2, scores, labels)
     mean = torch.tensor(scores + offsets).softmax(dim=-1).mean(dim=0)
     assert mean[1].item() == pytest.approx(labels.mean(), abs=1e-8)
-    calibrated = apply_offsets(SST2, scores, offsets, "test")
+    calibrated = apply_offsets(SST2, scores, offsets)
     assert np.allclose(calibrated, scores + offsets)
 
 
@@ -43,15 +43,15 @@ def test_a_text_regression_is_calibrated_over_its_numbers_and_its_expected_value
     mean = torch.tensor(scores[:, 1:] + offsets).softmax(dim=-1).mean(dim=0)
     assert torch.allclose(mean, split_targets(torch.tensor(labels), grid).double().mean(dim=0), atol=1e-8)
     row = np.array([[9.0, *np.log([0.5, 0.5, 1e-12, 1e-12, 1e-12, 1e-12])]])  # half on 0, half on 1
-    assert apply_offsets(STSB, row, [0, 0, 0, 0, 0, 0], "test")[0, 0] == pytest.approx(0.5)
-    shifted = apply_offsets(STSB, row, [0, math.log(3), 0, 0, 0, 0], "test")  # 1 now three times as likely
+    assert apply_offsets(STSB, row, [0, 0, 0, 0, 0, 0])[0, 0] == pytest.approx(0.5)
+    shifted = apply_offsets(STSB, row, [0, math.log(3), 0, 0, 0, 0])  # 1 now three times as likely
     assert shifted[0, 0] == pytest.approx(0.75)
 
 
 def test_a_regression_head_has_nothing_to_calibrate_and_wrong_offsets_are_named():
     assert fit_offsets(STSB, np.zeros((5, 1)), np.arange(5.0)) is None
-    with pytest.raises(FusekitError, match="manifest.json: calibration.sst2: 3 offsets for sst2, whose scores have 2"):
-        apply_offsets(SST2, np.zeros((2, 2)), [0, 1, 2], "manifest.json: calibration.sst2")
-    for bad in ([], [0, float("nan")], "0,1", [0, 1e9], [True, 0]):
-        with pytest.raises(FusekitError, match="expected a list of finite numbers"):
-            check_offsets(bad, "m.json: calibration.sst2")
+    assert (answer_count(STSB, text=True), answer_count(STSB, text=False), answer_count(SST2, text=False)) == (6, 0, 2)
+    assert check_offsets([0, 1.5], 2, "m.json") == [0.0, 1.5]
+    for bad in ([], [0, float("nan")], "0,1", [0, 1e9], [True, 0], [0, 1, 2]):
+        with pytest.raises(FusekitError, match="m.json: calibration.sst2: expected 2 finite numbers"):
+            check_offsets(bad, 2, "m.json: calibration.sst2")

@@ -407,9 +407,8 @@ def test_a_study_merges_a_method_again_with_one_lambda_per_task_and_with_calibra
     assert merges["merge/lora-delta-w-task-arithmetic-per-task"].per_task
     assert not merges["merge/lora-delta-w-task-arithmetic"].per_task
     assert merges["merge/lora-delta-w-ties-calibrated"].calibrate and not merges["merge/lora-delta-w-ties"].calibrate
-    for key, method, error in (("per_task", "dare", "merge.per_task: 'dare' is not one of the merge's methods with a "
-                                                    "λ"),
-                               ("calibrate", "average", "merge.calibrate: 'average' is not one of the merge's methods")):
+    for key, method, error in (("per_task", "dare", "per_task: 'dare' is not one of the merge's methods with a λ"),
+                               ("calibrate", "average", "calibrate: 'average' is not one of the merge's methods")):
         path.write_text(yaml.safe_dump({**recipe, "merge": {**recipe["merge"], key: [method]}}))
         with pytest.raises(FusekitError, match=error):
             plan(load_study(path), str(path))

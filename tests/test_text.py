@@ -326,7 +326,7 @@ def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_example
         dev = TaskScorer(run.config.model, 64, load_split(task, "validation", str(glue_dir)), run.head,
                          torch.device("cpu"))
         logits, labels = dev.outputs(vector)
-        calibrated = apply_offsets(task, logits, manifest["calibration"][task.name], "test")
+        calibrated = apply_offsets(task, logits, manifest["calibration"][task.name])
         assert rows[task.name]["score"] == pytest.approx(compute_metrics(task, labels, predictions(task, calibrated))
                                                          ["score"])
         assert rows[task.name]["uncalibrated_score"] == pytest.approx(plain[task.name]["score"])

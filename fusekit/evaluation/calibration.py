@@ -68,14 +68,10 @@ def fit_offsets(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> list[
     return [float(v) for v in offsets]
 
 
-def apply_offsets(task: TaskSpec, logits: np.ndarray, offsets: list[float], where: str) -> np.ndarray:
+def apply_offsets(task: TaskSpec, logits: np.ndarray, offsets: list[float]) -> np.ndarray:
     """`logits` with the offsets added to the answer columns (and a text regression's expected value recomputed
-    from them). `where` names the record the offsets came from, for the error when they do not fit."""
+    from them)."""
     columns = answer_columns(task, logits)
-    width = 0 if columns is None else logits[:, columns].shape[1]
-    if len(offsets) != width:
-        raise FusekitError(f"{where}: {len(offsets)} offsets for {task.name}, whose scores have {width} answers "
-                           "(expected one offset per answer)")
     calibrated = np.array(logits, dtype=np.float64)
     calibrated[:, columns] += np.asarray(offsets)
     if task.is_regression:
@@ -84,10 +80,18 @@ def apply_offsets(task: TaskSpec, logits: np.ndarray, offsets: list[float], wher
     return calibrated
 
 
-def check_offsets(value: object, where: str) -> list[float]:
-    """Offsets as a manifest records them: a list of finite numbers within ±LIMIT."""
-    if not isinstance(value, list) or not value or not all(
+def answer_count(task: TaskSpec, text: bool) -> int:
+    """How many offsets a task's scores take: one per answer word (text), per class (a head); none for a
+    regression head."""
+    if text:
+        return len(task.answers)
+    return 0 if task.is_regression else task.num_labels
+
+
+def check_offsets(value: object, count: int, where: str) -> list[float]:
+    """Offsets as a manifest records them: `count` finite numbers within ±LIMIT."""
+    if not isinstance(value, list) or len(value) != count or not count or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= LIMIT
             for v in value):
-        raise FusekitError(f"{where}: expected a list of finite numbers within ±{LIMIT:g} (one offset per answer)")
+        raise FusekitError(f"{where}: expected {count} finite numbers within ±{LIMIT:g} (one offset per answer)")
     return [float(v) for v in value]

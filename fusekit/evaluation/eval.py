@@ -12,7 +12,6 @@ import torch
 from rich.table import Table
 
 from fusekit.artifacts.atomic import atomic_write_json
-from fusekit.artifacts.layout import MANIFEST
 from fusekit.artifacts.merged_folder import (
     individual_score,
     input_max_length,
@@ -44,7 +43,7 @@ class TaskScorer:
         self._cache: dict[tuple, tuple[AdaptedModel, EncodedSplit]] = {}
 
     def score(self, vector: TaskVector, nonlinear: bool = False, progress: str | None = None,
-              offsets: tuple[list[float], str] | None = None) -> dict[str, float]:
+              offsets: list[float] | None = None) -> dict[str, float]:
         model, data = self._model(vector, nonlinear)
         return evaluate(model, data, self.task, self.device, self.batch_size, progress, offsets)
 
@@ -123,10 +122,8 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
         def scorer_for(head):
             return TaskScorer(manifest["model"], max_length, split, head, device, batch_size, str(folder))
 
-        offsets = manifest.get("calibration", {}).get(task.name)
-        metrics = scorer_for(heads[task.name]).score(
-            vector, nonlinear, progress=f"eval {folder.name} {task.name}",
-            offsets=None if offsets is None else (offsets, f"{folder / MANIFEST}: calibration.{task.name}"))
+        metrics = scorer_for(heads[task.name]).score(vector, nonlinear, progress=f"eval {folder.name} {task.name}",
+                                                     offsets=manifest.get("calibration", {}).get(task.name))
         if item.get("run"):  # the individually finetuned adapter of this task, when known
             own = individual_score(Path(item["run"]), task.name, split.fingerprint(),
                                    lambda run: scorer_for(run.head).score(run.vector, nonlinear,

@@ -58,13 +58,13 @@ def predict(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: 
 
 def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device: torch.device,
              batch_size: int = 128, progress: str | None = None,
-             offsets: tuple[list[float], str] | None = None) -> dict[str, float]:
+             offsets: list[float] | None = None) -> dict[str, float]:
     """Official metrics, `score`, mean loss, example count and the examples' fingerprint on `data` (model left in
-    eval mode). `offsets` (answer offsets, the record they came from): the metrics of the calibrated answers, and
+    eval mode). With answer `offsets` (fusekit.evaluation.calibration): the metrics of the calibrated answers, and
     the score without them as `uncalibrated_score`."""
     logits, y, loss = predict(model, data, task, device, batch_size, progress)
     metrics = compute_metrics(task, y, predictions(task, logits))
     if offsets is not None:
-        calibrated = compute_metrics(task, y, predictions(task, apply_offsets(task, logits, *offsets)))
+        calibrated = compute_metrics(task, y, predictions(task, apply_offsets(task, logits, offsets)))
         metrics = {**calibrated, "uncalibrated_score": metrics["score"]}
     return {**metrics, "loss": loss, "examples": int(len(y)), "examples_fingerprint": data.fingerprint}
