@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -317,7 +318,15 @@ def test_merge_settings_are_paired_by_seed_against_the_first_adapters_same_metho
     rows = [row("lora", "delta-w", ta, 0, 0.72, 0.10), row("lora", "delta-w", ta, 1, 0.76, 0.12),
             row("l-lora", "factors", ta, 0, 0.76, 0.08), row("l-lora", "factors", ta, 1, 0.72, 0.0),
             row("lora", "delta-w", "ties", 0, 0.8, 0.1)]  # one seed of TIES: nothing to pair
+    calibrated = [row("lora", "delta-w", ta, 0, 0.81, 0.10), row("lora", "delta-w", ta, 1, 0.80, 0.13)]
+    rows += [(replace(stage_id, calibrated=True), manifest, scores) for stage_id, manifest, scores in calibrated]
     table = paired_merge_table(tmp_path, rows, ["sst2", "cola"])
+    # calibrated − plain, normalized: (1.0125 + 0.5)/2 − 0.7 = 0.05625 and (1 + 0.65)/2 − 0.775 = 0.05 (mean 0.053125,
+    # s 0.0044194); raw: 0.455 − 0.41 = 0.045 and 0.465 − 0.44 = 0.025 (mean 0.035, s 0.0141421)
+    assert (f"| lora-delta-w-task-arithmetic-calibrated − lora-delta-w-task-arithmetic | "
+            f"0.053 ± {12.706205 * 0.0044194 / 2 ** 0.5:.3f} | 0.035 ± {12.706205 * 0.0141421 / 2 ** 0.5:.3f} | 2 |"
+            ) in table
+    assert "task-arithmetic − lora-delta-w-task-arithmetic-calibrated" not in table
     # normalized averages: LoRA (0.9 + 0.5)/2 = 0.7, (0.95 + 0.6)/2 = 0.775; L-LoRA (0.95 + 0.4)/2 = 0.675 and 0.9
     # (its CoLA is undefined): differences -0.025, 0.125, mean 0.05, s = 0.106066. Raw: 0.42 - 0.41, 0.36 - 0.44.
     half = 12.706205 * 0.1060660 / 2 ** 0.5

@@ -207,9 +207,9 @@ def multitask_table(rows: list[tuple[StageId, dict, dict]], tasks: list[str], no
 
 
 def paired_merge_table(study: Path, rows: list[tuple[StageId, dict, dict]], tasks: list[str]) -> str | None:
-    """Each merge setting minus the first adapter variant's setting of the same method (its first space), paired
-    by seed: mean ± 95% CI of the per-seed differences of the average normalized and the average raw score (None
-    unless some pair shares two or more seeds)."""
+    """Each merge setting minus the first adapter variant's setting of the same method (its first space), and a
+    calibrated merge minus the same merge uncalibrated, paired by seed: mean ± 95% CI of the per-seed differences
+    of the average normalized and the average raw score (None unless some pair shares two or more seeds)."""
     from fusekit.merging.config import SPACES
 
     normalized: dict[StageId, dict[int, float | None]] = {}
@@ -223,15 +223,15 @@ def paired_merge_table(study: Path, rows: list[tuple[StageId, dict, dict]], task
     body = []
     for setting in raw:
         candidates = (dataclasses.replace(setting, variant=v, space=space) for v in first for space in SPACES)
-        reference = next((r for r in candidates if r in raw), None)
-        if reference is None or setting == reference:
-            continue
-        raw_differences = seed_differences(raw[setting], raw[reference])
-        normalized_differences = seed_differences(normalized[setting], normalized[reference])
-        if len(raw_differences) > 1:
-            body.append([f"{setting.leaf} − {reference.leaf}",
-                         format_ci(normalized_differences) if len(normalized_differences) > 1 else "–",
-                         format_ci(raw_differences), str(len(raw_differences))])
+        variant_reference = next((r for r in candidates if r in raw), setting)
+        twin = dataclasses.replace(setting, calibrated=False) if setting.calibrated else None  # what calibration adds
+        for reference in (r for r in (variant_reference, twin) if r in raw and r != setting):
+            raw_differences = seed_differences(raw[setting], raw[reference])
+            normalized_differences = seed_differences(normalized[setting], normalized[reference])
+            if len(raw_differences) > 1:
+                body.append([f"{setting.leaf} − {reference.leaf}",
+                             format_ci(normalized_differences) if len(normalized_differences) > 1 else "–",
+                             format_ci(raw_differences), str(len(raw_differences))])
     return _table(["paired by seed", "Δ average normalized", "Δ average raw", "seeds"], body) if body else None
 
 
