@@ -1,5 +1,6 @@
 """Answer calibration: offsets checked against the closed form on constant scores, the optimality condition
-(mean calibrated distribution = label frequencies) on random ones, and a text regression's expected value by hand."""
+(mean calibrated distribution = label frequencies) on random ones, a text regression's expected value by hand, and
+the out-of-fold calibration a search scores."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from fusekit.data.tasks import get_task
 from fusekit.data.text import split_targets
 from fusekit.errors import FusekitError
-from fusekit.evaluation.calibration import answer_count, apply_offsets, check_offsets, fit_offsets
+from fusekit.evaluation.calibration import answer_count, apply_offsets, check_offsets, fit_offsets, out_of_fold
 
 SST2, STSB = get_task("sst2"), get_task("stsb")
 
@@ -55,3 +56,11 @@ def test_a_regression_head_has_nothing_to_calibrate_and_wrong_offsets_are_named(
     for bad in ([], [0, float("nan")], "0,1", [0, 1e9], [True, 0], [0, 1, 2]):
         with pytest.raises(FusekitError, match="m.json: calibration.sst2: expected 2 finite numbers"):
             check_offsets(bad, 2, "m.json: calibration.sst2")
+
+
+def test_a_search_scores_each_half_with_offsets_fitted_on_the_other():
+    labels = np.array([1, 1, 1, 0, 1, 0, 0, 0])  # even-numbered: three of four positive; odd-numbered: one of four
+    calibrated = out_of_fold(SST2, np.zeros((8, 2)), labels)
+    assert np.allclose(calibrated[0::2], [0, -math.log(3)])  # offsets from the odd half: ln(1/3)
+    assert np.allclose(calibrated[1::2], [0, math.log(3)])  # from the even half: ln 3
+    assert np.array_equal(out_of_fold(STSB, np.ones((8, 1)), np.arange(8.0)), np.ones((8, 1)))  # a regression head

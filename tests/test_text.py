@@ -304,12 +304,14 @@ def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_example
     """--calibrate: one offset per answer and task in the manifest, fitted on the held-out examples (the same
     offsets fit_offsets finds on them); eval reads each task's answers after adding them, and keeps the plain score."""
     from fusekit.artifacts.run_folder import load_run
-    from fusekit.evaluation.calibration import apply_offsets, fit_offsets
+    from fusekit.evaluation.calibration import apply_offsets, fit_offsets, out_of_fold
     from fusekit.evaluation.eval import TaskScorer, score_folders
     from fusekit.evaluation.metrics import compute_metrics, predictions
     from fusekit.merging.config import MergeConfig
     from fusekit.merging.merge import run_merge
+    from fusekit.merging.methods import make_method
     from fusekit.merging.search import held_out_split
+    from fusekit.merging.stream import merge_vectors
 
     folders = [text_runs["sst2"][0], text_runs["rte"][0]]
     run_merge(MergeConfig(lam=0.7, val_examples=8, device="cpu", select_on_seen=True), folders, tmp_path / "plain")
@@ -330,6 +332,17 @@ def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_example
         assert rows[task.name]["score"] == pytest.approx(compute_metrics(task, labels, predictions(task, calibrated))
                                                          ["score"])
         assert rows[task.name]["uncalibrated_score"] == pytest.approx(plain[task.name]["score"])
+    searched = tmp_path / "searched"  # a calibrated search scores each λ with its answers calibrated out of fold
+    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=8, device="cpu", select_on_seen=True, calibrate=True),
+              folders, searched)
+    row = json.loads((searched / "manifest.json").read_text())["search"][1]
+    runs = [load_run(folder) for folder in folders]
+    merged, _ = merge_vectors(runs, make_method("task-arithmetic", lam=1.0), space="delta-w")
+    for run, task in zip(runs, (SST2, RTE)):
+        held_out = TaskScorer(run.config.model, 64, held_out_split(run, 8, 0), run.head, torch.device("cpu"))
+        logits, labels = held_out.outputs(merged)
+        calibrated = compute_metrics(task, labels, predictions(task, out_of_fold(task, logits, labels)))["score"]
+        assert row["lam"] == 1.0 and row[task.name] == pytest.approx(calibrated)
 
 
 @pytest.mark.parametrize(("method", "space"), [("ties", "delta-w"), ("dare", "factors"), ("regmean", "delta-w"),

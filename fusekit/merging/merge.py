@@ -57,7 +57,7 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
             raise FusekitError(f"--per-task chooses one λ per task: {config.method} has no λ")
         if any(len(v) > 1 for v in values.values()):
             result = search(runs, config.method, values, space, config.rank, config.weights, config.val_examples,
-                            device, config.seed, statistics, config.criterion, config.per_task)
+                            device, config.seed, statistics, config.criterion, config.per_task, config.calibrate)
             params, weights = {**params, **result.best}, result.weights or weights
             searched_on = {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
                            "search_standard_error": result.standard_error, "search_criterion": config.criterion,

@@ -17,6 +17,7 @@ import torch
 from fusekit.artifacts.run_folder import Run
 from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
+from fusekit.evaluation.calibration import out_of_fold
 from fusekit.evaluation.eval import TaskScorer
 from fusekit.evaluation.metrics import (
     bootstrap_standard_error,
@@ -80,10 +81,13 @@ def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed:
 
 class HeldOut:
     """The runs' held-out examples, their own adapters' scores and the chance scores: what every candidate merge is
-    scored against, each task on its own examples."""
+    scored against, each task on its own examples; with `calibrate`, each candidate's answers calibrated out of
+    fold (the merge the search chooses is the calibrated one), the own adapters' as they are."""
 
-    def __init__(self, runs: list[Run], examples: int, device: torch.device, seed: int, bar, job):
+    def __init__(self, runs: list[Run], examples: int, device: torch.device, seed: int, bar, job,
+                 calibrate: bool = False):
         self.runs, self.scorers, self.bar, self.job = runs, held_out_scorers(runs, examples, device, seed), bar, job
+        self.calibrate = calibrate
         self.own_preds, self.own, self.labels = self.outputs([run.vector for run in runs])
         self.chance = [chance_score(scorer.task, y) for scorer, y in zip(self.scorers, self.labels)]
         # the even- and the odd-numbered examples (none when too few to halve: a correlation needs two a half), with
@@ -94,12 +98,12 @@ class HeldOut:
         self.half_chance = [[chance_score(s.task, y[h]) for s, y in zip(self.scorers, self.labels)]
                             for h in self.half_indices]
 
-    def outputs(self, vectors: list) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
-        """Each task's predictions, score and labels under its vector."""
+    def outputs(self, vectors: list, calibrate: bool = False) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
+        """Each task's predictions, score and labels under its vector (its answers calibrated out of fold)."""
         preds, scores, labels = [], [], []
         for scorer, vector in zip(self.scorers, vectors):
             logits, y = scorer.outputs(vector)
-            preds.append(predictions(scorer.task, logits))
+            preds.append(predictions(scorer.task, out_of_fold(scorer.task, logits, y) if calibrate else logits))
             scores.append(compute_metrics(scorer.task, y, preds[-1])["score"])
             labels.append(y)
             self.bar.update(self.job, advance=1, status=f"{scorer.task.name} {scores[-1]:.3f}")
@@ -108,7 +112,7 @@ class HeldOut:
     def row(self, vector, settings: dict) -> tuple[dict, list[np.ndarray]]:
         """A merged vector's grid row (settings, per-task scores, every criterion, and both on each half of the
         examples) and its predictions."""
-        preds, scores, _ = self.outputs([vector] * len(self.scorers))
+        preds, scores, _ = self.outputs([vector] * len(self.scorers), self.calibrate)
         values = criterion_values(scores, self.own, self.chance)
         return {**settings, **{run.head_task: s for run, s in zip(self.runs, scores)},
                 "normalized": values["normalized"], "criteria": values, "halves": self.halves(preds)}, preds
@@ -143,15 +147,17 @@ def _candidate(method: str, seed: int, point: dict, statistics: dict | None):
 
 def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: str, rank: int | None,
            weights: list[float] | None, examples: int, device: torch.device, seed: int = 0,
-           statistics: dict | None = None, criterion: str = "normalized", per_task: bool = False) -> SearchResult:
-    """Every grid point scored on held-out examples; the best by `criterion`. With `per_task`, then one coefficient
-    per task (λ_i = λ·w_i) by coordinate ascent over the λ grid: each task in turn, the others held, one sweep."""
+           statistics: dict | None = None, criterion: str = "normalized", per_task: bool = False,
+           calibrate: bool = False) -> SearchResult:
+    """Every grid point scored on held-out examples (its answers calibrated out of fold with `calibrate`); the best
+    by `criterion`. With `per_task`, then one coefficient per task (λ_i = λ·w_i) by coordinate ascent over the λ
+    grid: each task in turn, the others held, one sweep."""
     points = grid_points(method, grid)
     tries = (len(grid.get("lam", [])) - 1) * len(runs) if per_task else 0
     rows, predicted = [], []  # predicted[p][t]: point p's predictions on task t's examples
     with progress_bar() as bar:
         job = bar.add_task(f"search {method}", total=(len(points) + tries + 1) * len(runs), status="")
-        held = HeldOut(runs, examples, device, seed, bar, job)
+        held = HeldOut(runs, examples, device, seed, bar, job, calibrate)
         for point in points:
             vector, _ = merge_vectors(runs, _candidate(method, seed, point, statistics), weights, space, rank)
             row, preds = held.row(vector, point)
