@@ -13,7 +13,14 @@ import torch
 from fusekit.data.tasks import get_task
 from fusekit.data.text import split_targets
 from fusekit.errors import FusekitError
-from fusekit.evaluation.calibration import answer_count, apply_offsets, check_offsets, fit_offsets, out_of_fold
+from fusekit.evaluation.calibration import (
+    answer_count,
+    apply_offsets,
+    check_offsets,
+    fit_offsets,
+    held_out_calibration,
+    out_of_fold,
+)
 
 SST2, STSB = get_task("sst2"), get_task("stsb")
 
@@ -64,3 +71,15 @@ def test_a_search_scores_each_half_with_offsets_fitted_on_the_other():
     assert np.allclose(calibrated[0::2], [0, -math.log(3)])  # offsets from the odd half: ln(1/3)
     assert np.allclose(calibrated[1::2], [0, math.log(3)])  # from the even half: ln 3
     assert np.array_equal(out_of_fold(STSB, np.ones((8, 1)), np.arange(8.0)), np.ones((8, 1)))  # a regression head
+
+
+def test_a_task_is_calibrated_only_where_its_held_out_examples_score_better_calibrated():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=100)
+    labels = (x > 0).astype(int)
+    shifted = np.stack([np.zeros(100), x - 3], axis=1)  # ranks perfectly, answers 0 nearly always
+    scored, offsets = held_out_calibration(SST2, shifted, labels)
+    assert offsets is not None and offsets[1] > 2 and (scored.argmax(axis=1) == labels).mean() > 0.9
+    exact = np.stack([np.zeros(100), x], axis=1)  # already right: nothing to gain
+    scored, offsets = held_out_calibration(SST2, exact, labels)
+    assert offsets is None and scored is exact

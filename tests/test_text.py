@@ -301,10 +301,10 @@ def test_two_text_adapters_merge_into_one_model_for_both(text_runs, tiny_llama, 
 
 
 def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_examples(text_runs, glue_dir, tmp_path):
-    """--calibrate: one offset per answer and task in the manifest, fitted on the held-out examples (the same
-    offsets fit_offsets finds on them); eval reads each task's answers after adding them, and keeps the plain score."""
+    """--calibrate: one offset per answer in the manifest for each task that scores better calibrated on its held-out
+    examples, fitted on them; eval reads each task's answers after adding them, and keeps the plain score."""
     from fusekit.artifacts.run_folder import load_run
-    from fusekit.evaluation.calibration import apply_offsets, fit_offsets, out_of_fold
+    from fusekit.evaluation.calibration import apply_offsets, held_out_calibration
     from fusekit.evaluation.eval import TaskScorer, score_folders
     from fusekit.evaluation.metrics import compute_metrics, predictions
     from fusekit.merging.config import MergeConfig
@@ -314,35 +314,41 @@ def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_example
     from fusekit.merging.stream import merge_vectors
 
     folders = [text_runs["sst2"][0], text_runs["rte"][0]]
-    run_merge(MergeConfig(lam=0.7, val_examples=8, device="cpu", select_on_seen=True), folders, tmp_path / "plain")
-    run_merge(MergeConfig(lam=0.7, val_examples=8, device="cpu", select_on_seen=True, calibrate=True), folders,
+    run_merge(MergeConfig(lam=0.7, val_examples=32, device="cpu", select_on_seen=True), folders, tmp_path / "plain")
+    run_merge(MergeConfig(lam=0.7, val_examples=32, device="cpu", select_on_seen=True, calibrate=True), folders,
               tmp_path / "calibrated")
     manifest = json.loads((tmp_path / "calibrated/manifest.json").read_text())
+    assert manifest["calibration"]  # on these runs calibrating helps somewhere (both tasks, when this was written)
     plain = {r["task"]: r for r in score_folders([tmp_path / "plain"], None, None, None, 16, "cpu", None)}
     rows = {r["task"]: r for r in score_folders([tmp_path / "calibrated"], None, None, None, 16, "cpu", None)}
     vector = TaskVector.load(tmp_path / "calibrated/task_vector.safetensors")
     for folder, task in zip(folders, (SST2, RTE)):
         run = load_run(folder)
-        held_out = TaskScorer(run.config.model, 64, held_out_split(run, 8, 0), run.head, torch.device("cpu"))
-        assert manifest["calibration"][task.name] == pytest.approx(fit_offsets(task, *held_out.outputs(vector)))
+        held_out = TaskScorer(run.config.model, 64, held_out_split(run, 32, 0), run.head, torch.device("cpu"))
+        offsets = held_out_calibration(task, *held_out.outputs(vector))[1]
+        assert manifest["calibration"].get(task.name) == (None if offsets is None else pytest.approx(offsets))
         dev = TaskScorer(run.config.model, 64, load_split(task, "validation", str(glue_dir)), run.head,
                          torch.device("cpu"))
         logits, labels = dev.outputs(vector)
-        calibrated = apply_offsets(task, logits, manifest["calibration"][task.name])
+        calibrated = logits if offsets is None else apply_offsets(task, logits, offsets)
         assert rows[task.name]["score"] == pytest.approx(compute_metrics(task, labels, predictions(task, calibrated))
                                                          ["score"])
-        assert rows[task.name]["uncalibrated_score"] == pytest.approx(plain[task.name]["score"])
+        assert rows[task.name].get("uncalibrated_score", rows[task.name]["score"]) == pytest.approx(
+            plain[task.name]["score"])
     searched = tmp_path / "searched"  # a calibrated search scores each λ with its answers calibrated out of fold
-    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=8, device="cpu", select_on_seen=True, calibrate=True),
+    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=32, device="cpu", select_on_seen=True, calibrate=True),
               folders, searched)
     row = json.loads((searched / "manifest.json").read_text())["search"][1]
     runs = [load_run(folder) for folder in folders]
     merged, _ = merge_vectors(runs, make_method("task-arithmetic", lam=1.0), space="delta-w")
+    gains = []
     for run, task in zip(runs, (SST2, RTE)):
-        held_out = TaskScorer(run.config.model, 64, held_out_split(run, 8, 0), run.head, torch.device("cpu"))
+        held_out = TaskScorer(run.config.model, 64, held_out_split(run, 32, 0), run.head, torch.device("cpu"))
         logits, labels = held_out.outputs(merged)
-        calibrated = compute_metrics(task, labels, predictions(task, out_of_fold(task, logits, labels)))["score"]
-        assert row["lam"] == 1.0 and row[task.name] == pytest.approx(calibrated)
+        calibrated = compute_metrics(task, labels, predictions(task, held_out_calibration(task, logits, labels)[0]))
+        gains.append(calibrated["score"] - compute_metrics(task, labels, predictions(task, logits))["score"])
+        assert row["lam"] == 1.0 and row[task.name] == pytest.approx(calibrated["score"])
+    assert min(gains) >= 0 and max(gains) > 0
 
 
 @pytest.mark.parametrize(("method", "space"), [("ties", "delta-w"), ("dare", "factors"), ("regmean", "delta-w"),

@@ -10,6 +10,10 @@ correction of "Calibrate Before Use" (Zhao et al., 2021) learned from labelled e
 prompt. Offsets are defined up to a constant: stored with the first answer's at 0. A regression task asked as text
 (STS-B writes a number) has its answers' weights moved and its expected value recomputed; a regression head's one
 output has nothing to calibrate (a shift changes no correlation).
+
+The cross-entropy is not the task's metric: on a merge that lost a task's ranking rather than its threshold
+(CoLA's MCC, STS-B's correlation) the fitted offsets can score worse. A task is calibrated only where its
+held-out examples, calibrated out of fold, score better than not calibrated.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from fusekit.data.tasks import TaskSpec
 from fusekit.data.text import split_targets
 from fusekit.errors import FusekitError
+from fusekit.evaluation.metrics import compute_metrics, predictions
 
 LIMIT = 20.0  # an answer no held-out label uses would be pushed to −∞: bounded, it is never chosen anyway
 
@@ -79,6 +84,21 @@ def out_of_fold(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> np.nd
         offsets = fit_offsets(task, logits[fitted], labels[fitted])
         calibrated[scored] = apply_offsets(task, logits[scored], offsets)
     return calibrated
+
+
+def held_out_calibration(task: TaskSpec, logits: np.ndarray,
+                         labels: np.ndarray) -> tuple[np.ndarray, list[float] | None]:
+    """What calibration does for a task on held-out examples: the outputs a search scores (calibrated out of fold
+    where that scores better than as they are) and the offsets to keep, fitted on all of them (None where it does
+    not score better)."""
+    calibrated = out_of_fold(task, logits, labels)
+    if _score(task, calibrated, labels) <= _score(task, logits, labels):
+        return logits, None
+    return calibrated, fit_offsets(task, logits, labels)
+
+
+def _score(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> float:
+    return compute_metrics(task, labels, predictions(task, logits))["score"]
 
 
 def apply_offsets(task: TaskSpec, logits: np.ndarray, offsets: list[float]) -> np.ndarray:

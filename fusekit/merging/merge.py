@@ -13,7 +13,7 @@ from fusekit.artifacts.output import claim_output
 from fusekit.artifacts.run_folder import load_run
 from fusekit.config import from_mapping
 from fusekit.errors import FusekitError
-from fusekit.evaluation.calibration import fit_offsets
+from fusekit.evaluation.calibration import held_out_calibration
 from fusekit.merging.config import MergeConfig
 from fusekit.merging.criteria import CRITERIA
 from fusekit.merging.methods import MergeMethod, make_method, method_parameters
@@ -86,8 +86,10 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         write_merged(out, runs, vector, summary, overwrite)
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
-        for task, offsets in summary.get("calibration", {}).items():
-            console.print(f"answer offsets {task}: " + " ".join(f"{v:+.3f}" for v in offsets))
+        for run in runs if config.calibrate else []:
+            offsets = summary["calibration"].get(run.head_task)
+            console.print(f"answer offsets {run.head_task}: " + (" ".join(f"{v:+.3f}" for v in offsets) if offsets
+                          else "none (calibrated out of fold, its held-out examples scored no better)"))
     return {"out": str(out), **summary}
 
 
@@ -119,11 +121,12 @@ def _check_held_out(runs: list, config: MergeConfig, selecting: bool) -> None:
 
 
 def _calibration(runs: list, vector, examples: int, device, seed: int) -> dict[str, list[float]]:
-    """Each task's answer offsets, fitted on the held-out examples a search scores (never the reported split)."""
+    """Each task's answer offsets, fitted on the held-out examples a search scores (never the reported split), for
+    the tasks whose examples score better calibrated out of fold."""
     fitted = {}
     scorers = held_out_scorers(runs, examples, device, seed)
     for run, scorer in tracked(list(zip(runs, scorers)), "calibrate answers", len(runs)):
-        offsets = fit_offsets(scorer.task, *scorer.outputs(vector))
+        offsets = held_out_calibration(scorer.task, *scorer.outputs(vector))[1]
         if offsets is not None:
             fitted[run.head_task] = offsets
     return fitted

@@ -17,7 +17,7 @@ import torch
 from fusekit.artifacts.run_folder import Run
 from fusekit.data.loading import Split, load_split
 from fusekit.data.tasks import get_task
-from fusekit.evaluation.calibration import out_of_fold
+from fusekit.evaluation.calibration import held_out_calibration
 from fusekit.evaluation.eval import TaskScorer
 from fusekit.evaluation.metrics import (
     bootstrap_standard_error,
@@ -82,7 +82,8 @@ def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed:
 class HeldOut:
     """The runs' held-out examples, their own adapters' scores and the chance scores: what every candidate merge is
     scored against, each task on its own examples; with `calibrate`, each candidate's answers calibrated out of
-    fold (the merge the search chooses is the calibrated one), the own adapters' as they are."""
+    fold where that scores better (the merge the search chooses is the calibrated one), the own adapters' as they
+    are."""
 
     def __init__(self, runs: list[Run], examples: int, device: torch.device, seed: int, bar, job,
                  calibrate: bool = False):
@@ -99,11 +100,14 @@ class HeldOut:
                             for h in self.half_indices]
 
     def outputs(self, vectors: list, calibrate: bool = False) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
-        """Each task's predictions, score and labels under its vector (its answers calibrated out of fold)."""
+        """Each task's predictions, score and labels under its vector (its answers calibrated out of fold where
+        that scores better)."""
         preds, scores, labels = [], [], []
         for scorer, vector in zip(self.scorers, vectors):
             logits, y = scorer.outputs(vector)
-            preds.append(predictions(scorer.task, out_of_fold(scorer.task, logits, y) if calibrate else logits))
+            if calibrate:
+                logits = held_out_calibration(scorer.task, logits, y)[0]
+            preds.append(predictions(scorer.task, logits))
             scores.append(compute_metrics(scorer.task, y, preds[-1])["score"])
             labels.append(y)
             self.bar.update(self.job, advance=1, status=f"{scorer.task.name} {scores[-1]:.3f}")
