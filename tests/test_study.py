@@ -514,3 +514,12 @@ def test_text_results_are_restored_only_while_fusekit_asks_in_their_words(tmp_pa
     (docs / "verbalizers.json").unlink()  # published before words were recorded: in the words fusekit first asked
     run_study(recipe, only="baseline/", restore=docs)
     assert (out / "baseline/rte/baseline.json").is_file()
+
+
+def test_the_report_says_which_tasks_a_calibrated_merge_calibrated():
+    from fusekit.study.report import _params
+
+    assert _params({"params": {"lam": 0.5}}) == "λ=0.5"
+    assert _params({"params": {"lam": 0.5}, "calibration": {"sst2": [0, 1.4], "rte": [0, 1.2]}}) == \
+        "λ=0.5, offsets: sst2, rte"
+    assert _params({"params": {"lam": 0.5}, "calibration": {}}) == "λ=0.5, offsets: none"

@@ -171,7 +171,9 @@ def search_precision(manifests: list[dict]) -> list[str]:
 def _params(manifest: dict) -> str:
     params = manifest.get("params", {})
     shown = {**{p.name: p.label for p in PARAMETERS}, "balancer": "", "sampling": "", "temperature": "T"}
-    return ", ".join(f"{shown[k]}={v}" if shown[k] else str(v) for k, v in params.items() if k in shown) or "–"
+    chosen = ", ".join(f"{shown[k]}={v}" if shown[k] else str(v) for k, v in params.items() if k in shown) or "–"
+    calibrated = manifest.get("calibration")
+    return chosen if calibrated is None else f"{chosen}, offsets: {', '.join(calibrated) or 'none'}"
 
 
 def task_average(scores: dict, tasks: list[str], key: str) -> float | None:
