@@ -349,6 +349,16 @@ def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_example
         gains.append(calibrated["score"] - compute_metrics(task, labels, predictions(task, logits))["score"])
         assert row["lam"] == 1.0 and row[task.name] == pytest.approx(calibrated["score"])
     assert min(gains) >= 0 and max(gains) > 0
+    from fusekit.artifacts.checksums import reseal
+
+    manifest = json.loads((searched / "manifest.json").read_text())
+    task = next(iter(manifest["calibration"]))
+    for bad in ([0.0], {"sst2": [0.0, 1.0], "cola": [0.0, 1.0]}):  # one answer short; a task the merge lacks
+        calibration = {**manifest["calibration"], task: bad} if isinstance(bad, list) else bad
+        (searched / "manifest.json").write_text(json.dumps({**manifest, "calibration": calibration}))
+        reseal(searched, "manifest.json")
+        with pytest.raises(FusekitError, match="manifest.json: calibration"):
+            score_folders([searched], None, None, None, 16, "cpu", None)
 
 
 @pytest.mark.parametrize(("method", "space"), [("ties", "delta-w"), ("dare", "factors"), ("regmean", "delta-w"),

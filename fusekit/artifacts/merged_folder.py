@@ -31,7 +31,6 @@ from fusekit.artifacts.staging import staged_dir
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.tasks import TASKS, get_task
 from fusekit.errors import FusekitError
-from fusekit.evaluation.calibration import answer_count, check_offsets
 from fusekit.models.heads import HeadSpec, TaskHead
 
 FORMAT = "fusekit.artifacts.merged_folder/1"
@@ -89,19 +88,7 @@ def load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, dict[str, tor
     heads = {task: TaskHead(*_head(files.path(head_file(task)))) for task in manifest_tasks(manifest, folder)}
     vector = TaskVector.load(files.path(TASK_VECTOR))
     check_verbalizers(folder, vector.meta, list(heads))
-    _check_calibration(manifest, folder, heads)
     return manifest, vector, heads
-
-
-def _check_calibration(manifest: dict, folder: Path, heads: dict[str, TaskHead]) -> None:
-    """Answer offsets (`fusekit merge --calibrate`), when recorded: a mapping of the merge's tasks to offsets."""
-    calibration = manifest.get("calibration", {})
-    if not isinstance(calibration, dict) or not set(calibration) <= set(heads):
-        raise FusekitError(f"{folder / MANIFEST}: calibration: expected a mapping of the merge's tasks "
-                           f"({', '.join(heads)}) to answer offsets")
-    for task, offsets in calibration.items():
-        check_offsets(offsets, answer_count(get_task(task), heads[task].spec.text),
-                      f"{folder / MANIFEST}: calibration.{task}")
 
 
 def manifest_tasks(manifest: dict, folder: Path) -> list[str]:

@@ -12,6 +12,7 @@ import torch
 from rich.table import Table
 
 from fusekit.artifacts.atomic import atomic_write_json
+from fusekit.artifacts.layout import MANIFEST
 from fusekit.artifacts.merged_folder import (
     individual_score,
     input_max_length,
@@ -24,6 +25,7 @@ from fusekit.artifacts.task_vector import TaskVector
 from fusekit.data.loading import EncodedSplit, Split, load_split
 from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
+from fusekit.evaluation.calibration import answer_count, check_offsets
 from fusekit.evaluation.loop import evaluate, predict
 from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.models.adapters import AdaptedModel, AdapterSpec
@@ -80,7 +82,7 @@ def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_
     if out is not None:
         check_output_file(out, folders)
     for folder in folders:  # every bad folder is reported before any work
-        load_merged(Path(folder)) if is_merged(folder) else load_run(Path(folder))
+        _load_merged(Path(folder)) if is_merged(folder) else load_run(Path(folder))
     rows = []
     for folder in map(Path, folders):
         score = _score_merged if is_merged(folder) else _score_run
@@ -109,7 +111,7 @@ def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> 
 
 def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> list[dict]:
     """Every task of the merge with its own head, and its normalized score: merged / its own adapter's."""
-    manifest, vector, heads = load_merged(folder)
+    manifest, vector, heads = _load_merged(folder)
     wanted = {t.name for t in parse_tasks(tasks)} if tasks else None
     rows = []
     for item in manifest["inputs"]:
@@ -139,6 +141,20 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
         rows.append({"folder": str(folder), "task": "average", "forward": rows[0]["forward"], "normalized": average,
                      "score": sum(r["score"] for r in rows) / len(rows)})
     return rows
+
+
+def _load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, TaskHead]]:
+    """A merged folder, and its answer offsets (`fusekit merge --calibrate`) checked: a mapping of the merge's
+    tasks to one offset per answer."""
+    manifest, vector, heads = load_merged(folder)
+    calibration = manifest.get("calibration", {})
+    if not isinstance(calibration, dict) or not set(calibration) <= set(heads):
+        raise FusekitError(f"{folder / MANIFEST}: calibration: expected a mapping of the merge's tasks "
+                           f"({', '.join(heads)}) to answer offsets")
+    for task, offsets in calibration.items():
+        check_offsets(offsets, answer_count(get_task(task), heads[task].spec.text),
+                      f"{folder / MANIFEST}: calibration.{task}")
+    return manifest, vector, heads
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -51,23 +51,9 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         _check_held_out(runs, config, any(len(v) > 1 for v in values.values()) or method.statistics is not None
                         or config.calibrate)
         statistics = _statistics(runs, method, config.val_examples, device, config.seed)
-        params, searched_on = {name: v[0] for name, v in values.items()}, {"search": None}
-        weights = config.weights
         if config.per_task and "lam" not in values:
             raise FusekitError(f"--per-task chooses one λ per task: {config.method} has no λ")
-        if any(len(v) > 1 for v in values.values()):
-            result = search(runs, config.method, values, space, config.rank, config.weights, config.val_examples,
-                            device, config.seed, statistics, config.criterion, config.per_task, config.calibrate)
-            params, weights = {**params, **result.best}, result.weights or weights
-            searched_on = {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
-                           "search_standard_error": result.standard_error, "search_criterion": config.criterion,
-                           **({"per_task_search": result.task_rows} if config.per_task else {})}
-            _print_search(result.rows, result.own, searched(config.method), config.criterion)
-            best = ", ".join(f"{k}={v}" for k, v in result.best.items())
-            error = "" if result.standard_error is None else f" (standard error {result.standard_error:.3f})"
-            per_task = "" if not config.per_task else " · per task λ " + ", ".join(
-                f"{run.head_task} {params['lam'] * w:g}" for run, w in zip(runs, weights))
-            console.print(f"chose {best}{per_task} on held-out training data{error}")
+        params, weights, searched_on = _choose(runs, config, values, space, device, statistics)
         chosen = make_method(config.method, seed=config.seed, **params)
         if statistics is not None:
             chosen.stats = statistics
@@ -86,11 +72,28 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         write_merged(out, runs, vector, summary, overwrite)
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
-        for run in runs if config.calibrate else []:
-            offsets = summary["calibration"].get(run.head_task)
-            console.print(f"answer offsets {run.head_task}: " + (" ".join(f"{v:+.3f}" for v in offsets) if offsets
-                          else "none (calibrated out of fold, its held-out examples scored no better)"))
     return {"out": str(out), **summary}
+
+
+def _choose(runs: list, config: MergeConfig, values: dict[str, list[float]], space: str, device,
+            statistics: dict | None) -> tuple[dict[str, float], list[float] | None, dict]:
+    """(hyperparameters, weights, what the manifest records of the search): the values given, or the best of a
+    search on held-out training data when a hyperparameter has several."""
+    params, weights = {name: v[0] for name, v in values.items()}, config.weights
+    if not any(len(v) > 1 for v in values.values()):
+        return params, weights, {"search": None}
+    result = search(runs, config.method, values, space, config.rank, config.weights, config.val_examples,
+                    device, config.seed, statistics, config.criterion, config.per_task, config.calibrate)
+    params, weights = {**params, **result.best}, result.weights or weights
+    _print_search(result.rows, result.own, searched(config.method), config.criterion)
+    best = ", ".join(f"{k}={v}" for k, v in result.best.items())
+    error = "" if result.standard_error is None else f" (standard error {result.standard_error:.3f})"
+    per_task = "" if not config.per_task else " · per task λ " + ", ".join(
+        f"{run.head_task} {params['lam'] * w:g}" for run, w in zip(runs, weights))
+    console.print(f"chose {best}{per_task} on held-out training data{error}")
+    return params, weights, {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
+                             "search_standard_error": result.standard_error, "search_criterion": config.criterion,
+                             **({"per_task_search": result.task_rows} if config.per_task else {})}
 
 
 def _merge_peft(config: MergeConfig, method: MergeMethod, sources: list[Path], out: Path, overwrite: bool) -> dict:
@@ -129,6 +132,8 @@ def _calibration(runs: list, vector, examples: int, device, seed: int) -> dict[s
         offsets = held_out_calibration(scorer.task, *scorer.outputs(vector))[1]
         if offsets is not None:
             fitted[run.head_task] = offsets
+        console.print(f"answer offsets {run.head_task}: " + (" ".join(f"{v:+.3f}" for v in offsets) if offsets
+                      else "none (calibrated out of fold, its held-out examples scored no better)"))
     return fitted
 
 
