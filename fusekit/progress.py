@@ -11,14 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # soft_wrap: a message is one line however narrow the terminal; in a log, lines and tables are not cut at 80 columns
 console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)

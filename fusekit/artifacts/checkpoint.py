@@ -27,13 +27,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from fusekit.artifacts.atomic import atomic_write_json, publish
 from fusekit.artifacts.checksums import sha256
-from fusekit.artifacts.layout import (
-    CHECKPOINT_GLOB,
-    MANIFEST,
-    METRICS,
-    checkpoint_dir,
-    checkpoint_file,
-)
+from fusekit.artifacts.layout import CHECKPOINT_GLOB, MANIFEST, METRICS, checkpoint_dir, checkpoint_file
 from fusekit.errors import FusekitError
 from fusekit.progress import JsonlLog
 

@@ -11,14 +11,7 @@ import torch
 
 from fusekit.artifacts.atomic import atomic_write_json, load_tensors, save_tensors
 from fusekit.artifacts.checksums import ChecksummedFolder, sha256
-from fusekit.artifacts.layout import (
-    CONFIG,
-    EVAL,
-    MANIFEST,
-    PEFT,
-    TASK_VECTOR,
-    head_file,
-)
+from fusekit.artifacts.layout import CONFIG, EVAL, MANIFEST, PEFT, TASK_VECTOR, head_file
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.run_folder import (
     Run,

@@ -16,16 +16,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from fusekit.artifacts.layout import (
-    CONFIG,
-    LOCK_SUFFIX,
-    MANIFEST,
-    MARKER,
-    STAGES,
-    STAGING,
-    TASK_VECTOR,
-    TUNE,
-)
+from fusekit.artifacts.layout import CONFIG, LOCK_SUFFIX, MANIFEST, MARKER, STAGES, STAGING, TASK_VECTOR, TUNE
 from fusekit.errors import FusekitError
 
 # what folders written before MARKER existed hold (run, merged or joint, study, tune)

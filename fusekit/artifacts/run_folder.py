@@ -12,22 +12,9 @@ from pathlib import Path
 import torch
 
 from fusekit import __version__
-from fusekit.artifacts.atomic import (
-    atomic_write_json,
-    atomic_write_text,
-    load_tensors,
-    save_tensors,
-)
+from fusekit.artifacts.atomic import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from fusekit.artifacts.checksums import ChecksummedFolder, reseal
-from fusekit.artifacts.layout import (
-    CHECKSUMS,
-    CONFIG,
-    EVAL,
-    HEAD,
-    PEFT_CONFIG,
-    PEFT_WEIGHTS,
-    TASK_VECTOR,
-)
+from fusekit.artifacts.layout import CHECKSUMS, CONFIG, EVAL, HEAD, PEFT_CONFIG, PEFT_WEIGHTS, TASK_VECTOR
 from fusekit.artifacts.reading import load_recipe, read_json
 from fusekit.artifacts.task_vector import TaskVector, VectorHeader
 from fusekit.config import TrainConfig, to_yaml

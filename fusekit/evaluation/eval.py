@@ -13,12 +13,7 @@ from rich.table import Table
 
 from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.layout import MANIFEST
-from fusekit.artifacts.merged_folder import (
-    individual_score,
-    input_max_length,
-    is_merged,
-    load_merged,
-)
+from fusekit.artifacts.merged_folder import individual_score, input_max_length, is_merged, load_merged
 from fusekit.artifacts.output import check_output_file
 from fusekit.artifacts.run_folder import load_run, model_for_vector, record_eval
 from fusekit.artifacts.task_vector import TaskVector
