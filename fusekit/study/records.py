@@ -9,14 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusekit.artifacts.layout import (
-    CONFIG,
-    DISENTANGLEMENT,
-    EVAL,
-    MANIFEST,
-    STAGES,
-    STUDY_RECIPE,
-)
+from fusekit.artifacts.layout import CONFIG, DISENTANGLEMENT, EVAL, MANIFEST, STAGES, STUDY_RECIPE
 from fusekit.artifacts.merged_folder import manifest_tasks
 from fusekit.artifacts.reading import read_json, read_jsonl
 from fusekit.evaluation.metrics import normalized_score

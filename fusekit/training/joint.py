@@ -19,13 +19,7 @@ import torch
 from fusekit.artifacts.atomic import atomic_write_text
 from fusekit.artifacts.layout import CONFIG
 from fusekit.artifacts.merged_folder import write_multitask
-from fusekit.artifacts.run_folder import (
-    adapter_spec,
-    build_adapted_model,
-    load_run,
-    record_eval,
-    vector_meta,
-)
+from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load_run, record_eval, vector_meta
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.config import JointConfig, to_yaml
 from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader

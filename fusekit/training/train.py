@@ -9,12 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from fusekit.artifacts.run_folder import (
-    adapter_spec,
-    build_adapted_model,
-    record_eval,
-    save_run,
-)
+from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, record_eval, save_run
 from fusekit.config import TrainConfig
 from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
 from fusekit.data.tasks import TaskSpec, get_task

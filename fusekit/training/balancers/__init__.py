@@ -8,14 +8,7 @@ from fusekit.training.balancers.base import Balancer, RunFacts
 from fusekit.training.balancers.coba import CoBa
 from fusekit.training.balancers.famo import FAMO
 from fusekit.training.balancers.gradients import GradNorm, GradNormalize, PCGrad
-from fusekit.training.balancers.weighting import (
-    InitNorm,
-    PowerMean,
-    PriorNorm,
-    RealTime,
-    Uncertainty,
-    Uniform,
-)
+from fusekit.training.balancers.weighting import InitNorm, PowerMean, PriorNorm, RealTime, Uncertainty, Uniform
 
 BALANCERS: dict[str, type[Balancer]] = {cls.name: cls for cls in (
     Uniform, CoBa, InitNorm, PriorNorm, RealTime, PowerMean, Uncertainty, GradNorm, GradNormalize, PCGrad, FAMO)}
