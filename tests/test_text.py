@@ -349,6 +349,12 @@ def test_a_calibrated_text_merge_answers_with_offsets_fitted_on_held_out_example
         gains.append(calibrated["score"] - compute_metrics(task, labels, predictions(task, logits))["score"])
         assert row["lam"] == 1.0 and row[task.name] == pytest.approx(calibrated["score"])
     assert min(gains) >= 0 and max(gains) > 0
+    chosen = json.loads((searched / "manifest.json").read_text())  # offsets the search fitted at its choice
+    final = TaskVector.load(searched / "task_vector.safetensors")  # are those of the merged vector it wrote
+    for run, task in zip(runs, (SST2, RTE)):
+        held_out = TaskScorer(run.config.model, 64, held_out_split(run, 32, 0), run.head, torch.device("cpu"))
+        offsets = held_out_calibration(task, *held_out.outputs(final))[1]
+        assert chosen["calibration"].get(task.name) == (None if offsets is None else pytest.approx(offsets))
     from fusekit.artifacts.checksums import reseal
 
     manifest = json.loads((searched / "manifest.json").read_text())

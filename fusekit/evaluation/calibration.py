@@ -49,6 +49,7 @@ def fit_offsets(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> list[
         targets = split_targets(torch.as_tensor(labels), torch.tensor(task.answer_values)).double()
     else:
         targets = torch.nn.functional.one_hot(torch.as_tensor(labels).long(), scores.shape[1]).double()
+
     def loss(offsets: torch.Tensor) -> float:
         return float(-(targets * (scores + offsets).log_softmax(dim=-1)).sum(dim=-1).mean())
 
@@ -56,10 +57,10 @@ def fit_offsets(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> list[
     for _ in range(100):  # damped Newton on a smooth convex function of a few variables: a handful of steps
         p = (scores + offsets).softmax(dim=-1)
         gradient = (p - targets).mean(dim=0)[1:]  # the first offset stays 0
-        hessian = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]).mean(dim=0)[1:, 1:]
-        step = torch.linalg.lstsq(hessian, gradient[:, None]).solution[:, 0]
         if gradient.abs().max() < 1e-12:
             break
+        hessian = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]).mean(dim=0)[1:, 1:]
+        step = torch.linalg.lstsq(hessian, gradient[:, None]).solution[:, 0]
         current, size = loss(offsets), 1.0
         while size > 1e-6:
             trial = offsets.clone()

@@ -53,7 +53,7 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         statistics = _statistics(runs, method, config.val_examples, device, config.seed)
         if config.per_task and "lam" not in values:
             raise FusekitError(f"--per-task chooses one λ per task: {config.method} has no λ")
-        params, weights, searched_on = _choose(runs, config, values, space, device, statistics)
+        params, weights, searched_on, calibration = _choose(runs, config, values, space, device, statistics)
         chosen = make_method(config.method, seed=config.seed, **params)
         if statistics is not None:
             chosen.stats = statistics
@@ -67,8 +67,10 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         if chosen.statistics == "coefficients":  # AdaMerging's learned λ per layer and task, for the report
             summary["coefficients"] = {key.rsplit(".lora_", 1)[0]: [float(c) for c in values]
                                        for key, values in statistics.items()}
-        if config.calibrate:
-            summary["calibration"] = _calibration(runs, vector, config.val_examples, device, config.seed)
+        if config.calibrate:  # a search has fitted them at the point it chose; without one, fitted here
+            summary["calibration"] = _calibration(runs, vector, config.val_examples, device, config.seed) \
+                if calibration is None else calibration
+            _print_offsets(runs, summary["calibration"])
         write_merged(out, runs, vector, summary, overwrite)
         note = f", SVD truncation error {report.truncation_error:.4f}" if report.truncation_error else ""
         console.print(f"wrote {out} · {chosen.name} {chosen.params()} · {space} · rank {report.rank}{note}")
@@ -76,12 +78,13 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
 
 
 def _choose(runs: list, config: MergeConfig, values: dict[str, list[float]], space: str, device,
-            statistics: dict | None) -> tuple[dict[str, float], list[float] | None, dict]:
-    """(hyperparameters, weights, what the manifest records of the search): the values given, or the best of a
-    search on held-out training data when a hyperparameter has several."""
+            statistics: dict | None) -> tuple[dict[str, float], list[float] | None, dict, dict | None]:
+    """(hyperparameters, weights, what the manifest records of the search, the chosen point's answer offsets when
+    calibrated): the values given, or the best of a search on held-out training data when a hyperparameter has
+    several."""
     params, weights = {name: v[0] for name, v in values.items()}, config.weights
     if not any(len(v) > 1 for v in values.values()):
-        return params, weights, {"search": None}
+        return params, weights, {"search": None}, None
     result = search(runs, config.method, values, space, config.rank, config.weights, config.val_examples,
                     device, config.seed, statistics, config.criterion, config.per_task, config.calibrate)
     params, weights = {**params, **result.best}, result.weights or weights
@@ -93,7 +96,8 @@ def _choose(runs: list, config: MergeConfig, values: dict[str, list[float]], spa
     console.print(f"chose {best}{per_task} on held-out training data{error}")
     return params, weights, {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
                              "search_standard_error": result.standard_error, "search_criterion": config.criterion,
-                             **({"per_task_search": result.task_rows} if config.per_task else {})}
+                             **({"per_task_search": result.task_rows} if config.per_task else {})}, \
+        result.calibration
 
 
 def _merge_peft(config: MergeConfig, method: MergeMethod, sources: list[Path], out: Path, overwrite: bool) -> dict:
@@ -132,9 +136,14 @@ def _calibration(runs: list, vector, examples: int, device, seed: int) -> dict[s
         offsets = held_out_calibration(scorer.task, *scorer.outputs(vector))[1]
         if offsets is not None:
             fitted[run.head_task] = offsets
+    return fitted
+
+
+def _print_offsets(runs: list, calibration: dict[str, list[float]]) -> None:
+    for run in runs:
+        offsets = calibration.get(run.head_task)
         console.print(f"answer offsets {run.head_task}: " + (" ".join(f"{v:+.3f}" for v in offsets) if offsets
                       else "none (calibrated out of fold, its held-out examples scored no better)"))
-    return fitted
 
 
 def _statistics(runs, method: MergeMethod, examples: int, device, seed: int) -> dict | None:

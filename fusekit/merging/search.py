@@ -41,6 +41,7 @@ class SearchResult:
     standard_error: float | None  # of the selection score at the chosen point (bootstrap over the examples)
     weights: list[float] | None = None  # per-task search: each run's weight (its coefficient is λ · weight)
     task_rows: list[dict] = field(default_factory=list)  # per-task search: one row per task and λ tried
+    calibration: dict[str, list[float]] | None = None  # calibrated search: the chosen point's answer offsets
 
 
 def searched(method: str) -> tuple[str, ...]:
@@ -89,7 +90,7 @@ class HeldOut:
                  calibrate: bool = False):
         self.runs, self.scorers, self.bar, self.job = runs, held_out_scorers(runs, examples, device, seed), bar, job
         self.calibrate = calibrate
-        self.own_preds, self.own, self.labels = self.outputs([run.vector for run in runs])
+        self.own_preds, self.own, self.labels, _ = self.outputs([run.vector for run in runs])
         self.chance = [chance_score(scorer.task, y) for scorer, y in zip(self.scorers, self.labels)]
         # the even- and the odd-numbered examples (none when too few to halve: a correlation needs two a half), with
         # each task's own and chance scores on them, the same at every grid point
@@ -99,27 +100,30 @@ class HeldOut:
         self.half_chance = [[chance_score(s.task, y[h]) for s, y in zip(self.scorers, self.labels)]
                             for h in self.half_indices]
 
-    def outputs(self, vectors: list, calibrate: bool = False) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
-        """Each task's predictions, score and labels under its vector (its answers calibrated out of fold where
-        that scores better)."""
-        preds, scores, labels = [], [], []
+    def outputs(self, vectors: list, calibrate: bool = False) -> tuple[list[np.ndarray], list[float],
+                                                                       list[np.ndarray], list[list[float] | None]]:
+        """Each task's predictions, score, labels and answer offsets under its vector (with `calibrate`, its answers
+        calibrated out of fold where that scores better, and the offsets to keep; None elsewhere)."""
+        preds, scores, labels, offsets = [], [], [], []
         for scorer, vector in zip(self.scorers, vectors):
             logits, y = scorer.outputs(vector)
-            if calibrate:
-                logits = held_out_calibration(scorer.task, logits, y)[0]
+            logits, kept = held_out_calibration(scorer.task, logits, y) if calibrate else (logits, None)
             preds.append(predictions(scorer.task, logits))
             scores.append(compute_metrics(scorer.task, y, preds[-1])["score"])
             labels.append(y)
+            offsets.append(kept)
             self.bar.update(self.job, advance=1, status=f"{scorer.task.name} {scores[-1]:.3f}")
-        return preds, scores, labels
+        return preds, scores, labels, offsets
 
     def row(self, vector, settings: dict) -> tuple[dict, list[np.ndarray]]:
         """A merged vector's grid row (settings, per-task scores, every criterion, and both on each half of the
-        examples) and its predictions."""
-        preds, scores, _ = self.outputs([vector] * len(self.scorers), self.calibrate)
+        examples; calibrated, the answer offsets it would keep) and its predictions."""
+        preds, scores, _, offsets = self.outputs([vector] * len(self.scorers), self.calibrate)
         values = criterion_values(scores, self.own, self.chance)
+        kept = {run.head_task: o for run, o in zip(self.runs, offsets) if o is not None}
         return {**settings, **{run.head_task: s for run, s in zip(self.runs, scores)},
-                "normalized": values["normalized"], "criteria": values, "halves": self.halves(preds)}, preds
+                "normalized": values["normalized"], "criteria": values, "halves": self.halves(preds),
+                **({"calibration": kept} if self.calibrate else {})}, preds
 
     def halves(self, preds: list[np.ndarray]) -> list[dict]:
         """Every criterion and each task's normalized score on the even-numbered and on the odd-numbered examples:
@@ -168,23 +172,27 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
             rows.append(row)
             predicted.append(preds)
         chosen = max(range(len(rows)), key=lambda k: rows[k]["criteria"][criterion])
-        best, best_preds, task_rows = {k: rows[chosen][k] for k in searched(method)}, predicted[chosen], []
+        best, best_row, best_preds, task_rows = {k: rows[chosen][k] for k in searched(method)}, rows[chosen], \
+            predicted[chosen], []
         if per_task:
-            weights, best_preds, task_rows = _per_task(runs, held, method, best, grid["lam"], space, rank, weights,
-                                                       rows[chosen], best_preds, criterion, seed, statistics)
+            weights, best_row, best_preds, task_rows = _per_task(runs, held, method, best, grid["lam"], space, rank,
+                                                                 weights, best_row, best_preds, criterion, seed,
+                                                                 statistics)
     return SearchResult(best, rows, {run.head_task: len(y) for run, y in zip(runs, held.labels)},
                         {run.head_task: score for run, score in zip(runs, held.own)},
-                        held.standard_error(best_preds, criterion, seed), weights, task_rows)
+                        held.standard_error(best_preds, criterion, seed), weights, task_rows,
+                        best_row.get("calibration"))
 
 
 def _per_task(runs, held: HeldOut, method: str, best: dict, lambdas: list[float], space: str, rank: int | None,
               weights: list[float] | None, best_row: dict, best_preds, criterion: str, seed: int, statistics):
-    """Coordinate ascent over each task's coefficient from the shared choice: (weights, predictions, rows)."""
+    """Coordinate ascent over each task's coefficient from the shared choice: (weights, the row and predictions
+    they score, rows)."""
     current = list(weights or [1.0] * len(runs))
     score, rows = best_row["criteria"][criterion], []
     if best["lam"] == 0:  # λ_i = λ·w_i: a shared λ of 0 leaves nothing for a weight to scale
         console.print("note: the shared search chose λ = 0 (no task vector helps): no per-task coefficients")
-        return current, best_preds, rows
+        return current, best_row, best_preds, rows
     candidate = _candidate(method, seed, best, statistics)
     for i, run in enumerate(runs):
         start = kept = current[i]
@@ -195,6 +203,6 @@ def _per_task(runs, held: HeldOut, method: str, best: dict, lambdas: list[float]
                                            "coefficients": [best["lam"] * w for w in trial]})
             rows.append(row)
             if row["criteria"][criterion] > score:
-                score, best_preds, kept = row["criteria"][criterion], preds, trial[i]
+                score, best_row, best_preds, kept = row["criteria"][criterion], row, preds, trial[i]
         current[i] = kept
-    return current, best_preds, rows
+    return current, best_row, best_preds, rows
