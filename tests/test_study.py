@@ -144,6 +144,35 @@ def test_changed_recipe_does_not_reuse_a_stale_stage(tmp_path, tiny_model, glue_
         run_study(changed)
 
 
+def test_a_finished_merge_is_not_reused_once_the_recipe_asks_for_another(tmp_path, tiny_model, glue_dir):
+    out = tmp_path / "study"
+    merge = {"methods": ["task-arithmetic"], "spaces": ["delta-w"], "lambdas": [0.5, 1.0], "val_examples": 8,
+             "select_on_seen": True}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, merge=merge, joint=None)
+    run_study(recipe)
+    manifest = json.loads((out / "merge/lora-delta-w-task-arithmetic/manifest.json").read_text())
+    assert manifest["settings"]["lambdas"] == [0.5, 1.0] and "device" not in manifest["settings"]
+    run_study(recipe)  # the same recipe reuses it
+    changed = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, merge={**merge, "lambdas": [0.3]},
+                           joint=None)
+    with pytest.raises(FusekitError, match="lora-delta-w-task-arithmetic was merged with different lambdas than"):
+        run_study(changed)
+
+
+def test_a_merge_recorded_before_settings_were_is_held_to_what_it_recorded():
+    from fusekit.merging.config import MergeConfig
+    from fusekit.study.plan import MergeJob
+    from fusekit.study.run import changed_merge
+
+    job = MergeJob(["a", "b"], MergeConfig(lambdas=[0.5, 1.0], criterion="worst", calibrate=True))
+    old = {"method": "task-arithmetic", "space": "delta-w", "search_criterion": "worst", "calibration": {},
+           "inputs": [{"run": "a"}, {"run": "b"}]}
+    assert changed_merge(old, job) == []
+    assert changed_merge({**old, "search_criterion": "normalized"}, job) == ["criterion"]
+    assert changed_merge({k: v for k, v in old.items() if k != "calibration"}, job) == ["calibrate"]
+    assert changed_merge({**old, "inputs": [{"run": "a"}, {"run": "c"}]}, job) == ["inputs"]
+
+
 def test_report_writes_only_into_a_study_fusekit_wrote(tmp_path):
     (tmp_path / "recipe.yaml").write_text("a user's own recipe")
     with pytest.raises(FusekitError, match="is not a study folder"):

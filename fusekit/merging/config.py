@@ -6,6 +6,7 @@ Free of torch, so that the CLI builds its help without loading it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -80,6 +81,11 @@ class MergeConfig:
     @property
     def searching(self) -> bool:
         return self.search or self.per_task or any((self.lambdas, self.densities, self.rates))
+
+    def recorded(self) -> dict[str, object]:
+        """The settings that decide what a merge writes (not where it runs): what its manifest keeps, so that a
+        study reuses a finished merge only while its recipe still asks for the same one."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
 
     def given(self) -> dict[str, float]:
         """The hyperparameters set to one value, by their method keyword."""

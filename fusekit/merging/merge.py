@@ -63,6 +63,7 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
             "weights": weights or [1.0] * len(runs), "rank": report.rank,
             "truncation_error": report.truncation_error,
             "worst_layer_truncation_error": report.worst_layer_error, **searched_on,
+            "settings": config.recorded(),
         }
         if chosen.statistics == "coefficients":  # AdaMerging's learned λ per layer and task, for the report
             summary["coefficients"] = {key.rsplit(".lora_", 1)[0]: [float(c) for c in values]

@@ -20,6 +20,7 @@ from fusekit.artifacts.layout import (
     CONFIG,
     DISENTANGLEMENT,
     EVAL,
+    MANIFEST,
     MARKER,
     STAGES,
     STUDY_RECIPE,
@@ -97,6 +98,11 @@ def check_unchanged(stage: Stage, out: Path) -> None:
             if (point.output_dir() / CONFIG).is_file():  # trained with settings the recipe has changed since,
                 point_scores(point.output_dir(), point)  # or scored on other held-out examples
                 check_recorded_words(point.output_dir())  # or asked in other words than fusekit asks now
+    if stage.kind == "merge":
+        changed = changed_merge(read_json(out / stage.name / MANIFEST, "merge manifest"), stage.config)
+        if changed:
+            raise FusekitError(f"{out / stage.name} was merged with different {', '.join(changed)} than the recipe "
+                               "asks (delete the folder to merge again, or change `out`)")
     if stage.kind not in ("train", "joint"):
         return
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
@@ -107,6 +113,23 @@ def check_unchanged(stage: Stage, out: Path) -> None:
         raise FusekitError(f"{out / stage.name} was run with different {', '.join(changed)} than the recipe asks "
                            "(delete the folder to rerun it, or change `out`)")
     check_recorded_words(out / stage.name)  # asked in the words fusekit asks now
+
+
+def changed_merge(manifest: dict, job: MergeJob) -> list[str]:
+    """The settings (and inputs) of a finished merge that differ from what the recipe asks now. Manifests from
+    before merges recorded their settings are held to what they did record: method, space, criterion, answer
+    offsets and inputs."""
+    wanted = job.config.recorded()
+    recorded = manifest.get("settings")
+    if not isinstance(recorded, dict):
+        recorded = {"method": manifest.get("method"), "calibrate": "calibration" in manifest}
+        if "search_criterion" in manifest:
+            recorded["criterion"] = manifest["search_criterion"]
+        if job.config.space is not None:
+            recorded["space"] = manifest.get("space")
+    changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
+    runs = [item.get("run") for item in manifest.get("inputs", []) if isinstance(item, dict)]
+    return changed + (["inputs"] if runs != list(job.runs) else [])
 
 
 def selected(name: str, only: str | None) -> bool:
