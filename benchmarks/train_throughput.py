@@ -37,9 +37,9 @@ def _clock_class():
     return Clock
 
 
-def matmul_peak() -> float:
-    """FLOP/s of a float32 2048² matmul on this machine, best of 5."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_peak(dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a 2048² matmul in `dtype` on this machine, best of 5."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     a @ b
     best = math.inf
     for _ in range(5):
@@ -101,14 +101,14 @@ def trainer_throughput(args, train_split, grouped: bool) -> float:
         return len(rows) / (clock.end - clock.start)
 
 
-def fusekit_throughput(args) -> float:
+def fusekit_throughput(args, precision: str = "auto") -> float:
     from fusekit.config import TrainConfig
     from fusekit.training.train import train
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(task=args.task, model=args.model, data=args.data, out=str(Path(out) / "run"),
                           rank=args.rank, alpha=args.alpha, lr=1e-3, epochs=1, batch_size=args.batch_size,
-                          max_length=args.max_length, max_train=args.examples, max_eval=32)
+                          max_length=args.max_length, max_train=args.examples, max_eval=32, precision=precision)
         return train(cfg).examples_per_second
 
 

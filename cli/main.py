@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from fusekit.artifacts.reading import load_recipe
-from fusekit.config import JointConfig, TrainConfig, from_mapping, with_overrides
+from fusekit.config import PRECISION_HELP, PRECISIONS, JointConfig, TrainConfig, from_mapping, with_overrides
 from fusekit.errors import FusekitError
 from fusekit.merging.config import MergeConfig
 from fusekit.models.defaults import default_help
@@ -334,6 +334,8 @@ def evaluate(
     max_eval: Annotated[Optional[int], Opt(help="cap on validation examples (default: the full split)")] = None,
     batch_size: Annotated[int, Opt(help="examples per evaluation batch")] = 128,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+    precision: Annotated[Optional[str], Opt(help=f"{PRECISION_HELP} (default: the one each folder was made in)")]
+    = None,
     nonlinear: Annotated[bool, Opt(help="score L-LoRA runs with the plain LoRA forward at φ (their PEFT export)")]
     = False,
     out: Annotated[Optional[Path], Opt(help="also write all results to this JSON file")] = None,
@@ -350,7 +352,9 @@ def evaluate(
         raise FusekitError("no run folder given: expected fusekit eval RUN_DIR... or --adapter RUN_DIR")
     if batch_size < 1 or (max_eval is not None and max_eval < 1):
         raise FusekitError("--batch-size and --max-eval must be integers ≥ 1")
-    _emit(score_folders(folders, task, data, max_eval, batch_size, device, out, nonlinear), as_json)
+    if precision is not None and precision not in PRECISIONS:
+        raise FusekitError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    _emit(score_folders(folders, task, data, max_eval, batch_size, device, out, nonlinear, precision), as_json)
 
 
 @app.command("eval-lm")

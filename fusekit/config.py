@@ -71,6 +71,9 @@ AT_LEAST_ONE = Allowed(low=1)
 NON_NEGATIVE = Allowed(low=0)
 FRACTION = Allowed(low=0, high=1, high_open=True)  # [0, 1)
 SEED = Allowed(low=0, high=2**32 - 1)  # what numpy's and torch's generators accept
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_HELP = ("forward passes: auto (bf16 autocast on GPUs that support it, fp32 elsewhere), fp32, or bf16 "
+                  "(autocast; weights and updates stay fp32; fast on CPUs with AMX, slower on others)")
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
@@ -158,6 +161,7 @@ class TrainConfig:
                                      AT_LEAST_ONE)
     seed: int = setting(0, "seed of data order, dropout and subsets", SEED)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N")
+    precision: str = setting("auto", PRECISION_HELP, Allowed(choices=PRECISIONS))
     checkpoint_every: int = setting(0, "steps between checkpoints beside the output folder (0: none); a rerun "
                                        "resumes from the last one", NON_NEGATIVE)
 

@@ -69,7 +69,7 @@ def prompted(base: BaseModel, task: TaskSpec, dev: Split, cfg: TrainConfig) -> d
     """The generative model as it is, asked the task's prompt (a LoRA at B = 0 computes exactly the base)."""
     model = add_lora(base, AdapterSpec()).to(resolve_device(cfg.device))
     return evaluate(model, base.encode(dev, cfg.max_length), task, resolve_device(cfg.device), cfg.eval_batch_size,
-                    progress=f"zero-shot {task.name}")
+                    progress=f"zero-shot {task.name}", precision=cfg.precision)
 
 
 def majority(task: TaskSpec, train: Split, dev: Split) -> dict[str, float]:

@@ -17,6 +17,7 @@ from fusekit.artifacts.merged_folder import individual_score, input_max_length, 
 from fusekit.artifacts.output import check_output_file
 from fusekit.artifacts.run_folder import load_run, model_for_vector, record_eval
 from fusekit.artifacts.task_vector import TaskVector
+from fusekit.config import PRECISIONS
 from fusekit.data.loading import EncodedSplit, Split, load_split
 from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
@@ -33,8 +34,8 @@ class TaskScorer:
     """Scores vectors on `split` with one task head and base model; λ searches call it once per grid point."""
 
     def __init__(self, model_name: str | None, max_length: int, split: Split, head: TaskHead,
-                 device: torch.device, batch_size: int = 128, source: str = ""):
-        self.model_name, self.max_length, self.source = model_name, max_length, source
+                 device: torch.device, batch_size: int = 128, source: str = "", precision: str = "auto"):
+        self.model_name, self.max_length, self.source, self.precision = model_name, max_length, source, precision
         self.split, self.head, self.device, self.batch_size = split, head, device, batch_size
         self.task = split.task
         self._cache: dict[tuple, tuple[AdaptedModel, EncodedSplit]] = {}
@@ -42,7 +43,7 @@ class TaskScorer:
     def score(self, vector: TaskVector, nonlinear: bool = False, progress: str | None = None,
               offsets: list[float] | None = None) -> dict[str, float]:
         model, data = self._model(vector, nonlinear)
-        return evaluate(model, data, self.task, self.device, self.batch_size, progress, offsets)
+        return evaluate(model, data, self.task, self.device, self.batch_size, progress, offsets, self.precision)
 
     def logits(self, vector: TaskVector) -> np.ndarray:
         """The head's outputs on every example (in a fixed order), for comparing two vectors' predictions."""
@@ -51,7 +52,7 @@ class TaskScorer:
     def outputs(self, vector: TaskVector) -> tuple[np.ndarray, np.ndarray]:
         """The head's outputs and the labels of every example, in a fixed order."""
         model, data = self._model(vector, False)
-        return predict(model, data, self.task, self.device, self.batch_size)[:2]
+        return predict(model, data, self.task, self.device, self.batch_size, precision=self.precision)[:2]
 
     def _model(self, vector: TaskVector, nonlinear: bool) -> tuple[AdaptedModel, EncodedSplit]:
         """The adapted model at `vector` with this head, built once per adapter setup and reloaded after."""
@@ -71,8 +72,10 @@ class TaskScorer:
 
 
 def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_eval: int | None,
-                  batch_size: int, device: str, out: Path | None, nonlinear: bool = False) -> list[dict]:
-    """Score each folder (a run on its own task or on `tasks`; a merged folder on every task it holds)."""
+                  batch_size: int, device: str, out: Path | None, nonlinear: bool = False,
+                  precision: str | None = None) -> list[dict]:
+    """Score each folder (a run on its own task or on `tasks`; a merged folder on every task it holds), in
+    `precision` (None: the one each folder was made in, as its adapters were trained and its merge searched)."""
     target = resolve_device(device)
     if out is not None:
         check_output_file(out, folders)
@@ -81,14 +84,14 @@ def score_folders(folders: list[Path], tasks: str | None, data: str | None, max_
     rows = []
     for folder in map(Path, folders):
         score = _score_merged if is_merged(folder) else _score_run
-        rows += score(folder, tasks, data, max_eval, batch_size, target, nonlinear)
+        rows += score(folder, tasks, data, max_eval, batch_size, target, nonlinear, precision)
     _print_table(rows)
     if out:
         atomic_write_json(out, rows)
     return rows
 
 
-def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> list[dict]:
+def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear, precision) -> list[dict]:
     """`nonlinear` scores an L-LoRA run with the plain LoRA forward at φ (what its PEFT folder holds)."""
     run = load_run(folder)
     rows = []
@@ -96,7 +99,8 @@ def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> 
         if get_task(run.head_task).family != task.family and not run.head.spec.text:  # text: any task's prompt
             raise FusekitError(f"{run.folder} holds a head for {run.head_task}, not for {task.name}")
         split = load_split(task, "validation", data or run.config.data).capped(max_eval, 0)
-        scorer = TaskScorer(run.config.model, run.config.max_length, split, run.head, device, batch_size, str(folder))
+        scorer = TaskScorer(run.config.model, run.config.max_length, split, run.head, device, batch_size, str(folder),
+                            precision or run.config.precision)
         metrics = scorer.score(run.vector, nonlinear, progress=f"eval {folder.name} {task.name}")
         forward = "nonlinear" if nonlinear else run.vector.meta["kind"]
         record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
@@ -104,9 +108,10 @@ def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> 
     return rows
 
 
-def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) -> list[dict]:
+def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear, precision) -> list[dict]:
     """Every task of the merge with its own head, and its normalized score: merged / its own adapter's."""
     manifest, vector, heads = _load_merged(folder)
+    precision = precision or manifest["precision"]
     wanted = {t.name for t in parse_tasks(tasks)} if tasks else None
     rows = []
     for item in manifest["inputs"]:
@@ -117,7 +122,7 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
         max_length = input_max_length(manifest, item)
 
         def scorer_for(head):
-            return TaskScorer(manifest["model"], max_length, split, head, device, batch_size, str(folder))
+            return TaskScorer(manifest["model"], max_length, split, head, device, batch_size, str(folder), precision)
 
         metrics = scorer_for(heads[task.name]).score(vector, nonlinear, progress=f"eval {folder.name} {task.name}",
                                                      offsets=manifest.get("calibration", {}).get(task.name))
@@ -140,8 +145,14 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear) 
 
 def _load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, TaskHead]]:
     """A merged folder, and its answer offsets (`fusekit merge --calibrate`) checked: a mapping of the merge's
-    tasks to one offset per answer."""
+    tasks to one offset per answer; `precision` set to the one it was made in (merge settings, or a joint run's
+    config; `auto` before either recorded it)."""
     manifest, vector, heads = load_merged(folder)
+    made = manifest.get("settings") or manifest.get("config") or {}
+    precision = made.get("precision", "auto") if isinstance(made, dict) else "auto"
+    if precision not in PRECISIONS:
+        raise FusekitError(f"{folder / MANIFEST}: precision {precision!r}, expected one of {', '.join(PRECISIONS)}")
+    manifest["precision"] = precision
     calibration = manifest.get("calibration", {})
     if not isinstance(calibration, dict) or not set(calibration) <= set(heads):
         raise FusekitError(f"{folder / MANIFEST}: calibration: expected a mapping of the merge's tasks "

@@ -69,7 +69,8 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
             summary["coefficients"] = {key.rsplit(".lora_", 1)[0]: [float(c) for c in values]
                                        for key, values in statistics.items()}
         if config.calibrate:  # a search has fitted them at the point it chose; without one, fitted here
-            summary["calibration"] = _calibration(runs, vector, config.val_examples, device, config.seed) \
+            summary["calibration"] = _calibration(runs, vector, config.val_examples, device, config.seed,
+                                                  config.precision) \
                 if calibration is None else calibration
             _print_offsets(runs, summary["calibration"])
         write_merged(out, runs, vector, summary, overwrite)
@@ -87,7 +88,8 @@ def _choose(runs: list, config: MergeConfig, values: dict[str, list[float]], spa
     if not any(len(v) > 1 for v in values.values()):
         return params, weights, {"search": None}, None
     result = search(runs, config.method, values, space, config.rank, config.weights, config.val_examples,
-                    device, config.seed, statistics, config.criterion, config.per_task, config.calibrate)
+                    device, config.seed, statistics, config.criterion, config.per_task, config.calibrate,
+                    config.precision)
     params, weights = {**params, **result.best}, result.weights or weights
     _print_search(result.rows, result.own, searched(config.method), config.criterion)
     best = ", ".join(f"{k}={v}" for k, v in result.best.items())
@@ -128,11 +130,11 @@ def _check_held_out(runs: list, config: MergeConfig, selecting: bool) -> None:
                                "or pass --select-on-seen to accept that)")
 
 
-def _calibration(runs: list, vector, examples: int, device, seed: int) -> dict[str, list[float]]:
+def _calibration(runs: list, vector, examples: int, device, seed: int, precision: str) -> dict[str, list[float]]:
     """Each task's answer offsets, fitted on the held-out examples a search scores (never the reported split), for
     the tasks whose examples score better calibrated out of fold."""
     fitted = {}
-    scorers = held_out_scorers(runs, examples, device, seed)
+    scorers = held_out_scorers(runs, examples, device, seed, precision)
     for run, scorer in tracked(list(zip(runs, scorers)), "calibrate answers", len(runs)):
         offsets = held_out_calibration(scorer.task, *scorer.outputs(vector))[1]
         if offsets is not None:

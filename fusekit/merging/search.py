@@ -75,9 +75,10 @@ def held_out_split(run: Run, examples: int, seed: int) -> Split:
     return unseen.capped(examples, seed)
 
 
-def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed: int) -> list[TaskScorer]:
+def held_out_scorers(runs: list[Run], examples: int, device: torch.device, seed: int,
+                     precision: str = "auto") -> list[TaskScorer]:
     return [TaskScorer(run.config.model, run.config.max_length, held_out_split(run, examples, seed), run.head,
-                       device, source=str(run.folder)) for run in runs]
+                       device, source=str(run.folder), precision=precision) for run in runs]
 
 
 class HeldOut:
@@ -87,8 +88,9 @@ class HeldOut:
     are."""
 
     def __init__(self, runs: list[Run], examples: int, device: torch.device, seed: int, bar, job,
-                 calibrate: bool = False):
-        self.runs, self.scorers, self.bar, self.job = runs, held_out_scorers(runs, examples, device, seed), bar, job
+                 calibrate: bool = False, precision: str = "auto"):
+        self.runs, self.bar, self.job = runs, bar, job
+        self.scorers = held_out_scorers(runs, examples, device, seed, precision)
         self.calibrate = calibrate
         self.own_preds, self.own, self.labels, _ = self.outputs([run.vector for run in runs])
         self.chance = [chance_score(scorer.task, y) for scorer, y in zip(self.scorers, self.labels)]
@@ -156,7 +158,7 @@ def _candidate(method: str, seed: int, point: dict, statistics: dict | None):
 def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: str, rank: int | None,
            weights: list[float] | None, examples: int, device: torch.device, seed: int = 0,
            statistics: dict | None = None, criterion: str = "normalized", per_task: bool = False,
-           calibrate: bool = False) -> SearchResult:
+           calibrate: bool = False, precision: str = "auto") -> SearchResult:
     """Every grid point scored on held-out examples (its answers calibrated out of fold with `calibrate`); the best
     by `criterion`. With `per_task`, then one coefficient per task (λ_i = λ·w_i) by coordinate ascent over the λ
     grid: each task in turn, the others held, one sweep."""
@@ -165,7 +167,7 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
     rows, predicted = [], []  # predicted[p][t]: point p's predictions on task t's examples
     with progress_bar() as bar:
         job = bar.add_task(f"search {method}", total=(len(points) + tries + 1) * len(runs), status="")
-        held = HeldOut(runs, examples, device, seed, bar, job, calibrate)
+        held = HeldOut(runs, examples, device, seed, bar, job, calibrate, precision)
         for point in points:
             vector, _ = merge_vectors(runs, _candidate(method, seed, point, statistics), weights, space, rank)
             row, preds = held.row(vector, point)

@@ -94,6 +94,7 @@ def changed_settings(recorded: dict, cfg: Config) -> list[str]:
     """The settings a finished run recorded (its config.yaml, resolved) that differ from what `cfg` asks once its
     defaults are resolved: what decides whether the run may be reused (the checkpoint interval never matters)."""
     wanted = dataclasses.asdict(resolve_defaults(cfg).config)
+    recorded = {"precision": "auto", **recorded}  # runs from before precision was a setting
     return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
 
 

@@ -89,7 +89,7 @@ def disentangle(runs: list[Run], alphas: list[float], examples: int, space: str,
         task = get_task(run.head_task)
         split = load_split(task, "validation", data or run.config.data).capped(examples, seed)
         scorers.append(TaskScorer(run.config.model, run.config.max_length, split, run.head, device,
-                                  source=str(run.folder)))
+                                  source=str(run.folder), precision=run.config.precision))  # as it trained
     size = len(alphas)
     per_task = np.zeros((2, size, size))
     with progress_bar() as bar:

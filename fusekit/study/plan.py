@@ -318,7 +318,7 @@ def _merge_stages(merge: MergeSettings, study, runs, seed, source, folder: str =
             raise FusekitError(f"{source}: {folder}.variants: {variant!r} is not one of the adapters")
         for space in ["factors"] if _linearized(study, variant) else merge.spaces:
             for method in [m for m in merge.methods if merge_space_fits(m, space)]:
-                config = _merge_config(merge, method, space, seed)
+                config = _merge_config(merge, method, space, seed, _precision(study, variant))
                 kinds = [config] + ([dataclasses.replace(config, per_task=True)] if method in merge.per_task else []) \
                     + ([dataclasses.replace(config, calibrate=True)] if method in merge.calibrate else [])
                 for subset in subsets or [()]:
@@ -330,14 +330,20 @@ def _merge_stages(merge: MergeSettings, study, runs, seed, source, folder: str =
     return stages
 
 
-def _merge_config(merge: MergeSettings, method: str, space: str, seed: int) -> MergeConfig:
-    """A study merge: every hyperparameter the method takes chosen on held-out data over the recipe's grids."""
+def _precision(study, variant: str) -> str:
+    """The precision a variant's adapters train in, which its merges search in too."""
+    return study.adapters[variant].get("precision", study.train.get("precision", "auto"))
+
+
+def _merge_config(merge: MergeSettings, method: str, space: str, seed: int, precision: str) -> MergeConfig:
+    """A study merge: every hyperparameter the method takes chosen on held-out data over the recipe's grids, in
+    the precision its adapters trained in."""
     taken = searched(method)
     return MergeConfig(method=method, space=space, search=True, val_examples=merge.val_examples, seed=seed,
                        lambdas=merge.lambdas if "lam" in taken else None,
                        densities=merge.densities if "density" in taken else None,
                        rates=merge.drop_rates if "rate" in taken else None, criterion=merge.criterion,
-                       select_on_seen=merge.select_on_seen)
+                       select_on_seen=merge.select_on_seen, precision=precision)
 
 
 def _linearized(study: StudyConfig, variant: str) -> bool:

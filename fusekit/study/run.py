@@ -118,11 +118,11 @@ def check_unchanged(stage: Stage, out: Path) -> None:
 def changed_merge(manifest: dict, job: MergeJob) -> list[str]:
     """The settings (and inputs) of a finished merge that differ from what the recipe asks now. Manifests from
     before merges recorded their settings are held to what they did record: method, space, criterion, answer
-    offsets and inputs."""
+    offsets and inputs (and were all made at precision auto)."""
     wanted = job.config.recorded()
     recorded = manifest.get("settings")
     if not isinstance(recorded, dict):
-        recorded = {"method": manifest.get("method"), "calibrate": "calibration" in manifest}
+        recorded = {"method": manifest.get("method"), "calibrate": "calibration" in manifest, "precision": "auto"}
         if "search_criterion" in manifest:
             recorded["criterion"] = manifest["search_criterion"]
         if job.config.space is not None:

@@ -188,7 +188,7 @@ class JointTraining:
     def _losses(self, step_batches: list[tuple[dict, float]]) -> torch.Tensor:
         values = []
         for task, (batch, weight) in zip(self.tasks, step_batches):
-            with autocast(self.device):
+            with autocast(self.device, self.cfg.precision):
                 out = self.model.forward_with_head(batch, self.heads[task.name])
                 loss = task_loss(task, out, batch, self.model.text)
             values.append(self.procs.global_mean(loss, weight))
@@ -197,7 +197,8 @@ class JointTraining:
     def _validation_losses(self) -> torch.Tensor:
         """Each task's mean loss on its whole fixed held-out sample: it changes only when the model does."""
         return torch.tensor([evaluate(WithHead(self.model, self.heads[t.name]), self.validation[t.name], t,
-                                      self.device, self.cfg.eval_batch_size)["loss"] for t in self.tasks])
+                                      self.device, self.cfg.eval_batch_size, precision=self.cfg.precision)["loss"]
+                             for t in self.tasks])
 
     def _evaluate(self) -> dict[str, dict[str, float]]:
         self.model.eval()
@@ -205,7 +206,7 @@ class JointTraining:
         for task in self.tasks:
             data = self.base.encode(self.dev[task.name], self.cfg.max_length)
             results[task.name] = evaluate(WithHead(self.model, self.heads[task.name]), data, task, self.device,
-                                          self.cfg.eval_batch_size)
+                                          self.cfg.eval_batch_size, precision=self.cfg.precision)
             self.session.log.write({"step": self.total, "task": task.name, "eval": results[task.name]})
         self.session.log.close()
         return results

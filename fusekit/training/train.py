@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
             start = time.perf_counter()
             for batch in loader:
                 batch, weight = procs.shard(to_device(batch, device))
-                with autocast(device):
+                with autocast(device, cfg.precision):
                     loss = procs.global_mean(task_loss(task, model(batch), batch, model.text), weight)
                 loss.backward()
                 procs.sum_gradients(params)
@@ -95,7 +95,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
                     session.save_checkpoint(seconds)
                     start = time.perf_counter()
             seconds += time.perf_counter() - start
-            metrics = evaluate(model, eval_data, task, device, cfg.eval_batch_size)
+            metrics = evaluate(model, eval_data, task, device, cfg.eval_batch_size, precision=cfg.precision)
             log.write({"step": step, "epoch": epoch, "eval": metrics})
             bar.update(job, status=f"{task.name} score {metrics['score']:.4f}")
         throughput = cfg.epochs * len(train_data) / max(seconds, 1e-9)
