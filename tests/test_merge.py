@@ -417,3 +417,30 @@ def test_each_merged_task_is_scored_at_its_own_run_s_max_length(tiny_config, tmp
     assert input_max_length(older, {"run": str(long), "task": "mrpc"}) == 32
     assert input_max_length(older, {"run": str(tmp_path / "gone"), "task": "mrpc"}) == 8
     assert input_max_length({**older, "method": "joint"}, {"run": str(long), "task": "mrpc"}) == 8  # one length
+
+
+def test_a_vector_is_predicted_once_per_process_and_again_when_its_content_changes(sst2_run, monkeypatch):
+    """A study's merges score the same vectors again (each adapter on its held-out examples, a calibrated or
+    per-task merge its twin's grid): the scorer predicts each content once."""
+    from fusekit.data.loading import load_split
+    from fusekit.evaluation import eval as scoring
+
+    calls = []
+    real = scoring.predict
+    monkeypatch.setattr(scoring, "predict", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(scoring, "PREDICTED", {})
+    run = load_run(sst2_run[0])
+    split = load_split(get_task("sst2"), "validation", run.config.data)
+    scorer = scoring.TaskScorer(run.config.model, 32, split, run.head, torch.device("cpu"))
+    first = scorer.score(run.vector)
+    logits, _ = scorer.outputs(run.vector)
+    logits[:] = 0  # a caller's change stays its own
+    again = scoring.TaskScorer(run.config.model, 32, split, run.head, torch.device("cpu")).score(load_run(sst2_run[0])
+                                                                                                  .vector)
+    assert len(calls) == 1 and again == first
+    changed = load_run(sst2_run[0]).vector
+    key = next(iter(changed.delta))
+    changed.delta[key] = changed.delta[key] * 0.5
+    scorer.score(changed)
+    scoring.TaskScorer(run.config.model, 32, split, run.head, torch.device("cpu"), precision="bf16").score(run.vector)
+    assert len(calls) == 3  # another vector; another precision

@@ -5,6 +5,7 @@ hyperparameter search uses it too."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +23,38 @@ from fusekit.data.loading import EncodedSplit, Split, load_split
 from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.calibration import answer_count, check_offsets
-from fusekit.evaluation.loop import evaluate, predict
+from fusekit.evaluation.loop import predict, scored
 from fusekit.evaluation.metrics import mean_defined, normalized_score
 from fusekit.models.adapters import AdaptedModel, AdapterSpec
-from fusekit.models.base import resolve_device
+from fusekit.models.base import fingerprint, resolve_device
 from fusekit.models.heads import TaskHead
 from fusekit.progress import console
 
+# (scorer, forward, vector) → logits, labels, mean loss: what this process has predicted already
+PREDICTED: dict[tuple, tuple[np.ndarray, np.ndarray, float]] = {}
+PREDICTED_LIMIT = 4096  # entries are a few thousand logits each
+
 
 class TaskScorer:
-    """Scores vectors on `split` with one task head and base model; λ searches call it once per grid point."""
+    """Scores vectors on `split` with one task head and base model; λ searches call it once per grid point.
+
+    A vector is predicted once per process, keyed by its content: a study's merges of the same runs score the same
+    vectors again (each input adapter on its held-out examples in every merge; a calibrated or per-task merge its
+    twin's grid points and, when it chooses the same one, its dev examples)."""
 
     def __init__(self, model_name: str | None, max_length: int, split: Split, head: TaskHead,
                  device: torch.device, batch_size: int = 128, source: str = "", precision: str = "auto"):
         self.model_name, self.max_length, self.source, self.precision = model_name, max_length, source, precision
         self.split, self.head, self.device, self.batch_size = split, head, device, batch_size
         self.task = split.task
+        self.examples = split.fingerprint()
+        self.identity = (model_name, max_length, self.examples, fingerprint(head.weights), repr(head.spec),
+                         str(device), batch_size, precision)
         self._cache: dict[tuple, tuple[AdaptedModel, EncodedSplit]] = {}
 
     def score(self, vector: TaskVector, nonlinear: bool = False, progress: str | None = None,
               offsets: list[float] | None = None) -> dict[str, float]:
-        model, data = self._model(vector, nonlinear)
-        return evaluate(model, data, self.task, self.device, self.batch_size, progress, offsets, self.precision)
+        return scored(self.task, *self._predicted(vector, nonlinear, progress), self.examples, offsets)
 
     def logits(self, vector: TaskVector) -> np.ndarray:
         """The head's outputs on every example (in a fixed order), for comparing two vectors' predictions."""
@@ -51,8 +62,19 @@ class TaskScorer:
 
     def outputs(self, vector: TaskVector) -> tuple[np.ndarray, np.ndarray]:
         """The head's outputs and the labels of every example, in a fixed order."""
-        model, data = self._model(vector, False)
-        return predict(model, data, self.task, self.device, self.batch_size, precision=self.precision)[:2]
+        return self._predicted(vector, False)[:2]
+
+    def _predicted(self, vector: TaskVector, nonlinear: bool,
+                   progress: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        key = (self.identity, nonlinear, fingerprint(vector.delta), fingerprint(vector.init),
+               json.dumps(vector.meta, sort_keys=True, default=str))
+        if key not in PREDICTED:
+            if len(PREDICTED) >= PREDICTED_LIMIT:
+                PREDICTED.clear()
+            model, data = self._model(vector, nonlinear)
+            PREDICTED[key] = predict(model, data, self.task, self.device, self.batch_size, progress, self.precision)
+        logits, labels, loss = PREDICTED[key]
+        return logits.copy(), labels.copy(), loss  # callers may change theirs
 
     def _model(self, vector: TaskVector, nonlinear: bool) -> tuple[AdaptedModel, EncodedSplit]:
         """The adapted model at `vector` with this head, built once per adapter setup and reloaded after."""

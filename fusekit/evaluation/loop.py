@@ -65,8 +65,14 @@ def evaluate(model: torch.nn.Module, data: EncodedSplit, task: TaskSpec, device:
     eval mode). With answer `offsets` (fusekit.evaluation.calibration): the metrics of the calibrated answers, and
     the score without them as `uncalibrated_score`."""
     logits, y, loss = predict(model, data, task, device, batch_size, progress, precision)
+    return scored(task, logits, y, loss, data.fingerprint, offsets)
+
+
+def scored(task: TaskSpec, logits: np.ndarray, y: np.ndarray, loss: float, fingerprint: str,
+           offsets: list[float] | None = None) -> dict[str, float]:
+    """`evaluate`'s record of outputs already predicted."""
     metrics = compute_metrics(task, y, predictions(task, logits))
     if offsets is not None:
         calibrated = compute_metrics(task, y, predictions(task, apply_offsets(task, logits, offsets)))
         metrics = {**calibrated, "uncalibrated_score": metrics["score"]}
-    return {**metrics, "loss": loss, "examples": int(len(y)), "examples_fingerprint": data.fingerprint}
+    return {**metrics, "loss": loss, "examples": int(len(y)), "examples_fingerprint": fingerprint}
