@@ -552,3 +552,27 @@ def test_the_report_says_which_tasks_a_calibrated_merge_calibrated():
     assert _params({"params": {"lam": 0.5}, "calibration": {"sst2": [0, 1.4], "rte": [0, 1.2]}}) == \
         "λ=0.5, offsets: sst2, rte"
     assert _params({"params": {"lam": 0.5}, "calibration": {}}) == "λ=0.5, offsets: none"
+
+
+def test_a_study_loads_all_the_code_its_stages_import_before_the_first_runs():
+    """Modules imported inside functions are read from disk when first used: all of them load at the study's start
+    (STAGE_MODULES), so a study of hours runs one version of fusekit even while its files are edited."""
+    import ast
+    import subprocess
+    import sys
+
+    from fusekit.study.run import STAGE_MODULES
+
+    root = Path(study_module.__file__).parents[1]
+    lazy = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                lazy |= {n.module for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
+                         and (n.module or "").startswith("fusekit")}
+    assert lazy  # the check sees them
+    loaded = subprocess.run([sys.executable, "-c", "import sys; import importlib; "
+                             f"[importlib.import_module(m) for m in {['fusekit.study.run', *STAGE_MODULES]!r}]; "
+                             "print('\\n'.join(sys.modules))"], capture_output=True, text=True, check=True).stdout
+    missing = sorted(lazy - set(loaded.split()))
+    assert not missing, f"add to STAGE_MODULES (or import at module level): {missing}"

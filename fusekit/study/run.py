@@ -10,6 +10,7 @@ The study folder's layout is listed in fusekit.artifacts.layout.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -137,12 +138,28 @@ def selected(name: str, only: str | None) -> bool:
     return only is None or any(name.startswith(p) or fnmatch(name, p) for p in only.split(","))
 
 
+# every module a stage imports when it first runs (tests/test_study.py checks that they cover all such imports)
+STAGE_MODULES = ("fusekit.training.train", "fusekit.training.joint", "fusekit.training.tune", "fusekit.merging.merge",
+                 "fusekit.merging.statistics", "fusekit.merging.similarity", "fusekit.evaluation.eval",
+                 "fusekit.evaluation.baselines", "fusekit.study.disentangle", "fusekit.study.plots",
+                 "fusekit.study.diagnostics")
+
+
+def load_stage_code() -> None:
+    """Import all the code the stages run before the first starts: a study of hours then runs one version of
+    fusekit throughout, even while its files are edited (a module first imported mid-study would be the new
+    one, beside old ones already loaded)."""
+    for name in STAGE_MODULES:
+        importlib.import_module(name)
+
+
 def run_study(recipe: Path, only: str | None = None, executor: Executor | None = None,
               restore: Path | None = None) -> list[Stage]:
     """Run every unfinished stage of the recipe that `only` selects (and the unfinished ones they need), with
     `executor` (default: here, one after another): the tune stages first, then the rest as planned again, so that
     training uses what the tunes chose. `restore`: a folder this study published, to continue from."""
     study = load_study(recipe)
+    load_stage_code()
     stages = plan(study, str(recipe))
     if only is not None and restore is None and not any(selected(s.name, only) for s in stages):
         raise FusekitError(f"--only {only!r}: no stage of {recipe} matches it (`fusekit run {recipe} --dry-run` "
