@@ -58,16 +58,15 @@ def test_a_bf16_run_records_its_precision_and_is_scored_in_it(bf16_runs, precisi
     assert set(precisions_used) == {"fp32"}
 
 
-def test_a_merge_searches_in_its_precision_records_it_and_is_scored_in_it(bf16_runs, tmp_path, precisions_used):
+def test_a_merge_searches_in_its_runs_precision_records_it_and_is_scored_in_it(bf16_runs, tmp_path, precisions_used):
     from fusekit.artifacts.checksums import reseal
     from fusekit.evaluation.eval import score_folders
     from fusekit.merging.config import MergeConfig
     from fusekit.merging.merge import run_merge
 
     merged = tmp_path / "merged"
-    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=16, device="cpu", select_on_seen=True, precision="bf16"),
-              bf16_runs, merged)
-    assert set(precisions_used) == {"bf16"}  # every held-out example of the search
+    run_merge(MergeConfig(lambdas=[0.5, 1.0], val_examples=16, device="cpu", select_on_seen=True), bf16_runs, merged)
+    assert set(precisions_used) == {"bf16"}  # the runs' own, for every held-out example of the search
     manifest = json.loads((merged / "manifest.json").read_text())
     assert manifest["settings"]["precision"] == "bf16"
     precisions_used.clear()

@@ -164,7 +164,7 @@ def test_a_merge_recorded_before_settings_were_is_held_to_what_it_recorded():
     from fusekit.study.plan import MergeJob
     from fusekit.study.run import changed_merge
 
-    job = MergeJob(["a", "b"], MergeConfig(lambdas=[0.5, 1.0], criterion="worst", calibrate=True))
+    job = MergeJob(["a", "b"], MergeConfig(lambdas=[0.5, 1.0], criterion="worst", calibrate=True, precision="auto"))
     old = {"method": "task-arithmetic", "space": "delta-w", "search_criterion": "worst", "calibration": {},
            "inputs": [{"run": "a"}, {"run": "b"}]}
     assert changed_merge(old, job) == []

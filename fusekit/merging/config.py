@@ -73,9 +73,9 @@ class MergeConfig:
                                 AT_LEAST_ONE)
     seed: int = setting(0, "DARE drops and held-out sampling", SEED)
     device: str = setting("auto", "auto (a GPU when present), cpu, cuda or cuda:N")
-    precision: str = setting("auto", f"{PRECISION_HELP}: of the search's and the calibration's forwards (a "
-                                       "data-aware method's statistics are taken in fp32)",
-                             Allowed(choices=PRECISIONS))
+    precision: str | None = setting(None, f"{PRECISION_HELP}: of the search's and the calibration's forwards "
+                                          "(default: the one the first run trained in; a data-aware method's "
+                                          "statistics are taken in fp32)", Allowed(choices=PRECISIONS))
     shared_modules: str = setting("refuse", "PEFT inputs with modules_to_save: refuse, average or first",
                                   Allowed(choices=SHARED_MODULES))
 

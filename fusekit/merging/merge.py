@@ -40,6 +40,7 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
             raise FusekitError(f"a mix of fusekit runs and other PEFT adapters: {kinds}; merge one kind at a time")
         return _merge_peft(config, method, inputs, out, overwrite)
     runs = [load_run(folder) for folder in inputs]
+    config = dataclasses.replace(config, precision=config.precision or runs[0].config.precision)  # as it trained
     space = config.space or method.space or ("delta-w" if runs[0].vector.meta["kind"] == "lora" else "factors")
     if method.space is not None and space != method.space:
         raise FusekitError(f"{config.method} merges in {method.space} space: use --space {method.space} (its "
