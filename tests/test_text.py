@@ -115,6 +115,23 @@ def test_left_padding_changes_no_score(tiny_llama, task):
     assert_padding_changes_no_score(tiny_llama, task)
 
 
+def test_the_answer_position_is_projected_onto_the_vocabulary_in_one_matrix_product(tiny_llama):
+    """The kept last position is a strided view; projected as it is, torch runs one matrix-vector product per
+    example over the whole embedding matrix (a batched matmul), not one product for the batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    base = load_base_model(str(tiny_llama), SST2, objective="text")
+    model = add_lora(base, AdapterSpec(rank=4, alpha=8.0)).eval()
+    data = base.encode(Split(SST2, [("good film",), ("a bad , bad film",)] * 4, [1, 0] * 4), 32)
+    batch = data.collate([data[i] for i in range(len(data))])
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model(batch)
+    vocabulary = base.model.config.vocab_size
+    products = [e.input_shapes for e in prof.events() if e.name in ("aten::mm", "aten::bmm")
+                and any(vocabulary in shape for shape in e.input_shapes)]
+    assert products and all(len(shape) == 2 for shapes in products for shape in shapes)
+
+
 def test_text_runs_learn_and_hold_no_head(text_runs):
     from fusekit.evaluation.eval import score_folders
 
