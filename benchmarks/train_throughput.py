@@ -64,7 +64,7 @@ def training_flops_per_example(args, train_split) -> float:
     return 2 * 2.0 * body * tokens / len(train_split)
 
 
-def trainer_throughput(args, train_split, grouped: bool) -> float:
+def trainer_throughput(args, train_split, grouped: bool, bf16: bool = False) -> float:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
         AutoModelForSequenceClassification,
@@ -92,8 +92,8 @@ def trainer_throughput(args, train_split, grouped: bool) -> float:
                                   warmup_steps=math.ceil(0.06 * math.ceil(len(rows) / args.batch_size)),
                                   max_grad_norm=1.0, report_to=[], save_strategy="no", logging_strategy="no",
                                   use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0,
-                                  disable_tqdm=True, **({"train_sampling_strategy": "group_by_length"}
-                                                        if grouped else {}))
+                                  disable_tqdm=True, bf16=bf16, **({"train_sampling_strategy": "group_by_length"}
+                                                                   if grouped else {}))
         clock = Clock()
         trainer = Trainer(model=model, args=targs, train_dataset=rows,
                           data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock])
@@ -123,16 +123,23 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
+    parser.add_argument("--bf16", action="store_true", help="the grouped Trainer and fusekit once more in bf16 "
+                                                                "autocast (fast on CPUs with AMX)")
     args = parser.parse_args()
 
     from fusekit.data.loading import load_split
     from fusekit.data.tasks import get_task
 
     split = load_split(get_task(args.task), "train", args.data).capped(args.examples, 0)
-    peak, flops = matmul_peak(), training_flops_per_example(args, split)
+    flops = training_flops_per_example(args, split)
+    peak = {"fp32": matmul_peak(), "bf16": matmul_peak(torch.bfloat16) if args.bf16 else None}
     loops = {"peft + Trainer (group_by_length)": lambda: trainer_throughput(args, split, grouped=True),
              "peft + Trainer (random batches)": lambda: trainer_throughput(args, split, grouped=False),
              "fusekit train": lambda: fusekit_throughput(args)}
+    if args.bf16:
+        loops |= {"peft + Trainer (group_by_length, bf16=True)":
+                  lambda: trainer_throughput(args, split, grouped=True, bf16=True),
+                  "fusekit train --precision bf16": lambda: fusekit_throughput(args, "bf16")}
     results: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(args.repeats):
         for name, loop in loops.items():
@@ -141,13 +148,15 @@ def main() -> None:
     reference = best["peft + Trainer (group_by_length)"]
     print(f"\n{args.task}, {len(split)} examples, batch {args.batch_size}, max length {args.max_length}, "
           f"LoRA r={args.rank}, {torch.get_num_threads()} threads, best of {args.repeats}; float32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s")
+          f"{peak['fp32'] / 1e9:.1f} GFLOP/s" + (f", bf16 {peak['bf16'] / 1e9:.1f} (bf16 rows: of that)" if args.bf16
+                                                  else ""))
     print("| loop | examples/s | runs | ratio vs grouped Trainer | needed GFLOP/s at this speed | fraction of peak |"
           "\n|---|---|---|---|---|---|")
     for name, value in best.items():
         runs = ", ".join(f"{v:.1f}" for v in results[name])
+        limit = peak["bf16" if "bf16" in name else "fp32"]
         print(f"| {name} | {value:.1f} | {runs} | {value / reference:.2f}x | {value * flops / 1e9:.1f} | "
-              f"{value * flops / peak:.2f} |")
+              f"{value * flops / limit:.2f} |")
 
 
 if __name__ == "__main__":
