@@ -124,3 +124,15 @@ def test_a_study_merges_in_its_adapters_precision_and_reruns_nothing_made_in_ano
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(FusekitError, match="train/sst2-lora was run with different precision"):
         run_study(path, only="train/sst2-lora")
+
+
+def test_an_unknown_precision_is_one_line_naming_the_flag(sst2_run):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    for args in (["eval", str(sst2_run[0]), "--precision", "fp16"], ["train", "--precision", "fp8", "--dry-run"],
+                 ["merge", str(sst2_run[0]), "--precision", "half", "--out", "unused"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code != 0 and "precision" in result.output and "Traceback" not in result.output, args
+        assert "expected one of auto, fp32, bf16" in result.output.replace("\n", " "), result.output
