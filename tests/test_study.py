@@ -346,7 +346,10 @@ def test_merge_settings_are_paired_by_seed_against_the_first_adapters_same_metho
     ta = "task-arithmetic"
     rows = [row("lora", "delta-w", ta, 0, 0.72, 0.10), row("lora", "delta-w", ta, 1, 0.76, 0.12),
             row("l-lora", "factors", ta, 0, 0.76, 0.08), row("l-lora", "factors", ta, 1, 0.72, 0.0),
-            row("lora", "delta-w", "ties", 0, 0.8, 0.1)]  # one seed of TIES: nothing to pair
+            row("lora", "delta-w", "ties", 0, 0.8, 0.1),  # one seed of TIES: nothing to pair
+            row("l-lora", "factors", "average", 0, 0.7, 0.1), row("l-lora", "factors", "average", 1, 0.7, 0.1),
+            row("lora", "delta-w", "average", 0, 0.8, 0.1), row("lora", "delta-w", "average", 1, 0.8, 0.1),
+            row("lora", "factors", "average", 0, 0.6, 0.1), row("lora", "factors", "average", 1, 0.6, 0.1)]
     calibrated = [row("lora", "delta-w", ta, 0, 0.81, 0.10), row("lora", "delta-w", ta, 1, 0.80, 0.13)]
     rows += [(replace(stage_id, calibrated=True), manifest, scores) for stage_id, manifest, scores in calibrated]
     table = paired_merge_table(tmp_path, rows, ["sst2", "cola"])
@@ -363,6 +366,13 @@ def test_merge_settings_are_paired_by_seed_against_the_first_adapters_same_metho
     assert (f"| l-lora-factors-task-arithmetic − lora-delta-w-task-arithmetic | 0.050 ± {half:.3f} | "
             f"-0.035 ± {raw_half:.3f} | 2 |") in table
     assert "ties" not in table
+    # another variant against the first in its own space where the first has it (L-LoRA against LoRA, both in
+    # factor space); the first variant's factor space against its ΔW space; no comparison twice. Normalized
+    # averages: L-LoRA (0.875 + 0.5)/2 = 0.6875, LoRA factors (0.75 + 0.5)/2 = 0.625, LoRA ΔW (1 + 0.5)/2 = 0.75
+    assert f"| l-lora-factors-average − lora-factors-average | {0.0625:.3f} ± 0.000 | 0.050 ± 0.000 | 2 |" in table
+    assert "| lora-factors-average − lora-delta-w-average | -0.125 ± 0.000 | -0.100 ± 0.000 | 2 |" in table
+    assert "l-lora-factors-average − lora-delta-w-average" not in table
+    assert "delta-w-average − lora-factors" not in table
 
 
 def test_disentanglement_is_planned_per_pair_variant_and_space_run_and_reported(tmp_path, tiny_model, glue_dir):

@@ -209,9 +209,11 @@ def multitask_table(rows: list[tuple[StageId, dict, dict]], tasks: list[str], no
 
 
 def paired_merge_table(study: Path, rows: list[tuple[StageId, dict, dict]], tasks: list[str]) -> str | None:
-    """Each merge setting minus the first adapter variant's setting of the same method (its first space), and a
-    calibrated merge minus the same merge uncalibrated, paired by seed: mean ± 95% CI of the per-seed differences
-    of the average normalized and the average raw score (None unless some pair shares two or more seeds)."""
+    """Each merge setting minus the first adapter variant's setting of the same method (another variant: in the same
+    space where the first has it, the paper's comparison of L-LoRA with LoRA; the first variant's other spaces:
+    against its first space), and a calibrated merge minus the same merge uncalibrated, paired by seed: mean ± 95%
+    CI of the per-seed differences of the average normalized and the average raw score (None unless some pair
+    shares two or more seeds)."""
     from fusekit.merging.config import SPACES
 
     normalized: dict[StageId, dict[int, float | None]] = {}
@@ -224,7 +226,8 @@ def paired_merge_table(study: Path, rows: list[tuple[StageId, dict, dict]], task
     first = declared_variants(study)[:1]
     body = []
     for setting in raw:
-        candidates = (dataclasses.replace(setting, variant=v, space=space) for v in first for space in SPACES)
+        spaces = SPACES if setting.variant in first else (setting.space, *SPACES)
+        candidates = (dataclasses.replace(setting, variant=v, space=space) for v in first for space in spaces)
         variant_reference = next((r for r in candidates if r in raw), setting)
         twin = dataclasses.replace(setting, calibrated=False) if setting.calibrated else None  # what calibration adds
         for reference in (r for r in (variant_reference, twin) if r in raw and r != setting):
