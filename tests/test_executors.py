@@ -168,3 +168,29 @@ def test_the_local_executor_records_a_failed_stage_and_stops(tmp_path, tiny_mode
     assert line.startswith("In progress: 1 of 2 planned stages (train 1/2). Failed on their last try: "
                            "train/mrpc-lora (")
     assert "no-glue" in line
+
+
+def test_an_interrupted_stage_counts_the_time_it_ran_before_it_resumed(tmp_path, tiny_model, glue_dir):
+    from fusekit.progress import JsonlLog
+    from fusekit.study.executors import LocalExecutor
+    from fusekit.study.report import stage_table
+
+    recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", merge=None, joint=None)
+    stages = [s for s in plan(load_study(recipe), str(recipe)) if s.name == "train/sst2-lora"]
+    out = tmp_path / "study"
+    out.mkdir()
+
+    def interrupted(stage, folder):
+        raise KeyboardInterrupt
+
+    log = JsonlLog(out / "stages.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor().run(stages, out, interrupted, log)
+    log.close()
+    stopped = stage_records(out)[-1]
+    assert stopped["status"] == "stopped" and stopped["seconds"] >= 0
+    with (out / "stages.jsonl").open("a") as lines:  # two tries by hand: 120 s stopped, then 60 s to finish
+        lines.write(json.dumps({"stage": "train/sst2-lora", "status": "stopped", "seconds": 120.0}) + "\n")
+        lines.write(json.dumps({"stage": "train/sst2-lora", "status": "done", "seconds": 60.0, "peak_rss_mb": 9.0})
+                    + "\n")
+    assert f"| train/sst2-lora | {(180 + stopped['seconds']) / 60:.1f} | 9 |" in stage_table(out)

@@ -7,6 +7,7 @@ the folders are the same; another scheduler (SLURM through submitit, Dask) is on
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ class Executor(Protocol):
 def record(log: JsonlLog | None, stage: Stage, status: str, fields: dict | None = None) -> None:
     """One `stages.jsonl` line: the stage, its family (what a later stage's memory request reads), its status and
     `fields`. Every stage a run will run is `queued` when the run starts, `running` once handed to a worker, then
-    `done` (with its wall time and peak memory), `failed` (with the error's line) or `stopped` (interrupted: it
-    resumes on the next run). The latest line of a stage is its state."""
+    `done` (with its wall time and peak memory), `failed` (with the error's line) or `stopped` (interrupted, with
+    the seconds it ran: it resumes on the next run). The latest line of a stage is its state."""
     if log:
         log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, "status": status,
                    **(fields or {})})
@@ -47,13 +48,14 @@ class LocalExecutor:
         for number, stage in enumerate(stages, 1):
             console.rule(f"[{number}/{len(stages)}] {stage.name}")
             record(log, stage, "running")
+            start = time.perf_counter()
             try:
                 usage = run_one(stage, out)
             except Exception as error:
                 record(log, stage, "failed", {"error": _one_line(error)})
                 raise
             except BaseException:  # Ctrl-C, a signal: the stage resumes from its checkpoint on the next run
-                record(log, stage, "stopped")
+                record(log, stage, "stopped", {"seconds": round(time.perf_counter() - start, 2)})
                 raise
             record(log, stage, "done", usage)
 

@@ -286,11 +286,16 @@ def disentanglement_section(study: Path, grids: dict[str, dict[str, object]], fi
 
 
 def stage_table(study: Path) -> str:
-    latest = {}
+    """Each finished stage's wall time, the tries interrupted since it last finished included (a training stage
+    resumes from its checkpoint; what it ran before counts), and its peak memory."""
+    latest, interrupted = {}, {}
     path = study / STAGES
     for record in read_jsonl(path, "stage log") if path.is_file() else []:
-        if {"stage", "seconds", "peak_rss_mb"} <= record.keys():
-            latest[record["stage"]] = record  # the latest finished try of each stage
+        name = record.get("stage")
+        if record.get("status") == "stopped":
+            interrupted[name] = interrupted.get(name, 0.0) + record.get("seconds", 0.0)
+        elif {"stage", "seconds", "peak_rss_mb"} <= record.keys():  # the latest finished try of each stage
+            latest[name] = {**record, "seconds": record["seconds"] + interrupted.pop(name, 0.0)}
     rows = [[name, f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mb']:.0f}",
              f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "–"] for name, r in latest.items()]
     total = sum(r["seconds"] for r in latest.values())
