@@ -41,8 +41,12 @@ def bf16_runs(tiny_llama, glue_dir, tmp_path_factory):
 def precisions_used(monkeypatch) -> list[str]:
     """The precision of every batch scored while the test runs."""
     used, real = [], loop.autocast
-    monkeypatch.setattr(loop, "autocast", lambda device, precision="auto": (used.append(precision),
-                                                                            real(device, precision))[1])
+
+    def recorded(device, precision="auto"):
+        used.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(loop, "autocast", recorded)
     return used
 
 

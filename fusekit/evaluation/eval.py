@@ -133,7 +133,7 @@ def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear, pre
 def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear, precision) -> list[dict]:
     """Every task of the merge with its own head, and its normalized score: merged / its own adapter's."""
     manifest, vector, heads = _load_merged(folder)
-    precision = precision or manifest["precision"]
+    precision = precision or made_in(manifest, folder)
     wanted = {t.name for t in parse_tasks(tasks)} if tasks else None
     rows = []
     for item in manifest["inputs"]:
@@ -165,16 +165,21 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear, 
     return rows
 
 
-def _load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, TaskHead]]:
-    """A merged folder, and its answer offsets (`fusekit merge --calibrate`) checked: a mapping of the merge's
-    tasks to one offset per answer; `precision` set to the one it was made in (merge settings, or a joint run's
-    config; `auto` before either recorded it)."""
-    manifest, vector, heads = load_merged(folder)
+def made_in(manifest: dict, folder: Path) -> str:
+    """The precision a merged or jointly trained folder was made in (its merge settings, or its joint run's config;
+    `auto` before either recorded it)."""
     made = manifest.get("settings") or manifest.get("config") or {}
     precision = made.get("precision", "auto") if isinstance(made, dict) else "auto"
     if precision not in PRECISIONS:
         raise FusekitError(f"{folder / MANIFEST}: precision {precision!r}, expected one of {', '.join(PRECISIONS)}")
-    manifest["precision"] = precision
+    return precision
+
+
+def _load_merged(folder: Path) -> tuple[dict, TaskVector, dict[str, TaskHead]]:
+    """A merged folder, its precision and its answer offsets (`fusekit merge --calibrate`) checked: a mapping of
+    the merge's tasks to one offset per answer."""
+    manifest, vector, heads = load_merged(folder)
+    made_in(manifest, folder)
     calibration = manifest.get("calibration", {})
     if not isinstance(calibration, dict) or not set(calibration) <= set(heads):
         raise FusekitError(f"{folder / MANIFEST}: calibration: expected a mapping of the merge's tasks "

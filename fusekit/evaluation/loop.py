@@ -27,7 +27,7 @@ def task_loss(task: TaskSpec, logits: torch.Tensor, batch: dict[str, torch.Tenso
 
 def autocast(device: torch.device, precision: str = "auto"):
     """bf16 autocast when asked, or by default on GPUs that support it; fp32 elsewhere (bf16 on a CPU is fast only
-    with AMX: 2.9× a SmolLM2 forward on one Sapphire Rapids core, slower than fp32 on CPUs without it)."""
+    with AMX tiles, slower than fp32 without them: docs/design.md, mixed precision)."""
     enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 

@@ -318,7 +318,8 @@ def _merge_stages(merge: MergeSettings, study, runs, seed, source, folder: str =
             raise FusekitError(f"{source}: {folder}.variants: {variant!r} is not one of the adapters")
         for space in ["factors"] if _linearized(study, variant) else merge.spaces:
             for method in [m for m in merge.methods if merge_space_fits(m, space)]:
-                config = _merge_config(merge, method, space, seed, _precision(study, variant))
+                precision = _train_keys(study, study.tasks[0], variant, seed, tuned=False).get("precision", "auto")
+                config = _merge_config(merge, method, space, seed, precision)  # the first run's, as `fusekit merge`
                 kinds = [config] + ([dataclasses.replace(config, per_task=True)] if method in merge.per_task else []) \
                     + ([dataclasses.replace(config, calibrate=True)] if method in merge.calibrate else [])
                 for subset in subsets or [()]:
@@ -328,11 +329,6 @@ def _merge_stages(merge: MergeSettings, study, runs, seed, source, folder: str =
                                      MergeJob(chosen, kind))
                                for kind in kinds]
     return stages
-
-
-def _precision(study, variant: str) -> str:
-    """The precision a variant's adapters train in, which its merges search in too."""
-    return study.adapters[variant].get("precision", study.train.get("precision", "auto"))
 
 
 def _merge_config(merge: MergeSettings, method: str, space: str, seed: int, precision: str) -> MergeConfig:
