@@ -2,7 +2,10 @@
 
 Each variant runs in its own subprocess (so peak memory is its own), on the same model, batch and sequence
 length; the table gives ms/step, the step's peak memory over the loaded model (CPU: peak RSS growth; CUDA:
-peak allocated growth) and ratios against LoRA.
+peak allocated growth) and ratios against LoRA, and the FLOPs the step needs (`limits.forward_flops` of the batch:
+LoRA and module scope twice a forward, the forward and a backward that carries gradients through the frozen
+weights to the activations but computes none of theirs; network scope three times, its jvp carrying a tangent
+beside the primal) as a fraction of the float32 matmul peak measured in the same run.
 
     python benchmarks/llora_step.py --batch-size 32 --length 128 --steps 10
     python benchmarks/llora_step.py --model smollm2-135m --batch-size 8 --length 64 --steps 5   # text to text
@@ -29,6 +32,7 @@ def current_rss() -> int:
 
 def measure(kind: str, scope: str | None, backward: str | None, args) -> dict:
     import torch
+    from limits import forward_flops
 
     from fusekit.artifacts.run_folder import build_adapted_model
     from fusekit.data.tasks import get_task
@@ -77,7 +81,9 @@ def measure(kind: str, scope: str | None, backward: str | None, args) -> dict:
     else:  # high-water mark of the process, less what the loaded model already held
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     times.sort()
-    return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak / 2**20, "device": str(device),
+    passes = 3 if scope == "network" else 2
+    needed = passes * forward_flops(base.model, args.batch_size * args.length, args.batch_size if model.text else 0)
+    return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak / 2**20, "device": str(device), "flops": needed,
             "params": sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())}
 
 
@@ -96,19 +102,26 @@ def main() -> None:
         print(json.dumps(measure(*VARIANTS[args.variant], args)))
         return
 
+    import torch
+    from limits import matmul_peak
+
     results = {}
     for name in VARIANTS:
         run = subprocess.run([sys.executable, __file__, "--variant", name, *sys.argv[1:]],
                              capture_output=True, text=True, check=True)
         results[name] = json.loads(run.stdout.splitlines()[-1])
     ref = results["lora"]
+    peak = matmul_peak(device=ref["device"])
     print(f"\none training step, batch {args.batch_size} x {args.length} tokens, r={args.rank}, "
-          f"lora_init={args.lora_init}, {ref['device']}, median of {args.steps}")
-    print("| variant | ms/step | time vs LoRA | peak MB | memory vs LoRA | parameters + buffers |")
-    print("|---|---|---|---|---|---|")
+          f"lora_init={args.lora_init}, {ref['device']}, median of {args.steps}; float32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    print("| variant | ms/step | time vs LoRA | peak MB | memory vs LoRA | parameters + buffers | needed GFLOP/step "
+          "| fraction of peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['ms']:.0f} | {r['ms'] / ref['ms']:.2f}x | {r['peak_mb']:.0f} | "
-              f"{r['peak_mb'] / ref['peak_mb']:.2f}x | {r['params']:,} |")
+              f"{r['peak_mb'] / ref['peak_mb']:.2f}x | {r['params']:,} | {r['flops'] / 1e9:.1f} | "
+              f"{r['flops'] / (r['ms'] / 1000) / peak:.2f} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ measurement runs in its own process, the peft comparison at the default torch th
 (`OMP_NUM_THREADS=1`), so that each tool is compared at its best; the time covers loading the N adapters and
 merging them (the base model peft needs is loaded before the clock starts, so peft is not charged for it).
 Memory is the growth of the process's RSS high-water mark during the measurement (the mark is reset when it
-starts, so imports and the preloaded model do not count).
+starts, so imports and the preloaded model do not count). The limit: every merge must at least read the N
+adapters' factors; the exact concatenation also writes as many. That traffic at the copy bandwidth measured in the
+same run (`limits.copy_bandwidth`) is printed with the table, and each fusekit time as a multiple of it.
 
     python benchmarks/merge_cost.py
 """
@@ -24,6 +26,8 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+from limits import copy_bandwidth  # this folder's module
 
 
 def make_adapters(folder: Path, n: int, model: str | None) -> None:
@@ -103,9 +107,17 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         make_adapters(Path(tmp), max(sizes), args.model)
+        factors = (Path(tmp) / "peft0" / "adapter_model.safetensors").stat().st_size  # one adapter's
+        bandwidth = copy_bandwidth()
+
+        def bound(n: int, combination: str) -> float:
+            """Seconds to read n adapters' factors (and, concatenated, write them) at the copy bandwidth."""
+            return (2 if combination == "cat" else 1) * n * factors / bandwidth
+
+        print(f"one adapter's factors: {factors / 2**20:.1f} MB; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
         print("| merge | N | threads | fusekit s | peft s | time peft/fusekit | fusekit MB | peft MB | "
-              "memory peft/fusekit |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "memory peft/fusekit | fusekit × the memory bound |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for combination in ("cat", "svd"):
             for n in sizes:
                 for threads in ("default", "1"):
@@ -113,16 +125,16 @@ def main() -> None:
                     label = "exact concat (cat)" if combination == "cat" else "rank-8 SVD (svd)"
                     fm, pm = f["rss_growth_mb"], p["rss_growth_mb"]
                     print(f"| {label} | {n} | {threads} | {f['seconds']:.2f} | {p['seconds']:.2f} | "
-                          f"{p['seconds'] / f['seconds']:.1f}x | {fm:.1f} | {pm:.1f} | {pm / max(fm, 0.1):.1f}x |",
-                          flush=True)
-        print("\n| fusekit method (ΔW space) | N | seconds | × task arithmetic | MB |")
-        print("|---|---|---|---|---|")
+                          f"{p['seconds'] / f['seconds']:.1f}x | {fm:.1f} | {pm:.1f} | {pm / max(fm, 0.1):.1f}x | "
+                          f"{f['seconds'] / bound(n, combination):.0f}x |", flush=True)
+        print("\n| fusekit method (ΔW space) | N | seconds | × task arithmetic | MB | × the memory bound |")
+        print("|---|---|---|---|---|---|")
         for n in sizes:
             reference = run_measure("fusekit", "cat", tmp, n, args.model)
             for method in METHOD_ROWS:
                 m = run_measure("fusekit", method, tmp, n, args.model)
                 print(f"| {method} | {n} | {m['seconds']:.2f} | {m['seconds'] / reference['seconds']:.1f}x | "
-                      f"{m['rss_growth_mb']:.1f} |", flush=True)
+                      f"{m['rss_growth_mb']:.1f} | {m['seconds'] / bound(n, method):.0f}x |", flush=True)
 
 
 def run_measure(tool: str, combination: str, folder: str, n: int, model: str | None,

@@ -6,7 +6,9 @@ concatenation in ΔW space, written as a PEFT folder) against peft's own `add_we
 Each measurement runs in its own process, at the default torch threads and at one thread (`OMP_NUM_THREADS=1`),
 so that each tool is compared at its best. The time covers reading the N adapters, merging and writing the result;
 peft also needs the base model in memory, which is loaded before its clock starts (fusekit never loads it). Memory
-is the growth of the process's RSS high-water mark during the measurement.
+is the growth of the process's RSS high-water mark during the measurement. The limit: concatenation is memory
+work, reading every adapter's factors and writing as many, so each time is also given as a multiple of that
+traffic at the copy bandwidth measured in the same run (`limits.copy_bandwidth`).
 
     python benchmarks/peft_merge.py --adapters 8 --rank 16
 """
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from limits import copy_bandwidth  # this folder's module
 
 TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -82,14 +86,20 @@ def main() -> None:
         result = {(tool, threads): run_measure(tool, tmp, args.adapters, threads)
                   for threads in ("default", "1") for tool in ("fusekit", "peft")}
         f = min((result["fusekit", t] for t in ("default", "1")), key=lambda r: r["seconds"])
-        print(f"\n{args.adapters} rank-{args.rank} LoRA adapters of GPT-2 small (124M), targets {', '.join(TARGETS)}")
+        traffic = 2 * sum((Path(tmp) / f"a{i}" / "adapter_model.safetensors").stat().st_size
+                          for i in range(args.adapters))
+        bound = traffic / copy_bandwidth()
+        print(f"\n{args.adapters} rank-{args.rank} LoRA adapters of GPT-2 small (124M), targets {', '.join(TARGETS)}; "
+              f"reading and writing their {traffic / 2**20:.0f} MB of factors at the measured copy bandwidth takes "
+              f"{1000 * bound:.1f} ms")
         print("| merge (exact concatenation) | threads | seconds | vs fusekit's best | RSS growth MB | "
-              "vs fusekit's best |")
-        print("|---|---|---|---|---|---|")
+              "vs fusekit's best | × the memory bound |")
+        print("|---|---|---|---|---|---|---|")
         for (tool, threads), r in result.items():
             label = "fusekit merge (PEFT inputs)" if tool == "fusekit" else "peft add_weighted_adapter cat + save"
             print(f"| {label} | {threads} | {r['seconds']:.2f} | {r['seconds'] / f['seconds']:.2f}x | "
-                  f"{r['rss_growth_mb']:.0f} | {r['rss_growth_mb'] / max(f['rss_growth_mb'], 0.1):.2f}x |")
+                  f"{r['rss_growth_mb']:.0f} | {r['rss_growth_mb'] / max(f['rss_growth_mb'], 0.1):.2f}x | "
+                  f"{r['seconds'] / bound:.0f}x |")
 
 
 def run_measure(tool: str, folder: str, n: int, threads: str) -> dict:

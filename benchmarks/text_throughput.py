@@ -27,7 +27,8 @@ import tempfile
 import time
 
 import torch
-from train_throughput import _clock_class, fusekit_throughput, matmul_peak  # this folder's script: the same fusekit run
+from limits import forward_flops, matmul_peak  # this folder's modules
+from train_throughput import _clock_class, fusekit_throughput  # the same fusekit run
 
 
 def prompt_ids(base, split, max_length: int) -> list[list[int]]:
@@ -36,11 +37,7 @@ def prompt_ids(base, split, max_length: int) -> list[list[int]]:
 
 def needed_flops(base, split, max_length: int) -> float:
     """A forward over the split's prompts (no padding) and the logits of one answer position per example."""
-    config = base.model.config
-    embedding = config.vocab_size * config.hidden_size
-    body = sum(p.numel() for p in base.model.parameters()) - embedding * (1 if config.tie_word_embeddings else 2)
-    tokens = sum(map(len, prompt_ids(base, split, max_length)))
-    return 2.0 * body * tokens + 2.0 * embedding * len(split)
+    return forward_flops(base.model, sum(map(len, prompt_ids(base, split, max_length))), len(split))
 
 
 def trainer_training(args, base, split, bf16: bool = False) -> float:

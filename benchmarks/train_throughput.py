@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from limits import forward_flops, matmul_peak  # this folder's module
 
 
 def _clock_class():
@@ -37,31 +38,18 @@ def _clock_class():
     return Clock
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of a 2048² matmul in `dtype` on this machine, best of 5."""
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best
-
-
 def training_flops_per_example(args, train_split) -> float:
-    """A training step's needed FLOPs per example: forward and backward through the frozen body, 2 · 2 · body
-    parameters per real token (padding excluded; the head and LoRA's own matmuls are negligible)."""
+    """A training step's needed FLOPs per example: forward and backward through the frozen body, twice a
+    forward's FLOPs per real token (padding excluded; the head and LoRA's own matmuls are negligible)."""
     from transformers import AutoModel, AutoTokenizer
 
     from fusekit.models.base import resolve_model
 
     path = resolve_model(args.model)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
-    body = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     columns = [list(c) for c in zip(*train_split.texts)]
     tokens = sum(map(len, tokenizer(*columns[:2], truncation=True, max_length=args.max_length)["input_ids"]))
-    return 2 * 2.0 * body * tokens / len(train_split)
+    return 2 * forward_flops(model, tokens) / len(train_split)
 
 
 def trainer_throughput(args, train_split, grouped: bool, bf16: bool = False) -> float:
