@@ -444,3 +444,42 @@ def test_a_vector_is_predicted_once_per_process_and_again_when_its_content_chang
     scorer.score(changed)
     scoring.TaskScorer(run.config.model, 32, split, run.head, torch.device("cpu"), precision="bf16").score(run.vector)
     assert len(calls) == 3  # another vector; another precision
+
+
+def test_each_criterions_choice_is_scored_on_dev_as_a_merge_made_at_that_point(runs, tmp_path):
+    """For the report: the point another criterion prefers is rebuilt from the runs and scored on dev exactly as a
+    merge made at that point; the merge's own criterion reads the folder's scores; nothing else is touched."""
+    import json
+
+    from fusekit.evaluation.eval import score_folders
+    from fusekit.merging.config import MergeConfig
+    from fusekit.merging.merge import run_merge
+    from fusekit.study.criterion_choices import missing, record_choices
+
+    folders = [runs[t].folder for t in ("sst2", "rte")]
+    config = MergeConfig(method="task-arithmetic", lambdas=[0.5, 1.0, 2.0], val_examples=16, device="cpu")
+    run_merge(config, folders, tmp_path / "searched")
+    score_folders([tmp_path / "searched"], None, None, None, 128, "cpu", None)
+    assert missing(tmp_path / "searched")
+    path = tmp_path / "searched" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    chosen = manifest["params"]["lam"]
+    other = next(row["lam"] for row in manifest["search"] if row["lam"] != chosen)
+    for row in manifest["search"]:  # make `raw` prefer another point than the merge's own criterion
+        row["criteria"]["raw"] = 1.0 if row["lam"] == other else 0.0
+    path.write_text(json.dumps(manifest))
+    vector_before = (tmp_path / "searched" / "task_vector.safetensors").read_bytes()
+    record_choices(tmp_path / "searched", config)
+
+    scores = json.loads((tmp_path / "searched" / "eval.json").read_text())
+    choices = scores["criteria"]
+    assert choices["normalized"]["point"] == {"lam": chosen} and choices["raw"]["point"] == {"lam": other}
+    assert choices["normalized"]["scores"] == {t: scores[t]["score"] for t in ("sst2", "rte")}
+    run_merge(MergeConfig(method="task-arithmetic", lam=other, device="cpu"), folders, tmp_path / "at-other")
+    made = {r["task"]: r for r in score_folders([tmp_path / "at-other"], None, None, None, 128, "cpu", None)}
+    assert choices["raw"]["scores"] == pytest.approx({t: made[t]["score"] for t in ("sst2", "rte")})
+    assert choices["raw"]["average_normalized"] == pytest.approx(made["average"]["normalized"])
+    normalized = [made[t]["normalized"] for t in ("sst2", "rte") if made[t]["normalized"] is not None]
+    assert choices["raw"]["worst_normalized"] == pytest.approx(min(normalized))
+    assert (tmp_path / "searched" / "task_vector.safetensors").read_bytes() == vector_before
+    assert not missing(tmp_path / "searched")

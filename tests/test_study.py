@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fusekit.artifacts.checksums import reseal
 from fusekit.errors import FusekitError
+from fusekit.merging.criteria import CRITERIA
 from fusekit.study import run as study_module
 from fusekit.study.plan import plan
 from fusekit.study.publish import publish
@@ -104,6 +106,12 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_model, glue_dir, monkeypa
 
     merged = json.loads((out / "merge/lora-delta-w-task-arithmetic/eval.json").read_text())
     assert set(merged) >= {"sst2", "mrpc", "average_normalized"}
+    assert set(merged["criteria"]) == set(CRITERIA)  # each criterion's choice, scored on dev for the report
+    folder = out / "merge/lora-delta-w-task-arithmetic"  # a merge finished before choices were scored on dev
+    (folder / "eval.json").write_text(json.dumps({k: v for k, v in merged.items() if k != "criteria"}))
+    reseal(folder, "eval.json")
+    run_study(recipe)  # gets them, without merging again
+    assert ran == [] and json.loads((folder / "eval.json").read_text())["criteria"] == merged["criteria"]
     joint = json.loads((out / "joint/lora-uniform/eval.json").read_text())
     assert set(joint) >= {"sst2", "mrpc"}
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
@@ -115,6 +123,7 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_model, glue_dir, monkeypa
     report = write_report(out).read_text()
     assert "| lora |" in report and "lora-delta-w-task-arithmetic" in report and "lora-uniform" in report
     assert "## Which selection criterion chooses best" in report and "| worst |" in report  # searches halve
+    assert "worst task (dev)" in report and " | 1 |\n" in report  # one plain search, scored on dev
     assert "Finished: 5 of 5 planned stages (train 2/2, merge 2/2, joint 1/1)." in report
     assert f"{merged['average_normalized']['normalized']:.3f}" in report
     own = {t: json.loads((out / f"train/{t}-lora/eval.json").read_text())[t]["score"] for t in ("sst2", "mrpc")}

@@ -133,7 +133,25 @@ def _score_run(folder, tasks, data, max_eval, batch_size, device, nonlinear, pre
 def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear, precision) -> list[dict]:
     """Every task of the merge with its own head, and its normalized score: merged / its own adapter's."""
     manifest, vector, heads = _load_merged(folder)
-    precision = precision or made_in(manifest, folder)
+    rows = merged_scores(folder, manifest, vector, heads, tasks, data, max_eval, batch_size, device, nonlinear,
+                         precision or made_in(manifest, folder))
+    for row in rows:
+        record_eval(folder, f"{row['task']}:nonlinear" if nonlinear else row["task"],
+                    {k: v for k, v in row.items() if k not in ("folder", "task", "forward")})
+    if rows and all("normalized" in r for r in rows):
+        average = mean_defined([r["normalized"] for r in rows])
+        defined = sum(r["normalized"] is not None for r in rows)
+        record_eval(folder, "average_normalized", {"normalized": average, "tasks": defined})
+        rows.append({"folder": str(folder), "task": "average", "forward": rows[0]["forward"], "normalized": average,
+                     "score": sum(r["score"] for r in rows) / len(rows)})
+    return rows
+
+
+def merged_scores(folder: Path, manifest: dict, vector: TaskVector, heads: dict[str, TaskHead], tasks: str | None,
+                  data: str | None, max_eval: int | None, batch_size: int, device: torch.device, nonlinear: bool,
+                  precision: str) -> list[dict]:
+    """A merged vector's scores on each task of `manifest` (with the manifest's answer offsets), normalized by
+    each input run's own score where that run is known; recorded nowhere."""
     wanted = {t.name for t in parse_tasks(tasks)} if tasks else None
     rows = []
     for item in manifest["inputs"]:
@@ -153,15 +171,8 @@ def _score_merged(folder, tasks, data, max_eval, batch_size, device, nonlinear, 
                                    lambda run: scorer_for(run.head).score(run.vector, nonlinear,
                                                                           progress=f"eval {run.folder.name}"))
             metrics["normalized"] = normalized_score(metrics["score"], own)
-        record_eval(folder, f"{task.name}:nonlinear" if nonlinear else task.name, metrics)
         forward = "nonlinear" if nonlinear else vector.meta["kind"]
         rows.append({"folder": str(folder), "task": task.name, "forward": forward, **metrics})
-    if rows and all("normalized" in r for r in rows):
-        average = mean_defined([r["normalized"] for r in rows])
-        defined = sum(r["normalized"] is not None for r in rows)
-        record_eval(folder, "average_normalized", {"normalized": average, "tasks": defined})
-        rows.append({"folder": str(folder), "task": "average", "forward": rows[0]["forward"], "normalized": average,
-                     "score": sum(r["score"] for r in rows) / len(rows)})
     return rows
 
 

@@ -35,6 +35,11 @@ def criterion_values(scores: Sequence[float], own: Sequence[float], chance: Sequ
     return {name: raw if value is None else value for name, value in values.items()}
 
 
+def preferred_index(rows: list[dict], criterion: str) -> int:
+    """The index of the grid point `criterion` prefers (the first of equals, in grid order)."""
+    return max(range(len(rows)), key=lambda k: rows[k]["criteria"][criterion])
+
+
 def cross_fitted(rows: list[dict], criterion: str) -> dict[str, float] | None:
     """How well `criterion` chooses, judged on examples its choice did not read: the grid point it prefers on one
     half of the held-out examples, scored on the other half (average normalized score over the tasks and the worst

@@ -51,7 +51,7 @@ def run_merge(config: MergeConfig, inputs: list[Path], out: Path, overwrite: boo
         values = config.candidates(method_parameters(config.method))
         _check_held_out(runs, config, any(len(v) > 1 for v in values.values()) or method.statistics is not None
                         or config.calibrate)
-        statistics = _statistics(runs, method, config.val_examples, device, config.seed)
+        statistics = statistics_for(runs, method, config.val_examples, device, config.seed)
         if config.per_task and "lam" not in values:
             raise FusekitError(f"--per-task chooses one λ per task: {config.method} has no λ")
         params, weights, searched_on, calibration = _choose(runs, config, values, space, device, statistics)
@@ -150,7 +150,7 @@ def _print_offsets(runs: list, calibration: dict[str, list[float]]) -> None:
                       else "none (calibrated out of fold, its held-out examples scored no better)"))
 
 
-def _statistics(runs, method: MergeMethod, examples: int, device, seed: int) -> dict | None:
+def statistics_for(runs, method: MergeMethod, examples: int, device, seed: int) -> dict | None:
     """key → each run's statistic, for methods that merge with data (`kind`): input Gram matrices per layer
     (RegMean, ΔW space), diagonal Fishers per parameter (Fisher merging, factor space) or AdaMerging's learned
     coefficients; None for the others."""

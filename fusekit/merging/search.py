@@ -26,7 +26,7 @@ from fusekit.evaluation.metrics import (
     normalized_score,
     predictions,
 )
-from fusekit.merging.criteria import criterion_values
+from fusekit.merging.criteria import criterion_values, preferred_index
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge_vectors
 from fusekit.progress import console, progress_bar
@@ -173,7 +173,7 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
             row, preds = held.row(vector, point)
             rows.append(row)
             predicted.append(preds)
-        chosen = max(range(len(rows)), key=lambda k: rows[k]["criteria"][criterion])
+        chosen = preferred_index(rows, criterion)
         best, best_row, best_preds, task_rows = {k: rows[chosen][k] for k in searched(method)}, rows[chosen], \
             predicted[chosen], []
         if per_task:

@@ -142,7 +142,7 @@ def selected(name: str, only: str | None) -> bool:
 STAGE_MODULES = ("fusekit.training.train", "fusekit.training.joint", "fusekit.training.tune", "fusekit.merging.merge",
                  "fusekit.merging.statistics", "fusekit.merging.similarity", "fusekit.evaluation.eval",
                  "fusekit.evaluation.baselines", "fusekit.study.disentangle", "fusekit.study.plots",
-                 "fusekit.study.diagnostics")
+                 "fusekit.study.diagnostics", "fusekit.study.criterion_choices")
 
 
 def load_stage_code() -> None:
@@ -217,6 +217,23 @@ def _run_stages(stages: list[Stage], out: Path, only: str | None, executor: Exec
     finally:
         if log:
             log.close()
+    if procs.is_main:
+        _record_criterion_choices([s for s in todo if s.kind == "merge" and s not in pending], out)
+
+
+def _record_criterion_choices(finished: list[Stage], out: Path) -> None:
+    """Finished merges from before each criterion's choice was scored on dev: scored now, where their runs are
+    here (a merge restored from published results without its runs keeps what was published)."""
+    from fusekit.study.criterion_choices import missing, record_choices
+
+    for stage in finished:
+        job: MergeJob = stage.config
+        if missing(out / stage.name):
+            if all((Path(run) / CONFIG).is_file() for run in job.runs):
+                record_choices(out / stage.name, job.config)
+            else:
+                console.print(f"note: {stage.name}: its runs are not here, so its selection criteria's choices "
+                              "are not scored on dev")
 
 
 def with_needs(chosen: list[Stage], stages: list[Stage], out: Path) -> list[Stage]:
@@ -263,11 +280,14 @@ def _train(stage: Stage, out: Path) -> None:
 def _merge(stage: Stage, out: Path) -> None:
     from fusekit.evaluation.eval import score_folders
     from fusekit.merging.merge import run_merge
+    from fusekit.study.criterion_choices import missing, record_choices
 
     job: MergeJob = stage.config
     folder = out / stage.name
     run_merge(job.config, [Path(r) for r in job.runs], folder, overwrite=True)
     score_folders([folder], None, None, None, 128, "auto", None)
+    if missing(folder):  # what the other selection criteria would have chosen, scored on dev for the report
+        record_choices(folder, job.config)
 
 
 def _disentangle(stage: Stage, out: Path) -> None:
