@@ -218,7 +218,7 @@ def _run_stages(stages: list[Stage], out: Path, only: str | None, executor: Exec
         if log:
             log.close()
     if procs.is_main:
-        _record_criterion_choices([s for s in todo if s.kind == "merge" and s not in pending], out)
+        _record_criterion_choices([s for s in todo if s.id.folder == "merge" and s not in pending], out)
 
 
 def _record_criterion_choices(finished: list[Stage], out: Path) -> None:
@@ -286,7 +286,7 @@ def _merge(stage: Stage, out: Path) -> None:
     folder = out / stage.name
     run_merge(job.config, [Path(r) for r in job.runs], folder, overwrite=True)
     score_folders([folder], None, None, None, 128, "auto", None)
-    if missing(folder):  # what the other selection criteria would have chosen, scored on dev for the report
+    if stage.id.folder == "merge" and missing(folder):  # the other criteria's choices, on dev for the report
         record_choices(folder, job.config)
 
 
