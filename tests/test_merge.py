@@ -446,9 +446,11 @@ def test_a_vector_is_predicted_once_per_process_and_again_when_its_content_chang
     assert len(calls) == 3  # another vector; another precision
 
 
-def test_each_criterions_choice_is_scored_on_dev_as_a_merge_made_at_that_point(runs, tmp_path):
+@pytest.mark.parametrize("method, grid", [("task-arithmetic", {}), ("dare", {"rates": [0.5]})])
+def test_each_criterions_choice_is_scored_on_dev_as_a_merge_made_at_that_point(runs, tmp_path, method, grid):
     """For the report: the point another criterion prefers is rebuilt from the runs and scored on dev exactly as a
-    merge made at that point; the merge's own criterion reads the folder's scores; nothing else is touched."""
+    merge made at that point (a seeded method with the seed it drew with); the merge's own criterion reads the
+    folder's scores; nothing else is touched."""
     import json
 
     from fusekit.evaluation.eval import score_folders
@@ -457,7 +459,7 @@ def test_each_criterions_choice_is_scored_on_dev_as_a_merge_made_at_that_point(r
     from fusekit.study.criterion_choices import missing, record_choices
 
     folders = [runs[t].folder for t in ("sst2", "rte")]
-    config = MergeConfig(method="task-arithmetic", lambdas=[0.5, 1.0, 2.0], val_examples=16, device="cpu")
+    config = MergeConfig(method=method, lambdas=[0.5, 1.0, 2.0], val_examples=16, device="cpu", seed=3, **grid)
     run_merge(config, folders, tmp_path / "searched")
     score_folders([tmp_path / "searched"], None, None, None, 128, "cpu", None)
     assert missing(tmp_path / "searched")
@@ -473,9 +475,10 @@ def test_each_criterions_choice_is_scored_on_dev_as_a_merge_made_at_that_point(r
 
     scores = json.loads((tmp_path / "searched" / "eval.json").read_text())
     choices = scores["criteria"]
-    assert choices["normalized"]["point"] == {"lam": chosen} and choices["raw"]["point"] == {"lam": other}
+    assert choices["normalized"]["point"]["lam"] == chosen and choices["raw"]["point"]["lam"] == other
     assert choices["normalized"]["scores"] == {t: scores[t]["score"] for t in ("sst2", "rte")}
-    run_merge(MergeConfig(method="task-arithmetic", lam=other, device="cpu"), folders, tmp_path / "at-other")
+    fixed = {"rate": grid["rates"][0]} if grid else {}
+    run_merge(MergeConfig(method=method, lam=other, device="cpu", seed=3, **fixed), folders, tmp_path / "at-other")
     made = {r["task"]: r for r in score_folders([tmp_path / "at-other"], None, None, None, 128, "cpu", None)}
     assert choices["raw"]["scores"] == pytest.approx({t: made[t]["score"] for t in ("sst2", "rte")})
     assert choices["raw"]["average_normalized"] == pytest.approx(made["average"]["normalized"])

@@ -67,7 +67,8 @@ def _score_point(folder: Path, manifest: dict, config: MergeConfig, point: dict[
                   + ", ".join(f"{k}={v:g}" for k, v in point.items()))
     runs = [load_run(Path(item["run"])) for item in manifest["inputs"]]
     device = resolve_device(config.device)
-    method = make_method(manifest["method"], seed=config.seed, **{**manifest["params"], **point})
+    seed = manifest["params"].get("seed", config.seed)  # a seeded method records the seed it drew with
+    method = make_method(manifest["method"], seed=seed, **point)  # the point names every hyperparameter
     statistics = statistics_for(runs, method, config.val_examples, device, config.seed)
     if statistics is not None:
         method.stats = statistics
