@@ -72,6 +72,7 @@ NON_NEGATIVE = Allowed(low=0)
 FRACTION = Allowed(low=0, high=1, high_open=True)  # [0, 1)
 SEED = Allowed(low=0, high=2**32 - 1)  # what numpy's and torch's generators accept
 PRECISIONS = ("auto", "fp32", "bf16")
+SUBSET_SOURCES = ("examples", "sentences")
 PRECISION_HELP = ("forward passes: auto (bf16 autocast on GPUs that support it, fp32 elsewhere), fp32, or bf16 "
                   "(autocast; weights and updates stay fp32; fast on CPUs with AMX, slower on others)")
 
@@ -153,6 +154,10 @@ class TrainConfig:
     eval_batch_size: int | None = setting(None, "examples per evaluation batch", AT_LEAST_ONE)
     max_length: int | None = setting(None, "tokens per example (truncation)", Allowed(low=4))
     max_train: int | None = setting(None, "cap on training examples (seeded subset)", AT_LEAST_ONE)
+    subset_from: str | None = setting(None, "what the training subset is drawn from: examples (all of them) or "
+                                            "sentences (SST-2, whose training examples are every phrase of "
+                                            "parsed sentences: the whole sentences alone; other tasks' examples "
+                                            "are sentences already)", Allowed(choices=SUBSET_SOURCES))
     max_eval: int | None = setting(None, "cap on validation examples", AT_LEAST_ONE)
     eval_on: str = setting("dev", "what the run is scored on: dev, or held-out (training examples outside the "
                                   "max_train subset, what fusekit tune scores; dev is then never read)",

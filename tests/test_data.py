@@ -128,3 +128,24 @@ def test_phrase_tree_tasks_hold_out_whole_sentences_no_trained_phrase_is_part_of
     assert split.why_none_held_out(10) == "every whole sst2 sentence shares a phrase with its training subset"
     rte = Split(get_task("rte"), [(p, p) for p in phrases], [0] * 11)
     assert len(rte.held_out(9, 0)) == 2  # other tasks: every example the subset left out
+
+
+def test_a_sentences_subset_draws_each_whole_sentence_once_and_holds_out_the_rest():
+    """`subset_from: sentences` trains on whole sentences only (SST-2's dev scores whole sentences); what it leaves
+    out is held out whole, and tasks whose examples are sentences already draw as before."""
+    phrases = ["a charming film", "charming film", "charming", "a dull plot", "dull plot", "dull", "an odd tale",
+               "odd", "a dull plot", "plot twists", "film"]
+    split = Split(get_task("sst2"), [(p,) for p in phrases], [1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 1])
+    pool = [0, 3, 6, 9]  # each whole sentence once, in file order ("a dull plot" again at 8 is not drawn twice)
+    drawn = sorted(random.Random(0).sample(pool, 2))
+    assert split.training_subset(2, 0, "sentences").texts == [(phrases[i],) for i in drawn]
+    assert split.training_subset(None, 0, "sentences").texts == [(phrases[i],) for i in pool]
+    assert split.training_subset(2, 0, "examples").texts == split.capped(2, 0).texts
+    assert split.training_subset(2, 0).texts == split.capped(2, 0).texts  # runs recorded before the setting
+    held = split.held_out(2, 0, "sentences")
+    assert [t[0] for t in held.texts] == [phrases[i] for i in pool if i not in drawn]
+    assert len(split.held_out(4, 0, "sentences")) == 0
+    assert split.why_none_held_out(4, "sentences") == "it trained on every whole sst2 training sentence"
+    rte = Split(get_task("rte"), [(p, p) for p in phrases], [0] * 11)
+    assert rte.training_subset(9, 0, "sentences").texts == rte.capped(9, 0).texts
+    assert len(rte.held_out(9, 0, "sentences")) == 2

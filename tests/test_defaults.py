@@ -79,7 +79,8 @@ def test_a_joint_run_takes_the_family_defaults_and_its_longest_task(tiny_model):
 def test_resolution_never_overrides_what_is_set(tiny_model):
     cfg = TrainConfig(task="stsb", model=str(tiny_model), **{k: v for k, v in [
         ("lr", 7e-4), ("head_lr", 7e-3), ("head_init", "probe"), ("epochs", 5), ("batch_size", 3),
-        ("eval_batch_size", 9), ("max_length", 17), ("pair_encoding", "cross"), ("target_modules", ["query"])]})
+        ("eval_batch_size", 9), ("max_length", 17), ("pair_encoding", "cross"), ("target_modules", ["query"]),
+        ("subset_from", "sentences")]})
     resolved = resolve_defaults(cfg)
     assert resolved.config == cfg and resolved.sources == {}
 

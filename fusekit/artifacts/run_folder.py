@@ -101,6 +101,7 @@ def load_run(folder: Path) -> Run:
         raise FusekitError(f"{folder} is not a fusekit run (expected {CONFIG} written by fusekit train)")
     files = ChecksummedFolder.open(folder)
     cfg = load_recipe(files.path(CONFIG), TrainConfig)
+    cfg.subset_from = cfg.subset_from or "examples"  # recorded before the setting existed: drawn from all examples
     head, head_meta = load_tensors(files.path(HEAD))
     run = Run(folder, cfg, TaskHead(head, HeadSpec.from_meta(head_meta)), head_meta.get("task", cfg.task), files)
     check_records_agree(run)  # the task vector is hashed once here, not halfway through a job

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fusekit.data.batching import LengthGroupedBatches
-from fusekit.data.phrases import unseen_sentences
+from fusekit.data.phrases import unseen_sentences, whole_sentences
 from fusekit.data.tasks import DEFAULT_HUB_DATASET, HUB_SPLITS, TaskSpec
 from fusekit.errors import FusekitError
 
@@ -49,22 +49,57 @@ class Split:
             return self
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), limit)))
 
-    def held_out(self, used: int | None, seed: int) -> Split:
-        """The examples that `capped(used, seed)` left out: training data a run never saw (may be empty). For a
-        task whose training split is phrases of parsed sentences, the whole sentences none of whose phrases was
-        trained on (fusekit.data.phrases)."""
-        if used is None or used >= len(self):
+    def training_subset(self, limit: int | None, seed: int, subset_from: str | None = None) -> Split:
+        """What a run trains on: `capped(limit, seed)`, or with `subset_from: sentences` a seeded subset of the
+        task's whole sentences (SST-2, whose training examples are every phrase of parsed sentences: dev scores
+        whole sentences). Other tasks' examples are sentences already: `sentences` changes nothing there."""
+        pool = self._pool(subset_from)
+        if pool is None:
+            return self.capped(limit, seed)
+        return self.subset(self._drawn(pool, limit, seed))
+
+    def held_out(self, used: int | None, seed: int, subset_from: str | None = None) -> Split:
+        """The examples that `training_subset(used, seed, subset_from)` left out: training data a run never saw
+        (may be empty). For a task whose training split is phrases of parsed sentences, the whole sentences none
+        of whose phrases was trained on (fusekit.data.phrases)."""
+        pool = self._pool(subset_from)
+        size = len(self) if pool is None else len(pool)
+        if used is None or used >= size:
             return self.subset([])
-        taken = set(random.Random(seed).sample(range(len(self)), used))
+        if pool is None:
+            taken = set(random.Random(seed).sample(range(len(self)), used))
+        else:
+            taken = set(self._drawn(pool, used, seed))
         if self.task.phrase_tree:
             return self.subset(unseen_sentences([texts[0] for texts in self.texts], taken))
         return self.subset([i for i in range(len(self)) if i not in taken])
 
-    def why_none_held_out(self, used: int | None) -> str:
+    def why_none_held_out(self, used: int | None, subset_from: str | None = None) -> str:
         """Why `held_out(used, …)` is empty, in words for an error."""
+        pool = self._pool(subset_from)
+        if pool is not None and (used is None or used >= len(pool)):
+            return f"it trained on every whole {self.task.name} training sentence"
         if used is None or used >= len(self):
             return f"it trained on every {self.task.name} training example"
         return f"every whole {self.task.name} sentence shares a phrase with its training subset"
+
+    def _pool(self, subset_from: str | None) -> list[int] | None:
+        """The indices a `sentences` subset is drawn from (each whole sentence once), or None to draw from all."""
+        if subset_from != "sentences" or not self.task.phrase_tree:
+            return None
+        phrases = [" ".join(texts[0].split()) for texts in self.texts]
+        sentences, seen, pool = whole_sentences(tuple(texts[0] for texts in self.texts)), set(), []
+        for i, text in enumerate(phrases):
+            if text in sentences and text not in seen:
+                seen.add(text)
+                pool.append(i)
+        return pool
+
+    @staticmethod
+    def _drawn(pool: list[int], limit: int | None, seed: int) -> list[int]:
+        if limit is None or limit >= len(pool):
+            return pool
+        return sorted(random.Random(seed).sample(pool, limit))
 
 
 def looks_like_path(source: str) -> bool:

@@ -43,7 +43,7 @@ def run_baselines(cfg: TrainConfig, path: Path) -> dict:
     """Every baseline of `cfg`'s task on its training subset and dev split; written to `path` (JSON)."""
     cfg, task = resolve_defaults(cfg).config, get_task(cfg.task)
     check_output_file(path, [cfg.data, cfg.model])  # before any work
-    train = load_split(task, "train", cfg.data).capped(cfg.max_train, cfg.seed)
+    train = load_split(task, "train", cfg.data).training_subset(cfg.max_train, cfg.seed, cfg.subset_from)
     dev = load_split(task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
     torch.manual_seed(cfg.seed)
     base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding, cfg.objective)

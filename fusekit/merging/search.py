@@ -57,8 +57,9 @@ def grid_points(method: str, grid: dict[str, list[float]]) -> list[dict[str, flo
 def nothing_held_out(run: Run) -> str | None:
     """Why the run left no training example of its task unseen (none is left to select on), or None."""
     train = load_split(get_task(run.head_task), "train", run.config.data)
-    empty = len(train.held_out(run.config.max_train, run.config.seed)) == 0
-    return train.why_none_held_out(run.config.max_train) if empty else None
+    cfg = run.config
+    empty = len(train.held_out(cfg.max_train, cfg.seed, cfg.subset_from)) == 0
+    return train.why_none_held_out(cfg.max_train, cfg.subset_from) if empty else None
 
 
 def held_out_split(run: Run, examples: int, seed: int) -> Split:
@@ -67,10 +68,12 @@ def held_out_split(run: Run, examples: int, seed: int) -> Split:
     never the reported split."""
     task = get_task(run.head_task)
     train = load_split(task, "train", run.config.data)
-    unseen = train.held_out(run.config.max_train, run.config.seed)
+    cfg = run.config
+    unseen = train.held_out(cfg.max_train, cfg.seed, cfg.subset_from)
     if len(unseen) == 0:
-        console.print(f"warning: {run.folder}: {train.why_none_held_out(run.config.max_train)}; selecting on a "
-                      "sample of all of them (biased towards the finetuned adapters, still not the reported split)")
+        why = train.why_none_held_out(cfg.max_train, cfg.subset_from)
+        console.print(f"warning: {run.folder}: {why}; selecting on a sample of all of them (biased towards the "
+                      "finetuned adapters, still not the reported split)")
         unseen = train
     return unseen.capped(examples, seed)
 

@@ -22,14 +22,14 @@ Config = TypeVar("Config", TrainConfig, JointConfig)
 
 # Settings whose right value depends on the task and the model: None in TrainConfig means "resolve here".
 DEFAULTED = ("lr", "head_lr", "head_init", "epochs", "batch_size", "eval_batch_size", "max_length",
-             "pair_encoding", "target_modules")
+             "pair_encoding", "target_modules", "subset_from")
 
 # What an encoder with a head and a generative model each learn well with, before any task says otherwise.
 MODEL_DEFAULTS: dict[str, dict[str, object]] = {
     "head": {"lr": 1e-3, "head_lr": 5e-3, "head_init": "fresh", "epochs": 3, "batch_size": 16, "eval_batch_size": 128,
-             "max_length": 128, "pair_encoding": "cross"},
+             "max_length": 128, "pair_encoding": "cross", "subset_from": "examples"},
     "text": {"lr": 1e-3, "head_lr": None, "head_init": None, "epochs": 1, "batch_size": 16, "eval_batch_size": 64,
-             "max_length": 256, "pair_encoding": "cross"},
+             "max_length": 256, "pair_encoding": "cross", "subset_from": "examples"},
 }
 # L-LoRA moves less per step than LoRA (its tangent model's gradient is the Jacobian at φ0 alone): a task's step
 # size tuned for LoRA does not carry over, so L-LoRA's comes from a task's `<family>:l-lora` entry, else from here.
@@ -94,7 +94,7 @@ def changed_settings(recorded: dict, cfg: Config) -> list[str]:
     """The settings a finished run recorded (its config.yaml, resolved) that differ from what `cfg` asks once its
     defaults are resolved: what decides whether the run may be reused (the checkpoint interval never matters)."""
     wanted = dataclasses.asdict(resolve_defaults(cfg).config)
-    recorded = {"precision": "auto", **recorded}  # runs from before precision was a setting
+    recorded = {"precision": "auto", "subset_from": "examples", **recorded}  # runs from before these settings
     return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k] and k != "checkpoint_every")
 
 

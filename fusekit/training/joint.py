@@ -92,8 +92,8 @@ class JointTraining:
         """Each task's training subset, its fixed held-out sample (CoBa's signal) and its dev split."""
         cfg = self.cfg
         splits = {t.name: load_split(t, "train", cfg.data) for t in self.tasks}
-        self.train = {n: s.capped(cfg.max_train, cfg.seed) for n, s in splits.items()}
-        held = {n: s.held_out(cfg.max_train, cfg.seed).capped(cfg.validation_examples, cfg.seed)
+        self.train = {n: s.training_subset(cfg.max_train, cfg.seed, cfg.subset_from) for n, s in splits.items()}
+        held = {n: s.held_out(cfg.max_train, cfg.seed, cfg.subset_from).capped(cfg.validation_examples, cfg.seed)
                 for n, s in splits.items()}
         self.held = {n: (h if len(h) else self.train[n].capped(cfg.validation_examples, cfg.seed))
                      for n, h in held.items()}

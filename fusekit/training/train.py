@@ -38,11 +38,11 @@ def evaluation_split(cfg: TrainConfig, full_train: Split) -> Split:
         return load_split(full_train.task, "validation", cfg.data).capped(cfg.max_eval, cfg.seed)
     if cfg.eval_on != "held-out":
         raise FusekitError(f"eval_on {cfg.eval_on!r} is not one of dev, held-out")
-    held = full_train.held_out(cfg.max_train, cfg.seed).capped(cfg.held_out_examples, cfg.seed)
+    held = full_train.held_out(cfg.max_train, cfg.seed, cfg.subset_from).capped(cfg.held_out_examples, cfg.seed)
     if not len(held):
+        why = full_train.why_none_held_out(cfg.max_train, cfg.subset_from)
         raise FusekitError(f"eval_on held-out: max_train {cfg.max_train} of {len(full_train)} leaves no training "
-                           f"example unseen ({full_train.why_none_held_out(cfg.max_train)}; expected a smaller "
-                           "max_train)")
+                           f"example unseen ({why}; expected a smaller max_train)")
     return held
 
 
@@ -54,7 +54,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     session = TrainingSession(cfg, "run", overwrite)
     procs, device = session.procs, session.setup_device()
     full_train = load_split(task, "train", cfg.data)
-    train_split = full_train.capped(cfg.max_train, cfg.seed)
+    train_split = full_train.training_subset(cfg.max_train, cfg.seed, cfg.subset_from)
     eval_split = evaluation_split(cfg, full_train)
     seed_everything(cfg.seed)
     base = _load_base(cfg, task, train_split)
