@@ -151,6 +151,30 @@ def test_a_study_rerun_compares_resolved_settings(tiny_config, tmp_path, monkeyp
         check_unchanged(stage, tmp_path)
 
 
+def test_a_finished_baseline_is_reused_only_with_the_settings_it_recorded(tiny_config, tmp_path):
+    """A baseline's probe and majority class come from the training subset: a changed subset (here SST-2 drawn from
+    whole sentences) is a changed stage; a file from before baselines recorded settings is held to the defaults."""
+    from fusekit.errors import FusekitError
+    from fusekit.evaluation.baselines import recorded_settings
+    from fusekit.study.plan import Stage, StageId
+    from fusekit.study.run import check_unchanged
+
+    stage = Stage(StageId("baseline", "sst2"), "baseline", replace(tiny_config, task="sst2", subset_from=None))
+    path = tmp_path / "baseline/sst2/baseline.json"
+    path.parent.mkdir(parents=True)
+    resolved = resolve_defaults(stage.config).config
+    assert resolved.subset_from == "sentences"
+    path.write_text(json.dumps({"settings": recorded_settings(resolved)}))
+    check_unchanged(stage, tmp_path)
+    path.write_text(json.dumps({"settings": recorded_settings(replace(resolved, max_train=7))}))
+    with pytest.raises(FusekitError, match="computed with different max_train"):
+        check_unchanged(stage, tmp_path)
+    path.write_text(json.dumps({}))  # recorded before the setting: drawn from every phrase
+    with pytest.raises(FusekitError, match="computed with different subset_from"):
+        check_unchanged(stage, tmp_path)
+    check_unchanged(replace(stage, config=replace(stage.config, subset_from="examples")), tmp_path)
+
+
 def test_lp_ft_starts_the_head_at_the_linear_probe(tiny_config, glue_dir, tmp_path):
     """head_init probe: the head the adapter trains under is the probe fitted on the frozen features; fresh: the
     model class's own init. A run with it trains end to end."""

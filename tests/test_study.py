@@ -521,6 +521,28 @@ def test_restore_skips_stages_the_recipe_now_plans_differently(tmp_path, tiny_mo
     assert not (out / "merge/lora-delta-w-average").exists()  # merged on other held-out examples: not restored
 
 
+def test_a_tune_that_chooses_otherwise_than_published_retires_what_followed_it(tmp_path):
+    """Plans read today's tune choice, so a retuned task's training looks unchanged: its adapters, baseline and the
+    merges of them are not the published stages (not restored, no reproduction claimed); other tasks' are."""
+    from fusekit.study.plan import Stage, StageId
+    from fusekit.study.restore import retrained_differently
+
+    def stage(kind, task=None, variant=None, needs=()):
+        return Stage(StageId(kind, task, variant), kind, None, needs)
+
+    stages = [stage("tune", "sst2", "lora"), stage("tune", "rte", "lora"), stage("baseline", "sst2"),
+              stage("baseline", "rte"), stage("train", "sst2", "lora"), stage("train", "rte", "lora"),
+              stage("train", "sst2", "l-lora")]
+    stages += [stage("merge", needs=(stages[4].name, stages[5].name)), stage("merge", "x", needs=(stages[5].name,))]
+    for task, lr in (("sst2", 0.1), ("rte", 0.2)):
+        (tmp_path / f"tune/{task}-lora").mkdir(parents=True)
+        (tmp_path / f"tune/{task}-lora/tune.json").write_text(json.dumps({"chosen": {"lr": lr}}))
+    records = {"tune/sst2-lora": {"tune.json": {"chosen": {"lr": 0.3}}},
+               "tune/rte-lora": {"tune.json": {"chosen": {"lr": 0.2}}}}
+    stale = retrained_differently(stages, records, tmp_path)
+    assert stale == {stages[2].name, stages[4].name, stages[7].name}
+
+
 @pytest.mark.parametrize("layout, message", [({}, "expected scores.json there"),
                                              ({"scores.json": "[1]"}, "expected recipe.yaml there")])
 def test_restore_from_a_folder_that_is_not_published_results_is_one_line(tmp_path, tiny_model, glue_dir, layout,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -48,7 +49,7 @@ def run_baselines(cfg: TrainConfig, path: Path) -> dict:
     torch.manual_seed(cfg.seed)
     base = load_base_model(cfg.model, task, cfg.pooling, cfg.pair_encoding, cfg.objective)
     result = {"task": task.name, "examples": len(dev), "train_examples": len(train), "head": base.head.meta(),
-              "majority": majority(task, train, dev)}
+              "settings": recorded_settings(cfg), "majority": majority(task, train, dev)}
     if base.head.text:
         result |= {"zero_shot": prompted(base, task, dev, cfg), "head_only": None}
     else:
@@ -63,6 +64,12 @@ def run_baselines(cfg: TrainConfig, path: Path) -> dict:
         f"{name} {result[key]['score']:.4f}" for name, key in (("majority", "majority"), ("head-only", "head_only"),
                                                                ("zero-shot", "zero_shot")) if result[key]))
     return result
+
+
+def recorded_settings(cfg: TrainConfig) -> dict:
+    """The resolved settings the baselines were computed with (the output folder aside): a study reuses a finished
+    baseline only while its recipe still asks for these."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
 
 
 def prompted(base: BaseModel, task: TaskSpec, dev: Split, cfg: TrainConfig) -> dict[str, float]:

@@ -32,8 +32,9 @@ from fusekit.artifacts.reading import read_json, read_jsonl
 from fusekit.artifacts.staging import staged_dir
 from fusekit.data.tasks import get_task
 from fusekit.errors import FusekitError
-from fusekit.study.plan import plan
+from fusekit.study.plan import Stage, plan
 from fusekit.study.recipe import StudyConfig, load_study
+from fusekit.training.tune import chosen_settings
 
 # the records each restorable kind of stage leaves: its scores file first (what `scores.json` publishes), then
 # the others (what `records.json` publishes)
@@ -102,21 +103,37 @@ def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
     restored = []
     for phase in ("tune", "other"):  # the plan reads what the restored tunes chose
         published_plan = {s.name: s for s in plan(then, str(published / STUDY_RECIPE))}
-        for stage in plan(study, recipe):
+        stages = plan(study, recipe)
+        stale = retrained_differently(stages, records, out)
+        for stage in stages:
             if (stage.kind == "tune") != (phase == "tune") or stage.kind not in RECORDS or is_done(stage, out):
                 continue
             files = records.get(stage.name, {})
             same = published_plan.get(stage.name)
-            if same is None or same.config != stage.config or not all(n in files for n in RECORDS[stage.kind]):
+            if same is None or same.config != stage.config or not all(n in files for n in RECORDS[stage.kind]) \
+                    or stage.name in stale:
                 continue
             with staged_dir(out / stage.name, overwrite=False, kind=RESTORED_KIND) as folder:
                 for name in RECORDS[stage.kind]:
                     atomic_write_json(folder / name, files[name])
             restored.append(stage.name)
     atomic_write_json(out / RESTORED_SCORES, {name: files[EVAL] for name, files in records.items()
-                                              if name.split("/", 1)[0] in ("train", "joint") and EVAL in files})
+                                              if name.split("/", 1)[0] in ("train", "joint") and EVAL in files
+                                              and name not in stale})
     _carry_costs(published, out)
     return restored
+
+
+def retrained_differently(stages: list[Stage], records: dict[str, dict], out: Path) -> set[str]:
+    """The stages that no longer stand for what was published because a tune they follow chose other settings
+    than the published one (its grid changed): the training stages of that task and variant, their baseline, and
+    every stage that reads those adapters. Their plans look the same (both read today's choice), their work is not."""
+    retuned = {(s.id.task, s.id.variant) for s in stages if s.kind == "tune"
+               and chosen_settings(out / s.name) not in (None, records.get(s.name, {}).get(TUNE, {}).get("chosen"))}
+    first = {s.id.task: s.id.variant for s in reversed(stages) if s.kind == "train"}
+    stale = {s.name for s in stages if s.kind == "train" and (s.id.task, s.id.variant) in retuned}
+    stale |= {s.name for s in stages if s.kind == "baseline" and (s.id.task, first.get(s.id.task)) in retuned}
+    return stale | {s.name for s in stages if stale.intersection(s.needs)}
 
 
 def _carry_costs(published: Path, out: Path) -> None:

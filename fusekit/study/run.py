@@ -83,7 +83,7 @@ def is_done(stage: Stage, out: Path) -> bool:
 
 
 def check_unchanged(stage: Stage, out: Path) -> None:
-    """A finished training or disentangle stage is reused only if the recipe still asks for the same one."""
+    """A finished stage is reused only if the recipe still asks for the same one."""
     if stage.kind == "disentangle":
         recorded = read_json(out / stage.name / DISENTANGLEMENT, "disentanglement", expect=list)
         job: DisentangleJob = stage.config
@@ -104,6 +104,12 @@ def check_unchanged(stage: Stage, out: Path) -> None:
         if changed:
             raise FusekitError(f"{out / stage.name} was merged with different {', '.join(changed)} than the recipe "
                                "asks (delete the folder to merge again, or change `out`)")
+    if stage.kind == "baseline":  # files from before baselines recorded settings: held to the settings' defaults
+        recorded = read_json(out / stage.name / BASELINE, "baselines").get("settings", {})
+        changed = changed_settings(recorded, stage.config) if isinstance(recorded, dict) else ["settings"]
+        if changed:
+            raise FusekitError(f"{out / stage.name} was computed with different {', '.join(changed)} than the "
+                               "recipe asks (delete the folder to rerun it, or change `out`)")
     if stage.kind not in ("train", "joint"):
         return
     recorded = read_yaml(out / stage.name / CONFIG, "recorded config")
