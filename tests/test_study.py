@@ -499,6 +499,13 @@ def test_a_published_study_continues_on_a_machine_that_lost_its_runs(tmp_path, t
     assert ran == ["train/sst2-lora", "train/mrpc-lora", "merge/lora-delta-w-average"]
     report = write_report(out).read_text()
     assert "Trained again on this machine: 2 adapters the study had published; 2 scored exactly" in report
+    restored = json.loads((out / "restored-scores.json").read_text())
+    restored["train/sst2-lora"]["sst2"]["loss"] += 1e-9  # the dev loss's last digits follow the thread count
+    (out / "restored-scores.json").write_text(json.dumps(restored))
+    assert "2 scored exactly" in write_report(out).read_text()
+    restored["train/sst2-lora"]["sst2"]["score"] += 1e-9
+    (out / "restored-scores.json").write_text(json.dumps(restored))
+    assert "1 scored exactly" in write_report(out).read_text()
     publish(out, out / "report.md", docs)
     scores = json.loads((docs / "scores.json").read_text())
     assert scores["merge/lora-delta-w-task-arithmetic"] == merged and "merge/lora-delta-w-average" in scores
