@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,6 +98,23 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(two_runs, tmp_pa
         other.wait()
     assert merge(runs, "--out", out).exit_code == 0  # its process is gone: the lock is stale
     assert not (tmp_path / "merged.lock").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="zombies are told apart through /proc")
+def test_a_lock_whose_writer_exited_unreaped_is_stale(tmp_path):
+    """A killed Ray worker stays a zombie until its parent reaps it, and still answers kill(pid, 0): its lock must
+    not stop the retry of its stage."""
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+            time.sleep(0.01)  # exited, not reaped: os.kill(pid, 0) still succeeds
+        (tmp_path / "out.lock").write_text(json.dumps({"pid": child.pid, "host": os.uname().nodename}))
+        with OutputLock(tmp_path / "out"):
+            assert json.loads((tmp_path / "out.lock").read_text())["pid"] == os.getpid()
+    finally:
+        child.wait()
 
 
 def test_a_lock_is_exclusive_between_processes(tmp_path):

@@ -122,7 +122,17 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` exited and waits to be reaped by its parent (a killed Ray worker, for a moment): it still
+    answers kill(pid, 0) but holds nothing. Linux says so in /proc; elsewhere it counts as alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 class OutputLock:
