@@ -154,10 +154,11 @@ class TrainConfig:
     eval_batch_size: int | None = setting(None, "examples per evaluation batch", AT_LEAST_ONE)
     max_length: int | None = setting(None, "tokens per example (truncation)", Allowed(low=4))
     max_train: int | None = setting(None, "cap on training examples (seeded subset)", AT_LEAST_ONE)
-    subset_from: str | None = setting(None, "what the training subset is drawn from: examples (all of them) or "
-                                            "sentences (SST-2, whose training examples are every phrase of "
-                                            "parsed sentences: the whole sentences alone; other tasks' examples "
-                                            "are sentences already)", Allowed(choices=SUBSET_SOURCES))
+    subset_from: str | None = setting(None, "what a capped training subset is drawn from: examples (all of them) "
+                                            "or sentences (SST-2, whose training examples are every phrase of "
+                                            "parsed sentences: whole sentences first, phrases only beyond them; "
+                                            "other tasks' examples are sentences already)",
+                                      Allowed(choices=SUBSET_SOURCES))
     max_eval: int | None = setting(None, "cap on validation examples", AT_LEAST_ONE)
     eval_on: str = setting("dev", "what the run is scored on: dev, or held-out (training examples outside the "
                                   "max_train subset, what fusekit tune scores; dev is then never read)",

@@ -130,16 +130,20 @@ def test_phrase_tree_tasks_hold_out_whole_sentences_no_trained_phrase_is_part_of
     assert len(rte.held_out(9, 0)) == 2  # other tasks: every example the subset left out
 
 
-def test_a_sentences_subset_draws_each_whole_sentence_once_and_holds_out_the_rest():
-    """`subset_from: sentences` trains on whole sentences only (SST-2's dev scores whole sentences); what it leaves
-    out is held out whole, and tasks whose examples are sentences already draw as before."""
+def test_a_sentences_subset_draws_whole_sentences_first_and_holds_out_the_rest():
+    """`subset_from: sentences` trains on whole sentences first (SST-2's dev scores whole sentences), then random
+    phrases once every sentence is drawn, and uncapped on everything; what it leaves out is held out whole, and
+    tasks whose examples are sentences already draw as before."""
     phrases = ["a charming film", "charming film", "charming", "a dull plot", "dull plot", "dull", "an odd tale",
                "odd", "a dull plot", "plot twists", "film"]
     split = Split(get_task("sst2"), [(p,) for p in phrases], [1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 1])
     pool = [0, 3, 6, 9]  # each whole sentence once, in file order ("a dull plot" again at 8 is not drawn twice)
     drawn = sorted(random.Random(0).sample(pool, 2))
     assert split.training_subset(2, 0, "sentences").texts == [(phrases[i],) for i in drawn]
-    assert split.training_subset(None, 0, "sentences").texts == [(phrases[i],) for i in pool]
+    assert split.training_subset(None, 0, "sentences").texts == split.texts  # uncapped: the whole split
+    rest = [i for i in range(11) if i not in pool]
+    more = sorted(pool + random.Random(0).sample(rest, 2))
+    assert split.training_subset(6, 0, "sentences").texts == [(phrases[i],) for i in more]
     assert split.training_subset(2, 0, "examples").texts == split.capped(2, 0).texts
     assert split.training_subset(2, 0).texts == split.capped(2, 0).texts  # runs recorded before the setting
     held = split.held_out(2, 0, "sentences")

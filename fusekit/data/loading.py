@@ -50,56 +50,62 @@ class Split:
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), limit)))
 
     def training_subset(self, limit: int | None, seed: int, subset_from: str | None = None) -> Split:
-        """What a run trains on: `capped(limit, seed)`, or with `subset_from: sentences` a seeded subset of the
-        task's whole sentences (SST-2, whose training examples are every phrase of parsed sentences: dev scores
-        whole sentences). Other tasks' examples are sentences already: `sentences` changes nothing there."""
-        pool = self._pool(subset_from)
-        if pool is None:
+        """What a run trains on: `capped(limit, seed)`, or with `subset_from: sentences` the task's whole sentences
+        first (SST-2, whose training examples are every phrase of parsed sentences, while dev scores whole
+        sentences): a cap within their number draws sentences alone, a larger one adds random phrases, and no cap
+        is the whole split either way. Other tasks' examples are sentences already: nothing changes there."""
+        sentences = self._sentences(subset_from)
+        if sentences is None:
             return self.capped(limit, seed)
-        return self.subset(self._drawn(pool, limit, seed))
+        return self.subset(self._sentences_first(sentences, limit, seed))
 
     def held_out(self, used: int | None, seed: int, subset_from: str | None = None) -> Split:
         """The examples that `training_subset(used, seed, subset_from)` left out: training data a run never saw
         (may be empty). For a task whose training split is phrases of parsed sentences, the whole sentences none
         of whose phrases was trained on (fusekit.data.phrases)."""
-        pool = self._pool(subset_from)
-        size = len(self) if pool is None else len(pool)
-        if used is None or used >= size:
+        sentences = self._sentences(subset_from)
+        if used is None or used >= len(self):
             return self.subset([])
-        if pool is None:
+        if sentences is None:
             taken = set(random.Random(seed).sample(range(len(self)), used))
         else:
-            taken = set(self._drawn(pool, used, seed))
+            taken = set(self._sentences_first(sentences, used, seed))
         if self.task.phrase_tree:
             return self.subset(unseen_sentences([texts[0] for texts in self.texts], taken))
         return self.subset([i for i in range(len(self)) if i not in taken])
 
     def why_none_held_out(self, used: int | None, subset_from: str | None = None) -> str:
         """Why `held_out(used, …)` is empty, in words for an error."""
-        pool = self._pool(subset_from)
-        if pool is not None and (used is None or used >= len(pool)):
-            return f"it trained on every whole {self.task.name} training sentence"
         if used is None or used >= len(self):
             return f"it trained on every {self.task.name} training example"
+        sentences = self._sentences(subset_from)
+        if sentences is not None and used >= len(sentences):
+            return f"it trained on every whole {self.task.name} training sentence"
         return f"every whole {self.task.name} sentence shares a phrase with its training subset"
 
-    def _pool(self, subset_from: str | None) -> list[int] | None:
-        """The indices a `sentences` subset is drawn from (each whole sentence once), or None to draw from all."""
+    def _sentences(self, subset_from: str | None) -> list[int] | None:
+        """The indices of the whole sentences (each once) when a `sentences` subset is asked of a phrase-tree task,
+        else None (draw from every example)."""
         if subset_from != "sentences" or not self.task.phrase_tree:
             return None
-        phrases = [" ".join(texts[0].split()) for texts in self.texts]
-        sentences, seen, pool = whole_sentences(tuple(texts[0] for texts in self.texts)), set(), []
-        for i, text in enumerate(phrases):
-            if text in sentences and text not in seen:
+        whole = whole_sentences(tuple(texts[0] for texts in self.texts))
+        seen: set[str] = set()
+        indices = []
+        for i, texts in enumerate(self.texts):
+            text = " ".join(texts[0].split())
+            if text in whole and text not in seen:
                 seen.add(text)
-                pool.append(i)
-        return pool
+                indices.append(i)
+        return indices
 
-    @staticmethod
-    def _drawn(pool: list[int], limit: int | None, seed: int) -> list[int]:
-        if limit is None or limit >= len(pool):
-            return pool
-        return sorted(random.Random(seed).sample(pool, limit))
+    def _sentences_first(self, sentences: list[int], limit: int | None, seed: int) -> list[int]:
+        if limit is None or limit >= len(self):
+            return list(range(len(self)))
+        if limit <= len(sentences):
+            return sorted(random.Random(seed).sample(sentences, limit))
+        chosen = set(sentences)
+        rest = [i for i in range(len(self)) if i not in chosen]
+        return sorted(sentences + random.Random(seed).sample(rest, limit - len(sentences)))
 
 
 def looks_like_path(source: str) -> bool:
