@@ -546,7 +546,7 @@ def test_a_tune_that_chooses_otherwise_than_published_retires_what_followed_it(t
         (tmp_path / f"tune/{task}-lora/tune.json").write_text(json.dumps({"chosen": {"lr": lr}}))
     records = {"tune/sst2-lora": {"tune.json": {"chosen": {"lr": 0.3}}},
                "tune/rte-lora": {"tune.json": {"chosen": {"lr": 0.2}}}}
-    stale = retrained_differently(stages, records, tmp_path)
+    stale = retrained_differently(stages, records, tmp_path, baseline_variant="lora")
     assert stale == {stages[2].name, stages[4].name, stages[7].name}
 
 

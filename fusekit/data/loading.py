@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fusekit.data.batching import LengthGroupedBatches
-from fusekit.data.phrases import unseen_sentences, whole_sentences
+from fusekit.data.phrases import sentence_indices, unseen_sentences
 from fusekit.data.tasks import DEFAULT_HUB_DATASET, HUB_SPLITS, TaskSpec
 from fusekit.errors import FusekitError
 
@@ -88,15 +88,7 @@ class Split:
         else None (draw from every example)."""
         if subset_from != "sentences" or not self.task.phrase_tree:
             return None
-        whole = whole_sentences(tuple(texts[0] for texts in self.texts))
-        seen: set[str] = set()
-        indices = []
-        for i, texts in enumerate(self.texts):
-            text = " ".join(texts[0].split())
-            if text in whole and text not in seen:
-                seen.add(text)
-                indices.append(i)
-        return indices
+        return list(sentence_indices(tuple(texts[0] for texts in self.texts)))
 
     def _sentences_first(self, sentences: list[int], limit: int | None, seed: int) -> list[int]:
         if limit is None or limit >= len(self):

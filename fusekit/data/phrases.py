@@ -34,16 +34,20 @@ def whole_sentences(phrases: tuple[str, ...]) -> frozenset[str]:
     return frozenset(known - inner)
 
 
-def unseen_sentences(phrases: list[str], trained: set[int]) -> list[int]:
-    """Indices of the whole sentences none of whose word spans is one of the `trained` phrases (each once)."""
-    sentences = whole_sentences(tuple(phrases))
-    seen = {" ".join(phrases[i].split()) for i in trained}
-    kept, taken = [], set()
+@lru_cache(maxsize=4)
+def sentence_indices(phrases: tuple[str, ...]) -> tuple[int, ...]:
+    """Where each whole sentence first occurs among the phrases (a sentence labelled twice counts once)."""
+    sentences, taken, indices = whole_sentences(phrases), set(), []
     for i, phrase in enumerate(phrases):
         text = " ".join(phrase.split())
-        if i in trained or text in taken or text not in sentences:
-            continue
-        if not any(span in seen for span in word_spans(text)):
-            kept.append(i)
+        if text in sentences and text not in taken:
             taken.add(text)
-    return kept
+            indices.append(i)
+    return tuple(indices)
+
+
+def unseen_sentences(phrases: list[str], trained: set[int]) -> list[int]:
+    """Indices of the whole sentences none of whose word spans is one of the `trained` phrases (each once)."""
+    seen = {" ".join(phrases[i].split()) for i in trained}
+    return [i for i in sentence_indices(tuple(phrases))
+            if not any(span in seen for span in word_spans(" ".join(phrases[i].split())))]

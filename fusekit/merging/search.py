@@ -56,8 +56,8 @@ def grid_points(method: str, grid: dict[str, list[float]]) -> list[dict[str, flo
 
 def nothing_held_out(run: Run) -> str | None:
     """Why the run left no training example of its task unseen (none is left to select on), or None."""
-    train = load_split(get_task(run.head_task), "train", run.config.data)
     cfg = run.config
+    train = load_split(get_task(run.head_task), "train", cfg.data)
     empty = len(train.held_out(cfg.max_train, cfg.seed, cfg.subset_from)) == 0
     return train.why_none_held_out(cfg.max_train, cfg.subset_from) if empty else None
 
@@ -66,9 +66,8 @@ def held_out_split(run: Run, examples: int, seed: int) -> Split:
     """`examples` training examples of the run's task that it never trained on (all of them, with a warning, when
     it left none unseen and the merge was told `select_on_seen`): what searches and data-aware merges may look at,
     never the reported split."""
-    task = get_task(run.head_task)
-    train = load_split(task, "train", run.config.data)
     cfg = run.config
+    train = load_split(get_task(run.head_task), "train", cfg.data)
     unseen = train.held_out(cfg.max_train, cfg.seed, cfg.subset_from)
     if len(unseen) == 0:
         why = train.why_none_held_out(cfg.max_train, cfg.subset_from)

@@ -104,7 +104,7 @@ def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
     for phase in ("tune", "other"):  # the plan reads what the restored tunes chose
         published_plan = {s.name: s for s in plan(then, str(published / STUDY_RECIPE))}
         stages = plan(study, recipe)
-        stale = retrained_differently(stages, records, out)
+        stale = retrained_differently(stages, records, out, baseline_variant=next(iter(study.adapters)))
         for stage in stages:
             if (stage.kind == "tune") != (phase == "tune") or stage.kind not in RECORDS or is_done(stage, out):
                 continue
@@ -124,15 +124,16 @@ def restore(study: StudyConfig, recipe: str, published: Path) -> list[str]:
     return restored
 
 
-def retrained_differently(stages: list[Stage], records: dict[str, dict], out: Path) -> set[str]:
+def retrained_differently(stages: list[Stage], records: dict[str, dict], out: Path,
+                          baseline_variant: str) -> set[str]:
     """The stages that no longer stand for what was published because a tune they follow chose other settings
-    than the published one (its grid changed): the training stages of that task and variant, their baseline, and
-    every stage that reads those adapters. Their plans look the same (both read today's choice), their work is not."""
+    than the published one (its grid changed): the training stages of that task and variant, the task's baseline
+    (computed with `baseline_variant`'s settings), and every stage that reads those adapters. Their plans look the
+    same (both read today's choice), their work is not."""
     retuned = {(s.id.task, s.id.variant) for s in stages if s.kind == "tune"
                and chosen_settings(out / s.name) not in (None, records.get(s.name, {}).get(TUNE, {}).get("chosen"))}
-    first = {s.id.task: s.id.variant for s in reversed(stages) if s.kind == "train"}
     stale = {s.name for s in stages if s.kind == "train" and (s.id.task, s.id.variant) in retuned}
-    stale |= {s.name for s in stages if s.kind == "baseline" and (s.id.task, first.get(s.id.task)) in retuned}
+    stale |= {s.name for s in stages if s.kind == "baseline" and (s.id.task, baseline_variant) in retuned}
     return stale | {s.name for s in stages if stale.intersection(s.needs)}
 
 
