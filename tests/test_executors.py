@@ -194,3 +194,31 @@ def test_an_interrupted_stage_counts_the_time_it_ran_before_it_resumed(tmp_path,
         lines.write(json.dumps({"stage": "train/sst2-lora", "status": "done", "seconds": 60.0, "peak_rss_mb": 9.0})
                     + "\n")
     assert f"| train/sst2-lora | {(180 + stopped['seconds']) / 60:.1f} | 9 |" in stage_table(out)
+
+
+def test_a_finished_stage_records_the_machine_it_ran_on(tmp_path, tiny_model, glue_dir):
+    """Last digits follow the CPU kind and thread count: the stage log and the report's cost table say which."""
+    from fusekit.progress import JsonlLog
+    from fusekit.study.executors import LocalExecutor
+    from fusekit.study.report import stage_table
+    from fusekit.study.resources import measure
+
+    recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", merge=None, joint=None)
+    stages = [s for s in plan(load_study(recipe), str(recipe)) if s.name == "train/sst2-lora"]
+    out = tmp_path / "study"
+    out.mkdir()
+    def measured(stage, folder):
+        with measure() as usage:
+            pass
+        return usage
+
+    log = JsonlLog(out / "stages.jsonl")
+    LocalExecutor().run(stages, out, measured, log)
+    log.close()
+    done = stage_records(out)[-1]
+    assert done["status"] == "done" and done["machine"].endswith(f", {torch.get_num_threads()} threads")
+    assert f"| {done['machine']} |" in stage_table(out)
+    with (out / "stages.jsonl").open("a") as lines:  # a record from before fusekit logged the machine
+        lines.write(json.dumps({"stage": "train/sst2-lora", "status": "done", "seconds": 6.0, "peak_rss_mb": 9.0})
+                    + "\n")
+    assert "| train/sst2-lora | 0.1 | 9 | – | – |" in stage_table(out)

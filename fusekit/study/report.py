@@ -74,17 +74,27 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def reproduction_line(study: Path) -> str | None:
-    """In a study continued with --restore: whether the adapters trained again scored what was published."""
-    pairs = [(train_scores(study, s.id), published_scores(study, s.name)) for s in planned_stages(study)
+    """In a study continued with --restore: whether the adapters trained again scored what was published, naming
+    each that did not."""
+    pairs = [(s.name, train_scores(study, s.id), published_scores(study, s.name)) for s in planned_stages(study)
              if s.kind == "train" and (study / s.name / CONFIG).is_file() and published_scores(study, s.name)]
     if not pairs:
         return None
-    gaps = [abs(mine[t]["score"] - theirs[t]["score"]) for mine, theirs in pairs for t in theirs if t in mine]
-    same = sum(_metrics(mine) == _metrics(theirs) for mine, theirs in pairs)
-    gap = max(gaps, default=0.0)
-    shown = f"{gap:.1e}" if 0 < gap < 5e-5 else f"{gap:.4f}"  # a last-digit difference shown as one, not as 0
-    return (f"Trained again on this machine: {len(pairs)} adapters the study had published; {same} scored exactly "
-            f"the published dev scores (largest difference {shown}).")
+    differing = [(name, mine, theirs) for name, mine, theirs in pairs if _metrics(mine) != _metrics(theirs)]
+    line = (f"Trained again on this machine: {len(pairs)} adapters the study had published; "
+            f"{len(pairs) - len(differing)} scored exactly the published dev scores")
+    if not differing:
+        return line + "."
+    shown = [f"{name.removeprefix('train/')} {_score(mine, theirs)}" for name, mine, theirs in differing]
+    return f"{line}; the others (now against published): {', '.join(shown)}."
+
+
+def _score(mine: dict, theirs: dict) -> str:
+    """The official score now against the published one; a last-digit difference shown as one, not as equal."""
+    task = next(t for t in theirs if t in mine)
+    now, then = mine[task]["score"], theirs[task]["score"]
+    shown = f"{now:.4f} against {then:.4f}"
+    return shown if f"{now:.4f}" != f"{then:.4f}" else f"{shown} ({abs(now - then):.1e} apart)"
 
 
 def _metrics(scores: dict) -> dict:
@@ -297,7 +307,8 @@ def disentanglement_section(study: Path, grids: dict[str, dict[str, object]], fi
 
 def stage_table(study: Path) -> str:
     """Each finished stage's wall time, the tries interrupted since it last finished included (a training stage
-    resumes from its checkpoint; what it ran before counts), and its peak memory."""
+    resumes from its checkpoint; what it ran before counts), its peak memory and what it ran on (stages logged
+    before fusekit recorded it: –)."""
     latest, interrupted = {}, {}
     path = study / STAGES
     for record in read_jsonl(path, "stage log") if path.is_file() else []:
@@ -307,10 +318,11 @@ def stage_table(study: Path) -> str:
         elif {"stage", "seconds", "peak_rss_mb"} <= record.keys():  # the latest finished try of each stage
             latest[name] = {**record, "seconds": record["seconds"] + interrupted.pop(name, 0.0)}
     rows = [[name, f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mb']:.0f}",
-             f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "–"] for name, r in latest.items()]
+             f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "–", r.get("machine", "–")]
+            for name, r in latest.items()]
     total = sum(r["seconds"] for r in latest.values())
-    rows.append(["**total**", f"**{total / 60:.1f}**", "", ""])
-    return _table(["stage", "wall (min)", "peak RSS (MiB)", "peak GPU (MiB)"], rows)
+    rows.append(["**total**", f"**{total / 60:.1f}**", "", "", ""])
+    return _table(["stage", "wall (min)", "peak RSS (MiB)", "peak GPU (MiB)", "ran on"], rows)
 
 
 def write_report(study: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import resource
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 _STATUS = Path("/proc/self/status")
+_CPUINFO = Path("/proc/cpuinfo")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
@@ -39,10 +41,20 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def machine() -> str:
+    """What ran a stage: the GPU, or the CPU's model and torch's thread count. Float results differ in their last
+    digits between CPU kinds and thread counts (other kernels, other summation orders), so a stage log says which."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    lines = _CPUINFO.read_text(errors="replace").splitlines() if _CPUINFO.is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{model or platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+
+
 @contextmanager
 def measure() -> Iterator[dict]:
-    """Fill a dict with `seconds`, `peak_rss_mb`, `rss_growth_mb` (peak over the RSS at the start; Linux only)
-    and `peak_cuda_mb` on a GPU, when the block ends."""
+    """Fill a dict with `seconds`, `machine`, `peak_rss_mb`, `rss_growth_mb` (peak over the RSS at the start; Linux
+    only) and `peak_cuda_mb` on a GPU, when the block ends."""
     usage: dict = {}
     per_stage = _reset_peak_rss()
     start_rss = _status_mb("VmRSS")
@@ -51,6 +63,7 @@ def measure() -> Iterator[dict]:
     start = time.perf_counter()
     yield usage
     usage["seconds"] = round(time.perf_counter() - start, 2)
+    usage["machine"] = machine()
     usage["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     usage["rss_scope"] = "stage" if per_stage else "process"
     if per_stage and start_rss is not None:
