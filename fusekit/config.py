@@ -219,9 +219,23 @@ class JointConfig(TrainConfig):
     validation_examples: int = setting(200, "CoBa's fixed held-out sample per task, carved from training "
                                             "examples the run does not use", AT_LEAST_ONE)
     references: list[str] | None = setting(None, "individual run folders, one per task, for normalized scores")
+    task_max_train: list[str] | None = setting(None, "per-task caps over max_train, as task=N (cola=4000): "
+                                                     "the examples each task's own adapter trained on")
 
     def output_dir(self) -> Path:
         return Path(self.out or f"runs/joint-{self.balancer}")
+
+    def task_caps(self) -> dict[str, int | None]:
+        """Each task's cap on its training examples: its `task_max_train` entry, else `max_train`."""
+        names = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        caps: dict[str, int | None] = dict.fromkeys(names, self.max_train)
+        for item in self.task_max_train or []:
+            name, _, number = item.partition("=")
+            if name.strip() not in caps or not number.strip().isdigit() or int(number) < 1:
+                raise FusekitError(f"task_max_train: {item!r} (expected task=N, N ≥ 1, for one of the tasks "
+                                   f"{','.join(names)})")
+            caps[name.strip()] = int(number)
+        return caps
 
 
 def _type_ok(value: object, hint: object) -> bool:

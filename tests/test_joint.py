@@ -79,3 +79,24 @@ def test_joint_bad_input(joint_config, tmp_path, sst2_run):
     with pytest.raises(FusekitError, match="is not a run of cola"):
         train_joint(replace(joint_config, references=[str(sst2_run[0])] * 3, out=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
+
+
+def test_per_task_caps_override_the_shared_one():
+    cfg = JointConfig(tasks="sst2,cola,stsb", max_train=8, task_max_train=["cola=12"])
+    assert cfg.task_caps() == {"sst2": 8, "cola": 12, "stsb": 8}
+    for bad in ("rte=5", "cola=x", "cola=0", "cola"):
+        with pytest.raises(FusekitError, match=f"task_max_train: '{bad}' \\(expected task=N"):
+            replace(cfg, task_max_train=[bad]).task_caps()
+
+
+def test_a_joint_run_trains_each_task_on_its_own_adapters_examples(joint_config, tmp_path):
+    """Capped per task, each task's subset is the one `fusekit train` draws at that cap and seed."""
+    from fusekit.data.loading import load_split
+
+    out = tmp_path / "capped"
+    train_joint(replace(joint_config, max_train=12, task_max_train=["cola=20"], epochs=1, out=str(out)))
+    inputs = json.loads((out / "manifest.json").read_text())["inputs"]
+    for item, cap in zip(inputs, (12, 20, 12)):
+        own = load_split(get_task(item["task"]), "train", joint_config.data).training_subset(cap, joint_config.seed)
+        assert (item["train_examples"], item["train_fingerprint"]) == (len(own), own.fingerprint())
+    assert inputs[1]["train_examples"] == 20 and inputs[0]["train_examples"] == 12

@@ -627,3 +627,16 @@ def test_a_study_loads_all_the_code_its_stages_import_before_the_first_runs():
                              "print('\\n'.join(sys.modules))"], capture_output=True, text=True, check=True).stdout
     missing = sorted(lazy - set(loaded.split()))
     assert not missing, f"add to STAGE_MODULES (or import at module level): {missing}"
+
+
+def test_a_studys_joint_trains_each_task_on_its_own_adapters_examples(tmp_path, tiny_model, glue_dir):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "study",
+                          task_settings={"mrpc": {"max_train": 24}},
+                          joint={"balancers": ["uniform"], "settings": {"lr": 0.01}})
+    joint = next(s for s in plan(load_study(recipe), str(recipe)) if s.kind == "joint")
+    train = {s.config.task: s.config.max_train for s in plan(load_study(recipe), str(recipe)) if s.kind == "train"}
+    assert joint.config.task_caps() == train
+    bad = write_recipe(tmp_path / "bad.yaml", tiny_model, glue_dir, tmp_path / "study",
+                       joint={"balancers": ["uniform"], "settings": {"task_max_train": ["rte=4"]}})
+    with pytest.raises(FusekitError, match="bad.yaml: joint/lora-uniform: task_max_train: 'rte=4'"):
+        plan(load_study(bad), str(bad))

@@ -372,12 +372,26 @@ def _joint_stages(joint: JointSettings, study, runs, seed, source) -> list[Stage
             raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
         for balancer in joint.balancers:
             stage_id = StageId("joint", None, variant, _seed(study, seed), balancer=balancer)
-            keys = {**study.train, **study.adapters[variant], **joint.settings, "tasks": ",".join(study.tasks),
-                    "balancer": balancer, "seed": seed, "references": runs[variant],
+            keys = {**study.train, **study.adapters[variant], **_own_caps(study, variant, seed), **joint.settings,
+                    "tasks": ",".join(study.tasks), "balancer": balancer, "seed": seed, "references": runs[variant],
                     "checkpoint_every": study.checkpoint_every, "out": str(Path(study.out) / stage_id.name)}
             keys.pop("task", None)
-            stages.append(Stage(stage_id, "joint", from_mapping(JointConfig, keys, f"{source}: {stage_id.name}")))
+            config = from_mapping(JointConfig, keys, f"{source}: {stage_id.name}")
+            try:
+                config.task_caps()
+            except FusekitError as error:
+                raise FusekitError(f"{source}: {stage_id.name}: {error}") from None
+            stages.append(Stage(stage_id, "joint", config))
     return stages
+
+
+def _own_caps(study: StudyConfig, variant: str, seed: int) -> dict[str, list[str]]:
+    """A joint trains each task on the examples its own adapter trained on: a task whose training stage is capped
+    otherwise than the study's train keys keeps that cap (`task_max_train`)."""
+    shared = {**study.train, **study.adapters[variant]}.get("max_train")
+    own = {task: _train_keys(study, task, variant, seed).get("max_train") for task in study.tasks}
+    caps = [f"{task}={cap}" for task, cap in own.items() if cap is not None and cap != shared]
+    return {"task_max_train": caps} if caps else {}
 
 
 def describe(stages: list[Stage]) -> str:

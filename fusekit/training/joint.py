@@ -91,9 +91,10 @@ class JointTraining:
     def _setup_data(self) -> None:
         """Each task's training subset, its fixed held-out sample (CoBa's signal) and its dev split."""
         cfg = self.cfg
+        caps = cfg.task_caps()
         splits = {t.name: load_split(t, "train", cfg.data) for t in self.tasks}
-        self.train = {n: s.training_subset(cfg.max_train, cfg.seed, cfg.subset_from) for n, s in splits.items()}
-        held = {n: s.held_out(cfg.max_train, cfg.seed, cfg.subset_from).capped(cfg.validation_examples, cfg.seed)
+        self.train = {n: s.training_subset(caps[n], cfg.seed, cfg.subset_from) for n, s in splits.items()}
+        held = {n: s.held_out(caps[n], cfg.seed, cfg.subset_from).capped(cfg.validation_examples, cfg.seed)
                 for n, s in splits.items()}
         self.held = {n: (h if len(h) else self.train[n].capped(cfg.validation_examples, cfg.seed))
                      for n, h in held.items()}
@@ -212,7 +213,8 @@ class JointTraining:
         return results
 
     def _save(self, stage: Path, results: dict[str, dict[str, float]]) -> None:
-        """The joint folder: the adapter as a task vector, every head, a PEFT folder per task, config, scores."""
+        """The joint folder: the adapter as a task vector, every head, a PEFT folder per task, config, scores; each
+        task's training examples named by count and fingerprint, so a comparison can show they are its adapter's."""
         cfg, model, base = self.cfg, self.model, self.base
         vector = TaskVector.from_weights(model.adapter_state(), model.init_state(),
                                          vector_meta(model, base, self.tasks), frozen=model.frozen_keys())
@@ -221,8 +223,8 @@ class JointTraining:
         write_multitask(stage, vector, heads, cfg.model, {
             "method": "joint", "params": {"balancer": cfg.balancer, "sampling": cfg.sampling,
                                           "temperature": cfg.temperature},
-            "inputs": [{"task": t.name, "run": ref, "max_length": cfg.max_length}
-                       for t, ref in zip(self.tasks, references)],
+            "inputs": [{"task": t.name, "run": ref, "max_length": cfg.max_length, "train_examples": len(self.train[t.name]),
+                        "train_fingerprint": self.train[t.name].fingerprint()} for t, ref in zip(self.tasks, references)],
             "data": cfg.data, "max_length": cfg.max_length, "config": asdict(cfg),
         })
         atomic_write_text(stage / CONFIG, to_yaml(cfg))
