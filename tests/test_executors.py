@@ -170,55 +170,57 @@ def test_the_local_executor_records_a_failed_stage_and_stops(tmp_path, tiny_mode
     assert "no-glue" in line
 
 
-def test_an_interrupted_stage_counts_the_time_it_ran_before_it_resumed(tmp_path, tiny_model, glue_dir):
+def _one_stage_run(tmp_path, tiny_model, glue_dir, runner) -> Path:
+    """train/sst2-lora run by the local executor with `runner` in place of the stage's work; the study folder."""
     from fusekit.progress import JsonlLog
     from fusekit.study.executors import LocalExecutor
-    from fusekit.study.report import stage_table
 
     recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", merge=None, joint=None)
     stages = [s for s in plan(load_study(recipe), str(recipe)) if s.name == "train/sst2-lora"]
     out = tmp_path / "study"
     out.mkdir()
+    log = JsonlLog(out / "stages.jsonl")
+    try:
+        LocalExecutor().run(stages, out, runner, log)
+    finally:
+        log.close()
+    return out
+
+
+def _log_by_hand(out: Path, *records: dict) -> None:
+    with (out / "stages.jsonl").open("a") as lines:
+        lines.writelines(json.dumps({"stage": "train/sst2-lora", **record}) + "\n" for record in records)
+
+
+def test_an_interrupted_stage_counts_the_time_it_ran_before_it_resumed(tmp_path, tiny_model, glue_dir):
+    from fusekit.study.report import stage_table
 
     def interrupted(stage, folder):
         raise KeyboardInterrupt
 
-    log = JsonlLog(out / "stages.jsonl")
     with pytest.raises(KeyboardInterrupt):
-        LocalExecutor().run(stages, out, interrupted, log)
-    log.close()
+        _one_stage_run(tmp_path, tiny_model, glue_dir, interrupted)
+    out = tmp_path / "study"
     stopped = stage_records(out)[-1]
     assert stopped["status"] == "stopped" and stopped["seconds"] >= 0
-    with (out / "stages.jsonl").open("a") as lines:  # two tries by hand: 120 s stopped, then 60 s to finish
-        lines.write(json.dumps({"stage": "train/sst2-lora", "status": "stopped", "seconds": 120.0}) + "\n")
-        lines.write(json.dumps({"stage": "train/sst2-lora", "status": "done", "seconds": 60.0, "peak_rss_mb": 9.0})
-                    + "\n")
+    _log_by_hand(out, {"status": "stopped", "seconds": 120.0},  # two tries by hand: 120 s stopped, 60 s to finish
+                 {"status": "done", "seconds": 60.0, "peak_rss_mb": 9.0})
     assert f"| train/sst2-lora | {(180 + stopped['seconds']) / 60:.1f} | 9 |" in stage_table(out)
 
 
 def test_a_finished_stage_records_the_machine_it_ran_on(tmp_path, tiny_model, glue_dir):
     """Last digits follow the CPU kind and thread count: the stage log and the report's cost table say which."""
-    from fusekit.progress import JsonlLog
-    from fusekit.study.executors import LocalExecutor
     from fusekit.study.report import stage_table
     from fusekit.study.resources import measure
 
-    recipe = study_recipe(tmp_path, tiny_model, glue_dir, "study", merge=None, joint=None)
-    stages = [s for s in plan(load_study(recipe), str(recipe)) if s.name == "train/sst2-lora"]
-    out = tmp_path / "study"
-    out.mkdir()
     def measured(stage, folder):
         with measure() as usage:
             pass
         return usage
 
-    log = JsonlLog(out / "stages.jsonl")
-    LocalExecutor().run(stages, out, measured, log)
-    log.close()
+    out = _one_stage_run(tmp_path, tiny_model, glue_dir, measured)
     done = stage_records(out)[-1]
     assert done["status"] == "done" and done["machine"].endswith(f", {torch.get_num_threads()} threads")
     assert f"| {done['machine']} |" in stage_table(out)
-    with (out / "stages.jsonl").open("a") as lines:  # a record from before fusekit logged the machine
-        lines.write(json.dumps({"stage": "train/sst2-lora", "status": "done", "seconds": 6.0, "peak_rss_mb": 9.0})
-                    + "\n")
+    _log_by_hand(out, {"status": "done", "seconds": 6.0, "peak_rss_mb": 9.0})  # logged before the machine was
     assert "| train/sst2-lora | 0.1 | 9 | – | – |" in stage_table(out)

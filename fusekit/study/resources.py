@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import resource
 import sys
@@ -46,9 +47,14 @@ def machine() -> str:
     digits between CPU kinds and thread counts (other kernels, other summation orders), so a stage log says which."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def _cpu_model() -> str:
     lines = _CPUINFO.read_text(errors="replace").splitlines() if _CPUINFO.is_file() else []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-    return f"{model or platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    return model or platform.processor() or "CPU"
 
 
 @contextmanager

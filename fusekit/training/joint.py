@@ -223,8 +223,9 @@ class JointTraining:
         write_multitask(stage, vector, heads, cfg.model, {
             "method": "joint", "params": {"balancer": cfg.balancer, "sampling": cfg.sampling,
                                           "temperature": cfg.temperature},
-            "inputs": [{"task": t.name, "run": ref, "max_length": cfg.max_length, "train_examples": len(self.train[t.name]),
-                        "train_fingerprint": self.train[t.name].fingerprint()} for t, ref in zip(self.tasks, references)],
+            "inputs": [{"task": t.name, "run": ref, "max_length": cfg.max_length, "train_examples": len(subset),
+                        "train_fingerprint": subset.fingerprint()}
+                       for t, ref in zip(self.tasks, references) for subset in [self.train[t.name]]],
             "data": cfg.data, "max_length": cfg.max_length, "config": asdict(cfg),
         })
         atomic_write_text(stage / CONFIG, to_yaml(cfg))
