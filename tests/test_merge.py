@@ -158,6 +158,7 @@ def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_
     assert manifest["search_examples"] == {"sst2": 16, "rte": 16, "mrpc": 16}
     assert set(manifest["search_own"]) == {"sst2", "rte", "mrpc"} and "own" in result.stderr
     assert manifest["search_standard_error"] is None or manifest["search_standard_error"] >= 0
+    assert 0 <= manifest["search_choice_standard_error"]["lam"] <= 0.26  # λ ∈ {0.5, 1}: at most half their gap
     assert manifest["params"]["lam"] in (0.5, 1.0) and len(manifest["inputs"][0]["sha256"]) == 64
     task = get_task("mrpc")
     base, fused = model_for_vector(str(tiny_model), vector, heads["mrpc"], task, str(out))
@@ -248,6 +249,28 @@ def test_selection_criteria_by_hand():
     assert chance_score(get_task("sst2"), labels) == pytest.approx(0.75)
     assert chance_score(get_task("mrpc"), labels) == pytest.approx((2 * 0.75 / 1.75 + 0.75) / 2)  # F1, accuracy
     assert chance_score(get_task("cola"), labels) == 0.0
+
+
+def test_the_spread_of_a_searched_choice_over_resamples_of_the_held_out_examples():
+    """A point that is right where the other is wrong on every example is chosen on every resample (spread 0); two
+    points right on disjoint halves of the examples are a coin toss, so the chosen λ ∈ {0, 1} has a standard
+    deviation near 0.5 (that of a fair coin)."""
+    import numpy as np
+
+    from fusekit.merging.search import choice_standard_error
+
+    task, labels = get_task("sst2"), [np.array([0, 1] * 50)]
+    own = [labels[0].copy()]
+    wrong = [1 - labels[0]]
+    points = [{"lam": 0.0}, {"lam": 1.0}]
+    assert choice_standard_error([task], labels, own, [wrong, own], points, "normalized", seed=0) == {"lam": 0.0}
+    first_half = labels[0].copy()
+    first_half[50:] = 1 - first_half[50:]
+    second_half = labels[0].copy()
+    second_half[:50] = 1 - second_half[:50]
+    spread = choice_standard_error([task], labels, own, [[first_half], [second_half]], points, "raw", seed=0,
+                                   resamples=400)["lam"]
+    assert 0.45 < spread <= 0.51
 
 
 def test_per_task_coefficients_are_chosen_by_coordinate_ascent_and_merged_as_recorded(runs, tmp_path):

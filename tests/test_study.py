@@ -447,6 +447,9 @@ def test_report_states_how_precisely_the_searches_chose():
     assert "above 0.02" in text and "below 0.02" in search_precision(manifests[:1])[0]
     assert search_precision([{"search": None}]) == []
     assert "an unrecorded number of examples" in search_precision([{"search_standard_error": 0.01}])[0]
+    assert "λ's standard error" not in text  # searches recorded before the choice's spread was
+    spread = [{"search_standard_error": 0.01, "search_choice_standard_error": {"lam": lam}} for lam in (0.0, 0.2, 0.05)]
+    assert "is 0.050 (median), 0.200 (largest) over 3 searches of λ" in search_precision(spread)[0]
 
 
 def test_a_study_merges_a_method_again_with_one_lambda_per_task_and_with_calibrated_answers(tmp_path):

@@ -9,6 +9,7 @@ the raw average, the worst task's normalized score) and the search chooses by on
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,7 @@ class SearchResult:
     weights: list[float] | None = None  # per-task search: each run's weight (its coefficient is λ · weight)
     task_rows: list[dict] = field(default_factory=list)  # per-task search: one row per task and λ tried
     calibration: dict[str, list[float]] | None = None  # calibrated search: the chosen point's answer offsets
+    choice_standard_error: dict[str, float] = field(default_factory=dict)  # of each chosen setting (bootstrap)
 
 
 def searched(method: str) -> tuple[str, ...]:
@@ -150,6 +152,28 @@ class HeldOut:
                                         seed=seed, value=selection_score)
 
 
+def choice_standard_error(tasks: list, labels: list[np.ndarray], own_preds: list[np.ndarray],
+                          predicted: list[list[np.ndarray]], points: list[dict[str, float]], criterion: str,
+                          seed: int, resamples: int = 200) -> dict[str, float]:
+    """How firmly the held-out examples choose each setting: its standard deviation, over bootstrap resamples of
+    the examples, at the point `criterion` prefers on each resample (every point scored on the same resample, as the
+    search compares them on the same examples). Near 0: another draw of held-out examples would choose the same."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    with warnings.catch_warnings():  # a resample may hold one class only; compute_metrics scores that 0
+        warnings.simplefilter("ignore")
+        for _ in range(resamples):
+            draw = [rng.integers(0, len(y), len(y)) for y in labels]
+            ys = [y[i] for y, i in zip(labels, draw)]
+            own = [compute_metrics(t, y, p[i])["score"] for t, y, p, i in zip(tasks, ys, own_preds, draw)]
+            chance = [chance_score(t, y) for t, y in zip(tasks, ys)]
+            rows = [{"criteria": criterion_values([compute_metrics(t, y, p[i])["score"]
+                                                   for t, y, p, i in zip(tasks, ys, preds, draw)], own, chance)}
+                    for preds in predicted]
+            chosen.append(points[preferred_index(rows, criterion)])
+    return {name: float(np.std([point[name] for point in chosen], ddof=1)) for name in points[0]}
+
+
 def _candidate(method: str, seed: int, point: dict, statistics: dict | None):
     candidate = make_method(method, seed=seed, **point)
     if statistics is not None:
@@ -185,7 +209,9 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
     return SearchResult(best, rows, {run.head_task: len(y) for run, y in zip(runs, held.labels)},
                         {run.head_task: score for run, score in zip(runs, held.own)},
                         held.standard_error(best_preds, criterion, seed), weights, task_rows,
-                        best_row.get("calibration"))
+                        best_row.get("calibration"),
+                        choice_standard_error([s.task for s in held.scorers], held.labels, held.own_preds, predicted,
+                                              points, criterion, seed))
 
 
 def _per_task(runs, held: HeldOut, method: str, best: dict, lambdas: list[float], space: str, rank: int | None,

@@ -173,8 +173,9 @@ def baseline_rows(study: Path, tasks: list[str]) -> list[list[str]]:
 
 
 def search_precision(manifests: list[dict]) -> list[str]:
-    """How precisely the held-out searches chose: examples per task and the standard error of the selection score
-    at the chosen point (recorded by each search), as a paragraph; nothing when no merge recorded one."""
+    """How precisely the held-out searches chose: examples per task, the standard error of the selection score at
+    the chosen point and that of the chosen λ (recorded by each search), as a paragraph; nothing when no merge
+    recorded one."""
     errors = [m["search_standard_error"] for m in manifests if m.get("search_standard_error") is not None]
     if not errors:
         return []
@@ -183,9 +184,16 @@ def search_precision(manifests: list[dict]) -> list[str]:
                 f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}")
     verdict = ("below 0.02" if max(errors) < 0.02 else
                "above 0.02: grid points closer than about twice this are not told apart")
-    return [f"Held-out searches used {examples} examples per task; the standard error of the selection score (the "
+    text = (f"Held-out searches used {examples} examples per task; the standard error of the selection score (the "
             f"average normalized score, bootstrap over those examples) at the chosen point is {np.median(errors):.3f} "
-            f"(median), {max(errors):.3f} (largest) over {len(errors)} searched merges: {verdict}.", ""]
+            f"(median), {max(errors):.3f} (largest) over {len(errors)} searched merges: {verdict}.")
+    spreads = [m["search_choice_standard_error"]["lam"] for m in manifests
+               if "lam" in (m.get("search_choice_standard_error") or {})]
+    if spreads:
+        text += (f" The chosen λ's standard error (its spread over 200 bootstrap resamples of the held-out examples, "
+                 f"each choosing again) is {np.median(spreads):.3f} (median), {max(spreads):.3f} (largest) over "
+                 f"{len(spreads)} searches of λ.")
+    return [text, ""]
 
 
 def _params(manifest: dict) -> str:
