@@ -296,6 +296,25 @@ def test_scaling_and_joint_run_on_the_seeds_they_name(tmp_path, tiny_model, glue
         plan(load_study(recipe), str(recipe))
 
 
+def test_a_balancers_own_settings_reach_its_joint_run_alone(tmp_path, tiny_model, glue_dir):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, tmp_path / "s", merge=None,
+                          joint={"balancers": ["uniform", "coba"], "settings": {"lr": 0.01},
+                                 "balancer_settings": {"coba": {"coba_interval": 3, "lr": 0.02}}})
+    joints = {s.id.balancer: s.config for s in plan(load_study(recipe), str(recipe)) if s.kind == "joint"}
+    assert (joints["coba"].coba_interval, joints["coba"].lr) == (3, 0.02)
+    assert (joints["uniform"].coba_interval, joints["uniform"].lr) == (None, 0.01)
+    for wrong in ({"famo": {"lr": 0.1}}, {"coba": 3}):
+        bad = write_recipe(tmp_path / "bad.yaml", tiny_model, glue_dir, tmp_path / "s", merge=None,
+                           joint={"balancers": ["uniform", "coba"], "balancer_settings": wrong})
+        with pytest.raises(FusekitError, match=r"bad.yaml: joint.balancer_settings.(famo|coba): expected one of the "
+                                               r"joint's balancers \(uniform, coba\)"):
+            plan(load_study(bad), str(bad))
+    bad = write_recipe(tmp_path / "bad.yaml", tiny_model, glue_dir, tmp_path / "s", merge=None,
+                       joint={"balancers": ["coba"], "balancer_settings": {"coba": {"coba_intervl": 3}}})
+    with pytest.raises(FusekitError, match="bad.yaml: joint/lora-coba: unknown key 'coba_intervl'"):
+        plan(load_study(bad), str(bad))
+
+
 def test_fusion_vs_number_of_tasks_is_planned_run_and_reported(tmp_path, tiny_model, glue_dir):
     out = tmp_path / "study"
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model, glue_dir, out, tasks=["sst2", "mrpc", "cola"],

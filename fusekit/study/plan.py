@@ -367,13 +367,18 @@ def _disentangle_stages(settings: DisentangleSettings, study, runs, tasks, seed,
 
 def _joint_stages(joint: JointSettings, study, runs, seed, source) -> list[Stage]:
     stages = []
+    for balancer, own in joint.balancer_settings.items():
+        if balancer not in joint.balancers or not isinstance(own, dict):
+            raise FusekitError(f"{source}: joint.balancer_settings.{balancer}: expected one of the joint's balancers "
+                               f"({', '.join(joint.balancers)}) mapped to JointConfig keys")
     for variant in joint.variants:
         if variant not in runs:
             raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
         for balancer in joint.balancers:
             stage_id = StageId("joint", None, variant, _seed(study, seed), balancer=balancer)
             keys = {**study.train, **study.adapters[variant], **_own_caps(study, variant, seed), **joint.settings,
-                    "tasks": ",".join(study.tasks), "balancer": balancer, "seed": seed, "references": runs[variant],
+                    **joint.balancer_settings.get(balancer, {}), "tasks": ",".join(study.tasks), "balancer": balancer,
+                    "seed": seed, "references": runs[variant],
                     "checkpoint_every": study.checkpoint_every, "out": str(Path(study.out) / stage_id.name)}
             keys.pop("task", None)
             config = from_mapping(JointConfig, keys, f"{source}: {stage_id.name}")

@@ -73,7 +73,9 @@ class JointSettings:
                                    Allowed(choices=registry("fusekit.training.balancers", "BALANCERS"), unique=True))
     variants: list[str] = setting(["lora"], "adapter variants trained jointly", Allowed(unique=True))
     seeds: list[int] | None = setting(None, "the study's seeds to run it on (None: every one)", Allowed(unique=True))
-    settings: dict = setting({}, "JointConfig keys (sampling, temperature, coba_warmup, ...)")
+    settings: dict = setting({}, "JointConfig keys (sampling, temperature, lr, ...)")
+    balancer_settings: dict = setting({}, "balancer → JointConfig keys for its run alone (coba: {coba_interval: 3}): "
+                                          "a finished run of another balancer is not held to them")
 
 
 @dataclass
