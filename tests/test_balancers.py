@@ -71,6 +71,12 @@ def test_coba_schedule_scales_with_the_run(capsys):
     short = JointConfig(coba_interval=1, coba_warmup=10, coba_window=30)
     CoBa.for_run(2, short, RunFacts(50, []))  # 40 slopes: fewer than two windows of points
     assert "warning: CoBa fits 40 slopes" in capsys.readouterr().err
+    costly = JointConfig(batch_size=16, validation_examples=100)  # the SmolLM2 study's 149 steps: interval 1
+    CoBa.for_run(5, costly, RunFacts(149, []))
+    assert "about 2.1× the compute of the training itself (coba_interval 5 keeps it under half)" in \
+        capsys.readouterr().err
+    CoBa.for_run(5, JointConfig(batch_size=16, validation_examples=100, coba_interval=5), RunFacts(149, []))
+    assert "compute" not in capsys.readouterr().err
 
 
 def synthetic_coba(estimate: str, rise_at: int | None = None, steps: int = 300,

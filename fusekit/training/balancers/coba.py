@@ -39,6 +39,8 @@ clamped to at most 1, as the formula says. The x of a fit is the optimizer step 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fusekit.config import JointConfig
@@ -115,9 +117,16 @@ class CoBa(Balancer):
 
     @classmethod
     def for_run(cls, num_tasks: int, cfg: JointConfig, run: RunFacts) -> CoBa:
-        """CoBa with `coba_schedule`'s settings; warns when the run is too short for its slopes to say much."""
+        """CoBa with `coba_schedule`'s settings; warns when the run is too short for its slopes to say much, and
+        when scoring the held-out sample would cost more than the training itself."""
         total_steps = run.total_steps
         interval, warmup, window = coba_schedule(total_steps, cfg.coba_interval, cfg.coba_warmup, cfg.coba_window)
+        # a forward without gradients costs about a third of a training step's forward and backward per example
+        cost = cfg.validation_examples / (3 * cfg.batch_size * interval)
+        if cost > 1:
+            console.print(f"warning: CoBa scores {cfg.validation_examples} held-out examples per task every "
+                          f"{interval} step{'s' if interval > 1 else ''}: about {cost:.1f}× the compute of the "
+                          f"training itself (coba_interval {math.ceil(2 * cost * interval)} keeps it under half)")
         fits = max(0, (total_steps - warmup) // interval)
         if fits < 2 * window:
             console.print(f"warning: CoBa fits {fits} slopes of {window} points after a {warmup}-step warm-up "
