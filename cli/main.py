@@ -501,6 +501,34 @@ def joint(
     _emit({"out": str(out), "scores": results}, as_json)
 
 
+@app.command("tune-joint")
+@config_flags(JointConfig, skip=("task",), names={"temperature": "--T"})
+@one_line_errors
+def tune_joint(
+    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe of the joint run to tune (JointConfig keys); "
+                                                          "flags override")] = None,
+    grid: Annotated[Optional[list[str]], Opt(help="KEY=V1,V2,... a setting and the values to try (repeatable)")]
+    = None,
+    as_json: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
+    **settings,
+) -> None:
+    """Choose joint training settings on held-out training examples (never on dev): train a joint run per grid
+    point, score each task on --held-out-examples training examples outside its cap, keep the best mean.
+
+    Example: fusekit tune-joint --tasks sst2,mrpc --data ../shared/glue --max-train 2000 --grid lr=1e-3,3e-3
+    --out runs/tune-joint
+    """
+    from fusekit.training.tune import parse_grid
+    from fusekit.training.tune import tune as run_tune
+
+    base = load_recipe(recipe, JointConfig) if recipe else JointConfig()
+    cfg = with_overrides(base, _overrides(JointConfig, settings))
+    if not grid:
+        raise FusekitError("no --grid given: expected at least one --grid KEY=V1,V2,... such as --grid lr=1e-3,3e-3")
+    out = Path(cfg.out or f"runs/tune-joint-{cfg.balancer}")
+    _emit(run_tune(cfg, parse_grid(grid), out, cfg.held_out_examples), as_json)
+
+
 @app.command("run")
 @one_line_errors
 def run_recipe(

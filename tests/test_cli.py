@@ -179,6 +179,23 @@ def test_joint_from_the_cli_draws_the_balancer_weights(tiny_model, glue_dir, tmp
     assert (out / "weights.png").stat().st_size > 0 and (out / "manifest.json").is_file()
 
 
+def test_tune_joint_from_the_cli_chooses_on_held_out_examples(tiny_model, glue_dir, tmp_path):
+    import json
+
+    out = tmp_path / "tune"
+    result = invoke("tune-joint", *common(tiny_model, glue_dir), "--tasks", "sst2,mrpc", "--max-train", "48",
+                    "--held-out-examples", "16", "--validation-examples", "8", "--grid", "lr=1e-6,2e-2", "--out", out,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "tune.json").read_text())
+    assert table["tasks"] == ["sst2", "mrpc"] and len(table["rows"]) == 2
+    assert all(row["held_out"][task]["examples"] == 16 for row in table["rows"] for task in ("sst2", "mrpc"))
+    assert_one_line_error(invoke("tune-joint", *common(tiny_model, glue_dir), "--out", tmp_path / "x"),
+                          "no --grid given")
+    assert_one_line_error(invoke("tune-joint", *common(tiny_model, glue_dir), "--grid", "balancr=coba,famo",
+                                 "--out", tmp_path / "x"), "unknown setting 'balancr' .expected keys of fusekit joint")
+
+
 @pytest.mark.parametrize("args, pattern", [
     (["--seed", "99999999999"], "key 'seed' is 99999999999, expected an integer ≥ 0 and ≤ 4.29497e\\+09"),
     (["--warmup-ratio", "-0.5"], "key 'warmup_ratio' is -0.5, expected a finite number ≥ 0 and < 1"),

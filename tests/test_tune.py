@@ -179,3 +179,61 @@ def test_a_tune_whose_every_point_is_at_chance_says_so(tiny_config, tmp_path, mo
     result = tune(replace(tiny_config, task="sst2", max_train=64), {"lr": [1e-6]}, tmp_path / "tune", 32)
     assert result["learned"] is False
     assert "warning: no grid point of sst2 beat answering the majority class" in capsys.readouterr().err
+
+
+def test_a_studys_joint_takes_its_step_size_from_a_held_out_tune_and_never_reads_dev(tmp_path, tiny_model, glue_dir,
+                                                                                      monkeypatch):
+    """The joint's grid is tuned once (first balancer, first seed) on each task's training examples outside its own
+    cap, the mean of the tasks' held-out scores choosing; every joint run then trains with the choice, and waits
+    for it."""
+    from fusekit.study.plan import plan
+    from fusekit.study.recipe import load_study
+    from fusekit.study.report import write_report
+    from fusekit.study.run import run_study
+
+    recipe = {
+        "out": str(tmp_path / "study"), "tasks": ["sst2", "mrpc"], "checkpoint_every": 0, "seeds": [0, 1],
+        "train": {"model": str(tiny_model), "data": str(glue_dir), "rank": 4, "alpha": 8.0, "lr": 2e-2,
+                  "epochs": 1, "batch_size": 16, "max_length": 32, "device": "cpu", "max_train": 64},
+        "task_settings": {"mrpc": {"max_train": 48}},
+        "joint": {"balancers": ["uniform", "coba"], "seeds": [1], "grid": {"lr": [1e-6, 2e-2]},
+                  "held_out_examples": 16, "settings": {"validation_examples": 8}},
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    stages = {s.name: s for s in plan(load_study(path), str(path))}
+    tune_job = stages["tune/joint-lora"].config
+    assert tune_job.config.balancer == "uniform" and tune_job.config.seed == 1
+    assert tune_job.config.task_caps() == {"sst2": 64, "mrpc": 48} and tune_job.config.references is None
+    with pytest.raises(FusekitError, match=r"joint/lora-uniform-seed1 waits for tune/joint-lora to choose"):
+        run_study(path, only="joint/")
+    read = loading._read_tsv
+
+    def no_dev(task, tsv: Path):
+        assert not tsv.name.startswith("dev"), f"the joint tune read {tsv}"
+        return read(task, tsv)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loading, "_read_tsv", no_dev)
+        run_study(path, only="tune/")
+    out = tmp_path / "study"
+    table = json.loads((out / "tune/joint-lora/tune.json").read_text())
+    assert table["tasks"] == ["sst2", "mrpc"] and [row["lr"] for row in table["rows"]] == [1e-6, 2e-2]
+    for row in table["rows"]:  # the mean of each task's score on its own held-out examples
+        assert row["score"] == pytest.approx((row["held_out"]["sst2"]["score"] + row["held_out"]["mrpc"]["score"]) / 2)
+        assert row["held_out"]["sst2"]["examples"] == 16 and row["held_out"]["mrpc"]["examples"] == 16
+    best = max(table["rows"], key=lambda row: row["score"])
+    assert table["chosen"] == {"lr": best["lr"]}
+    run_study(path, only="joint/")
+    for balancer in ("uniform", "coba"):
+        trained = yaml.safe_load((out / f"joint/lora-{balancer}-seed1/config.yaml").read_text())
+        assert trained["lr"] == best["lr"] and trained["eval_on"] == "dev"
+    tuned = yaml.safe_load((out / "recipe.tuned.yaml").read_text())
+    assert tuned["joint"]["settings"]["lr"] == best["lr"] and "grid" not in tuned["joint"]
+    write_report(out)
+    assert "### joint training, lora (16 held-out training examples per task" in (out / "report.md").read_text()
+    recipe["joint"]["variants"] = ["lora", "l-lora"]
+    recipe["adapters"] = {"lora": {"adapter": "lora"}, "l-lora": {"adapter": "l-lora"}}
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusekitError, match=r"r.yaml: joint.grid tunes the joint run of one adapter variant"):
+        plan(load_study(path), str(path))

@@ -67,6 +67,8 @@ class StageId:
         seed = "" if self.seed is None else f"-seed{self.seed}"
         if self.folder == "baseline":
             return self.task
+        if self.folder == "tune" and self.task is None:  # a joint run's settings
+            return f"joint-{self.variant}"
         if self.folder in ("tune", "train"):
             return f"{self.task}-{self.variant}{seed}"
         if self.folder == "joint":
@@ -117,7 +119,7 @@ class DisentangleJob:
 
 @dataclass
 class TuneJob:
-    config: TrainConfig  # the train stage's settings before tuning; `out` is the tune folder
+    config: TrainConfig  # the train (or joint) stage's settings before tuning; `out` is the tune folder
     variant: str
     grid: dict
     held_out_examples: int
@@ -130,6 +132,9 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
     stages = []
     if study.tune is not None:
         stages += _tune_stages(from_mapping(TuneSettings, dict(study.tune), f"{source}: tune"), study, tasks, source)
+    if study.joint is not None:
+        stages += _joint_tune_stages(from_mapping(JointSettings, dict(study.joint), f"{source}: joint"), study,
+                                     source)
     if study.baselines:
         first = next(iter(study.adapters))
         for task in tasks:
@@ -283,14 +288,19 @@ def _tune_stages(tune: TuneSettings, study: StudyConfig, tasks: list[str], sourc
 
 
 def tuned_recipe(study: StudyConfig, stages: list[Stage]) -> str:
-    """The recipe with every finished tune's choice written into task_settings (and no tune section)."""
+    """The recipe with every finished tune's choice written into task_settings, a joint's into joint.settings (and
+    no tune section or joint grid)."""
     settings = {k: dict(v) for k, v in study.task_settings.items()}
+    joint = dict(study.joint) if study.joint is not None else None
     for stage in stages:
         if stage.kind == "tune":
             chosen = chosen_settings(Path(study.out) / stage.name)
-            if chosen:
+            if chosen and stage.id.task is None:
+                joint = {**joint, "settings": {**joint.get("settings", {}), **chosen}}
+                joint.pop("grid", None)
+            elif chosen:
                 settings.setdefault(f"{stage.id.task}:{stage.id.variant}", {}).update(chosen)
-    recipe = {**dataclasses.asdict(study), "task_settings": settings}
+    recipe = {**dataclasses.asdict(study), "task_settings": settings, "joint": joint}
     recipe.pop("tune")
     return yaml.safe_dump(recipe, sort_keys=False)
 
@@ -374,20 +384,55 @@ def _joint_stages(joint: JointSettings, study, runs, seed, source) -> list[Stage
     for variant in joint.variants:
         if variant not in runs:
             raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
+        chosen = chosen_settings(joint_tune_folder(study, variant)) or {}
         for balancer in joint.balancers:
             stage_id = StageId("joint", None, variant, _seed(study, seed), balancer=balancer)
-            keys = {**study.train, **study.adapters[variant], **_own_caps(study, variant, seed), **joint.settings,
-                    **joint.balancer_settings.get(balancer, {}), "tasks": ",".join(study.tasks), "balancer": balancer,
-                    "seed": seed, "references": runs[variant],
-                    "checkpoint_every": study.checkpoint_every, "out": str(Path(study.out) / stage_id.name)}
-            keys.pop("task", None)
-            config = from_mapping(JointConfig, keys, f"{source}: {stage_id.name}")
-            try:
-                config.task_caps()
-            except FusekitError as error:
-                raise FusekitError(f"{source}: {stage_id.name}: {error}") from None
-            stages.append(Stage(stage_id, "joint", config))
+            keys = {**_joint_keys(joint, study, variant, seed, balancer), **chosen, "references": runs[variant],
+                    "out": str(Path(study.out) / stage_id.name)}
+            stages.append(Stage(stage_id, "joint", _joint_config(keys, f"{source}: {stage_id.name}")))
     return stages
+
+
+def joint_tune_folder(study: StudyConfig, variant: str) -> Path:
+    return Path(study.out) / StageId("tune", None, variant).name
+
+
+def _joint_tune_stages(joint: JointSettings, study: StudyConfig, source: str) -> list[Stage]:
+    """A joint's settings chosen on held-out examples, once per variant: its first balancer on the first seed."""
+    if not joint.grid:
+        return []
+    if len(joint.variants) > 1:  # the tuned recipe writes the choice into joint.settings, which every variant reads
+        raise FusekitError(f"{source}: joint.grid tunes the joint run of one adapter variant: list one in "
+                           f"joint.variants (got {', '.join(joint.variants)})")
+    stages = []
+    for variant in joint.variants:
+        if variant not in study.adapters:
+            raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
+        stage_id, folder = StageId("tune", None, variant), joint_tune_folder(study, variant)
+        seed = (joint.seeds or study.seeds)[0]
+        keys = {**_joint_keys(joint, study, variant, seed, joint.balancers[0]), "out": str(folder)}
+        config = _joint_config(keys, f"{source}: {stage_id.name}")
+        point_configs(config, joint.grid, folder, joint.held_out_examples, f"{source}: joint.grid")
+        stages.append(Stage(stage_id, "tune", TuneJob(config, variant, joint.grid, joint.held_out_examples)))
+    return stages
+
+
+def _joint_keys(joint: JointSettings, study: StudyConfig, variant: str, seed: int, balancer: str) -> dict:
+    """A joint run's keys before tuning: train < variant < each task's own cap < joint settings < the balancer's."""
+    keys = {**study.train, **study.adapters[variant], **_own_caps(study, variant, seed), **joint.settings,
+            **joint.balancer_settings.get(balancer, {}), "tasks": ",".join(study.tasks), "balancer": balancer,
+            "seed": seed, "checkpoint_every": study.checkpoint_every}
+    keys.pop("task", None)
+    return keys
+
+
+def _joint_config(keys: dict, where: str) -> JointConfig:
+    config = from_mapping(JointConfig, keys, where)
+    try:
+        config.task_caps()
+    except FusekitError as error:
+        raise FusekitError(f"{where}: {error}") from None
+    return config
 
 
 def _own_caps(study: StudyConfig, variant: str, seed: int) -> dict[str, list[str]]:

@@ -76,6 +76,11 @@ class JointSettings:
     settings: dict = setting({}, "JointConfig keys (sampling, temperature, lr, ...)")
     balancer_settings: dict = setting({}, "balancer → JointConfig keys for its run alone (coba: {coba_interval: 3}): "
                                           "a finished run of another balancer is not held to them")
+    grid: dict = setting({}, "JointConfig keys → values, chosen on held-out training examples before any joint run "
+                             "(tune/joint-<variant>: the first balancer on the first seed); every joint run of the "
+                             "variant then uses the choice")
+    held_out_examples: int = setting(500, "held-out training examples per task scored at each grid point",
+                                     AT_LEAST_ONE)
 
 
 @dataclass

@@ -502,7 +502,8 @@ def joint_section(found: Found) -> list[str]:
 
 
 def tune_section(found: Found) -> list[str]:
-    """Each tune's grid on held-out training examples, the chosen point in bold: how the settings were chosen."""
+    """Each tune's grid on held-out training examples, the chosen point in bold: how the settings were chosen (a
+    joint's with each task's held-out score beside their mean)."""
     tables = []
     for stage_id in stage_ids(found.study, "tune"):
         table = read_record(found.study / stage_id.name / TUNE)
@@ -510,26 +511,34 @@ def tune_section(found: Found) -> list[str]:
             continue
         keys = list(table["rows"][0].keys() - {"score", "held_out", "seconds"})
         keys.sort(key=list(table["rows"][0]).index)
+        joint_tasks = table.get("tasks", []) if stage_id.task is None else []
         rows = []
         for row in table["rows"]:
             chosen = all(row[k] == table["chosen"].get(k) for k in keys)
             cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+            cells += [f"{row['held_out'][task]['score']:.4f}" for task in joint_tasks]
             cells += [f"{row['score']:.4f}", f"{row['seconds']:.0f}" if row.get("seconds") is not None else "–"]
             rows.append([f"**{c}**" for c in cells] if chosen else cells)
         chance = table.get("chance")
         verdict = ([] if chance is None else [f"Chance (one constant answer) on these examples: {chance:.4f}." + (
             "" if table.get("learned", True) else " ⚠ No grid point beat it: the choice is a tie of no skill.")])
-        examples = table["rows"][0].get("held_out", {}).get("examples", table["held_out_examples"])
-        kind = "whole training sentences, no phrase of them trained on" if get_task(stage_id.task).phrase_tree \
-            else "training examples"
-        tables += [f"### {stage_id.leaf} ({examples} held-out {kind})", "",
-                   _table([*keys, "held-out score", "train (s)"], rows), "", *verdict, *([""] if verdict else [])]
+        if joint_tasks:
+            title = f"joint training, {stage_id.variant} ({table['held_out_examples']} held-out training examples " \
+                    "per task, at most; the mean of the tasks' scores chooses)"
+            score = "mean held-out score"
+        else:
+            examples = table["rows"][0].get("held_out", {}).get("examples", table["held_out_examples"])
+            kind = "whole training sentences, no phrase of them trained on" if get_task(stage_id.task).phrase_tree \
+                else "training examples"
+            title, score = f"{stage_id.leaf} ({examples} held-out {kind})", "held-out score"
+        tables += [f"### {title}", "", _table([*keys, *joint_tasks, score, "train (s)"], rows), "", *verdict,
+                   *([""] if verdict else [])]
     if not tables:
         return []
     return ["## Settings chosen on held-out training data (`fusekit tune`)", "",
-            "Each grid point trains one adapter on the run's training subset and is scored on training examples "
-            "outside it; the best point (bold) is what the task's runs use. The dev split is never read.", "",
-            *tables]
+            "Each grid point trains one adapter (a joint: one adapter on every task) on the run's training subset and "
+            "is scored on training examples outside it; the best point (bold) is what the runs use. The dev split "
+            "is never read.", "", *tables]
 
 
 def stage_section(found: Found) -> list[str]:

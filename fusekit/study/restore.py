@@ -128,12 +128,13 @@ def retrained_differently(stages: list[Stage], records: dict[str, dict], out: Pa
                           baseline_variant: str) -> set[str]:
     """The stages that no longer stand for what was published because a tune they follow chose other settings
     than the published one (its grid changed): the training stages of that task and variant, the task's baseline
-    (computed with `baseline_variant`'s settings), and every stage that reads those adapters. Their plans look the
-    same (both read today's choice), their work is not."""
+    (computed with `baseline_variant`'s settings), every stage that reads those adapters, and a retuned joint's
+    runs. Their plans look the same (both read today's choice), their work is not."""
     retuned = {(s.id.task, s.id.variant) for s in stages if s.kind == "tune"
                and chosen_settings(out / s.name) not in (None, records.get(s.name, {}).get(TUNE, {}).get("chosen"))}
     stale = {s.name for s in stages if s.kind == "train" and (s.id.task, s.id.variant) in retuned}
     stale |= {s.name for s in stages if s.kind == "baseline" and (s.id.task, baseline_variant) in retuned}
+    stale |= {s.name for s in stages if s.kind == "joint" and (None, s.id.variant) in retuned}
     return stale | {s.name for s in stages if stale.intersection(s.needs)}
 
 

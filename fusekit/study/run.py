@@ -61,8 +61,11 @@ def waiting_for_tunes(study: StudyConfig, stages: list[Stage], out: Path, only: 
         if stage.kind != "tune" or is_done(stage, out):
             continue
         task, variant = stage.id.task, stage.id.variant
-        waiting = [train_id(study, task, variant, seed) for seed in study.seeds]
-        waiting += [StageId("baseline", task)] if variant == first else []
+        if task is None:  # a joint's tune: every joint run of the variant waits
+            waiting = [s.id for s in stages if s.kind == "joint" and s.id.variant == variant]
+        else:
+            waiting = [train_id(study, task, variant, seed) for seed in study.seeds]
+            waiting += [StageId("baseline", task)] if variant == first else []
         blocked = next((w.name for w in waiting if w.name in chosen), None)
         if blocked:
             raise FusekitError(f"{blocked} waits for {stage.name} to choose its settings: run that first "
@@ -194,7 +197,7 @@ def run_study(recipe: Path, only: str | None = None, executor: Executor | None =
                 restored = restore_published(study, str(recipe), restore)
                 console.print(f"restored {len(restored)} finished stages from {restore}")
         procs.barrier()
-        if study.tune is not None:
+        if any(s.kind == "tune" for s in stages):
             _run_stages([s for s in stages if s.kind == "tune"], out, only, executor)
             stages = plan(study, str(recipe))
             if procs.is_main:

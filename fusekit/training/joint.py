@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from fusekit.models.heads import TaskHead
 from fusekit.progress import console
 from fusekit.training.balancers import RunFacts, make_balancer
 from fusekit.training.session import TrainingSession, seed_everything
+from fusekit.training.train import evaluation_split
 
 SAMPLING = ("temperature", "proportional", "uniform")
 
@@ -89,7 +90,8 @@ class JointTraining:
                 raise FusekitError(f"references: {folder} is not a run of {task.name} (expected task order)")
 
     def _setup_data(self) -> None:
-        """Each task's training subset, its fixed held-out sample (CoBa's signal) and its dev split."""
+        """Each task's training subset, its fixed held-out sample (CoBa's signal) and what it is scored on: its dev
+        split, or with `eval_on: held-out` training examples outside its subset (a joint tune's points)."""
         cfg = self.cfg
         caps = cfg.task_caps()
         splits = {t.name: load_split(t, "train", cfg.data) for t in self.tasks}
@@ -98,7 +100,7 @@ class JointTraining:
                 for n, s in splits.items()}
         self.held = {n: (h if len(h) else self.train[n].capped(cfg.validation_examples, cfg.seed))
                      for n, h in held.items()}
-        self.dev = {t.name: load_split(t, "validation", cfg.data).capped(cfg.max_eval, cfg.seed) for t in self.tasks}
+        self.dev = {n: evaluation_split(replace(cfg, max_train=caps[n]), s) for n, s in splits.items()}
 
     def _setup_model(self) -> None:
         """One adapter; a head per task, each initialised as the model class initialises it (text: none)."""

@@ -2,8 +2,9 @@
 
 Every point of a small grid (e.g. lr × head_lr × epochs) trains one adapter on the run's training subset and is
 scored on `held_out_examples` training examples outside that subset (`eval_on: held-out`: the dev split is not
-read). The best point by the task's score wins; ties go to the earlier point. Each point is an ordinary run
-folder, so an interrupted tune resumes where it stopped.
+read). The best point by the task's score wins (a joint run's: the mean of its tasks' scores, each on its own
+held-out examples); ties go to the earlier point. Each point is an ordinary run (or joint) folder, so an
+interrupted tune resumes where it stopped.
 
     <out>/<key>=<value>-.../   one run folder per grid point
     <out>/tune.json            the grid, one row per point (settings, held-out score, training time), the choice
@@ -12,7 +13,7 @@ folder, so an interrupted tune resumes where it stopped.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +22,22 @@ from fusekit.artifacts.atomic import atomic_write_json
 from fusekit.artifacts.layout import CONFIG, EVAL, MARKER, METRICS, TUNE
 from fusekit.artifacts.output import claim_output, mark
 from fusekit.artifacts.reading import read_json, read_jsonl, read_yaml
-from fusekit.config import TrainConfig, from_mapping
+from fusekit.config import JointConfig, TrainConfig, from_mapping
 from fusekit.data.loading import Split, load_split
-from fusekit.data.tasks import get_task
+from fusekit.data.tasks import get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.metrics import chance_score
 from fusekit.models.defaults import changed_settings, resolve_defaults
 from fusekit.progress import console
 
 
-def grid_points(grid: dict[str, list], source: str = "tune grid") -> list[dict]:
+def grid_points(grid: dict[str, list], source: str = "tune grid", kind: type[TrainConfig] = TrainConfig) -> list[dict]:
     """Every combination of the grid's values, in the order the grid lists them."""
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(kind)}
     for key, values in grid.items():
         if key not in known:
-            raise FusekitError(f"{source}: unknown setting {key!r} (expected keys of fusekit train)")
+            command = "fusekit joint" if kind is JointConfig else "fusekit train"
+            raise FusekitError(f"{source}: unknown setting {key!r} (expected keys of {command})")
         if not isinstance(values, list) or not values:
             raise FusekitError(f"{source}: {key} must be a non-empty list of values, got {values!r}")
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
@@ -44,9 +46,9 @@ def grid_points(grid: dict[str, list], source: str = "tune grid") -> list[dict]:
 def point_configs(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: int,
                   source: str = "tune grid") -> list[TrainConfig]:
     """One run config per grid point, each checked as a run checks it (a dry run refuses what the run would)."""
-    return [from_mapping(TrainConfig, {**asdict(cfg), **point, "out": str(out / point_name(point)),
-                                       "eval_on": "held-out", "held_out_examples": held_out_examples},
-                         f"{source} point {point_name(point)}") for point in grid_points(grid, source)]
+    return [from_mapping(type(cfg), {**asdict(cfg), **point, "out": str(out / point_name(point)),
+                                     "eval_on": "held-out", "held_out_examples": held_out_examples},
+                         f"{source} point {point_name(point)}") for point in grid_points(grid, source, type(cfg))]
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -78,11 +80,14 @@ def point_name(point: dict) -> str:
 
 
 def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: int) -> dict:
-    """Train every grid point, score each on held-out training examples, write and return the table."""
+    """Train every grid point (a `JointConfig`: a joint run), score each on held-out training examples, write and
+    return the table."""
+    from fusekit.training.joint import train_joint
     from fusekit.training.train import train
 
-    points = grid_points(grid)
+    points = grid_points(grid, kind=type(cfg))
     configs = point_configs(cfg, grid, out, held_out_examples)  # every point checked before any work
+    what = _tuned(cfg)
     rows = []
     with claim_output(out, False, [cfg.data, cfg.model], "tune folder", resumable=True):
         out.mkdir(parents=True, exist_ok=True)
@@ -90,52 +95,70 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
             mark(out, "tune")
         for number, (point, run_cfg) in enumerate(zip(points, configs), 1):
             folder = run_cfg.output_dir()
-            console.print(f"tune {cfg.task} [{number}/{len(points)}] {point_name(point)}")
+            console.print(f"tune {what} [{number}/{len(points)}] {point_name(point)}")
             if not (folder / CONFIG).is_file():
-                train(run_cfg)
+                (train_joint if isinstance(run_cfg, JointConfig) else train)(run_cfg)
             scores = point_scores(folder, run_cfg)
-            rows.append({**point, "score": scores["score"], "held_out": scores, "seconds": _train_seconds(folder)})
+            score = float(np.mean([task_scores["score"] for task_scores in scores.values()]))
+            held_out = scores if isinstance(run_cfg, JointConfig) else scores[cfg.task]
+            rows.append({**point, "score": score, "held_out": held_out, "seconds": _train_seconds(folder)})
         best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
         chance = held_out_chance(configs[best])
-        result = {"task": cfg.task, "adapter": cfg.adapter, "grid": grid, "held_out_examples": held_out_examples,
+        joint = isinstance(cfg, JointConfig)
+        tuned = {"tasks": [t.name for t in parse_tasks(cfg.tasks)]} if joint else {"task": cfg.task}
+        result = {**tuned, "adapter": cfg.adapter, "grid": grid, "held_out_examples": held_out_examples,
                   "rows": rows, "chosen": points[best], "chance": chance, "learned": rows[best]["score"] > chance}
         atomic_write_json(out / TUNE, result)
-    console.print(f"tune {cfg.task}: chose {point_name(points[best])} (held-out score {rows[best]['score']:.4f})")
+    console.print(f"tune {what}: chose {point_name(points[best])} (held-out score {rows[best]['score']:.4f})")
     if not result["learned"]:
-        console.print(f"warning: no grid point of {cfg.task} beat answering the majority class on the held-out "
+        console.print(f"warning: no grid point of {what} beat answering the majority class on the held-out "
                       f"examples (best {rows[best]['score']:.4f}, chance {chance:.4f}): the choice is a tie of no "
                       "skill; give the task more training steps or widen the grid")
     return result
 
 
+def _tuned(cfg: TrainConfig) -> str:
+    return f"joint {cfg.tasks}" if isinstance(cfg, JointConfig) else cfg.task
+
+
 def held_out_chance(cfg: TrainConfig) -> float:
     """The score of one constant answer (the majority label; a regression's mean) on the examples a grid point is
-    scored on: what a point must beat to have learned anything."""
-    return chance_score(get_task(cfg.task), np.asarray(_held_out(cfg).labels))
+    scored on (a joint point: the mean over its tasks): what a point must beat to have learned anything."""
+    return float(np.mean([chance_score(split.task, np.asarray(split.labels)) for split in _held_out(cfg).values()]))
 
 
-def _held_out(cfg: TrainConfig) -> Split:
+def _held_out(cfg: TrainConfig) -> dict[str, Split]:
+    """The held-out examples a grid point is scored on, per task (a joint's: each task's, outside its own cap)."""
     from fusekit.training.train import evaluation_split
 
     resolved = resolve_defaults(cfg).config
-    return evaluation_split(resolved, load_split(get_task(cfg.task), "train", resolved.data))
+    if not isinstance(resolved, JointConfig):
+        return {cfg.task: evaluation_split(resolved, load_split(get_task(cfg.task), "train", resolved.data))}
+    caps = resolved.task_caps()
+    return {task.name: evaluation_split(replace(resolved, max_train=caps[task.name]),
+                                        load_split(task, "train", resolved.data))
+            for task in parse_tasks(resolved.tasks)}
 
 
-def point_scores(folder: Path, cfg: TrainConfig) -> dict:
-    """A finished point's held-out scores, used only if it was trained with the settings asked now (defaults
-    resolved) and scored on the examples this tune selects on (a new data folder, or a new rule for which examples
-    are held out, changes them)."""
+def point_scores(folder: Path, cfg: TrainConfig) -> dict[str, dict]:
+    """A finished point's held-out scores per task, used only if it was trained with the settings asked now
+    (defaults resolved) and scored on the examples this tune selects on (a new data folder, or a new rule for which
+    examples are held out, changes them)."""
     recorded = read_yaml(folder / CONFIG, "recorded config")
     changed = changed_settings(recorded, cfg) if isinstance(recorded, dict) else []
     if not isinstance(recorded, dict) or changed:
         raise FusekitError(f"{folder} was trained with different {', '.join(changed) or 'settings'} than this tune "
                            "asks (delete it to train the point again)")
-    scores = read_json(folder / EVAL, "scores").get(cfg.task)
-    if not isinstance(scores, dict) or "score" not in scores:
-        raise FusekitError(f"{folder / EVAL} has no score of {cfg.task}: delete {folder} to rerun it")
-    if scores.get("examples_fingerprint") != _held_out(cfg).fingerprint():
-        raise FusekitError(f"{folder / EVAL} was scored on other held-out examples than this tune selects on (the "
-                           "data or the held-out rule changed): delete the point's folder to train and score it again")
+    found = read_json(folder / EVAL, "scores")
+    scores = {}
+    for task, split in _held_out(cfg).items():
+        scores[task] = found.get(task)
+        if not isinstance(scores[task], dict) or "score" not in scores[task]:
+            raise FusekitError(f"{folder / EVAL} has no score of {task}: delete {folder} to rerun it")
+        if scores[task].get("examples_fingerprint") != split.fingerprint():
+            raise FusekitError(f"{folder / EVAL} was scored on other held-out examples than this tune selects on "
+                               "(the data or the held-out rule changed): delete the point's folder to train and "
+                               "score it again")
     return scores
 
 
