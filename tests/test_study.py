@@ -573,6 +573,12 @@ def test_a_tune_that_chooses_otherwise_than_published_retires_what_followed_it(t
                "tune/rte-lora": {"tune.json": {"chosen": {"lr": 0.2}}}}
     stale = retrained_differently(stages, records, tmp_path, baseline_variant="lora")
     assert stale == {stages[2].name, stages[4].name, stages[7].name}
+    joints = [stage("tune", None, "lora"), Stage(StageId("joint", None, "lora", balancer="coba"), "joint", None, ()),
+              Stage(StageId("joint", None, "l-lora", balancer="coba"), "joint", None, ())]
+    (tmp_path / "tune/joint-lora").mkdir(parents=True)
+    (tmp_path / "tune/joint-lora/tune.json").write_text(json.dumps({"chosen": {"lr": 0.003}}))
+    records["tune/joint-lora"] = {"tune.json": {"chosen": {"lr": 0.001}}}  # a retuned joint: its runs are not those
+    assert retrained_differently(joints, records, tmp_path, "lora") == {"joint/lora-coba"}
 
 
 @pytest.mark.parametrize("layout, message", [({}, "expected scores.json there"),
