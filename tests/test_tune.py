@@ -230,6 +230,12 @@ def test_a_studys_joint_takes_its_step_size_from_a_held_out_tune_and_never_reads
         assert trained["lr"] == best["lr"] and trained["eval_on"] == "dev"
     tuned = yaml.safe_load((out / "recipe.tuned.yaml").read_text())
     assert tuned["joint"]["settings"]["lr"] == best["lr"] and "grid" not in tuned["joint"]
+    run_study(path, only="tune/,joint/")  # a rerun finds the tune and the joint runs finished, as the recipe asks
+    recipe["joint"]["held_out_examples"] = 8
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusekitError, match=r"joint-lora was tuned on another grid or held-out size than the recipe"):
+        run_study(path, only="tune/")
+    recipe["joint"]["held_out_examples"] = 16
     write_report(out)
     assert "### joint training, lora (16 held-out training examples per task" in (out / "report.md").read_text()
     recipe["joint"]["variants"] = ["lora", "l-lora"]
