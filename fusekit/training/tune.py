@@ -87,7 +87,8 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
 
     points = grid_points(grid, kind=type(cfg))
     configs = point_configs(cfg, grid, out, held_out_examples)  # every point checked before any work
-    what = _tuned(cfg)
+    joint = isinstance(cfg, JointConfig)
+    what = f"joint {cfg.tasks}" if joint else cfg.task
     rows = []
     with claim_output(out, False, [cfg.data, cfg.model], "tune folder", resumable=True):
         out.mkdir(parents=True, exist_ok=True)
@@ -97,14 +98,13 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
             folder = run_cfg.output_dir()
             console.print(f"tune {what} [{number}/{len(points)}] {point_name(point)}")
             if not (folder / CONFIG).is_file():
-                (train_joint if isinstance(run_cfg, JointConfig) else train)(run_cfg)
+                (train_joint if joint else train)(run_cfg)
             scores = point_scores(folder, run_cfg)
             score = float(np.mean([task_scores["score"] for task_scores in scores.values()]))
-            held_out = scores if isinstance(run_cfg, JointConfig) else scores[cfg.task]
+            held_out = scores if joint else scores[cfg.task]
             rows.append({**point, "score": score, "held_out": held_out, "seconds": _train_seconds(folder)})
         best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
         chance = held_out_chance(configs[best])
-        joint = isinstance(cfg, JointConfig)
         tuned = {"tasks": [t.name for t in parse_tasks(cfg.tasks)]} if joint else {"task": cfg.task}
         result = {**tuned, "adapter": cfg.adapter, "grid": grid, "held_out_examples": held_out_examples,
                   "rows": rows, "chosen": points[best], "chance": chance, "learned": rows[best]["score"] > chance}
@@ -115,10 +115,6 @@ def tune(cfg: TrainConfig, grid: dict[str, list], out: Path, held_out_examples: 
                       f"examples (best {rows[best]['score']:.4f}, chance {chance:.4f}): the choice is a tie of no "
                       "skill; give the task more training steps or widen the grid")
     return result
-
-
-def _tuned(cfg: TrainConfig) -> str:
-    return f"joint {cfg.tasks}" if isinstance(cfg, JointConfig) else cfg.task
 
 
 def held_out_chance(cfg: TrainConfig) -> float:
