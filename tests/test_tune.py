@@ -237,7 +237,9 @@ def test_a_studys_joint_takes_its_step_size_from_a_held_out_tune_and_never_reads
         run_study(path, only="tune/")
     recipe["joint"]["held_out_examples"] = 16
     write_report(out)
-    assert "### joint training, lora (16 held-out training examples per task" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "### joint training, lora (16 held-out training examples per task" in report
+    assert f"| lora-coba | coba, temperature, T=0.5, lr={best['lr']:g} |" in report  # the step it took
     recipe["joint"]["variants"] = ["lora", "l-lora"]
     recipe["adapters"] = {"lora": {"adapter": "lora"}, "l-lora": {"adapter": "l-lora"}}
     path.write_text(yaml.safe_dump(recipe))

@@ -200,6 +200,8 @@ def _params(manifest: dict) -> str:
     params = manifest.get("params", {})
     shown = {**{p.name: p.label for p in PARAMETERS}, "balancer": "", "sampling": "", "temperature": "T"}
     chosen = ", ".join(f"{shown[k]}={v}" if shown[k] else str(v) for k, v in params.items() if k in shown) or "–"
+    if manifest.get("method") == "joint" and "lr" in manifest.get("config", {}):  # a tune may have chosen it
+        chosen += f", lr={manifest['config']['lr']:g}"
     calibrated = manifest.get("calibration")
     return chosen if calibrated is None else f"{chosen}, offsets: {', '.join(calibrated) or 'none'}"
 
