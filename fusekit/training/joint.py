@@ -100,7 +100,7 @@ class JointTraining:
                 for n, s in splits.items()}
         self.held = {n: (h if len(h) else self.train[n].capped(cfg.validation_examples, cfg.seed))
                      for n, h in held.items()}
-        self.dev = {n: evaluation_split(replace(cfg, max_train=caps[n]), s) for n, s in splits.items()}
+        self.scored_on = {n: evaluation_split(replace(cfg, max_train=caps[n]), s) for n, s in splits.items()}
 
     def _setup_model(self) -> None:
         """One adapter; a head per task, each initialised as the model class initialises it (text: none)."""
@@ -207,7 +207,7 @@ class JointTraining:
         self.model.eval()
         results = {}
         for task in self.tasks:
-            data = self.base.encode(self.dev[task.name], self.cfg.max_length)
+            data = self.base.encode(self.scored_on[task.name], self.cfg.max_length)
             results[task.name] = evaluate(WithHead(self.model, self.heads[task.name]), data, task, self.device,
                                           self.cfg.eval_batch_size, precision=self.cfg.precision)
             self.session.log.write({"step": self.total, "task": task.name, "eval": results[task.name]})
