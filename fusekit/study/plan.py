@@ -133,8 +133,7 @@ def plan(study: StudyConfig, source: str) -> list[Stage]:
     if study.tune is not None:
         stages += _tune_stages(from_mapping(TuneSettings, dict(study.tune), f"{source}: tune"), study, tasks, source)
     if study.joint is not None:
-        stages += _joint_tune_stages(from_mapping(JointSettings, dict(study.joint), f"{source}: joint"), study,
-                                     source)
+        stages += _joint_tune_stages(joint_settings(study, source), study, source)
     if study.baselines:
         first = next(iter(study.adapters))
         for task in tasks:
@@ -219,7 +218,7 @@ def _seed_stages(study: StudyConfig, tasks: list[str], seed: int, source: str) -
         if on_seed(scaling.seeds, study, seed, f"{source}: scaling"):
             stages += _merge_stages(scaling, study, runs, seed, source, "scaling", tasks, subsets)
     if study.joint is not None:
-        joint = from_mapping(JointSettings, dict(study.joint), f"{source}: joint")
+        joint = joint_settings(study, source)
         if on_seed(joint.seeds, study, seed, f"{source}: joint"):
             stages += _joint_stages(joint, study, runs, seed, source)
     if study.disentangle is not None and seed == study.seeds[0]:
@@ -375,12 +374,18 @@ def _disentangle_stages(settings: DisentangleSettings, study, runs, tasks, seed,
     return stages
 
 
-def _joint_stages(joint: JointSettings, study, runs, seed, source) -> list[Stage]:
-    stages = []
+def joint_settings(study: StudyConfig, source: str) -> JointSettings:
+    """The recipe's joint section, checked before any stage reads it."""
+    joint = from_mapping(JointSettings, dict(study.joint), f"{source}: joint")
     for balancer, own in joint.balancer_settings.items():
         if balancer not in joint.balancers or not isinstance(own, dict):
             raise FusekitError(f"{source}: joint.balancer_settings.{balancer}: expected one of the joint's balancers "
                                f"({', '.join(joint.balancers)}) mapped to JointConfig keys")
+    return joint
+
+
+def _joint_stages(joint: JointSettings, study, runs, seed, source) -> list[Stage]:
+    stages = []
     for variant in joint.variants:
         if variant not in runs:
             raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
@@ -398,23 +403,21 @@ def joint_tune_folder(study: StudyConfig, variant: str) -> Path:
 
 
 def _joint_tune_stages(joint: JointSettings, study: StudyConfig, source: str) -> list[Stage]:
-    """A joint's settings chosen on held-out examples, once per variant: its first balancer on the first seed."""
+    """The joint's settings chosen on held-out examples, for its one variant: its first balancer on its first seed."""
     if not joint.grid:
         return []
     if len(joint.variants) > 1:  # the tuned recipe writes the choice into joint.settings, which every variant reads
         raise FusekitError(f"{source}: joint.grid tunes the joint run of one adapter variant: list one in "
                            f"joint.variants (got {', '.join(joint.variants)})")
-    stages = []
-    for variant in joint.variants:
-        if variant not in study.adapters:
-            raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
-        stage_id, folder = StageId("tune", None, variant), joint_tune_folder(study, variant)
-        seed = (joint.seeds or study.seeds)[0]
-        keys = {**_joint_keys(joint, study, variant, seed, joint.balancers[0]), "out": str(folder)}
-        config = _joint_config(keys, f"{source}: {stage_id.name}")
-        point_configs(config, joint.grid, folder, joint.held_out_examples, f"{source}: joint.grid")
-        stages.append(Stage(stage_id, "tune", TuneJob(config, variant, joint.grid, joint.held_out_examples)))
-    return stages
+    variant = joint.variants[0]
+    if variant not in study.adapters:
+        raise FusekitError(f"{source}: joint.variants: {variant!r} is not one of the adapters")
+    stage_id, folder = StageId("tune", None, variant), joint_tune_folder(study, variant)
+    keys = {**_joint_keys(joint, study, variant, (joint.seeds or study.seeds)[0], joint.balancers[0]),
+            "out": str(folder)}
+    config = _joint_config(keys, f"{source}: {stage_id.name}")
+    point_configs(config, joint.grid, folder, joint.held_out_examples, f"{source}: joint.grid")
+    return [Stage(stage_id, "tune", TuneJob(config, variant, joint.grid, joint.held_out_examples))]
 
 
 def _joint_keys(joint: JointSettings, study: StudyConfig, variant: str, seed: int, balancer: str) -> dict:

@@ -54,6 +54,13 @@ def prior_loss(split: Split) -> float:
     return float(-(p[p > 0] * p[p > 0].log()).sum())
 
 
+def scored_splits(cfg: JointConfig, train_splits: dict[str, Split]) -> dict[str, Split]:
+    """What each task of a joint run is scored on: its dev split, or with `eval_on: held-out` its training examples
+    outside its own cap (what a joint tune chooses on)."""
+    caps = cfg.task_caps()
+    return {name: evaluation_split(replace(cfg, max_train=caps[name]), split) for name, split in train_splits.items()}
+
+
 def train_joint(cfg: JointConfig, overwrite: bool = False) -> dict[str, dict[str, float]]:
     """Train, evaluate on dev and write the joint folder; each task's dev metrics."""
     return JointTraining(cfg, overwrite).run()
@@ -100,7 +107,7 @@ class JointTraining:
                 for n, s in splits.items()}
         self.held = {n: (h if len(h) else self.train[n].capped(cfg.validation_examples, cfg.seed))
                      for n, h in held.items()}
-        self.scored_on = {n: evaluation_split(replace(cfg, max_train=caps[n]), s) for n, s in splits.items()}
+        self.scored_on = scored_splits(cfg, splits)
 
     def _setup_model(self) -> None:
         """One adapter; a head per task, each initialised as the model class initialises it (text: none)."""

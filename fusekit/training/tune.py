@@ -13,7 +13,7 @@ interrupted tune resumes where it stopped.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -125,15 +125,14 @@ def held_out_chance(cfg: TrainConfig) -> float:
 
 def _held_out(cfg: TrainConfig) -> dict[str, Split]:
     """The held-out examples a grid point is scored on, per task (a joint's: each task's, outside its own cap)."""
+    from fusekit.training.joint import scored_splits
     from fusekit.training.train import evaluation_split
 
     resolved = resolve_defaults(cfg).config
     if not isinstance(resolved, JointConfig):
         return {cfg.task: evaluation_split(resolved, load_split(get_task(cfg.task), "train", resolved.data))}
-    caps = resolved.task_caps()
-    return {task.name: evaluation_split(replace(resolved, max_train=caps[task.name]),
-                                        load_split(task, "train", resolved.data))
-            for task in parse_tasks(resolved.tasks)}
+    return scored_splits(resolved, {task.name: load_split(task, "train", resolved.data)
+                                    for task in parse_tasks(resolved.tasks)})
 
 
 def point_scores(folder: Path, cfg: TrainConfig) -> dict[str, dict]:
