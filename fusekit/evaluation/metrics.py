@@ -74,12 +74,20 @@ def _average_normalized(tasks, labels, own: list[float], merged: list[float]) ->
     return mean_defined([normalized_score(m, o) for m, o in zip(merged, own)])
 
 
+def bootstrap_draw(rng: np.random.Generator, labels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One resample with replacement of each task's examples (their indices)."""
+    return [rng.integers(0, len(y), len(y)) for y in labels]
+
+
+def scores_on(tasks, labels: Sequence[np.ndarray], preds: Sequence[np.ndarray], draw: list[np.ndarray]) -> list[float]:
+    """Each task's score on the resampled examples `draw` picks (labels and predictions resampled together)."""
+    return [compute_metrics(t, y[i], p[i])["score"] for t, y, p, i in zip(tasks, labels, preds, draw)]
+
+
 def _resampled(rng: np.random.Generator, tasks, labels, own, merged, value: Callable) -> float | None:
-    indices = [rng.integers(0, len(y), len(y)) for y in labels]
-    ys = [y[i] for y, i in zip(labels, indices)]
-    own_scores = [compute_metrics(t, y, p[i])["score"] for t, y, p, i in zip(tasks, ys, own, indices)]
-    merged_scores = [compute_metrics(t, y, p[i])["score"] for t, y, p, i in zip(tasks, ys, merged, indices)]
-    return value(tasks, ys, own_scores, merged_scores)
+    draw = bootstrap_draw(rng, labels)
+    ys = [y[i] for y, i in zip(labels, draw)]
+    return value(tasks, ys, scores_on(tasks, labels, own, draw), scores_on(tasks, labels, merged, draw))
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:

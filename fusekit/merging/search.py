@@ -21,11 +21,13 @@ from fusekit.data.tasks import get_task
 from fusekit.evaluation.calibration import held_out_calibration
 from fusekit.evaluation.eval import TaskScorer
 from fusekit.evaluation.metrics import (
+    bootstrap_draw,
     bootstrap_standard_error,
     chance_score,
     compute_metrics,
     normalized_score,
     predictions,
+    scores_on,
 )
 from fusekit.merging.criteria import criterion_values, preferred_index
 from fusekit.merging.methods import make_method, method_parameters
@@ -163,12 +165,10 @@ def choice_standard_error(tasks: list, labels: list[np.ndarray], own_preds: list
     with warnings.catch_warnings():  # a resample may hold one class only; compute_metrics scores that 0
         warnings.simplefilter("ignore")
         for _ in range(resamples):
-            draw = [rng.integers(0, len(y), len(y)) for y in labels]
-            ys = [y[i] for y, i in zip(labels, draw)]
-            own = [compute_metrics(t, y, p[i])["score"] for t, y, p, i in zip(tasks, ys, own_preds, draw)]
-            chance = [chance_score(t, y) for t, y in zip(tasks, ys)]
-            rows = [{"criteria": criterion_values([compute_metrics(t, y, p[i])["score"]
-                                                   for t, y, p, i in zip(tasks, ys, preds, draw)], own, chance)}
+            draw = bootstrap_draw(rng, labels)
+            own = scores_on(tasks, labels, own_preds, draw)
+            chance = [chance_score(t, y[i]) for t, y, i in zip(tasks, labels, draw)]
+            rows = [{"criteria": criterion_values(scores_on(tasks, labels, preds, draw), own, chance)}
                     for preds in predicted]
             chosen.append(points[preferred_index(rows, criterion)])
     return {name: float(np.std([point[name] for point in chosen], ddof=1)) for name in points[0]}
