@@ -294,13 +294,17 @@ def tune(
     Example: fusekit tune --task rte --data ../shared/glue --max-train 1990 --grid lr=3e-4,1e-3 --grid head_lr=1e-3,5e-3
     --out runs/tune-rte
     """
+    cfg = _train_config(recipe, settings)
+    _tune_and_emit(cfg, grid, Path(cfg.out or f"runs/tune-{cfg.task}-{cfg.adapter}"), as_json)
+
+
+def _tune_and_emit(cfg: TrainConfig, grid: Optional[list[str]], out: Path, as_json: bool) -> None:
+    """`fusekit tune` and `fusekit tune-joint` after their configs: the grid checked, the tune run, its table shown."""
     from fusekit.training.tune import parse_grid
     from fusekit.training.tune import tune as run_tune
 
-    cfg = _train_config(recipe, settings)
     if not grid:
         raise FusekitError("no --grid given: expected at least one --grid KEY=V1,V2,... such as --grid lr=1e-4,3e-4")
-    out = Path(cfg.out or f"runs/tune-{cfg.task}-{cfg.adapter}")
     _emit(run_tune(cfg, parse_grid(grid), out, cfg.held_out_examples), as_json)
 
 
@@ -518,15 +522,9 @@ def tune_joint(
     Example: fusekit tune-joint --tasks sst2,mrpc --data ../shared/glue --max-train 2000 --grid lr=1e-3,3e-3
     --out runs/tune-joint
     """
-    from fusekit.training.tune import parse_grid
-    from fusekit.training.tune import tune as run_tune
-
     base = load_recipe(recipe, JointConfig) if recipe else JointConfig()
     cfg = with_overrides(base, _overrides(JointConfig, settings))
-    if not grid:
-        raise FusekitError("no --grid given: expected at least one --grid KEY=V1,V2,... such as --grid lr=1e-3,3e-3")
-    out = Path(cfg.out or f"runs/tune-joint-{cfg.balancer}")
-    _emit(run_tune(cfg, parse_grid(grid), out, cfg.held_out_examples), as_json)
+    _tune_and_emit(cfg, grid, Path(cfg.out or f"runs/tune-joint-{cfg.balancer}"), as_json)
 
 
 @app.command("run")
