@@ -203,9 +203,32 @@ def test_an_interrupted_stage_counts_the_time_it_ran_before_it_resumed(tmp_path,
     out = tmp_path / "study"
     stopped = stage_records(out)[-1]
     assert stopped["status"] == "stopped" and stopped["seconds"] >= 0
-    _log_by_hand(out, {"status": "stopped", "seconds": 120.0},  # two tries by hand: 120 s stopped, 60 s to finish
+    assert stage_records(out)[-2] == {**stage_records(out)[-2], "status": "running", "resumes": False}
+    _log_by_hand(out, {"status": "running", "resumes": True}, {"status": "stopped", "seconds": 120.0},
+                 {"status": "running", "resumes": True},  # two tries by hand: 120 s stopped, 60 s to finish
                  {"status": "done", "seconds": 60.0, "peak_rss_mb": 9.0})
     assert f"| train/sst2-lora | {(180 + stopped['seconds']) / 60:.1f} | 9 |" in stage_table(out)
+
+
+def test_a_try_that_starts_over_drops_the_time_of_the_tries_before_it(tmp_path, tiny_model, glue_dir):
+    """A stopped try whose checkpoint was deleted (settings changed, say) cost nothing the finished stage kept."""
+    from fusekit.artifacts.layout import checkpoint_dir
+    from fusekit.study.executors import resumes
+    from fusekit.study.report import stage_table
+
+    def interrupted(stage, folder):
+        checkpoint_dir(folder / stage.name).mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _one_stage_run(tmp_path, tiny_model, glue_dir, interrupted)
+    out = tmp_path / "study"
+    assert resumes(out / "train/sst2-lora") and not resumes(out / "train/mrpc-lora")
+    (out / "train/sst2-lora").mkdir()  # a tune's folder holds its finished grid points: it resumes too
+    assert resumes(out / "train/sst2-lora")
+    _log_by_hand(out, {"status": "running", "resumes": False},  # the checkpoint was deleted: it starts over
+                 {"status": "done", "seconds": 60.0, "peak_rss_mb": 9.0})
+    assert "| train/sst2-lora | 1.0 | 9 |" in stage_table(out)
 
 
 def test_a_finished_stage_records_the_machine_it_ran_on(tmp_path, tiny_model, glue_dir):

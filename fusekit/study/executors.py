@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from fusekit.artifacts.layout import STAGES
+from fusekit.artifacts.layout import STAGES, checkpoint_dir
 from fusekit.artifacts.reading import read_jsonl
 from fusekit.errors import FusekitError
 from fusekit.progress import JsonlLog, console
@@ -30,9 +30,10 @@ class Executor(Protocol):
 
 def record(log: JsonlLog | None, stage: Stage, status: str, fields: dict | None = None) -> None:
     """One `stages.jsonl` line: the stage, its family (what a later stage's memory request reads), its status and
-    `fields`. Every stage a run will run is `queued` when the run starts, `running` once handed to a worker, then
-    `done` (with its wall time and peak memory), `failed` (with the error's line) or `stopped` (interrupted, with
-    the seconds it ran: it resumes on the next run). The latest line of a stage is its state."""
+    `fields`. Every stage a run will run is `queued` when the run starts, `running` once handed to a worker (with
+    `resumes`: whether an earlier try left work it goes on from), then `done` (with its wall time and peak memory),
+    `failed` (with the error's line) or `stopped` (interrupted, with the seconds it ran: it resumes on the next run).
+    The latest line of a stage is its state."""
     if log:
         log.write({"stage": stage.name, "kind": stage.kind, "family": stage.id.family, "status": status,
                    **(fields or {})})
@@ -47,7 +48,7 @@ class LocalExecutor:
             record(log, stage, "queued")
         for number, stage in enumerate(stages, 1):
             console.rule(f"[{number}/{len(stages)}] {stage.name}")
-            record(log, stage, "running")
+            record(log, stage, "running", {"resumes": resumes(out / stage.name)})
             start = time.perf_counter()
             try:
                 usage = run_one(stage, out)
@@ -58,6 +59,12 @@ class LocalExecutor:
                 record(log, stage, "stopped", {"seconds": round(time.perf_counter() - start, 2)})
                 raise
             record(log, stage, "done", usage)
+
+
+def resumes(folder: Path) -> bool:
+    """Whether a stage's earlier try left work this one goes on from: a training checkpoint beside its folder, or a
+    tune's finished grid points inside it (a merge writes nothing until it is done: a stopped merge starts over)."""
+    return folder.exists() or checkpoint_dir(folder).exists()
 
 
 @dataclass
@@ -105,7 +112,7 @@ class RayExecutor:
                         waiting.remove(stage)
                         options = {"memory": memory[stage.name]} if stage.name in memory else {}
                         running[task.options(**options).remote(run_one, stage, out, self.cpus)] = stage
-                        record(log, stage, "running")
+                        record(log, stage, "running", {"resumes": resumes(out / stage.name)})
                 if not running:
                     if waiting:  # every waiting stage needs one that never runs: a plan cannot do that
                         raise FusekitError(f"{waiting[0].name} waits for stages that never ran")
