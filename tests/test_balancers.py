@@ -17,6 +17,11 @@ from fusekit.training.balancers.weighting import PowerMean, Uncertainty
 RUN = RunFacts(total_steps=100, priors=[1.0, 1.0])  # what a joint run tells its balancer
 
 
+def task_gradients(losses: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """The K × P matrix of ∇L_i that the joint trainer hands a balancer, by autograd on a small graph."""
+    return torch.stack([torch.autograd.grad(loss, shared, retain_graph=True)[0] for loss in losses])
+
+
 def softmax(values):
     exps = [math.exp(v) for v in values]
     return [e / sum(exps) for e in exps]
@@ -207,16 +212,16 @@ def test_uncertainty_weighting_reaches_sigma_squared_equal_to_the_loss():
 def test_realtime_weights_are_inverse_losses_and_backward_reports_them():
     theta = torch.tensor([1.0, 2.0], requires_grad=True)
     losses = theta ** 2  # 1, 4
-    weights = make_balancer("realtime", 2, JointConfig(), RUN).backward(losses, [theta])
+    gradient, weights = make_balancer("realtime", 2, JointConfig(), RUN).balance(losses, task_gradients(losses, theta))
     assert weights.tolist() == pytest.approx([1.0, 0.25])
-    assert theta.grad.tolist() == pytest.approx([2.0, 1.0])  # ∂/∂θ Σ log θ² = 2/θ
+    assert gradient.tolist() == pytest.approx([2.0, 1.0])  # ∂/∂θ Σ log θ² = 2/θ
 
 
 def test_gradient_balancer_replaces_the_shared_gradient():
     shared = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     losses = torch.stack([3 * shared[0] + 4 * shared[1], 2 * shared[1]])  # gradients (3, 4) and (0, 2)
-    make_balancer("grad-normalize", 2, JointConfig(), RUN).backward(losses, [shared])
-    assert shared.grad.tolist() == pytest.approx([0.6, 1.8])
+    gradient, _ = make_balancer("grad-normalize", 2, JointConfig(), RUN).balance(losses, task_gradients(losses, shared))
+    assert gradient.tolist() == pytest.approx([0.6, 1.8])
 
 
 def test_famo_weights_and_gradient_by_hand():
@@ -226,17 +231,17 @@ def test_famo_weights_and_gradient_by_hand():
     theta = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     losses = torch.stack([theta[0] ** 2 + theta[1], 0.5 * theta[0] * theta[1]])  # L = (2, 0.5)
     # ∇L_1 = (2θ_0, 1) = (2, 1); ∇L_2 = (0.5θ_1, 0.5θ_0) = (0.5, 0.5)
-    weights = famo.backward(losses, [theta])
+    gradient, weights = famo.balance(losses, task_gradients(losses, theta))
     # c = 0.25/2 + 0.75/0.5 = 1.625; ω = (0.25/(1.625·2), 0.75/(1.625·0.5)) = (1/13, 12/13)
     assert weights.tolist() == pytest.approx([1 / 13, 12 / 13], abs=1e-6)
     # ∇θ of Σ z_i log L_i / c = Σ ω_i ∇L_i = (1/13)(2, 1) + (12/13)(0.5, 0.5) = (8/13, 7/13)
-    assert theta.grad.tolist() == pytest.approx([8 / 13, 7 / 13], abs=1e-6)
+    assert gradient.tolist() == pytest.approx([8 / 13, 7 / 13], abs=1e-6)
     assert famo.logits.tolist() == pytest.approx([0.0, math.log(3)])  # ξ moves only in after_step
 
 
 def test_famo_logit_update_lowers_the_weight_of_the_task_that_improved():
     famo = FAMO(2, lr=0.025, gamma=0.0)
-    famo.backward(torch.tensor([1.0, 1.0], requires_grad=True), [])  # ξ = 0, z = (0.5, 0.5), L(t) = (1, 1)
+    famo.balance(torch.tensor([1.0, 1.0]), torch.zeros(2, 0))  # ξ = 0, z = (0.5, 0.5), L(t) = (1, 1)
     new = torch.tensor([0.5, 1.0])  # L(t+1): task 1 halved its loss, task 2 did not move
     # δ = log L(t) − log L(t+1) = (log 2, 0); J_softmax = diag(z) − z zᵀ = [[0.25, −0.25], [−0.25, 0.25]]
     # ∇ξ = Jᵀ δ = (0.25·log 2, −0.25·log 2) ≈ (0.17329, −0.17329)
@@ -248,7 +253,7 @@ def test_famo_logit_update_lowers_the_weight_of_the_task_that_improved():
     assert famo.logits.tolist() == pytest.approx([-0.025, 0.025], abs=1e-7)
     z = torch.softmax(famo.logits.detach(), dim=0)
     assert z[0] < 0.5 < z[1]  # the task whose loss fell faster now weighs less: improvement rates are balanced
-    weights = famo.backward(torch.tensor([1.0, 1.0], requires_grad=True), [])
+    _, weights = famo.balance(torch.tensor([1.0, 1.0]), torch.zeros(2, 0))
     assert weights[0] < weights[1]
 
 

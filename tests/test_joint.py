@@ -100,3 +100,30 @@ def test_a_joint_run_trains_each_task_on_its_own_adapters_examples(joint_config,
         own = load_split(get_task(item["task"]), "train", joint_config.data).training_subset(cap, joint_config.seed)
         assert (item["train_examples"], item["train_fingerprint"]) == (len(own), own.fingerprint())
     assert inputs[1]["train_examples"] == 20 and inputs[0]["train_examples"] == 12
+
+
+@pytest.mark.parametrize("balancer", ["uncertainty", "famo", "power-mean"])
+def test_each_task_backpropagated_alone_gives_the_whole_objectives_gradient(joint_config, tmp_path, balancer):
+    """The trainer runs one task's forward and backward at a time (one task's activations alive, not all K); the
+    step's gradient on the adapter, on every head and on the balancer's own weights is the one autograd gives the
+    balancer's objective over every task's loss at once."""
+    import torch
+
+    from fusekit.evaluation.loop import to_device
+    from fusekit.training.joint import JointTraining
+
+    trainer = JointTraining(replace(joint_config, balancer=balancer, out=str(tmp_path / "joint")), overwrite=False)
+    trainer.model.eval()  # no dropout: both ways run the same forward
+    batches = [trainer.procs.shard(to_device(next(trainer.batches[t.name]), trainer.device)) for t in trainer.tasks]
+    params = trainer.shared + trainer.head_params + trainer.balancer.parameters()
+    losses, weights = trainer._backward(batches)
+    streamed = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    whole = trainer._losses(batches)
+    objective = trainer.balancer.combine(whole)
+    expected_weights = torch.autograd.grad(objective, whole, retain_graph=True)[0]
+    objective.backward()
+    assert torch.allclose(losses, whole.detach()) and torch.allclose(weights, expected_weights)
+    assert all(torch.allclose(s, p.grad, rtol=1e-5, atol=1e-7) for s, p in zip(streamed, params))
+    assert any(s.abs().sum() > 0 for s in streamed[len(trainer.shared):])  # the heads did get gradients

@@ -23,7 +23,7 @@ from fusekit.artifacts.run_folder import adapter_spec, build_adapted_model, load
 from fusekit.artifacts.task_vector import TaskVector
 from fusekit.config import JointConfig, to_yaml
 from fusekit.data.loading import ResumableLoader, Split, load_split, make_loader
-from fusekit.data.tasks import get_task, parse_tasks
+from fusekit.data.tasks import TaskSpec, get_task, parse_tasks
 from fusekit.errors import FusekitError
 from fusekit.evaluation.loop import autocast, evaluate, task_loss, to_device
 from fusekit.models.base import load_base_model
@@ -31,6 +31,7 @@ from fusekit.models.defaults import resolve_defaults
 from fusekit.models.heads import TaskHead
 from fusekit.progress import console
 from fusekit.training.balancers import RunFacts, make_balancer
+from fusekit.training.balancers.base import set_gradients, take_gradients
 from fusekit.training.session import TrainingSession, seed_everything
 from fusekit.training.train import evaluation_split
 
@@ -175,8 +176,7 @@ class JointTraining:
         self.model.train()
         # each task's next batch: this process's rows of it and their weight in the global mean
         step_batches = [self.procs.shard(to_device(next(self.batches[t.name]), self.device)) for t in self.tasks]
-        losses = self._losses(step_batches)
-        weights = balancer.backward(losses, self.shared)
+        losses, weights = self._backward(step_batches)
         # gradients that flowed through the losses are per-process shares; balancer weights are not
         self.procs.sum_gradients(self.head_params + ([] if balancer.combines_shared_gradients else self.shared))
         step = session.optimizer_step()
@@ -184,7 +184,7 @@ class JointTraining:
             with torch.no_grad():
                 balancer.after_step(self._losses(step_batches).detach())
         del step_batches
-        record = {"step": step, "losses": losses.detach().tolist(), "weights": weights.tolist()}
+        record = {"step": step, "losses": losses.tolist(), "weights": weights.tolist()}
         session.check_finite(record["losses"])
         if balancer.validation_interval and step % balancer.validation_interval == 0:
             val = self._validation_losses()
@@ -195,14 +195,34 @@ class JointTraining:
         if session.checkpoint_due():
             session.save_checkpoint()
 
-    def _losses(self, step_batches: list[tuple[dict, float]]) -> torch.Tensor:
-        values = []
+    def _backward(self, step_batches: list[tuple[dict, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each task's forward and backward in turn, so that one task's activations are alive at a time, not K
+        tasks'; the balancer turns the losses and their gradients on the shared weights into the step's gradient,
+        and each task's head gradient is scaled by the task's weight. Returns the losses and the weights."""
+        losses, grads = [], []
         for task, (batch, weight) in zip(self.tasks, step_batches):
-            with autocast(self.device, self.cfg.precision):
-                out = self.model.forward_with_head(batch, self.heads[task.name])
-                loss = task_loss(task, out, batch, self.model.text)
-            values.append(self.procs.global_mean(loss, weight))
-        return torch.stack(values)
+            loss = self._loss(task, batch, weight)
+            loss.backward()
+            grads.append(take_gradients(self.shared))
+            losses.append(loss.detach())
+        losses = torch.stack(losses)
+        gradient, weights = self.balancer.balance(losses, torch.stack(grads))
+        set_gradients(self.shared, gradient)
+        for task, weight in zip(self.tasks, weights.tolist()):
+            for p in self.heads[task.name].values():
+                if p.grad is not None:
+                    p.grad.mul_(weight)
+        return losses, weights
+
+    def _loss(self, task: TaskSpec, batch: dict, weight: float | torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.precision):
+            out = self.model.forward_with_head(batch, self.heads[task.name])
+            loss = task_loss(task, out, batch, self.model.text)
+        return self.procs.global_mean(loss, weight)
+
+    def _losses(self, step_batches: list[tuple[dict, float]]) -> torch.Tensor:
+        return torch.stack([self._loss(task, batch, weight)
+                            for task, (batch, weight) in zip(self.tasks, step_batches)])
 
     def _validation_losses(self) -> torch.Tensor:
         """Each task's mean loss on its whole fixed held-out sample: it changes only when the model does."""

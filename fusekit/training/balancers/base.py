@@ -1,9 +1,11 @@
 """The loss-balancer interface for joint multi-task training.
 
-Each step the trainer computes one loss per task, L_1..L_K, and calls `backward(losses, shared)`, which leaves
-gradients on the model and returns the task weights ω actually applied (logged per step). Loss-weighting
-balancers only define `combine`; gradient balancers (PCGrad, gradient normalization, GradNorm) override
-`backward` to act on the per-task gradients of the shared adapter weights.
+Each step the trainer runs each task's forward and backward in turn (one task's activations alive at a time) and
+calls `balance(losses, grads)` with the task losses' values and their gradients g_i on the shared adapter weights;
+it returns the shared weights' gradient and the task weights ω applied (logged per step, and scaling each task's
+head gradient). Loss-weighting balancers only define `combine`, an objective of the losses: ω_i = ∂objective/∂L_i
+and the gradient Σ ω_i g_i, which is the objective's own gradient. Gradient balancers (PCGrad, gradient
+normalization, GradNorm) override `combine_gradients` and act on the g_i themselves.
 
 Balancers that learn from how a step changed the losses (FAMO) set `needs_loss_after_step`; the trainer then
 recomputes the task losses on the step's own batches after `optimizer.step()`, without gradients, and passes them
@@ -60,12 +62,14 @@ class Balancer:
         """The scalar objective built from the task losses (default: their sum)."""
         return losses.sum()
 
-    def backward(self, losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
-        """Backpropagate; ω_i = ∂objective/∂L_i (for a weighted sum, the weights themselves)."""
-        objective = self.combine(losses)
-        (weights,) = torch.autograd.grad(objective, losses, retain_graph=True)
-        objective.backward()
-        return weights.detach()
+    def balance(self, losses: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(The shared weights' gradient, ω) from the K loss values and the K × P matrix of their gradients g_i
+        (this process's shares). ω_i = ∂objective/∂L_i (for a weighted sum, the weights themselves); the balancer's
+        own learnable weights get their gradients from the objective here."""
+        values = losses.detach().clone().requires_grad_()
+        self.combine(values).backward()
+        weights = values.grad
+        return weights.to(grads.dtype) @ grads, weights
 
     # Hooks for balancers that watch validation losses (CoBa) — the trainer asks before calling.
     validation_interval: int = 0
@@ -113,3 +117,19 @@ class Balancer:
                     current.copy_(value)
             else:
                 setattr(self, name, value)
+
+
+def take_gradients(params: list[nn.Parameter]) -> torch.Tensor:
+    """The gradients of `params` as one flat vector (zeros where none flowed), cleared for the next backward."""
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    for p in params:
+        p.grad = None
+    return flat
+
+
+def set_gradients(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    """Give `params` the gradients held in the flat vector `flat` (the inverse of `take_gradients`)."""
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()

@@ -1,33 +1,15 @@
 """Gradient balancers: they combine the per-task gradients g_i of the shared adapter weights.
 
-Each needs one backward per task (K backwards instead of one), plus the ordinary backward of Σ ω_i L_i that gives
-the task-specific heads their gradients; the shared weights' gradients are then replaced by the combination.
+They cost what a loss-weighting balancer costs (the trainer runs one backward per task either way), plus the sum of
+the g_i over data-parallel processes before they are combined; each task's head gradient is scaled by its ω_i.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from fusekit.config import JointConfig
 from fusekit.training.balancers.base import Balancer, RunFacts
-
-
-def task_gradients(losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
-    """A K × P matrix: row i is ∇ L_i with respect to the shared weights, flattened."""
-    rows = []
-    for loss in losses:
-        grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-        flat = [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared)]
-        rows.append(torch.cat(flat))
-    return torch.stack(rows)
-
-
-def set_gradients(shared: list[nn.Parameter], flat: torch.Tensor) -> None:
-    offset = 0
-    for p in shared:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
 
 
 class GradientBalancer(Balancer):
@@ -37,12 +19,8 @@ class GradientBalancer(Balancer):
         """(combined gradient, task weights ω for the heads' objective Σ ω_i L_i and for the log)."""
         raise NotImplementedError
 
-    def backward(self, losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
-        grads = self.across_processes(task_gradients(losses, shared))
-        combined, weights = self.combine_gradients(grads, losses.detach())
-        (weights.to(losses.device) * losses).sum().backward()  # heads (task-specific weights)
-        set_gradients(shared, combined)
-        return weights
+    def balance(self, losses: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.combine_gradients(self.across_processes(grads), losses.detach())
 
 
 class GradNormalize(GradientBalancer):
