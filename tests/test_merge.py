@@ -159,6 +159,9 @@ def test_merge_cli_search_folder_peft_round_trip_and_eval(runs, tiny_model, tmp_
     assert set(manifest["search_own"]) == {"sst2", "rte", "mrpc"} and "own" in result.stderr
     assert manifest["search_standard_error"] is None or manifest["search_standard_error"] >= 0
     assert 0 <= manifest["search_choice_standard_error"]["lam"] <= 0.26  # λ ∈ {0.5, 1}: at most half their gap
+    by_criterion = manifest["search_choice_standard_error_by_criterion"]  # every criterion, the same resamples
+    assert set(by_criterion) == set(best["criteria"])
+    assert by_criterion["worst"] == manifest["search_choice_standard_error"]
     assert manifest["params"]["lam"] in (0.5, 1.0) and len(manifest["inputs"][0]["sha256"]) == 64
     task = get_task("mrpc")
     base, fused = model_for_vector(str(tiny_model), vector, heads["mrpc"], task, str(out))
@@ -257,20 +260,25 @@ def test_the_spread_of_a_searched_choice_over_resamples_of_the_held_out_examples
     deviation near 0.5 (that of a fair coin)."""
     import numpy as np
 
+    from fusekit.merging.criteria import CRITERIA
     from fusekit.merging.search import choice_standard_error
 
     task, labels = get_task("sst2"), [np.array([0, 1] * 50)]
     own = [labels[0].copy()]
     wrong = [1 - labels[0]]
     points = [{"lam": 0.0}, {"lam": 1.0}]
-    assert choice_standard_error([task], labels, own, [wrong, own], points, "normalized", seed=0) == {"lam": 0.0}
+    firm = choice_standard_error([task], labels, own, [wrong, own], points, seed=0)
+    assert firm == {criterion: {"lam": 0.0} for criterion in CRITERIA}
     first_half = labels[0].copy()
     first_half[50:] = 1 - first_half[50:]
     second_half = labels[0].copy()
     second_half[:50] = 1 - second_half[:50]
-    spread = choice_standard_error([task], labels, own, [[first_half], [second_half]], points, "raw", seed=0,
-                                   resamples=400)["lam"]
-    assert 0.45 < spread <= 0.51
+    spread = choice_standard_error([task], labels, own, [[first_half], [second_half]], points, seed=0,
+                                   resamples=400)
+    assert all(0.45 < spread[criterion]["lam"] <= 0.51 for criterion in ("normalized", "raw", "worst"))
+    # above chance: a resample where both points fall below the majority class scores both 0, and the tie goes to
+    # the first point, so λ = 0 wins more than half the tosses
+    assert 0.3 < spread["above-chance"]["lam"] < 0.45
 
 
 def test_per_task_coefficients_are_chosen_by_coordinate_ascent_and_merged_as_recorded(runs, tmp_path):

@@ -469,6 +469,11 @@ def test_report_states_how_precisely_the_searches_chose():
     assert "λ's standard error" not in text  # searches recorded before the choice's spread was
     spread = [{"search_standard_error": 0.01, "search_choice_standard_error": {"lam": lam}} for lam in (0.0, 0.2, 0.05)]
     assert "is 0.050 (median), 0.200 (largest) over 3 searches of λ" in search_precision(spread)[0]
+    assert "another criterion" not in search_precision(spread)[0]
+    spread[0]["search_choice_standard_error_by_criterion"] = {"raw": {"lam": 0.1}, "worst": {"lam": 0.3}}
+    spread[1]["search_choice_standard_error_by_criterion"] = {"raw": {"lam": 0.0}, "worst": {"lam": 0.1}}
+    assert "criterion chosen, on the same resamples (median, largest): raw 0.050, 0.100; worst 0.200, 0.300 " \
+           "(over 2 searches)" in search_precision(spread)[0]
 
 
 def test_a_study_merges_a_method_again_with_one_lambda_per_task_and_with_calibrated_answers(tmp_path):

@@ -94,14 +94,16 @@ def _choose(runs: list, config: MergeConfig, values: dict[str, list[float]], spa
     params, weights = {**params, **result.best}, result.weights or weights
     _print_search(result.rows, result.own, searched(config.method), config.criterion)
     best = ", ".join(f"{k}={v}" for k, v in result.best.items())
-    spread = "".join(f"; of the chosen {k}: {v:.3f}" for k, v in result.choice_standard_error.items())
+    spread = "".join(f"; of the chosen {k}: {v:.3f}"
+                     for k, v in result.choice_standard_error.get(config.criterion, {}).items())
     error = "" if result.standard_error is None else f" (standard error {result.standard_error:.3f}{spread})"
     per_task = "" if not config.per_task else " · per task λ " + ", ".join(
         f"{run.head_task} {params['lam'] * w:g}" for run, w in zip(runs, weights))
     console.print(f"chose {best}{per_task} on held-out training data{error}")
     return params, weights, {"search": result.rows, "search_examples": result.examples, "search_own": result.own,
                              "search_standard_error": result.standard_error,
-                             "search_choice_standard_error": result.choice_standard_error,
+                             "search_choice_standard_error": result.choice_standard_error.get(config.criterion, {}),
+                             "search_choice_standard_error_by_criterion": result.choice_standard_error,
                              "search_criterion": config.criterion,
                              **({"per_task_search": result.task_rows} if config.per_task else {})}, \
         result.calibration

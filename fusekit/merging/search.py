@@ -29,7 +29,7 @@ from fusekit.evaluation.metrics import (
     predictions,
     scores_on,
 )
-from fusekit.merging.criteria import criterion_values, preferred_index
+from fusekit.merging.criteria import CRITERIA, criterion_values, preferred_index
 from fusekit.merging.methods import make_method, method_parameters
 from fusekit.merging.stream import merge_vectors
 from fusekit.progress import console, progress_bar
@@ -45,7 +45,8 @@ class SearchResult:
     weights: list[float] | None = None  # per-task search: each run's weight (its coefficient is λ · weight)
     task_rows: list[dict] = field(default_factory=list)  # per-task search: one row per task and λ tried
     calibration: dict[str, list[float]] | None = None  # calibrated search: the chosen point's answer offsets
-    choice_standard_error: dict[str, float] = field(default_factory=dict)  # of each chosen setting (bootstrap)
+    # each criterion's chosen settings' standard errors (bootstrap): {criterion: {setting: standard error}}
+    choice_standard_error: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def searched(method: str) -> tuple[str, ...]:
@@ -155,13 +156,14 @@ class HeldOut:
 
 
 def choice_standard_error(tasks: list, labels: list[np.ndarray], own_preds: list[np.ndarray],
-                          predicted: list[list[np.ndarray]], points: list[dict[str, float]], criterion: str,
-                          seed: int, resamples: int = 200) -> dict[str, float]:
-    """How firmly the held-out examples choose each setting: its standard deviation, over bootstrap resamples of
-    the examples, at the point `criterion` prefers on each resample (every point scored on the same resample, as the
-    search compares them on the same examples). Near 0: another draw of held-out examples would choose the same."""
+                          predicted: list[list[np.ndarray]], points: list[dict[str, float]], seed: int,
+                          resamples: int = 200) -> dict[str, dict[str, float]]:
+    """How firmly the held-out examples choose each setting, for every criterion: the setting's standard deviation,
+    over bootstrap resamples of the examples, at the point the criterion prefers on each resample (every point
+    scored on the same resample, as the search compares them on the same examples). Near 0: another draw of held-out
+    examples would choose the same. One set of resamples serves every criterion."""
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen: dict[str, list[dict]] = {criterion: [] for criterion in CRITERIA}
     with warnings.catch_warnings():  # a resample may hold one class only; compute_metrics scores that 0
         warnings.simplefilter("ignore")
         for _ in range(resamples):
@@ -170,8 +172,10 @@ def choice_standard_error(tasks: list, labels: list[np.ndarray], own_preds: list
             chance = [chance_score(t, y[i]) for t, y, i in zip(tasks, labels, draw)]
             rows = [{"criteria": criterion_values(scores_on(tasks, labels, preds, draw), own, chance)}
                     for preds in predicted]
-            chosen.append(points[preferred_index(rows, criterion)])
-    return {name: float(np.std([point[name] for point in chosen], ddof=1)) for name in points[0]}
+            for criterion, picks in chosen.items():
+                picks.append(points[preferred_index(rows, criterion)])
+    return {criterion: {name: float(np.std([point[name] for point in picks], ddof=1)) for name in points[0]}
+            for criterion, picks in chosen.items()}
 
 
 def _candidate(method: str, seed: int, point: dict, statistics: dict | None):
@@ -211,7 +215,7 @@ def search(runs: list[Run], method: str, grid: dict[str, list[float]], space: st
                         held.standard_error(best_preds, criterion, seed), weights, task_rows,
                         best_row.get("calibration"),
                         choice_standard_error([s.task for s in held.scorers], held.labels, held.own_preds, predicted,
-                                              points, criterion, seed))
+                                              points, seed))
 
 
 def _per_task(runs, held: HeldOut, method: str, best: dict, lambdas: list[float], space: str, rank: int | None,
