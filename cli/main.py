@@ -568,6 +568,8 @@ def report(
     publish: Annotated[Optional[Path], Opt(help="also copy the report, figures, recipe, stage costs and every "
                                                 "stage's scores (no weights) to this folder, e.g. docs/results/NAME")]
     = None,
+    drop_stages: Annotated[bool, Opt(help="publish even though stages published there are not finished in the "
+                                          "study (the recipe no longer plans them)")] = False,
 ) -> None:
     """Write the study's markdown report: per-task, merged and joint tables, λ sweeps, balancer weights, stage costs.
 
@@ -579,7 +581,7 @@ def report(
     written = write_report(study)
     typer.echo(f"wrote {written}")
     if publish is not None:
-        typer.echo(f"published {publish_results(study, written, publish)}")
+        typer.echo(f"published {publish_results(study, written, publish, drop_stages)}")
 
 
 def main() -> None:

@@ -556,6 +556,13 @@ def test_restore_skips_stages_the_recipe_now_plans_differently(tmp_path, tiny_mo
                                   "val_examples": 4, "select_on_seen": True})
     run_study(changed, only="baseline/", restore=docs)
     assert not (out / "merge/lora-delta-w-average").exists()  # merged on other held-out examples: not restored
+    before = (docs / "scores.json").read_bytes()
+    with pytest.raises(FusekitError, match=r"would drop 1 stages published there and not finished in it "
+                                           r"\(merge/lora-delta-w-average\).*--drop-stages"):
+        publish(out, write_report(out), docs)  # a republish must not lose what the published folder holds
+    assert (docs / "scores.json").read_bytes() == before
+    publish(out, out / "report.md", docs, drop_stages=True)  # the recipe changed it on purpose
+    assert "merge/lora-delta-w-average" not in json.loads((docs / "scores.json").read_text())
 
 
 def test_a_tune_that_chooses_otherwise_than_published_retires_what_followed_it(tmp_path):

@@ -31,6 +31,7 @@ from fusekit.artifacts.layout import (
 )
 from fusekit.artifacts.reading import read_json
 from fusekit.artifacts.staging import staged_dir
+from fusekit.errors import FusekitError
 from fusekit.study.recipe import load_study
 from fusekit.study.restore import restored_scores, study_verbalizers
 
@@ -61,8 +62,17 @@ def stage_records(study: Path) -> dict[str, dict[str, object]]:
     return records
 
 
-def publish(study: Path, report: Path, out: Path) -> Path:
-    """Copy the written `report` and its figures, the recipe, the stage log and the scores of `study` to `out`."""
+def publish(study: Path, report: Path, out: Path, drop_stages: bool = False) -> Path:
+    """Copy the written `report` and its figures, the recipe, the stage log and the scores of `study` to `out`.
+    Refuses to replace published results with fewer stages (a study continued with --restore that lost some, say)
+    unless `drop_stages`: the recipe no longer plans them."""
+    scores = stage_scores(study)
+    if (out / PUBLISHED_SCORES).is_file() and not drop_stages:
+        lost = sorted(set(read_json(out / PUBLISHED_SCORES, "published scores")) - set(scores))
+        if lost:
+            raise FusekitError(f"{out}: publishing {study} would drop {len(lost)} stages published there and not "
+                               f"finished in it ({', '.join(lost[:4])}{', …' if len(lost) > 4 else ''}): run them "
+                               "(fusekit run … --only …), or pass --drop-stages if the recipe no longer plans them")
     with staged_dir(out, overwrite=True, kind="published results") as stage:
         shutil.copy2(report, stage / REPORT)
         if (study / REPORT_FIGURES).is_dir():
@@ -70,7 +80,7 @@ def publish(study: Path, report: Path, out: Path) -> Path:
         for name in (STUDY_RECIPE, STAGES):
             if (study / name).is_file():
                 shutil.copy2(study / name, stage / name)
-        atomic_write_json(stage / PUBLISHED_SCORES, stage_scores(study))
+        atomic_write_json(stage / PUBLISHED_SCORES, scores)
         atomic_write_json(stage / PUBLISHED_RECORDS, stage_records(study))
         if (study / STUDY_RECIPE).is_file():
             verbalizers = study_verbalizers(load_study(study / STUDY_RECIPE))
