@@ -680,3 +680,20 @@ def test_a_studys_joint_trains_each_task_on_its_own_adapters_examples(tmp_path, 
                        joint={"balancers": ["uniform"], "settings": {"task_max_train": ["rte=4"]}})
     with pytest.raises(FusekitError, match="bad.yaml: joint/lora-uniform: task_max_train: 'rte=4'"):
         plan(load_study(bad), str(bad))
+
+
+def test_the_similarity_section_names_a_variant_whose_adapters_are_not_in_the_folder(tmp_path, monkeypatch):
+    """A study continued with --restore has the published scores of adapters it did not train again, but not their
+    vectors: the figure cannot draw them, and the text says so instead of leaving them out unnoticed."""
+    import numpy as np
+
+    from fusekit.study import report
+
+    monkeypatch.setattr(report, "similarity_matrices", lambda study, tasks: [("lora", np.array([[1, 0.5], [0.5, 1]]))])
+    monkeypatch.setattr(report, "declared_variants", lambda study: ["lora", "l-lora"])
+    found = report.Found(tmp_path, tmp_path, ["sst2", "mrpc"], [], [])
+    text = "\n".join(report.similarity_section(found))
+    assert "Mean |similarity| between tasks: lora 0.500. Not drawn: l-lora (its adapters are not in this study " \
+           "folder)." in text
+    monkeypatch.setattr(report, "declared_variants", lambda study: ["lora"])
+    assert "Not drawn" not in "\n".join(report.similarity_section(found))

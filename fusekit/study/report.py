@@ -478,9 +478,12 @@ def similarity_section(found: Found) -> list[str]:
         return []
     save(similarity_figure(matrices, found.tasks), found.figures / SIMILARITY_PLOT)
     means = ", ".join(f"{name} {np.abs(m[~np.eye(len(m), dtype=bool)]).mean():.3f}" for name, m in matrices)
+    missing = [v for v in declared_variants(found.study) if v not in {name for name, _ in matrices}]
+    absent = f" Not drawn: {', '.join(missing)} (its adapters are not in this study folder)." if missing else ""
     return ["## Task-vector similarity", "",
             "Cosine similarity of the task vectors (LoRA: ΔW = s·(B·A − B0·A0); L-LoRA: its parameters φ). "
-            f"Mean |similarity| between tasks: {means}.", "", f"![similarity]({REPORT_FIGURES}/{SIMILARITY_PLOT})", ""]
+            f"Mean |similarity| between tasks: {means}.{absent}", "",
+            f"![similarity]({REPORT_FIGURES}/{SIMILARITY_PLOT})", ""]
 
 
 def scaling_section(found: Found) -> list[str]:
