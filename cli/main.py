@@ -569,7 +569,8 @@ def report(
                                                 "stage's scores (no weights) to this folder, e.g. docs/results/NAME")]
     = None,
     drop_stages: Annotated[bool, Opt(help="publish even though stages published there are not finished in the "
-                                          "study (the recipe no longer plans them)")] = False,
+                                          "study (a retune retired them, or the recipe no longer plans them)")]
+    = False,
 ) -> None:
     """Write the study's markdown report: per-task, merged and joint tables, λ sweeps, balancer weights, stage costs.
 

@@ -229,6 +229,8 @@ def test_a_try_that_starts_over_drops_the_time_of_the_tries_before_it(tmp_path, 
     _log_by_hand(out, {"status": "running", "resumes": False},  # the checkpoint was deleted: it starts over
                  {"status": "done", "seconds": 60.0, "peak_rss_mb": 9.0})
     assert "| train/sst2-lora | 1.0 | 9 |" in stage_table(out)
+    _log_by_hand(out, {"status": "queued"}, {"status": "running", "resumes": False})  # retired, and running again
+    assert "train/sst2-lora" not in stage_table(out)
 
 
 def test_a_finished_stage_records_the_machine_it_ran_on(tmp_path, tiny_model, glue_dir):

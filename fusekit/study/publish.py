@@ -65,14 +65,15 @@ def stage_records(study: Path) -> dict[str, dict[str, object]]:
 def publish(study: Path, report: Path, out: Path, drop_stages: bool = False) -> Path:
     """Copy the written `report` and its figures, the recipe, the stage log and the scores of `study` to `out`.
     Refuses to replace published results with fewer stages (a study continued with --restore that lost some, say)
-    unless `drop_stages`: the recipe no longer plans them."""
+    unless `drop_stages`: a retune retired them, or the recipe no longer plans them."""
     scores = stage_scores(study)
     if (out / PUBLISHED_SCORES).is_file() and not drop_stages:
         lost = sorted(set(read_json(out / PUBLISHED_SCORES, "published scores")) - set(scores))
         if lost:
             raise FusekitError(f"{out}: publishing {study} would drop {len(lost)} stages published there and not "
                                f"finished in it ({', '.join(lost[:4])}{', …' if len(lost) > 4 else ''}): run them "
-                               "(fusekit run … --only …), or pass --drop-stages if the recipe no longer plans them")
+                               "(fusekit run … --only …), or pass --drop-stages to publish without them (a retune "
+                               "retired them, or the recipe no longer plans them)")
     with staged_dir(out, overwrite=True, kind="published results") as stage:
         shutil.copy2(report, stage / REPORT)
         if (study / REPORT_FIGURES).is_dir():

@@ -325,13 +325,16 @@ def disentanglement_section(study: Path, grids: dict[str, dict[str, object]], fi
 def stage_table(study: Path) -> str:
     """Each finished stage's wall time, the interrupted tries its last one went on from included (a training stage
     resumes from its checkpoint: what it ran before counts; a try that started over drops them), its peak memory and
-    what it ran on (stages logged before fusekit recorded it: –)."""
+    what it ran on (stages logged before fusekit recorded it: –). A stage queued again after it finished (its
+    folder retired by a retune, say) is not finished until it finishes again."""
     latest, interrupted = {}, {}
     path = study / STAGES
     for record in read_jsonl(path, "stage log") if path.is_file() else []:
         name = record.get("stage")
-        if record.get("status") == "running" and record.get("resumes") is False:
-            interrupted.pop(name, None)
+        if record.get("status") in ("queued", "running"):  # run again: what it cost before no longer stands
+            latest.pop(name, None)
+            if record.get("resumes") is False:
+                interrupted.pop(name, None)
         elif record.get("status") == "stopped":
             interrupted[name] = interrupted.get(name, 0.0) + record.get("seconds", 0.0)
         elif {"stage", "seconds", "peak_rss_mb"} <= record.keys():  # the latest finished try of each stage
