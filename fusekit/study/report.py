@@ -193,9 +193,9 @@ def search_precision(manifests: list[dict]) -> list[str]:
         text += (f" The chosen λ's standard error (its spread over 200 bootstrap resamples of the held-out examples, "
                  f"each choosing again) is {np.median(spreads):.3f} (median), {max(spreads):.3f} (largest) over "
                  f"{len(spreads)} searches of λ.")
-    by_criterion = [m["search_choice_standard_error_by_criterion"] for m in manifests
-                    if "search_choice_standard_error_by_criterion" in m]
-    by_criterion = {c: [spread[c]["lam"] for spread in by_criterion if "lam" in spread.get(c, {})] for c in CRITERIA}
+    recorded = [m["search_choice_standard_error_by_criterion"] for m in manifests
+                if "search_choice_standard_error_by_criterion" in m]
+    by_criterion = {c: [spread[c]["lam"] for spread in recorded if "lam" in spread.get(c, {})] for c in CRITERIA}
     if any(by_criterion.values()):
         text += " Had another criterion chosen, on the same resamples (median, largest): " + "; ".join(
             f"{c} {np.median(v):.3f}, {max(v):.3f}" for c, v in by_criterion.items() if v) + \

@@ -31,7 +31,7 @@ from fusekit.models.defaults import resolve_defaults
 from fusekit.models.heads import TaskHead
 from fusekit.progress import console
 from fusekit.training.balancers import RunFacts, make_balancer
-from fusekit.training.balancers.base import set_gradients, take_gradients
+from fusekit.training.flat_gradients import set_gradients, take_gradients
 from fusekit.training.session import TrainingSession, seed_everything
 from fusekit.training.train import evaluation_split
 

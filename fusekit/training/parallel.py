@@ -29,6 +29,7 @@ import torch.distributed as dist
 from fusekit.artifacts.staging import staged_dir
 from fusekit.errors import FusekitError
 from fusekit.progress import console
+from fusekit.training.flat_gradients import set_gradients, take_gradients
 
 # merges and evaluation run on the main process while the others wait at a barrier
 TIMEOUT = timedelta(hours=4)
@@ -89,12 +90,9 @@ class Processes:
         """Sum the gradients of `params` over all processes, in one all-reduce of a flat buffer."""
         if not self.active or not params:
             return
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        flat = take_gradients(params)
         dist.all_reduce(flat)  # a fresh buffer: reduced in place, and the gradients become views of it
-        offset = 0
-        for p in params:
-            p.grad = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
+        set_gradients(params, flat)
 
     def barrier(self) -> None:
         if self.active:

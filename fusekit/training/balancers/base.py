@@ -118,18 +118,3 @@ class Balancer:
             else:
                 setattr(self, name, value)
 
-
-def take_gradients(params: list[nn.Parameter]) -> torch.Tensor:
-    """The gradients of `params` as one flat vector (zeros where none flowed), cleared for the next backward."""
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    for p in params:
-        p.grad = None
-    return flat
-
-
-def set_gradients(params: list[nn.Parameter], flat: torch.Tensor) -> None:
-    """Give `params` the gradients held in the flat vector `flat` (the inverse of `take_gradients`)."""
-    offset = 0
-    for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
